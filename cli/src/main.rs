@@ -1,0 +1,422 @@
+//! `hestia`: run a node or a bootstrap node, manage an account, send and read messages, and run
+//! the demo. Client commands keep their state under `--home` (default: the platform data
+//! directory); node commands under `--data-dir`.
+
+mod demo;
+mod inspect;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use hestia_node::client::{Device, InboxEvent};
+use hestia_node::driver::{Node, NodeConfig};
+use hestia_store::client::{Direction, MessageState, StoredMessage, Trust};
+use libp2p::Multiaddr;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(name = "hestia", version, about = "Hestia: a privacy-first federated messenger")]
+struct Cli {
+    /// Where this device keeps its identity, contacts and history.
+    #[arg(long, global = true, env = "HESTIA_HOME")]
+    home: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole story in one process on loopback: a bootstrap node, two nodes, two users.
+    Demo,
+    /// Run or inspect a node.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Run a bootstrap node.
+    #[command(subcommand)]
+    Bootstrap(BootstrapCmd),
+    /// Create or show this device's account.
+    #[command(subcommand)]
+    Account(AccountCmd),
+    /// Manage contacts.
+    #[command(subcommand)]
+    Contact(ContactCmd),
+    /// Send a text message to a contact.
+    Send {
+        contact: String,
+        text: String,
+        /// Seconds to wait for the home node to report the message delivered to the recipient's
+        /// node (0: do not wait).
+        #[arg(long, default_value_t = 3)]
+        wait: u64,
+        /// Seconds the message may wait for delivery before it expires.
+        #[arg(long, default_value_t = 7 * 24 * 3600, value_parser = clap::value_parser!(u64).range(1..=30 * 24 * 3600))]
+        ttl: u64,
+    },
+    /// Fetch and show incoming messages.
+    Inbox {
+        /// Stay connected and print messages as they arrive.
+        #[arg(long)]
+        follow: bool,
+        /// Show the whole history, not only what just arrived.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show the delivery state of sent messages.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Run a node until interrupted.
+    Run(NodeRunArgs),
+    /// Show what a node stores (it may be running): sizes, recipients, expiries. Never text.
+    Inspect {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Args, Default)]
+struct NodeRunArgs {
+    /// TOML config file with any of: data_dir, listen, bootstrap, registration_open.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on (repeatable). Default /ip4/0.0.0.0/tcp/4001.
+    #[arg(long)]
+    listen: Vec<Multiaddr>,
+    /// Bootstrap node address ending in /p2p/<peer id> (repeatable).
+    #[arg(long)]
+    bootstrap: Vec<Multiaddr>,
+    /// Refuse new accounts.
+    #[arg(long)]
+    closed_registration: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NodeFile {
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    listen: Vec<String>,
+    #[serde(default)]
+    bootstrap: Vec<String>,
+    registration_open: Option<bool>,
+}
+
+#[derive(Subcommand)]
+enum BootstrapCmd {
+    /// Run a bootstrap node until interrupted.
+    Run {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        listen: Vec<Multiaddr>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccountCmd {
+    /// Create an identity on this device and register it with a home node.
+    Create {
+        /// The home node's address, ending in /p2p/<peer id>.
+        #[arg(long)]
+        node: Multiaddr,
+        /// The name you go by (letters, digits, '-', '_', '.').
+        #[arg(long)]
+        name: String,
+    },
+    /// Show your address and contact card.
+    Show {
+        /// Print only the address.
+        #[arg(long)]
+        address: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ContactCmd {
+    /// Add a contact by address or contact card (a file path, or '-' for standard input).
+    Add {
+        name: String,
+        /// `<key>@<node>`, or a card, or a path to a card file, or '-'.
+        address: String,
+    },
+    /// List contacts and their trust state.
+    List,
+    /// Show a contact's fingerprint next to yours to compare out of band; --confirm marks it verified.
+    Verify {
+        name: String,
+        #[arg(long)]
+        confirm: bool,
+    },
+    /// Accept a contact's changed key and show the messages held under it.
+    Accept { name: String },
+}
+
+fn default_dir(sub: &str) -> Result<PathBuf> {
+    let dirs = directories::ProjectDirs::from("org", "hestia", "hestia")
+        .context("no home directory to keep data in; pass --home or --data-dir")?;
+    Ok(dirs.data_dir().join(sub))
+}
+
+fn home(cli_home: &Option<PathBuf>) -> Result<PathBuf> {
+    match cli_home {
+        Some(h) => Ok(h.clone()),
+        None => default_dir("client"),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let node_like = matches!(cli.command, Command::Node(NodeCmd::Run(_)) | Command::Bootstrap(_));
+    let default_filter = if node_like { "info,libp2p=warn" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: could not start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(cli)) {
+        // One line: the error and its causes.
+        let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+        eprintln!("error: {}", chain.join(": "));
+        std::process::exit(1);
+    }
+}
+
+async fn shutdown_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Demo => demo::run().await,
+        Command::Node(NodeCmd::Run(args)) => {
+            let config = node_config(args)?;
+            let node = Node::start(config)?;
+            println!("node {} started", node.peer_id());
+            node.run(shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Node(NodeCmd::Inspect { data_dir }) => inspect::print(&data_dir),
+        Command::Bootstrap(BootstrapCmd::Run { data_dir, listen }) => {
+            let dir = match data_dir {
+                Some(d) => d,
+                None => default_dir("bootstrap")?,
+            };
+            let listen = if listen.is_empty() {
+                vec!["/ip4/0.0.0.0/tcp/4000".parse()?]
+            } else {
+                listen
+            };
+            let b = hestia_bootstrap::Bootstrap::start(&dir, &listen)?;
+            println!("bootstrap node {} started", b.peer_id());
+            b.run(shutdown_signal()).await;
+            Ok(())
+        }
+        Command::Account(AccountCmd::Create { node, name }) => {
+            let dir = home(&cli.home)?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let d = Device::create(&dir, &name, &node).await?;
+            println!("account created: {}", d.name());
+            println!("address: {}", d.address());
+            println!("fingerprint: {}", d.address().user.fingerprint());
+            print!("{}", d.address().card(d.name()));
+            Ok(())
+        }
+        Command::Account(AccountCmd::Show { address }) => {
+            let d = Device::open(&home(&cli.home)?)?;
+            if address {
+                println!("{}", d.address());
+            } else {
+                println!("name: {}", d.name());
+                println!("address: {}", d.address());
+                println!("fingerprint: {}", d.address().user.fingerprint());
+                println!("home node: {}", d.home_addr());
+                print!("{}", d.address().card(d.name()));
+            }
+            Ok(())
+        }
+        Command::Contact(cmd) => contact(cmd, &home(&cli.home)?),
+        Command::Send { contact, text, wait, ttl } => {
+            let mut d = Device::open(&home(&cli.home)?)?;
+            let mut conn = d.connect().await?;
+            let mut m = d.send_with_ttl(&mut conn, &contact, &text, ttl * 1000).await?;
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
+            while m.state == MessageState::Queued && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                let all = d.refresh_status(&mut conn).await?;
+                if let Some(n) = all.into_iter().find(|x| x.envelope_id == m.envelope_id) {
+                    m = n;
+                }
+            }
+            println!("{} to {}: {}", m.envelope_id, m.peer_name, describe(&m.state));
+            if m.state == MessageState::NoSuchUser {
+                bail!("no such user on that node: {} does not know {}", m.peer_node, m.peer_name);
+            }
+            Ok(())
+        }
+        Command::Inbox { follow, all } => {
+            let mut d = Device::open(&home(&cli.home)?)?;
+            if all {
+                for m in d.history()? {
+                    print_message(&m);
+                }
+            }
+            let mut conn = d.connect().await?;
+            loop {
+                let wait = if follow { hestia_protocol::wire::MAX_FETCH_WAIT_MS } else { 0 };
+                for ev in d.sync(&mut conn, wait).await? {
+                    print_event(&ev);
+                }
+                if !follow {
+                    return Ok(());
+                }
+            }
+        }
+        Command::Status => {
+            let mut d = Device::open(&home(&cli.home)?)?;
+            let mut conn = d.connect().await?;
+            // Receipts arrive as messages: read them first, then ask the node about the rest.
+            for ev in d.sync(&mut conn, 0).await? {
+                print_event(&ev);
+            }
+            for m in d.refresh_status(&mut conn).await? {
+                println!("{} to {}: {}  {:?}", m.envelope_id, m.peer_name, describe(&m.state), m.text);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn node_config(args: NodeRunArgs) -> Result<NodeConfig> {
+    let file: NodeFile = match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?
+        }
+        None => NodeFile::default(),
+    };
+    let parse = |v: &[String]| -> Result<Vec<Multiaddr>> {
+        v.iter().map(|s| s.parse().with_context(|| format!("bad multiaddr {s:?}"))).collect()
+    };
+    let data_dir = match args.data_dir.or(file.data_dir) {
+        Some(d) => d,
+        None => default_dir("node")?,
+    };
+    let mut listen = if args.listen.is_empty() { parse(&file.listen)? } else { args.listen };
+    if listen.is_empty() {
+        listen.push("/ip4/0.0.0.0/tcp/4001".parse()?);
+    }
+    let bootstrap = if args.bootstrap.is_empty() { parse(&file.bootstrap)? } else { args.bootstrap };
+    Ok(NodeConfig {
+        data_dir,
+        listen,
+        bootstrap,
+        registration_open: !args.closed_registration && file.registration_open.unwrap_or(true),
+    })
+}
+
+fn contact(cmd: ContactCmd, home: &Path) -> Result<()> {
+    let d = Device::open(home)?;
+    match cmd {
+        ContactCmd::Add { name, address } => {
+            let text = if address == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else if Path::new(&address).is_file() {
+                std::fs::read_to_string(&address)?
+            } else {
+                address
+            };
+            let c = d.add_contact(Some(&name), &text)?;
+            println!("added {} ({}), fingerprint {}", c.name, c.address, c.address.user.fingerprint());
+        }
+        ContactCmd::List => {
+            for c in d.contacts()? {
+                let trust = match &c.trust {
+                    Trust::Unverified => "unverified (trusted on first use)".to_string(),
+                    Trust::Verified => "verified".to_string(),
+                    Trust::Changed { new_key } => format!(
+                        "KEY CHANGED: pinned {} but now {}",
+                        c.address.user.fingerprint(),
+                        new_key.fingerprint()
+                    ),
+                };
+                println!("{}  {}  {}", c.name, c.address.user.fingerprint(), trust);
+            }
+        }
+        ContactCmd::Verify { name, confirm } => {
+            let c = d
+                .contacts()?
+                .into_iter()
+                .find(|c| c.name == name)
+                .ok_or_else(|| anyhow::anyhow!("no contact named {name:?}"))?;
+            println!("their fingerprint: {}", c.address.user.fingerprint());
+            println!("your fingerprint:  {}", d.address().user.fingerprint());
+            if confirm {
+                d.verify_contact(&name)?;
+                println!("{name} marked verified");
+            } else {
+                println!("compare both with {name} in person or on a call, then run with --confirm");
+            }
+        }
+        ContactCmd::Accept { name } => {
+            let c = d.accept_key_change(&name)?;
+            println!("{} now pinned to {}", c.name, c.address.user.fingerprint());
+        }
+    }
+    Ok(())
+}
+
+fn describe(s: &MessageState) -> String {
+    match s {
+        MessageState::Queued => "queued (the home node retries until delivered or expired)".into(),
+        MessageState::DeliveredToNode => "delivered to their node".into(),
+        MessageState::DeliveredToDevice => "delivered to their device".into(),
+        MessageState::Expired => "expired undelivered".into(),
+        MessageState::NoSuchUser => "failed: no such user on that node".into(),
+        MessageState::Failed(why) => format!("failed: {why}"),
+        MessageState::Received => "received".into(),
+        MessageState::HeldKeyChanged => "HELD: sender's key changed".into(),
+    }
+}
+
+fn print_message(m: &StoredMessage) {
+    match m.direction {
+        Direction::Incoming if m.state == MessageState::HeldKeyChanged => {
+            println!("[held: key changed] {}: {}", m.peer_name, m.text)
+        }
+        Direction::Incoming => println!("{}: {}", m.peer_name, m.text),
+        Direction::Outgoing => println!("me -> {}: {}  ({})", m.peer_name, m.text, describe(&m.state)),
+    }
+}
+
+fn print_event(ev: &InboxEvent) {
+    match ev {
+        InboxEvent::Message(m) => print_message(m),
+        InboxEvent::KeyChanged { contact, old, new, message } => {
+            println!(
+                "WARNING: the key of {contact} changed (pinned {old}, now {new}). This message is held:"
+            );
+            print_message(message);
+            println!("Compare fingerprints with {contact}, then run `hestia contact accept {contact}`.");
+        }
+        InboxEvent::Delivered(ids) => {
+            for id in ids {
+                println!("{id}: delivered to their device");
+            }
+        }
+        InboxEvent::Undecryptable { id, reason } => println!("{id}: dropped, could not open: {reason}"),
+    }
+}
+

@@ -1,0 +1,479 @@
+//! The libp2p driver around [`crate::relay::Core`]: owns the swarm, the RocksDB node database and
+//! the clock, and does nothing but translate. Each turn of the loop feeds every swarm event that
+//! is already ready into the core (up to [`MAX_EVENTS_PER_TURN`]), writes the core's writes in
+//! one synced batch (group commit), then sends the core's outputs.
+
+use crate::frame::FrameCodec;
+use crate::relay::{self, BatchId, FedFailure, Output, Token};
+use futures::{FutureExt, StreamExt};
+use hestia_protocol::Millis;
+use hestia_protocol::wire::{
+    self, ClientRequest, ClientResponse, FedRequest, FedResponse, PROTOCOL_VERSION, Presence,
+};
+use hestia_store::node::{NodeDb, NodeStore};
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, identity, kad, noise, ping, tcp,
+    yamux,
+};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Swarm events fed into the core before one group commit.
+pub const MAX_EVENTS_PER_TURN: usize = 256;
+/// How long a federation request may take before it counts as failed (and is retried).
+pub const FED_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Client requests may be long polls of up to [`wire::MAX_FETCH_WAIT_MS`].
+pub const CLIENT_REQUEST_TIMEOUT: Duration =
+    Duration::from_millis(wire::MAX_FETCH_WAIT_MS as u64 + 10_000);
+/// Concurrent streams per connection per protocol.
+pub const MAX_CONCURRENT_STREAMS: usize = 128;
+/// How often a node announces itself on the presence topic.
+pub const PRESENCE_INTERVAL: Duration = Duration::from_secs(20);
+/// Largest gossipsub message: presence is small.
+pub const MAX_PRESENCE_BYTES: usize = 4096;
+/// Connections stay open this long without traffic, so clients and peers avoid re-handshakes.
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Store(#[from] hestia_store::StoreError),
+    #[error("stored node key is unreadable: {0}")]
+    Key(String),
+    #[error("could not build the network stack: {0}")]
+    Transport(String),
+    #[error("could not listen on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+    #[error("bootstrap address {0} has no /p2p/<peer id> suffix")]
+    BootstrapWithoutPeerId(Multiaddr),
+}
+
+pub fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+#[derive(NetworkBehaviour)]
+pub struct NodeBehaviour {
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub gossipsub: gossipsub::Behaviour,
+    pub fed: request_response::Behaviour<FrameCodec<FedRequest, FedResponse>>,
+    pub client: request_response::Behaviour<FrameCodec<ClientRequest, ClientResponse>>,
+}
+
+pub const KAD_PROTOCOL: &str = "/hestia/kad/1";
+
+/// Kademlia in server mode on Hestia's own protocol name.
+pub fn kad_behaviour(peer: PeerId) -> kad::Behaviour<kad::store::MemoryStore> {
+    let mut kad_cfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+    kad_cfg.set_query_timeout(Duration::from_secs(30));
+    let mut kad = kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad_cfg);
+    // On loopback and in small federations no address is ever confirmed external; answer queries
+    // anyway, or nodes would never find each other through the bootstrap node.
+    kad.set_mode(Some(kad::Mode::Server));
+    kad
+}
+
+/// Gossipsub for presence: signed messages, strict validation, small messages.
+pub fn gossip_behaviour(key: &identity::Keypair) -> Result<gossipsub::Behaviour, NodeError> {
+    let gs_cfg = gossipsub::ConfigBuilder::default()
+        .heartbeat_interval(Duration::from_secs(1))
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .max_transmit_size(MAX_PRESENCE_BYTES)
+        .message_id_fn(|m: &gossipsub::Message| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            m.source.hash(&mut h);
+            m.sequence_number.hash(&mut h);
+            m.data.hash(&mut h);
+            gossipsub::MessageId::from(h.finish().to_be_bytes().to_vec())
+        })
+        .build()
+        .map_err(|e| NodeError::Transport(e.to_string()))?;
+    gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gs_cfg)
+        .map_err(|e| NodeError::Transport(e.to_string()))
+}
+
+pub fn identify_behaviour(key: &identity::Keypair) -> identify::Behaviour {
+    identify::Behaviour::new(identify::Config::new(format!("/hestia/{PROTOCOL_VERSION}"), key.public()))
+}
+
+/// The behaviour every Hestia node runs.
+pub fn node_behaviour(key: &identity::Keypair) -> Result<NodeBehaviour, NodeError> {
+    let rr = |timeout| {
+        request_response::Config::default()
+            .with_request_timeout(timeout)
+            .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+    };
+    Ok(NodeBehaviour {
+        identify: identify_behaviour(key),
+        ping: ping::Behaviour::new(ping::Config::new()),
+        kad: kad_behaviour(key.public().to_peer_id()),
+        gossipsub: gossip_behaviour(key)?,
+        fed: request_response::Behaviour::new(
+            [(StreamProtocol::new(wire::FED_PROTOCOL), ProtocolSupport::Full)],
+            rr(FED_REQUEST_TIMEOUT),
+        ),
+        client: request_response::Behaviour::new(
+            [(StreamProtocol::new(wire::CLIENT_PROTOCOL), ProtocolSupport::Inbound)],
+            rr(CLIENT_REQUEST_TIMEOUT),
+        ),
+    })
+}
+
+/// Builds a swarm over TCP + Noise + Yamux with the given behaviour.
+pub fn build_swarm<B: NetworkBehaviour>(
+    key: identity::Keypair,
+    behaviour: impl FnOnce(&identity::Keypair) -> Result<B, NodeError>,
+) -> Result<Swarm<B>, NodeError> {
+    let mut err = None;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| NodeError::Transport(e.to_string()))?
+        .with_dns()
+        .map_err(|e| NodeError::Transport(e.to_string()))?
+        .with_behaviour(|k| match behaviour(k) {
+            Ok(b) => Ok(b),
+            Err(e) => {
+                err = Some(e.to_string());
+                Err(Box::<dyn std::error::Error + Send + Sync>::from("behaviour"))
+            }
+        })
+        .map_err(|e| NodeError::Transport(err.clone().unwrap_or_else(|| e.to_string())))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build();
+    Ok(swarm)
+}
+
+/// Loads the key stored in the database, or makes and stores one.
+pub fn node_key(db: &NodeDb) -> Result<identity::Keypair, NodeError> {
+    if let Some(bytes) = db.node_key()? {
+        return identity::Keypair::from_protobuf_encoding(&bytes)
+            .map_err(|e| NodeError::Key(e.to_string()));
+    }
+    let key = identity::Keypair::generate_ed25519();
+    let bytes = key.to_protobuf_encoding().map_err(|e| NodeError::Key(e.to_string()))?;
+    db.set_node_key(&bytes)?;
+    Ok(key)
+}
+
+/// Splits `/…/p2p/<id>` into the peer id and the address.
+pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
+}
+
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub registration_open: bool,
+}
+
+/// A running node: the swarm, the store and the core.
+pub struct Node {
+    swarm: Swarm<NodeBehaviour>,
+    store: NodeDb,
+    core: relay::Core,
+    data_dir: PathBuf,
+    next_token: u64,
+    client_channels: HashMap<Token, ResponseChannel<ClientResponse>>,
+    fed_channels: HashMap<Token, ResponseChannel<FedResponse>>,
+    batches: HashMap<OutboundRequestId, BatchId>,
+    presence_topic: gossipsub::IdentTopic,
+}
+
+impl Node {
+    pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            NodeError::Store(hestia_store::StoreError::Corrupt {
+                cf: "data_dir",
+                reason: format!("{}: {e}", config.data_dir.display()),
+            })
+        })?;
+        let store = NodeDb::open(&config.data_dir.join("db"))?;
+        // Listen addresses are recorded afresh each run (ports may differ).
+        let _ = std::fs::remove_file(config.data_dir.join("listen.addr"));
+        let key = node_key(&store)?;
+        let peer = key.public().to_peer_id();
+        let mut swarm = build_swarm(key, node_behaviour)?;
+        let presence_topic = gossipsub::IdentTopic::new(wire::PRESENCE_TOPIC);
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&presence_topic)
+            .map_err(|e| NodeError::Transport(e.to_string()))?;
+        for addr in &config.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NodeError::Listen { addr: addr.clone(), reason: e.to_string() })?;
+        }
+        for addr in &config.bootstrap {
+            let id = peer_of(addr).ok_or_else(|| NodeError::BootstrapWithoutPeerId(addr.clone()))?;
+            swarm.behaviour_mut().kad.add_address(&id, addr.clone());
+            if let Err(e) = swarm.dial(addr.clone()) {
+                tracing::warn!(%addr, error = %e, "could not dial bootstrap node");
+            }
+        }
+        let snapshot = store.load()?;
+        let seed = rand::random::<u64>();
+        let core = relay::Core::new(
+            relay::Config {
+                node_id: peer.to_string(),
+                registration_open: config.registration_open,
+                seed,
+            },
+            snapshot,
+            now_millis(),
+        );
+        tracing::info!(peer = %peer, stats = ?core.stats(), "node started");
+        Ok(Node {
+            swarm,
+            store,
+            core,
+            data_dir: config.data_dir,
+            next_token: 0,
+            client_channels: HashMap::new(),
+            fed_channels: HashMap::new(),
+            batches: HashMap::new(),
+            presence_topic,
+        })
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    pub fn stats(&self) -> relay::Stats {
+        self.core.stats()
+    }
+
+    /// Runs until `shutdown` resolves. Errors from the store end the run: a node that cannot
+    /// make writes durable must not acknowledge anything.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), NodeError> {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut presence = tokio::time::interval(PRESENCE_INTERVAL);
+        presence.tick().await;
+        let mut first_presence = Box::pin(tokio::time::sleep(Duration::from_secs(2)));
+        let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        loop {
+            self.core.handle_timeout(now_millis());
+            self.flush()?;
+            let deadline = self.core.poll_timeout().map(|at| {
+                let wait = at.saturating_sub(now_millis());
+                tokio::time::Instant::now() + Duration::from_millis(wait)
+            });
+            let timer = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = &mut shutdown => {
+                    tracing::info!("node shutting down");
+                    return Ok(());
+                }
+                event = self.swarm.select_next_some() => {
+                    self.on_event(event);
+                    // Group commit: take whatever else is ready before writing once.
+                    for _ in 1..MAX_EVENTS_PER_TURN {
+                        match self.swarm.select_next_some().now_or_never() {
+                            Some(event) => self.on_event(event),
+                            None => break,
+                        }
+                    }
+                }
+                _ = timer => {}
+                _ = presence.tick() => self.announce(),
+                _ = &mut first_presence => {
+                    first_presence = Box::pin(tokio::time::sleep(Duration::from_secs(3600 * 24 * 365)));
+                    self.announce();
+                }
+            }
+        }
+    }
+
+    /// The driving contract: writes durable first, then outputs.
+    fn flush(&mut self) -> Result<(), NodeError> {
+        let writes = self.core.take_writes();
+        if !writes.is_empty() {
+            tokio::task::block_in_place(|| self.store.apply(&writes))?;
+        }
+        while let Some(out) = self.core.poll_output() {
+            match out {
+                Output::Client { token, response } => {
+                    if let Some(ch) = self.client_channels.remove(&token)
+                        && self.swarm.behaviour_mut().client.send_response(ch, response).is_err()
+                    {
+                        tracing::debug!("client went away before its response");
+                    }
+                }
+                Output::FedResponse { token, response } => {
+                    if let Some(ch) = self.fed_channels.remove(&token)
+                        && self.swarm.behaviour_mut().fed.send_response(ch, response).is_err()
+                    {
+                        tracing::debug!("peer node went away before its response");
+                    }
+                }
+                Output::FedRequest { batch, to_node, request } => match to_node.parse::<PeerId>() {
+                    Ok(peer) => {
+                        let id = self.swarm.behaviour_mut().fed.send_request(&peer, request);
+                        self.batches.insert(id, batch);
+                    }
+                    Err(_) => {
+                        tracing::warn!(to = %to_node, "not a peer id; batch failed");
+                        self.core.handle_fed_response(now_millis(), batch, Err(FedFailure::Protocol));
+                    }
+                },
+            }
+        }
+        Ok(())
+    }
+
+    fn token(&mut self) -> Token {
+        self.next_token += 1;
+        Token(self.next_token)
+    }
+
+    fn on_event(&mut self, event: SwarmEvent<NodeBehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = address.clone().with(libp2p::multiaddr::Protocol::P2p(self.peer_id()));
+                tracing::info!(addr = %full, "listening");
+                println!("listening on {full}");
+                let path = self.data_dir.join("listen.addr");
+                let mut existing = std::fs::read_to_string(&path).unwrap_or_default();
+                existing.push_str(&format!("{full}\n"));
+                if let Err(e) = std::fs::write(&path, existing) {
+                    tracing::warn!(error = %e, "could not record listen address");
+                }
+            }
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Client(ev)) => self.on_client(ev),
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Fed(ev)) => self.on_fed(ev),
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                if info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL) {
+                    for addr in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message,
+                ..
+            })) => self.on_presence(propagation_source, message),
+            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
+                tracing::debug!(%peer, %error, "dial failed; looking the peer up");
+                self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+            }
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                tracing::debug!(%error, "incoming connection failed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_client(&mut self, ev: request_response::Event<ClientRequest, ClientResponse>) {
+        match ev {
+            request_response::Event::Message {
+                peer,
+                message: request_response::Message::Request { request, channel, .. },
+                ..
+            } => {
+                let token = self.token();
+                self.client_channels.insert(token, channel);
+                self.core.handle_client(now_millis(), token, &peer.to_string(), request);
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::info!(%peer, %error, "client request failed (malformed or closed)");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_fed(&mut self, ev: request_response::Event<FedRequest, FedResponse>) {
+        match ev {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    let token = self.token();
+                    self.fed_channels.insert(token, channel);
+                    self.core.handle_fed_request(now_millis(), token, &peer.to_string(), request);
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some(batch) = self.batches.remove(&request_id) {
+                        self.core.handle_fed_response(now_millis(), batch, Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+                tracing::info!(%peer, %error, "federation request failed; will retry");
+                let failure = match error {
+                    request_response::OutboundFailure::DialFailure => FedFailure::Unreachable,
+                    request_response::OutboundFailure::Timeout => FedFailure::Timeout,
+                    _ => FedFailure::Protocol,
+                };
+                if let Some(batch) = self.batches.remove(&request_id) {
+                    self.core.handle_fed_response(now_millis(), batch, Err(failure));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::info!(%peer, %error, "federation request from peer failed (malformed or closed)");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_presence(&mut self, from: PeerId, message: gossipsub::Message) {
+        let Ok(p) = hestia_protocol::codec::decode::<Presence>(&message.data, MAX_PRESENCE_BYTES) else {
+            tracing::info!(%from, "malformed presence announcement ignored");
+            return;
+        };
+        // gossipsub checked the signature of `source`; the announcement must speak for it.
+        let Some(source) = message.source else { return };
+        if p.peer_id != source.to_string() || p.addrs.len() > wire::MAX_PRESENCE_ADDRS {
+            tracing::info!(%from, "presence announcement for another peer ignored");
+            return;
+        }
+        for a in p.addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
+            self.swarm.behaviour_mut().kad.add_address(&source, a);
+        }
+    }
+
+    fn announce(&mut self) {
+        let addrs: Vec<String> = self
+            .swarm
+            .listeners()
+            .take(wire::MAX_PRESENCE_ADDRS)
+            .map(|a| a.to_string())
+            .collect();
+        let p = Presence {
+            peer_id: self.peer_id().to_string(),
+            addrs,
+            protocol_version: PROTOCOL_VERSION,
+            at: now_millis(),
+        };
+        let Ok(bytes) = hestia_protocol::codec::encode(&p) else { return };
+        match self.swarm.behaviour_mut().gossipsub.publish(self.presence_topic.clone(), bytes) {
+            Ok(_) => {}
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                tracing::debug!("no peers on the presence topic yet");
+            }
+            Err(e) => tracing::debug!(error = %e, "presence not published"),
+        }
+    }
+}

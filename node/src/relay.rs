@@ -1,0 +1,920 @@
+//! The relay core: a node's store-and-forward logic as a sans-IO state machine.
+//!
+//! [`Core`] never reads the clock, spawns, or touches a socket or a database. The driver owns all
+//! of that and talks to the core in three kinds of calls, in the manner of quinn-proto and str0m:
+//!
+//! - inputs, each with `now`: [`Core::handle_client`], [`Core::handle_fed_request`],
+//!   [`Core::handle_fed_response`], [`Core::handle_timeout`];
+//! - durable writes: [`Core::take_writes`];
+//! - outputs: [`Core::poll_output`] until `None`, and [`Core::poll_timeout`].
+//!
+//! **The driving contract.** After feeding any number of inputs, the driver first takes the
+//! writes and makes them durable (one atomic, synced batch), and only then drains the outputs.
+//! Every output may acknowledge something in the writes taken with it, so an output must never
+//! leave before its writes are durable. Feeding many inputs before one `take_writes` is how the
+//! driver group-commits. `now` must never go backwards; the core clamps it if it does.
+//!
+//! State held here is bounded by the constants below; the store holds the same state durably,
+//! and [`Core::new`] rebuilds the core from a [`NodeSnapshot`] after a restart.
+
+use hestia_protocol::Millis;
+use hestia_protocol::envelope::{Envelope, EnvelopeId};
+use hestia_protocol::identity::{MAX_NODE_ID_LEN, UserId};
+use hestia_protocol::redact;
+use hestia_protocol::wire::{
+    ClientError, ClientOp, ClientRequest, ClientResponse, DeliverResult, DeliveryState, FedRequest,
+    FedResponse, MAX_BATCH_BYTES, MAX_BATCH_ENVELOPES, MAX_FETCH_WAIT_MS, Refusal, SendResult,
+};
+use hestia_store::node::{AccountRecord, NodeSnapshot, NodeWrite, OutboxRecord, StatusRecord};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+
+/// Envelopes held per user. A user who never comes online cannot fill the node's disk.
+pub const MAX_MAILBOX_ENVELOPES: usize = 10_000;
+/// Accounts per node: bounds the in-memory account table.
+pub const MAX_ACCOUNTS: usize = 100_000;
+/// Envelopes queued for one destination node while it is unreachable.
+pub const MAX_OUTBOX_PER_NODE: usize = 50_000;
+/// Destination nodes with a non-empty outbox at once.
+pub const MAX_OUTBOX_DESTINATIONS: usize = 10_000;
+/// Fetches held open (long poll) at once; beyond this a fetch is answered at once, empty.
+pub const MAX_PARKED_FETCHES: usize = 4_096;
+/// Ids of envelopes already handed to a device and acknowledged, remembered so a retransmission
+/// from a sender's node is answered `Duplicate` instead of being delivered twice. Memory only:
+/// after a restart the device's own dedupe by envelope id is what holds.
+pub const MAX_SEEN: usize = 200_000;
+/// First retry delay for an unreachable destination, doubled per failure up to [`RETRY_MAX_MS`].
+pub const RETRY_BASE_MS: Millis = 250;
+/// Longest retry delay: a node that comes back is tried again within this.
+pub const RETRY_MAX_MS: Millis = 30_000;
+/// How long a sender's delivery-state record outlives its envelope's expiry.
+pub const STATUS_GRACE_MS: Millis = 24 * 3600 * 1000;
+
+/// Identifies an inbound request awaiting its response; chosen by the driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Token(pub u64);
+
+/// Identifies an outbound federation request; chosen by the core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BatchId(pub u64);
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This node's peer id, as text: what clients sign and senders put in `to_node`.
+    pub node_id: String,
+    pub registration_open: bool,
+    /// Seeds the retry jitter, so simulations replay.
+    pub seed: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Output {
+    Client { token: Token, response: ClientResponse },
+    FedResponse { token: Token, response: FedResponse },
+    FedRequest { batch: BatchId, to_node: String, request: FedRequest },
+}
+
+/// Why an outbound federation request got no answer. After `Timeout` the remote may or may not
+/// have stored the envelopes: the core resends and the remote answers `Duplicate` if it had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FedFailure {
+    Unreachable,
+    Timeout,
+    Protocol,
+}
+
+/// Counts for the operator and for tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub accounts: usize,
+    pub mailbox_envelopes: usize,
+    pub outbox_envelopes: usize,
+    pub parked_fetches: usize,
+    pub in_flight_batches: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Expiry {
+    Mailbox(UserId, EnvelopeId),
+    Outbox(String, EnvelopeId),
+    Status(EnvelopeId),
+}
+
+#[derive(Default)]
+struct Outbox {
+    queue: VecDeque<EnvelopeId>,
+    records: HashMap<EnvelopeId, OutboxRecord>,
+    in_flight: Option<BatchId>,
+    failures: u32,
+    next_attempt: Millis,
+}
+
+struct Parked {
+    token: Token,
+    user: UserId,
+    until: Millis,
+    limit: usize,
+}
+
+pub struct Core {
+    config: Config,
+    now: Millis,
+    accounts: HashMap<UserId, AccountRecord>,
+    mailboxes: HashMap<UserId, BTreeMap<u64, Envelope>>,
+    mailbox_index: HashMap<EnvelopeId, (UserId, u64)>,
+    next_arrival: u64,
+    outboxes: BTreeMap<String, Outbox>,
+    in_flight: HashMap<BatchId, (String, Vec<EnvelopeId>)>,
+    next_batch: u64,
+    status: HashMap<EnvelopeId, StatusRecord>,
+    seen: HashSet<EnvelopeId>,
+    seen_order: VecDeque<EnvelopeId>,
+    parked: Vec<Parked>,
+    expiries: BTreeSet<(Millis, Expiry)>,
+    writes: Vec<NodeWrite>,
+    outputs: VecDeque<Output>,
+    rng: u64,
+}
+
+impl Core {
+    /// Rebuilds the core from what the store holds. Expired entries found here are removed by
+    /// the first [`Core::handle_timeout`].
+    pub fn new(config: Config, snapshot: NodeSnapshot, now: Millis) -> Core {
+        let rng = config.seed | 1;
+        let mut core = Core {
+            config,
+            now,
+            accounts: snapshot.accounts.into_iter().collect(),
+            mailboxes: HashMap::new(),
+            mailbox_index: HashMap::new(),
+            next_arrival: 0,
+            outboxes: BTreeMap::new(),
+            in_flight: HashMap::new(),
+            next_batch: 0,
+            status: HashMap::new(),
+            seen: HashSet::new(),
+            seen_order: VecDeque::new(),
+            parked: Vec::new(),
+            expiries: BTreeSet::new(),
+            writes: Vec::new(),
+            outputs: VecDeque::new(),
+            rng,
+        };
+        for e in snapshot.mailbox {
+            core.insert_mailbox(e);
+        }
+        for rec in snapshot.outbox {
+            core.insert_outbox(rec);
+        }
+        for (id, rec) in snapshot.status {
+            core.expiries.insert((rec.expires_at.saturating_add(STATUS_GRACE_MS), Expiry::Status(id)));
+            core.status.insert(id, rec);
+        }
+        core
+    }
+
+    // ---- getters ----
+
+    pub fn node_id(&self) -> &str {
+        &self.config.node_id
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            accounts: self.accounts.len(),
+            mailbox_envelopes: self.mailbox_index.len(),
+            outbox_envelopes: self.outboxes.values().map(|o| o.records.len()).sum(),
+            parked_fetches: self.parked.len(),
+            in_flight_batches: self.in_flight.len(),
+        }
+    }
+
+    // ---- inputs ----
+
+    fn advance(&mut self, now: Millis) -> Millis {
+        self.now = self.now.max(now);
+        self.now
+    }
+
+    /// A request from a user's device. `client_peer` is the connection's authenticated peer id.
+    pub fn handle_client(&mut self, now: Millis, token: Token, client_peer: &str, req: ClientRequest) {
+        let now = self.advance(now);
+        let user = req.auth.user;
+        if let Err(e) = req.auth.verify(&self.config.node_id, client_peer, now, &req.op) {
+            tracing::debug!(user = %redact::User(&user), error = ?e, "client request refused");
+            return self.respond_client(token, ClientResponse::Error(e));
+        }
+        if !matches!(req.op, ClientOp::Register) && !self.accounts.contains_key(&user) {
+            return self.respond_client(token, ClientResponse::Error(ClientError::NotRegistered));
+        }
+        let response = match req.op {
+            ClientOp::Register => self.register(user, now),
+            ClientOp::Send(items) if items.len() > MAX_BATCH_ENVELOPES => {
+                ClientResponse::Error(ClientError::TooMany)
+            }
+            ClientOp::Send(items) => ClientResponse::Sent(
+                items.into_iter().map(|o| self.accept_send(user, o.to_node, o.envelope)).collect(),
+            ),
+            ClientOp::Fetch { limit, wait_ms } => {
+                let limit = (limit as usize).clamp(1, MAX_BATCH_ENVELOPES);
+                let batch = self.mailbox_batch(&user, limit);
+                if batch.is_empty() && wait_ms > 0 && self.parked.len() < MAX_PARKED_FETCHES {
+                    let until = now.saturating_add(wait_ms.min(MAX_FETCH_WAIT_MS) as Millis);
+                    self.parked.push(Parked { token, user, until, limit });
+                    return;
+                }
+                ClientResponse::Envelopes(batch)
+            }
+            ClientOp::Ack(ids) if ids.len() > MAX_BATCH_ENVELOPES => {
+                ClientResponse::Error(ClientError::TooMany)
+            }
+            ClientOp::Ack(ids) => {
+                let removed = ids.iter().filter(|id| self.ack(&user, id)).count() as u32;
+                ClientResponse::Acked { removed }
+            }
+            ClientOp::Status(ids) if ids.len() > MAX_BATCH_ENVELOPES => {
+                ClientResponse::Error(ClientError::TooMany)
+            }
+            ClientOp::Status(ids) => {
+                ClientResponse::Status(ids.iter().map(|id| self.state_of(&user, id)).collect())
+            }
+        };
+        self.respond_client(token, response);
+    }
+
+    /// A federation request from another node (already authenticated as `from_node` by Noise).
+    pub fn handle_fed_request(&mut self, now: Millis, token: Token, from_node: &str, req: FedRequest) {
+        let now = self.advance(now);
+        let response = match req {
+            FedRequest::Deliver(envs) if envs.len() > MAX_BATCH_ENVELOPES => {
+                tracing::info!(from = from_node, n = envs.len(), "refused oversized batch");
+                FedResponse::Refused(Refusal::TooManyEnvelopes)
+            }
+            FedRequest::Deliver(envs) => {
+                FedResponse::Delivered(envs.into_iter().map(|e| self.deliver_local(e, now)).collect())
+            }
+        };
+        self.outputs.push_back(Output::FedResponse { token, response });
+    }
+
+    /// The answer (or failure) of an outbound federation request made by [`Output::FedRequest`].
+    pub fn handle_fed_response(
+        &mut self,
+        now: Millis,
+        batch: BatchId,
+        result: Result<FedResponse, FedFailure>,
+    ) {
+        let now = self.advance(now);
+        let Some((node, ids)) = self.in_flight.remove(&batch) else {
+            return;
+        };
+        let results = match result {
+            Ok(FedResponse::Delivered(results)) if results.len() == ids.len() => Some(results),
+            Ok(other) => {
+                tracing::warn!(to = %node, answer = ?other, "federation batch not accepted");
+                None
+            }
+            Err(failure) => {
+                tracing::debug!(to = %node, ?failure, "federation batch failed");
+                None
+            }
+        };
+        let Some(outbox) = self.outboxes.get_mut(&node) else {
+            return;
+        };
+        outbox.in_flight = None;
+        let mut progressed = false;
+        let mut finished = Vec::new();
+        match results {
+            Some(results) => {
+                for (id, r) in ids.iter().zip(results) {
+                    let state = match r {
+                        DeliverResult::Accepted | DeliverResult::Duplicate => {
+                            DeliveryState::DeliveredToNode { at: now }
+                        }
+                        DeliverResult::NoSuchUser => DeliveryState::NoSuchUser,
+                        DeliverResult::Expired => DeliveryState::Expired,
+                        DeliverResult::Invalid => DeliveryState::Refused,
+                        DeliverResult::MailboxFull => {
+                            if let Some(rec) = outbox.records.get_mut(id) {
+                                rec.attempts += 1;
+                                outbox.queue.push_back(*id);
+                            }
+                            continue;
+                        }
+                    };
+                    progressed = true;
+                    finished.push((*id, state));
+                }
+            }
+            None => {
+                // Put the batch back at the front, in order, for the next attempt.
+                for id in ids.iter().rev() {
+                    if let Some(rec) = outbox.records.get_mut(id) {
+                        rec.attempts += 1;
+                        outbox.queue.push_front(*id);
+                    }
+                }
+            }
+        }
+        if progressed {
+            outbox.failures = 0;
+            outbox.next_attempt = now;
+        } else {
+            outbox.failures = outbox.failures.saturating_add(1);
+            let exp = RETRY_BASE_MS.saturating_mul(1 << outbox.failures.min(16).saturating_sub(1));
+            let delay = exp.min(RETRY_MAX_MS);
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            let jitter = self.rng % (delay / 5 + 1);
+            outbox.next_attempt = now.saturating_add(delay - jitter);
+        }
+        for (id, state) in finished {
+            self.finish_outbox(&node, &id, state);
+        }
+        self.flush_outboxes(now);
+    }
+
+    /// Drives timers: retries, parked fetches, expiry. Call at or after [`Core::poll_timeout`].
+    pub fn handle_timeout(&mut self, now: Millis) {
+        let now = self.advance(now);
+        // Expired parked fetches answer empty.
+        let mut i = 0;
+        while i < self.parked.len() {
+            if self.parked[i].until <= now {
+                let p = self.parked.swap_remove(i);
+                self.respond_client(p.token, ClientResponse::Envelopes(Vec::new()));
+            } else {
+                i += 1;
+            }
+        }
+        while let Some((at, _)) = self.expiries.first() {
+            if *at > now {
+                break;
+            }
+            let (_, what) = self.expiries.pop_first().expect("first() was Some");
+            match what {
+                Expiry::Mailbox(user, id) => {
+                    if self.remove_mailbox(&user, &id) {
+                        tracing::debug!(user = %redact::User(&user), "expired envelope dropped");
+                    }
+                }
+                Expiry::Outbox(node, id) => {
+                    let queued = self.outboxes.get(&node).is_some_and(|o| o.records.contains_key(&id));
+                    let in_flight = self.in_flight.values().any(|(_, ids)| ids.contains(&id));
+                    if queued && !in_flight {
+                        self.finish_outbox(&node, &id, DeliveryState::Expired);
+                    } else if queued {
+                        // Try again once the batch in flight is answered.
+                        self.expiries.insert((now + 1, Expiry::Outbox(node, id)));
+                    }
+                }
+                Expiry::Status(id) => {
+                    if self.status.remove(&id).is_some() {
+                        self.writes.push(NodeWrite::DeleteStatus(id));
+                    }
+                }
+            }
+        }
+        self.flush_outboxes(now);
+    }
+
+    // ---- outputs ----
+
+    /// The durable writes that the queued outputs depend on. See the driving contract above.
+    pub fn take_writes(&mut self) -> Vec<NodeWrite> {
+        std::mem::take(&mut self.writes)
+    }
+
+    /// Next output, once the writes taken before it are durable.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        debug_assert!(self.writes.is_empty(), "take_writes before poll_output");
+        self.outputs.pop_front()
+    }
+
+    /// When [`Core::handle_timeout`] next has work, if ever.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        let retry = self
+            .outboxes
+            .values()
+            .filter(|o| o.in_flight.is_none() && !o.queue.is_empty())
+            .map(|o| o.next_attempt)
+            .min();
+        let parked = self.parked.iter().map(|p| p.until).min();
+        let expiry = self.expiries.first().map(|(at, _)| *at);
+        [retry, parked, expiry].into_iter().flatten().min()
+    }
+
+    // ---- internals ----
+
+    fn respond_client(&mut self, token: Token, response: ClientResponse) {
+        self.outputs.push_back(Output::Client { token, response });
+    }
+
+    fn register(&mut self, user: UserId, now: Millis) -> ClientResponse {
+        if self.accounts.contains_key(&user) {
+            return ClientResponse::Registered;
+        }
+        if !self.config.registration_open {
+            return ClientResponse::Error(ClientError::RegistrationClosed);
+        }
+        if self.accounts.len() >= MAX_ACCOUNTS {
+            return ClientResponse::Error(ClientError::Overloaded);
+        }
+        let rec = AccountRecord { created_at: now };
+        self.writes.push(NodeWrite::PutAccount(user, rec.clone()));
+        self.accounts.insert(user, rec);
+        tracing::info!(user = %redact::User(&user), "account registered");
+        ClientResponse::Registered
+    }
+
+    fn accept_send(&mut self, owner: UserId, to_node: String, envelope: Envelope) -> SendResult {
+        if envelope.check_header(self.now).is_err() {
+            return SendResult::Invalid;
+        }
+        let id = envelope.id;
+        let expires_at = envelope.expires_at;
+        let result = if to_node == self.config.node_id {
+            match self.deliver_local(envelope, self.now) {
+                DeliverResult::Accepted | DeliverResult::Duplicate => SendResult::DeliveredToNode,
+                DeliverResult::NoSuchUser => SendResult::NoSuchUser,
+                DeliverResult::MailboxFull => SendResult::Full,
+                DeliverResult::Expired | DeliverResult::Invalid => SendResult::Invalid,
+            }
+        } else {
+            if to_node.is_empty()
+                || to_node.len() > MAX_NODE_ID_LEN
+                || !to_node.chars().all(|c| c.is_ascii_alphanumeric())
+            {
+                return SendResult::Invalid;
+            }
+            let full = match self.outboxes.get(&to_node) {
+                Some(o) => o.records.len() >= MAX_OUTBOX_PER_NODE,
+                None => self.outboxes.len() >= MAX_OUTBOX_DESTINATIONS,
+            };
+            if full {
+                return SendResult::Full;
+            }
+            if self.outboxes.get(&to_node).is_some_and(|o| o.records.contains_key(&id)) {
+                return SendResult::Queued;
+            }
+            let rec = OutboxRecord { to_node, envelope, attempts: 0 };
+            self.writes.push(NodeWrite::PutOutbox(rec.clone()));
+            let node = rec.to_node.clone();
+            self.insert_outbox(rec);
+            self.flush_outbox(&node, self.now);
+            SendResult::Queued
+        };
+        let state = match result {
+            SendResult::Queued => DeliveryState::Queued { attempts: 0 },
+            SendResult::DeliveredToNode => DeliveryState::DeliveredToNode { at: self.now },
+            SendResult::NoSuchUser => DeliveryState::NoSuchUser,
+            SendResult::Invalid | SendResult::Full => return result,
+        };
+        self.set_status(id, StatusRecord { owner, state, expires_at });
+        result
+    }
+
+    fn set_status(&mut self, id: EnvelopeId, rec: StatusRecord) {
+        if !self.status.contains_key(&id) {
+            self.expiries.insert((rec.expires_at.saturating_add(STATUS_GRACE_MS), Expiry::Status(id)));
+        }
+        self.writes.push(NodeWrite::PutStatus(id, rec.clone()));
+        self.status.insert(id, rec);
+    }
+
+    fn state_of(&self, user: &UserId, id: &EnvelopeId) -> DeliveryState {
+        match self.status.get(id) {
+            Some(rec) if rec.owner == *user => match rec.state {
+                DeliveryState::Queued { .. } => {
+                    let attempts = self
+                        .outboxes
+                        .values()
+                        .find_map(|o| o.records.get(id))
+                        .map_or(0, |r| r.attempts);
+                    DeliveryState::Queued { attempts }
+                }
+                other => other,
+            },
+            _ => DeliveryState::Unknown,
+        }
+    }
+
+    fn deliver_local(&mut self, envelope: Envelope, now: Millis) -> DeliverResult {
+        match envelope.check_header(now) {
+            Ok(()) => {}
+            Err(hestia_protocol::envelope::EnvelopeError::Expired) => return DeliverResult::Expired,
+            Err(_) => return DeliverResult::Invalid,
+        }
+        let user = envelope.recipient;
+        if !self.accounts.contains_key(&user) {
+            return DeliverResult::NoSuchUser;
+        }
+        if self.mailbox_index.contains_key(&envelope.id) || self.seen.contains(&envelope.id) {
+            return DeliverResult::Duplicate;
+        }
+        if self.mailboxes.get(&user).is_some_and(|m| m.len() >= MAX_MAILBOX_ENVELOPES) {
+            return DeliverResult::MailboxFull;
+        }
+        self.writes.push(NodeWrite::PutMailbox(envelope.clone()));
+        self.insert_mailbox(envelope);
+        self.wake_parked(&user);
+        DeliverResult::Accepted
+    }
+
+    fn insert_mailbox(&mut self, e: Envelope) {
+        let seq = self.next_arrival;
+        self.next_arrival += 1;
+        self.expiries.insert((e.expires_at, Expiry::Mailbox(e.recipient, e.id)));
+        self.mailbox_index.insert(e.id, (e.recipient, seq));
+        self.mailboxes.entry(e.recipient).or_default().insert(seq, e);
+    }
+
+    fn remove_mailbox(&mut self, user: &UserId, id: &EnvelopeId) -> bool {
+        let Some((owner, seq)) = self.mailbox_index.get(id).copied() else {
+            return false;
+        };
+        if owner != *user {
+            return false;
+        }
+        self.mailbox_index.remove(id);
+        if let Some(m) = self.mailboxes.get_mut(user) {
+            if let Some(e) = m.remove(&seq) {
+                self.expiries.remove(&(e.expires_at, Expiry::Mailbox(*user, *id)));
+            }
+            if m.is_empty() {
+                self.mailboxes.remove(user);
+            }
+        }
+        self.writes.push(NodeWrite::DeleteMailbox(*user, *id));
+        true
+    }
+
+    fn mailbox_batch(&self, user: &UserId, limit: usize) -> Vec<Envelope> {
+        let mut bytes = 0;
+        let mut out = Vec::new();
+        for e in self.mailboxes.get(user).into_iter().flat_map(|m| m.values()) {
+            if out.len() >= limit || bytes + e.body.len() > MAX_BATCH_BYTES {
+                break;
+            }
+            bytes += e.body.len();
+            out.push(e.clone());
+        }
+        out
+    }
+
+    fn wake_parked(&mut self, user: &UserId) {
+        if let Some(i) = self.parked.iter().position(|p| p.user == *user) {
+            let p = self.parked.swap_remove(i);
+            let batch = self.mailbox_batch(user, p.limit);
+            self.respond_client(p.token, ClientResponse::Envelopes(batch));
+        }
+    }
+
+    fn ack(&mut self, user: &UserId, id: &EnvelopeId) -> bool {
+        if !self.remove_mailbox(user, id) {
+            return false;
+        }
+        if self.seen.insert(*id) {
+            self.seen_order.push_back(*id);
+            if self.seen_order.len() > MAX_SEEN
+                && let Some(old) = self.seen_order.pop_front()
+            {
+                self.seen.remove(&old);
+            }
+        }
+        true
+    }
+
+    fn insert_outbox(&mut self, rec: OutboxRecord) {
+        let id = rec.envelope.id;
+        self.expiries.insert((rec.envelope.expires_at, Expiry::Outbox(rec.to_node.clone(), id)));
+        let o = self.outboxes.entry(rec.to_node.clone()).or_default();
+        o.queue.push_back(id);
+        o.records.insert(id, rec);
+    }
+
+    fn finish_outbox(&mut self, node: &str, id: &EnvelopeId, state: DeliveryState) {
+        let Some(o) = self.outboxes.get_mut(node) else {
+            return;
+        };
+        let Some(rec) = o.records.remove(id) else {
+            return;
+        };
+        o.queue.retain(|q| q != id);
+        if o.records.is_empty() && o.in_flight.is_none() {
+            self.outboxes.remove(node);
+        }
+        self.expiries.remove(&(rec.envelope.expires_at, Expiry::Outbox(node.to_string(), *id)));
+        self.writes.push(NodeWrite::DeleteOutbox(node.to_string(), *id));
+        if let Some(status) = self.status.get(id).cloned() {
+            self.set_status(*id, StatusRecord { state, ..status });
+        }
+    }
+
+    fn flush_outboxes(&mut self, now: Millis) {
+        let ready: Vec<String> = self
+            .outboxes
+            .iter()
+            .filter(|(_, o)| o.in_flight.is_none() && !o.queue.is_empty() && o.next_attempt <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for node in ready {
+            self.flush_outbox(&node, now);
+        }
+    }
+
+    /// Sends the next batch to `node` if none is in flight and its backoff has passed. While a
+    /// batch is in flight, new envelopes gather and leave together in the next one.
+    fn flush_outbox(&mut self, node: &str, now: Millis) {
+        let Some(o) = self.outboxes.get_mut(node) else {
+            return;
+        };
+        if o.in_flight.is_some() || o.next_attempt > now {
+            return;
+        }
+        let mut ids = Vec::new();
+        let mut envs = Vec::new();
+        let mut bytes = 0;
+        while let Some(id) = o.queue.front().copied() {
+            let Some(rec) = o.records.get(&id) else {
+                o.queue.pop_front();
+                continue;
+            };
+            if ids.len() >= MAX_BATCH_ENVELOPES || bytes + rec.envelope.body.len() > MAX_BATCH_BYTES {
+                break;
+            }
+            o.queue.pop_front();
+            if rec.envelope.expires_at <= now {
+                continue; // the expiry timer removes it and records the state
+            }
+            bytes += rec.envelope.body.len();
+            ids.push(id);
+            envs.push(rec.envelope.clone());
+        }
+        if ids.is_empty() {
+            return;
+        }
+        let batch = BatchId(self.next_batch);
+        self.next_batch += 1;
+        o.in_flight = Some(batch);
+        self.in_flight.insert(batch, (node.to_string(), ids));
+        self.outputs.push_back(Output::FedRequest {
+            batch,
+            to_node: node.to_string(),
+            request: FedRequest::Deliver(envs),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hestia_protocol::envelope::Content;
+    use hestia_protocol::identity::IdentityKey;
+    use hestia_protocol::wire::{ClientAuth, Outgoing};
+    use hestia_store::node::{MemNodeStore, NodeStore};
+
+    const T0: Millis = 1_700_000_000_000;
+
+    struct Harness {
+        rng: rand::rngs::StdRng,
+        alice: IdentityKey,
+        bob: IdentityKey,
+        a: Core,
+        b: Core,
+        store_a: MemNodeStore,
+        store_b: MemNodeStore,
+        next_token: u64,
+    }
+
+    fn core(id: &str, snap: NodeSnapshot, now: Millis) -> Core {
+        Core::new(Config { node_id: id.into(), registration_open: true, seed: 7 }, snap, now)
+    }
+
+    impl Harness {
+        fn new() -> Harness {
+            let mut rng: rand::rngs::StdRng = rand::SeedableRng::seed_from_u64(11);
+            let alice = IdentityKey::generate(&mut rng);
+            let bob = IdentityKey::generate(&mut rng);
+            let mut h = Harness {
+                rng,
+                alice,
+                bob,
+                a: core("NodeA", NodeSnapshot::default(), T0),
+                b: core("NodeB", NodeSnapshot::default(), T0),
+                store_a: MemNodeStore::default(),
+                store_b: MemNodeStore::default(),
+                next_token: 0,
+            };
+            assert_eq!(h.client(true, T0, ClientOp::Register), vec![ClientResponse::Registered]);
+            assert_eq!(h.client(false, T0, ClientOp::Register), vec![ClientResponse::Registered]);
+            h
+        }
+
+        /// Alice's client talks to node A; Bob's to node B.
+        fn client(&mut self, alice: bool, now: Millis, op: ClientOp) -> Vec<ClientResponse> {
+            let (key, node) = if alice { (&self.alice, "NodeA") } else { (&self.bob, "NodeB") };
+            let auth = ClientAuth::sign(key, node, "device", now, &op).unwrap();
+            self.next_token += 1;
+            let core = if alice { &mut self.a } else { &mut self.b };
+            core.handle_client(now, Token(self.next_token), "device", ClientRequest { auth, op });
+            let (_, _, out) = self.drain(alice);
+            out
+        }
+
+        /// Applies writes, then returns fed requests, fed responses and client responses.
+        #[allow(clippy::type_complexity)]
+        fn drain(
+            &mut self,
+            a: bool,
+        ) -> (Vec<(BatchId, String, FedRequest)>, Vec<FedResponse>, Vec<ClientResponse>) {
+            let (core, store) =
+                if a { (&mut self.a, &mut self.store_a) } else { (&mut self.b, &mut self.store_b) };
+            store.apply(&core.take_writes()).unwrap();
+            let mut reqs = Vec::new();
+            let mut fed = Vec::new();
+            let mut cl = Vec::new();
+            while let Some(o) = core.poll_output() {
+                match o {
+                    Output::Client { response, .. } => cl.push(response),
+                    Output::FedResponse { response, .. } => fed.push(response),
+                    Output::FedRequest { batch, to_node, request } => {
+                        reqs.push((batch, to_node, request))
+                    }
+                }
+            }
+            (reqs, fed, cl)
+        }
+
+        fn letter(&mut self, text: &str, now: Millis, ttl: Millis) -> Envelope {
+            Envelope::seal(
+                &mut self.rng,
+                &self.alice,
+                "NodeA",
+                "alice",
+                &self.bob.user_id(),
+                Content::Text(text.into()),
+                now,
+                ttl,
+            )
+            .unwrap()
+        }
+
+        /// Delivers node A's pending fed requests to node B and B's answers back to A.
+        fn pump(&mut self, now: Millis) -> usize {
+            let (reqs, _, _) = self.drain(true);
+            let n = reqs.len();
+            for (batch, to, req) in reqs {
+                assert_eq!(to, "NodeB");
+                self.b.handle_fed_request(now, Token(0), "NodeA", req);
+                let (_, mut answers, _) = self.drain(false);
+                self.a.handle_fed_response(now, batch, Ok(answers.remove(0)));
+            }
+            n
+        }
+    }
+
+    #[test]
+    fn offline_recipient_gets_message_on_fetch_and_ack_removes_it() {
+        let mut h = Harness::new();
+        let e = h.letter("hello", T0, 60_000);
+        let r = h.client(true, T0, ClientOp::Send(vec![Outgoing { to_node: "NodeB".into(), envelope: e.clone() }]));
+        assert_eq!(r, vec![ClientResponse::Sent(vec![SendResult::Queued])]);
+        assert_eq!(h.pump(T0), 1);
+        let st = h.client(true, T0, ClientOp::Status(vec![e.id]));
+        assert_eq!(st, vec![ClientResponse::Status(vec![DeliveryState::DeliveredToNode { at: T0 }])]);
+        assert!(h.store_a.load().unwrap().outbox.is_empty());
+        assert_eq!(h.store_b.load().unwrap().mailbox, vec![e.clone()]);
+        let got = h.client(false, T0 + 5, ClientOp::Fetch { limit: 10, wait_ms: 0 });
+        assert_eq!(got, vec![ClientResponse::Envelopes(vec![e.clone()])]);
+        assert_eq!(e.open(&h.bob).unwrap().content, Content::Text("hello".into()));
+        let acked = h.client(false, T0 + 6, ClientOp::Ack(vec![e.id]));
+        assert_eq!(acked, vec![ClientResponse::Acked { removed: 1 }]);
+        assert!(h.store_b.load().unwrap().mailbox.is_empty());
+        // A retransmission after the ack is a duplicate, not a second delivery.
+        h.b.handle_fed_request(T0 + 7, Token(0), "NodeA", FedRequest::Deliver(vec![e]));
+        let (_, fed, _) = h.drain(false);
+        assert_eq!(fed, vec![FedResponse::Delivered(vec![DeliverResult::Duplicate])]);
+    }
+
+    #[test]
+    fn unreachable_node_is_retried_with_backoff_then_delivered() {
+        let mut h = Harness::new();
+        let e = h.letter("later", T0, 600_000);
+        h.client(true, T0, ClientOp::Send(vec![Outgoing { to_node: "NodeB".into(), envelope: e.clone() }]));
+        let (reqs, _, _) = h.drain(true);
+        h.a.handle_fed_response(T0, reqs[0].0, Err(FedFailure::Unreachable));
+        let first = h.a.poll_timeout().unwrap();
+        assert!(first > T0 && first <= T0 + RETRY_BASE_MS);
+        h.a.handle_timeout(first);
+        let (reqs, _, _) = h.drain(true);
+        h.a.handle_fed_response(first, reqs[0].0, Err(FedFailure::Timeout));
+        let second = h.a.poll_timeout().unwrap();
+        assert!(second - first > first - T0, "backoff grows");
+        let st = h.client(true, second, ClientOp::Status(vec![e.id]));
+        assert_eq!(st, vec![ClientResponse::Status(vec![DeliveryState::Queued { attempts: 2 }])]);
+        h.a.handle_timeout(second);
+        assert_eq!(h.pump(second), 1);
+        assert_eq!(h.store_b.load().unwrap().mailbox.len(), 1);
+    }
+
+    #[test]
+    fn restart_from_store_resumes_outbox_and_mailbox() {
+        let mut h = Harness::new();
+        let e = h.letter("survives", T0, 600_000);
+        h.client(true, T0, ClientOp::Send(vec![Outgoing { to_node: "NodeB".into(), envelope: e.clone() }]));
+        // Node A crashes with the batch in flight: rebuild it from its store.
+        h.a = core("NodeA", h.store_a.load().unwrap(), T0 + 10);
+        h.a.handle_timeout(T0 + 10);
+        assert_eq!(h.pump(T0 + 10), 1);
+        // Node B crashes after storing: the envelope is still there.
+        h.b = core("NodeB", h.store_b.load().unwrap(), T0 + 20);
+        let got = h.client(false, T0 + 20, ClientOp::Fetch { limit: 10, wait_ms: 0 });
+        assert_eq!(got, vec![ClientResponse::Envelopes(vec![e])]);
+    }
+
+    #[test]
+    fn expiry_removes_from_outbox_and_mailbox_and_reports_expired() {
+        let mut h = Harness::new();
+        let e1 = h.letter("a", T0, 1_000);
+        let e2 = h.letter("b", T0, 1_000);
+        h.client(true, T0, ClientOp::Send(vec![Outgoing { to_node: "NodeB".into(), envelope: e1.clone() }]));
+        let (reqs, _, _) = h.drain(true);
+        h.a.handle_fed_response(T0, reqs[0].0, Err(FedFailure::Unreachable));
+        h.b.handle_fed_request(T0, Token(0), "NodeA", FedRequest::Deliver(vec![e2.clone()]));
+        h.drain(false);
+        h.a.handle_timeout(T0 + 1_000);
+        h.b.handle_timeout(T0 + 1_000);
+        h.drain(true);
+        h.drain(false);
+        assert!(h.store_a.load().unwrap().outbox.is_empty());
+        assert!(h.store_b.load().unwrap().mailbox.is_empty());
+        let st = h.client(true, T0 + 1_001, ClientOp::Status(vec![e1.id]));
+        assert_eq!(st, vec![ClientResponse::Status(vec![DeliveryState::Expired])]);
+    }
+
+    #[test]
+    fn unknown_recipient_and_bad_auth_get_clear_answers() {
+        let mut h = Harness::new();
+        let stranger = IdentityKey::generate(&mut h.rng);
+        let e = Envelope::seal(
+            &mut h.rng,
+            &h.alice,
+            "NodeA",
+            "alice",
+            &stranger.user_id(),
+            Content::Text("?".into()),
+            T0,
+            60_000,
+        )
+        .unwrap();
+        h.client(true, T0, ClientOp::Send(vec![Outgoing { to_node: "NodeB".into(), envelope: e.clone() }]));
+        h.pump(T0);
+        let st = h.client(true, T0, ClientOp::Status(vec![e.id]));
+        assert_eq!(st, vec![ClientResponse::Status(vec![DeliveryState::NoSuchUser])]);
+        // Another user cannot read Alice's delivery states.
+        let st = h.client(false, T0, ClientOp::Status(vec![e.id]));
+        assert_eq!(st, vec![ClientResponse::Status(vec![DeliveryState::Unknown])]);
+        // A request signed for another node is refused.
+        let op = ClientOp::Fetch { limit: 1, wait_ms: 0 };
+        let auth = ClientAuth::sign(&h.bob, "NodeA", "device", T0, &op).unwrap();
+        h.b.handle_client(T0, Token(99), "device", ClientRequest { auth, op });
+        let (_, _, cl) = h.drain(false);
+        assert_eq!(cl, vec![ClientResponse::Error(ClientError::BadAuth)]);
+    }
+
+    #[test]
+    fn parked_fetch_wakes_on_arrival_and_times_out_empty() {
+        let mut h = Harness::new();
+        let r = h.client(false, T0, ClientOp::Fetch { limit: 10, wait_ms: 1_000 });
+        assert!(r.is_empty(), "held open");
+        assert_eq!(h.b.poll_timeout(), Some(T0 + 1_000));
+        let e = h.letter("live", T0, 60_000);
+        h.b.handle_fed_request(T0 + 3, Token(0), "NodeA", FedRequest::Deliver(vec![e.clone()]));
+        let (_, fed, cl) = h.drain(false);
+        assert_eq!(fed.len(), 1);
+        assert_eq!(cl, vec![ClientResponse::Envelopes(vec![e])]);
+        let r = h.client(false, T0 + 4, ClientOp::Fetch { limit: 10, wait_ms: 0 });
+        assert_eq!(r.len(), 1, "not acked yet: still held");
+    }
+
+    #[test]
+    fn envelopes_sent_while_a_batch_is_in_flight_leave_together() {
+        let mut h = Harness::new();
+        let first = h.letter("0", T0, 60_000);
+        h.client(true, T0, ClientOp::Send(vec![Outgoing { to_node: "NodeB".into(), envelope: first }]));
+        let (reqs, _, _) = h.drain(true);
+        for i in 0..10 {
+            let e = h.letter(&i.to_string(), T0, 60_000);
+            h.client(true, T0, ClientOp::Send(vec![Outgoing { to_node: "NodeB".into(), envelope: e }]));
+        }
+        h.b.handle_fed_request(T0, Token(0), "NodeA", reqs[0].2.clone());
+        let (_, mut answers, _) = h.drain(false);
+        h.a.handle_fed_response(T0, reqs[0].0, Ok(answers.remove(0)));
+        let (reqs, _, _) = h.drain(true);
+        assert_eq!(reqs.len(), 1);
+        let FedRequest::Deliver(envs) = &reqs[0].2;
+        assert_eq!(envs.len(), 10);
+    }
+}

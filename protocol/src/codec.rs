@@ -1,0 +1,84 @@
+//! The codec: bincode 2 (serde mode, standard configuration: little-endian, variable-length
+//! integers) behind two functions. Every decode takes a size limit, refuses trailing bytes and
+//! never panics, whatever the input.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The largest frame either protocol accepts: a full batch of the largest envelopes plus framing.
+/// Chosen so a batch of [`crate::wire::MAX_BATCH_ENVELOPES`] padded 4 KiB envelopes fits, and a
+/// peer cannot make us buffer more than this per stream.
+pub const MAX_FRAME_BYTES: usize = 2 * 1024 * 1024;
+
+/// Bincode's own allocation limit, a backstop behind the explicit length check.
+const BINCODE_LIMIT: usize = MAX_FRAME_BYTES;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("frame of {len} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { len: usize, limit: usize },
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    #[error("malformed frame: {0} trailing bytes")]
+    TrailingBytes(usize),
+    #[error("value could not be encoded: {0}")]
+    Encode(String),
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<BINCODE_LIMIT>()
+}
+
+/// Encodes a value. Fails only if a value is larger than [`MAX_FRAME_BYTES`].
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    let bytes = bincode::serde::encode_to_vec(value, config())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    if bytes.len() > MAX_FRAME_BYTES {
+        return Err(CodecError::TooLarge { len: bytes.len(), limit: MAX_FRAME_BYTES });
+    }
+    Ok(bytes)
+}
+
+/// Decodes a value from exactly `bytes`, refusing anything longer than `limit`.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, CodecError> {
+    if bytes.len() > limit {
+        return Err(CodecError::TooLarge { len: bytes.len(), limit });
+    }
+    let (value, used) = bincode::serde::decode_from_slice(bytes, config())
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(CodecError::TrailingBytes(bytes.len() - used));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct Sample {
+        a: u32,
+        b: Vec<u8>,
+    }
+
+    #[test]
+    fn round_trip_and_refusals() {
+        let s = Sample { a: 7, b: vec![1, 2, 3] };
+        let bytes = encode(&s).unwrap();
+        assert_eq!(decode::<Sample>(&bytes, 64).unwrap(), s);
+        assert!(matches!(decode::<Sample>(&bytes, 2), Err(CodecError::TooLarge { .. })));
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(matches!(decode::<Sample>(&trailing, 64), Err(CodecError::TrailingBytes(1))));
+        assert!(matches!(decode::<Sample>(&bytes[..2], 64), Err(CodecError::Malformed(_))));
+    }
+
+    #[test]
+    fn a_huge_length_prefix_is_refused_not_allocated() {
+        // a = 1, then a Vec length of u64::MAX as a varint (0xFD + 8 bytes).
+        let mut bytes = vec![1, 0xFD];
+        bytes.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode::<Sample>(&bytes, 64).is_err());
+    }
+}

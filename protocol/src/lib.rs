@@ -1,0 +1,26 @@
+//! Hestia's protocol: identities and addresses, the envelope format, wire messages, the codec and
+//! the end-to-end crypto. Everything here is pure: no IO, no clock, no threads. Callers pass the
+//! current time (`now`, Unix milliseconds) and a random number generator where one is needed, so
+//! tests and simulations can replay any run from a seed.
+//!
+//! Layout:
+//! - [`codec`]: the one place that turns wire and stored types into bytes and back; every decode
+//!   is bounded by a size limit and total (never panics).
+//! - [`identity`]: a user's ed25519 identity key, its public [`identity::UserId`], fingerprints,
+//!   printable addresses and contact cards.
+//! - [`seal`]: the ephemeral-static sealed box (X25519 + HKDF-SHA256 + XChaCha20-Poly1305).
+//! - [`envelope`]: what relays carry: a minimal clear header and a padded sealed body, and the
+//!   [`envelope::Letter`] inside it.
+//! - [`wire`]: requests and responses of `/hestia/fed/1` and `/hestia/client/1`, and presence.
+//! - [`redact`]: the one wrapper through which user ids reach a log.
+
+pub mod codec;
+pub mod envelope;
+pub mod identity;
+pub mod redact;
+pub mod seal;
+pub mod wire;
+
+/// Wall-clock time in milliseconds since the Unix epoch. Envelope expiry is absolute wall-clock
+/// time because it crosses machines; everything that takes `now` takes one of these.
+pub type Millis = u64;

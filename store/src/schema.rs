@@ -1,0 +1,80 @@
+//! Every column family of both databases, the schema version, and the only code that encodes
+//! keys. Column families are named `key_value`. Integers in keys are big-endian so that byte
+//! order is numeric order; variable-length parts are length-prefixed with one byte.
+
+use hestia_protocol::envelope::EnvelopeId;
+use hestia_protocol::identity::UserId;
+
+/// Bumped with every change to a stored form; [`crate::node::NodeDb::open`] and
+/// [`crate::client::ClientDb::open`] refuse a newer database and migrate an older one step by step.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// `meta`: `"schema_version"` → u32 BE; `"kind"` → `node` | `client`; `"node_key"` → the node's
+/// libp2p key (protobuf encoding) in the node database.
+pub const META: &str = "meta";
+
+// Node database.
+/// `userid_account`: user id (32) → stored account.
+pub const USERID_ACCOUNT: &str = "userid_account";
+/// `userid_envelopeid_mailbox`: user id (32) ‖ envelope id (16) → envelope.
+pub const USERID_ENVELOPEID_MAILBOX: &str = "userid_envelopeid_mailbox";
+/// `nodeid_envelopeid_outbox`: len (1) ‖ node peer id ‖ envelope id (16) → outbox record.
+pub const NODEID_ENVELOPEID_OUTBOX: &str = "nodeid_envelopeid_outbox";
+/// `envelopeid_status`: envelope id (16) → delivery-state record of an envelope sent from here.
+pub const ENVELOPEID_STATUS: &str = "envelopeid_status";
+
+pub const NODE_CFS: &[&str] =
+    &[META, USERID_ACCOUNT, USERID_ENVELOPEID_MAILBOX, NODEID_ENVELOPEID_OUTBOX, ENVELOPEID_STATUS];
+
+// Client database.
+/// `key_identity`: `"identity"` → stored identity (secret seed, handle, home node).
+pub const KEY_IDENTITY: &str = "key_identity";
+/// `name_contact`: contact name (UTF-8) → stored contact.
+pub const NAME_CONTACT: &str = "name_contact";
+/// `seq_message`: sequence number (8, BE) → stored message.
+pub const SEQ_MESSAGE: &str = "seq_message";
+/// `envelopeid_seq`: envelope id (16) → sequence number (8, BE); dedupe and status updates.
+pub const ENVELOPEID_SEQ: &str = "envelopeid_seq";
+
+pub const CLIENT_CFS: &[&str] = &[META, KEY_IDENTITY, NAME_CONTACT, SEQ_MESSAGE, ENVELOPEID_SEQ];
+
+pub fn mailbox_key(user: &UserId, id: &EnvelopeId) -> [u8; 48] {
+    let mut k = [0u8; 48];
+    k[..32].copy_from_slice(user.as_bytes());
+    k[32..].copy_from_slice(&id.0);
+    k
+}
+
+pub fn outbox_key(node: &str, id: &EnvelopeId) -> Vec<u8> {
+    let n = node.as_bytes();
+    let len = n.len().min(255);
+    let mut k = Vec::with_capacity(1 + len + 16);
+    k.push(len as u8);
+    k.extend_from_slice(&n[..len]);
+    k.extend_from_slice(&id.0);
+    k
+}
+
+pub fn seq_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+pub fn decode_seq(k: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(k.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_numerically_and_separate_nodes() {
+        assert!(seq_key(255) < seq_key(256));
+        assert_eq!(decode_seq(&seq_key(77)), Some(77));
+        let id = EnvelopeId([7; 16]);
+        // "ab" ‖ id must not collide with "a" ‖ (b ‖ id…): the length prefix separates them.
+        assert_ne!(outbox_key("ab", &id)[..3], outbox_key("a", &id)[..3]);
+        let u = UserId([1; 32]);
+        assert_eq!(&mailbox_key(&u, &id)[32..], &id.0);
+    }
+}
