@@ -30,7 +30,10 @@ pub enum BootstrapError {
 
 fn load_or_create_key(dir: &Path) -> Result<identity::Keypair, BootstrapError> {
     let path = dir.join("bootstrap.key");
-    let err = |reason: String| BootstrapError::Key { path: path.display().to_string(), reason };
+    let err = |reason: String| BootstrapError::Key {
+        path: path.display().to_string(),
+        reason,
+    };
     std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
     if let Ok(bytes) = std::fs::read(&path) {
         return identity::Keypair::from_protobuf_encoding(&bytes).map_err(|e| err(e.to_string()));
@@ -66,9 +69,15 @@ impl Bootstrap {
         for addr in listen {
             swarm
                 .listen_on(addr.clone())
-                .map_err(|e| BootstrapError::Listen { addr: addr.clone(), reason: e.to_string() })?;
+                .map_err(|e| BootstrapError::Listen {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
         }
-        Ok(Bootstrap { swarm, data_dir: data_dir.to_path_buf() })
+        Ok(Bootstrap {
+            swarm,
+            data_dir: data_dir.to_path_buf(),
+        })
     }
 
     pub fn peer_id(&self) -> PeerId {

@@ -43,7 +43,9 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     let mut hits = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -109,7 +111,10 @@ pub async fn run() -> Result<()> {
     let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
     loop {
         let all = alice.refresh_status(&mut ac).await?;
-        let state = all.iter().find(|m| m.envelope_id == sent.envelope_id).map(|m| m.state.clone());
+        let state = all
+            .iter()
+            .find(|m| m.envelope_id == sent.envelope_id)
+            .map(|m| m.state.clone());
         if state == Some(MessageState::DeliveredToNode) {
             println!("state: delivered to Bob's node (node 2 holds it until Bob connects)");
             break;
@@ -127,7 +132,10 @@ pub async fn run() -> Result<()> {
     for ev in bob.sync(&mut bc, 0).await? {
         match ev {
             InboxEvent::Message(m) => {
-                println!("bob's inbox: {} says {:?} (new contact, key pinned on first use)", m.peer_name, m.text)
+                println!(
+                    "bob's inbox: {} says {:?} (new contact, key pinned on first use)",
+                    m.peer_name, m.text
+                )
             }
             other => println!("bob's inbox: {other:?}"),
         }
@@ -164,7 +172,14 @@ pub async fn run() -> Result<()> {
         println!("node {}: not found in any file", i + 1);
     }
     let in_bob = files_containing(&root.join("bob"), TEXT.as_bytes());
-    println!("Bob's own device history: {}", if in_bob.is_empty() { "not found (!)" } else { "found (history lives on the device)" });
+    println!(
+        "Bob's own device history: {}",
+        if in_bob.is_empty() {
+            "not found (!)"
+        } else {
+            "found (history lives on the device)"
+        }
+    );
 
     let _ = stop.send(true);
     for h in handles {

@@ -15,9 +15,16 @@ pub fn render(s: &NodeSnapshot) -> String {
     let mut out = String::new();
     out.push_str(&format!("  accounts: {}\n", s.accounts.len()));
     for (u, a) in &s.accounts {
-        out.push_str(&format!("    user {}  registered at {}\n", u.fingerprint(), a.created_at));
+        out.push_str(&format!(
+            "    user {}  registered at {}\n",
+            u.fingerprint(),
+            a.created_at
+        ));
     }
-    out.push_str(&format!("  mailbox (held for offline users): {}\n", s.mailbox.len()));
+    out.push_str(&format!(
+        "  mailbox (held for offline users): {}\n",
+        s.mailbox.len()
+    ));
     for e in &s.mailbox {
         out.push_str(&format!(
             "    envelope {}  for {}  {} bytes  expires {}\n",
@@ -27,7 +34,10 @@ pub fn render(s: &NodeSnapshot) -> String {
             e.expires_at
         ));
     }
-    out.push_str(&format!("  outbox (waiting for other nodes): {}\n", s.outbox.len()));
+    out.push_str(&format!(
+        "  outbox (waiting for other nodes): {}\n",
+        s.outbox.len()
+    ));
     for r in &s.outbox {
         out.push_str(&format!(
             "    envelope {}  to node {}  {} bytes  expires {}\n",
@@ -37,7 +47,10 @@ pub fn render(s: &NodeSnapshot) -> String {
             r.envelope.expires_at
         ));
     }
-    out.push_str(&format!("  delivery records (for senders homed here): {}\n", s.status.len()));
+    out.push_str(&format!(
+        "  delivery records (for senders homed here): {}\n",
+        s.status.len()
+    ));
     for (id, r) in &s.status {
         out.push_str(&format!(
             "    envelope {}  sent by {}  state {:?}\n",

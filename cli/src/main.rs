@@ -15,7 +15,11 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
-#[command(name = "hestia", version, about = "Hestia: a privacy-first federated messenger")]
+#[command(
+    name = "hestia",
+    version,
+    about = "Hestia: a privacy-first federated messenger"
+)]
 struct Cli {
     /// Where this device keeps its identity, contacts and history.
     #[arg(long, global = true, env = "HESTIA_HOME")]
@@ -169,9 +173,36 @@ fn home(cli_home: &Option<PathBuf>) -> Result<PathBuf> {
 }
 
 fn main() {
-    let cli = Cli::parse();
-    let node_like = matches!(cli.command, Command::Node(NodeCmd::Run(_)) | Command::Bootstrap(_));
-    let default_filter = if node_like { "info,libp2p=warn" } else { "warn" };
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit();
+            }
+            // One line, like every other error here.
+            let text = e.to_string();
+            eprintln!(
+                "{} (see --help)",
+                text.lines().next().unwrap_or("invalid arguments")
+            );
+            std::process::exit(2);
+        }
+    };
+    let node_like = matches!(
+        cli.command,
+        Command::Node(NodeCmd::Run(_)) | Command::Bootstrap(_)
+    );
+    let default_filter = if node_like {
+        "info,libp2p=warn"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -179,7 +210,10 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: could not start the runtime: {e}");
@@ -248,10 +282,17 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Contact(cmd) => contact(cmd, &home(&cli.home)?),
-        Command::Send { contact, text, wait, ttl } => {
+        Command::Send {
+            contact,
+            text,
+            wait,
+            ttl,
+        } => {
             let mut d = Device::open(&home(&cli.home)?)?;
             let mut conn = d.connect().await?;
-            let mut m = d.send_with_ttl(&mut conn, &contact, &text, ttl * 1000).await?;
+            let mut m = d
+                .send_with_ttl(&mut conn, &contact, &text, ttl * 1000)
+                .await?;
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
             while m.state == MessageState::Queued && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -260,9 +301,18 @@ async fn run(cli: Cli) -> Result<()> {
                     m = n;
                 }
             }
-            println!("{} to {}: {}", m.envelope_id, m.peer_name, describe(&m.state));
+            println!(
+                "{} to {}: {}",
+                m.envelope_id,
+                m.peer_name,
+                describe(&m.state)
+            );
             if m.state == MessageState::NoSuchUser {
-                bail!("no such user on that node: {} does not know {}", m.peer_node, m.peer_name);
+                bail!(
+                    "no such user on that node: {} does not know {}",
+                    m.peer_node,
+                    m.peer_name
+                );
             }
             Ok(())
         }
@@ -275,7 +325,11 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let mut conn = d.connect().await?;
             loop {
-                let wait = if follow { hestia_protocol::wire::MAX_FETCH_WAIT_MS } else { 0 };
+                let wait = if follow {
+                    hestia_protocol::wire::MAX_FETCH_WAIT_MS
+                } else {
+                    0
+                };
                 for ev in d.sync(&mut conn, wait).await? {
                     print_event(&ev);
                 }
@@ -292,7 +346,13 @@ async fn run(cli: Cli) -> Result<()> {
                 print_event(&ev);
             }
             for m in d.refresh_status(&mut conn).await? {
-                println!("{} to {}: {}  {:?}", m.envelope_id, m.peer_name, describe(&m.state), m.text);
+                println!(
+                    "{} to {}: {}  {:?}",
+                    m.envelope_id,
+                    m.peer_name,
+                    describe(&m.state),
+                    m.text
+                );
             }
             Ok(())
         }
@@ -302,23 +362,34 @@ async fn run(cli: Cli) -> Result<()> {
 fn node_config(args: NodeRunArgs) -> Result<NodeConfig> {
     let file: NodeFile = match &args.config {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?
         }
         None => NodeFile::default(),
     };
     let parse = |v: &[String]| -> Result<Vec<Multiaddr>> {
-        v.iter().map(|s| s.parse().with_context(|| format!("bad multiaddr {s:?}"))).collect()
+        v.iter()
+            .map(|s| s.parse().with_context(|| format!("bad multiaddr {s:?}")))
+            .collect()
     };
     let data_dir = match args.data_dir.or(file.data_dir) {
         Some(d) => d,
         None => default_dir("node")?,
     };
-    let mut listen = if args.listen.is_empty() { parse(&file.listen)? } else { args.listen };
+    let mut listen = if args.listen.is_empty() {
+        parse(&file.listen)?
+    } else {
+        args.listen
+    };
     if listen.is_empty() {
         listen.push("/ip4/0.0.0.0/tcp/4001".parse()?);
     }
-    let bootstrap = if args.bootstrap.is_empty() { parse(&file.bootstrap)? } else { args.bootstrap };
+    let bootstrap = if args.bootstrap.is_empty() {
+        parse(&file.bootstrap)?
+    } else {
+        args.bootstrap
+    };
     Ok(NodeConfig {
         data_dir,
         listen,
@@ -339,7 +410,12 @@ fn contact(cmd: ContactCmd, home: &Path) -> Result<()> {
                 address
             };
             let c = d.add_contact(Some(&name), &text)?;
-            println!("added {} ({}), fingerprint {}", c.name, c.address, c.address.user.fingerprint());
+            println!(
+                "added {} ({}), fingerprint {}",
+                c.name,
+                c.address,
+                c.address.user.fingerprint()
+            );
         }
         ContactCmd::List => {
             for c in d.contacts()? {
@@ -367,7 +443,9 @@ fn contact(cmd: ContactCmd, home: &Path) -> Result<()> {
                 d.verify_contact(&name)?;
                 println!("{name} marked verified");
             } else {
-                println!("compare both with {name} in person or on a call, then run with --confirm");
+                println!(
+                    "compare both with {name} in person or on a call, then run with --confirm"
+                );
             }
         }
         ContactCmd::Accept { name } => {
@@ -397,26 +475,39 @@ fn print_message(m: &StoredMessage) {
             println!("[held: key changed] {}: {}", m.peer_name, m.text)
         }
         Direction::Incoming => println!("{}: {}", m.peer_name, m.text),
-        Direction::Outgoing => println!("me -> {}: {}  ({})", m.peer_name, m.text, describe(&m.state)),
+        Direction::Outgoing => println!(
+            "me -> {}: {}  ({})",
+            m.peer_name,
+            m.text,
+            describe(&m.state)
+        ),
     }
 }
 
 fn print_event(ev: &InboxEvent) {
     match ev {
         InboxEvent::Message(m) => print_message(m),
-        InboxEvent::KeyChanged { contact, old, new, message } => {
+        InboxEvent::KeyChanged {
+            contact,
+            old,
+            new,
+            message,
+        } => {
             println!(
                 "WARNING: the key of {contact} changed (pinned {old}, now {new}). This message is held:"
             );
             print_message(message);
-            println!("Compare fingerprints with {contact}, then run `hestia contact accept {contact}`.");
+            println!(
+                "Compare fingerprints with {contact}, then run `hestia contact accept {contact}`."
+            );
         }
         InboxEvent::Delivered(ids) => {
             for id in ids {
                 println!("{id}: delivered to their device");
             }
         }
-        InboxEvent::Undecryptable { id, reason } => println!("{id}: dropped, could not open: {reason}"),
+        InboxEvent::Undecryptable { id, reason } => {
+            println!("{id}: dropped, could not open: {reason}")
+        }
     }
 }
-

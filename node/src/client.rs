@@ -8,6 +8,7 @@
 
 use crate::driver::{self, NodeError, build_swarm, now_millis, peer_of};
 use crate::frame::FrameCodec;
+use futures::StreamExt;
 use hestia_protocol::envelope::{
     Content, DEFAULT_TTL_MS, Envelope, EnvelopeError, EnvelopeId, MAX_NAME_BYTES, MAX_RECEIPT_IDS,
 };
@@ -25,7 +26,6 @@ use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identity};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
-use futures::StreamExt;
 
 /// How long to wait for the home node to accept a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,12 +62,20 @@ pub enum ClientLibError {
         "contact {name:?} already exists with another key (pinned {pinned}, offered {offered}); \
          remove it first or pick another name"
     )]
-    ContactKeyMismatch { name: String, pinned: Fingerprint, offered: Fingerprint },
+    ContactKeyMismatch {
+        name: String,
+        pinned: Fingerprint,
+        offered: Fingerprint,
+    },
     #[error(
         "the key of {name:?} changed (pinned {old}, now {new}); compare fingerprints with them, \
          then run `hestia contact accept {name}`"
     )]
-    KeyChanged { name: String, old: Fingerprint, new: Fingerprint },
+    KeyChanged {
+        name: String,
+        old: Fingerprint,
+        new: Fingerprint,
+    },
     #[error("{0:?} has no pending key change")]
     NoKeyChange(String),
     #[error("invalid name {0:?}: 1 to {MAX_NAME_BYTES} bytes, letters, digits, '-', '_' or '.'")]
@@ -87,21 +95,29 @@ pub struct Connection {
 
 impl Connection {
     pub async fn open(addr: &Multiaddr) -> Result<Connection, ClientLibError> {
-        let node = peer_of(addr).ok_or_else(|| ClientLibError::AddressWithoutPeerId(addr.clone()))?;
+        let node =
+            peer_of(addr).ok_or_else(|| ClientLibError::AddressWithoutPeerId(addr.clone()))?;
         // A fresh device key per connection: the node learns nothing linking connections except
         // the user id they authenticate as.
         let mut swarm = build_swarm(identity::Keypair::generate_ed25519(), |_| {
             Ok(ClientBehaviour {
                 rr: request_response::Behaviour::new(
-                    [(StreamProtocol::new(wire::CLIENT_PROTOCOL), ProtocolSupport::Outbound)],
+                    [(
+                        StreamProtocol::new(wire::CLIENT_PROTOCOL),
+                        ProtocolSupport::Outbound,
+                    )],
                     request_response::Config::default()
                         .with_request_timeout(driver::CLIENT_REQUEST_TIMEOUT),
                 ),
             })
         })?;
-        let unreachable =
-            |reason: String| ClientLibError::Unreachable { addr: addr.clone(), reason };
-        swarm.dial(addr.clone()).map_err(|e| unreachable(e.to_string()))?;
+        let unreachable = |reason: String| ClientLibError::Unreachable {
+            addr: addr.clone(),
+            reason,
+        };
+        swarm
+            .dial(addr.clone())
+            .map_err(|e| unreachable(e.to_string()))?;
         let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
             loop {
                 match swarm.select_next_some().await {
@@ -128,16 +144,28 @@ impl Connection {
     }
 
     /// Signs `op` for this node and connection, sends it and waits for the answer.
-    pub async fn call(&mut self, key: &IdentityKey, op: ClientOp) -> Result<ClientResponse, ClientLibError> {
+    pub async fn call(
+        &mut self,
+        key: &IdentityKey,
+        op: ClientOp,
+    ) -> Result<ClientResponse, ClientLibError> {
         let me = self.swarm.local_peer_id().to_string();
         let auth = ClientAuth::sign(key, &self.node.to_string(), &me, now_millis(), &op)
             .map_err(|e| ClientLibError::Unexpected(e.to_string()))?;
-        let id = self.swarm.behaviour_mut().rr.send_request(&self.node, ClientRequest { auth, op });
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .rr
+            .send_request(&self.node, ClientRequest { auth, op });
         loop {
             match self.swarm.select_next_some().await {
                 SwarmEvent::Behaviour(ClientBehaviourEvent::Rr(ev)) => match ev {
                     request_response::Event::Message {
-                        message: request_response::Message::Response { request_id, response },
+                        message:
+                            request_response::Message::Response {
+                                request_id,
+                                response,
+                            },
                         ..
                     } if request_id == id => {
                         return match response {
@@ -145,9 +173,9 @@ impl Connection {
                             r => Ok(r),
                         };
                     }
-                    request_response::Event::OutboundFailure { request_id, error, .. }
-                        if request_id == id =>
-                    {
+                    request_response::Event::OutboundFailure {
+                        request_id, error, ..
+                    } if request_id == id => {
                         return Err(ClientLibError::RequestFailed(error.to_string()));
                     }
                     _ => {}
@@ -164,11 +192,19 @@ pub enum InboxEvent {
     Message(StoredMessage),
     /// A message from someone using a known contact's name and node under a different key. It
     /// is held, not shown as trusted.
-    KeyChanged { contact: String, old: Fingerprint, new: Fingerprint, message: StoredMessage },
+    KeyChanged {
+        contact: String,
+        old: Fingerprint,
+        new: Fingerprint,
+        message: StoredMessage,
+    },
     /// A contact's device confirmed these of our messages.
     Delivered(Vec<EnvelopeId>),
     /// An envelope that did not open (not for us, tampered, bad signature). Dropped.
-    Undecryptable { id: EnvelopeId, reason: String },
+    Undecryptable {
+        id: EnvelopeId,
+        reason: String,
+    },
 }
 
 /// The user's device: identity, contacts, history.
@@ -183,13 +219,23 @@ pub struct Device {
 pub fn check_name(name: &str) -> Result<(), ClientLibError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_BYTES
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if ok { Ok(()) } else { Err(ClientLibError::BadName(name.to_string())) }
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ClientLibError::BadName(name.to_string()))
+    }
 }
 
 impl Device {
     /// Creates an identity, registers it with the home node and stores it.
-    pub async fn create(dir: &Path, name: &str, node_addr: &Multiaddr) -> Result<Device, ClientLibError> {
+    pub async fn create(
+        dir: &Path,
+        name: &str,
+        node_addr: &Multiaddr,
+    ) -> Result<Device, ClientLibError> {
         check_name(name)?;
         let db = ClientDb::open(dir)?;
         if let Some(existing) = db.identity()? {
@@ -245,7 +291,10 @@ impl Device {
     }
 
     pub fn address(&self) -> Address {
-        Address { user: self.key.user_id(), node: self.home_node.clone() }
+        Address {
+            user: self.key.user_id(),
+            node: self.home_node.clone(),
+        }
     }
 
     pub fn home_addr(&self) -> &Multiaddr {
@@ -261,15 +310,22 @@ impl Device {
     }
 
     /// Adds a contact from an address or a contact card, pinning its key.
-    pub fn add_contact(&self, name: Option<&str>, address_or_card: &str) -> Result<Contact, ClientLibError> {
+    pub fn add_contact(
+        &self,
+        name: Option<&str>,
+        address_or_card: &str,
+    ) -> Result<Contact, ClientLibError> {
         let (address, card_name) = Address::parse_card(address_or_card)?;
         address
             .node
             .parse::<PeerId>()
             .map_err(|_| IdentityError::MalformedAddress(address.to_string()))?;
-        let name = name.map(str::to_string).or(card_name.clone()).ok_or_else(|| {
-            ClientLibError::BadName("(none: give a name for a bare address)".into())
-        })?;
+        let name = name
+            .map(str::to_string)
+            .or(card_name.clone())
+            .ok_or_else(|| {
+                ClientLibError::BadName("(none: give a name for a bare address)".into())
+            })?;
         check_name(&name)?;
         if let Some(existing) = self.db.contact(&name)? {
             if existing.address.user == address.user {
@@ -293,7 +349,10 @@ impl Device {
     }
 
     pub fn verify_contact(&self, name: &str) -> Result<Contact, ClientLibError> {
-        let mut c = self.db.contact(name)?.ok_or_else(|| ClientLibError::NoSuchContact(name.into()))?;
+        let mut c = self
+            .db
+            .contact(name)?
+            .ok_or_else(|| ClientLibError::NoSuchContact(name.into()))?;
         if let Trust::Changed { new_key } = c.trust {
             return Err(ClientLibError::KeyChanged {
                 name: name.into(),
@@ -308,7 +367,10 @@ impl Device {
 
     /// Accepts a contact's new key and releases the messages held under it.
     pub fn accept_key_change(&self, name: &str) -> Result<Contact, ClientLibError> {
-        let mut c = self.db.contact(name)?.ok_or_else(|| ClientLibError::NoSuchContact(name.into()))?;
+        let mut c = self
+            .db
+            .contact(name)?
+            .ok_or_else(|| ClientLibError::NoSuchContact(name.into()))?;
         let Trust::Changed { new_key } = c.trust else {
             return Err(ClientLibError::NoKeyChange(name.into()));
         };
@@ -330,7 +392,8 @@ impl Device {
         contact: &str,
         text: &str,
     ) -> Result<StoredMessage, ClientLibError> {
-        self.send_with_ttl(conn, contact, text, DEFAULT_TTL_MS).await
+        self.send_with_ttl(conn, contact, text, DEFAULT_TTL_MS)
+            .await
     }
 
     /// [`Device::send`] with a chosen time to live, in milliseconds.
@@ -341,7 +404,10 @@ impl Device {
         text: &str,
         ttl_ms: u64,
     ) -> Result<StoredMessage, ClientLibError> {
-        let c = self.db.contact(contact)?.ok_or_else(|| ClientLibError::NoSuchContact(contact.into()))?;
+        let c = self
+            .db
+            .contact(contact)?
+            .ok_or_else(|| ClientLibError::NoSuchContact(contact.into()))?;
         if let Trust::Changed { new_key } = c.trust {
             return Err(ClientLibError::KeyChanged {
                 name: c.name,
@@ -372,7 +438,10 @@ impl Device {
             state: MessageState::Queued,
         };
         self.db.record_message(&msg)?;
-        let op = ClientOp::Send(vec![Outgoing { to_node: c.address.node.clone(), envelope: env }]);
+        let op = ClientOp::Send(vec![Outgoing {
+            to_node: c.address.node.clone(),
+            envelope: env,
+        }]);
         let result = match conn.call(&self.key, op).await? {
             ClientResponse::Sent(r) if r.len() == 1 => r[0].clone(),
             other => return Err(ClientLibError::Unexpected(format!("{other:?}"))),
@@ -381,7 +450,9 @@ impl Device {
             SendResult::Queued => MessageState::Queued,
             SendResult::DeliveredToNode => MessageState::DeliveredToNode,
             SendResult::NoSuchUser => MessageState::NoSuchUser,
-            SendResult::Invalid => MessageState::Failed("refused by the home node as invalid".into()),
+            SendResult::Invalid => {
+                MessageState::Failed("refused by the home node as invalid".into())
+            }
             SendResult::Full => MessageState::Failed("the home node's queue is full".into()),
         };
         self.db.set_state(&msg.envelope_id, msg.state.clone())?;
@@ -389,14 +460,20 @@ impl Device {
     }
 
     /// Asks the home node where our outgoing messages are and records the answer.
-    pub async fn refresh_status(&mut self, conn: &mut Connection) -> Result<Vec<StoredMessage>, ClientLibError> {
+    pub async fn refresh_status(
+        &mut self,
+        conn: &mut Connection,
+    ) -> Result<Vec<StoredMessage>, ClientLibError> {
         let pending: Vec<StoredMessage> = self
             .db
             .messages()?
             .into_iter()
             .filter(|m| {
                 m.direction == Direction::Outgoing
-                    && matches!(m.state, MessageState::Queued | MessageState::DeliveredToNode)
+                    && matches!(
+                        m.state,
+                        MessageState::Queued | MessageState::DeliveredToNode
+                    )
             })
             .collect();
         for chunk in pending.chunks(MAX_BATCH_ENVELOPES) {
@@ -433,11 +510,24 @@ impl Device {
     /// Fetches held envelopes (waiting up to `wait_ms` if there are none), stores what they
     /// contain, acknowledges them, and sends delivery receipts. Safe to repeat: an envelope seen
     /// before (same id) is acknowledged again but not stored or shown twice.
-    pub async fn sync(&mut self, conn: &mut Connection, wait_ms: u32) -> Result<Vec<InboxEvent>, ClientLibError> {
+    pub async fn sync(
+        &mut self,
+        conn: &mut Connection,
+        wait_ms: u32,
+    ) -> Result<Vec<InboxEvent>, ClientLibError> {
         let mut events = Vec::new();
         let mut wait = wait_ms;
         loop {
-            let envs = match conn.call(&self.key, ClientOp::Fetch { limit: FETCH_LIMIT, wait_ms: wait }).await? {
+            let envs = match conn
+                .call(
+                    &self.key,
+                    ClientOp::Fetch {
+                        limit: FETCH_LIMIT,
+                        wait_ms: wait,
+                    },
+                )
+                .await?
+            {
                 ClientResponse::Envelopes(e) => e,
                 other => return Err(ClientLibError::Unexpected(format!("{other:?}"))),
             };
@@ -456,7 +546,10 @@ impl Device {
                             events.push(ev);
                         }
                     }
-                    Err(e) => events.push(InboxEvent::Undecryptable { id: env.id, reason: e.to_string() }),
+                    Err(e) => events.push(InboxEvent::Undecryptable {
+                        id: env.id,
+                        reason: e.to_string(),
+                    }),
                 }
             }
             // Everything above is synced to the local store; only now may the node delete it.
@@ -490,7 +583,10 @@ impl Device {
             now_millis(),
             DEFAULT_TTL_MS,
         )?;
-        let op = ClientOp::Send(vec![Outgoing { to_node: node.to_string(), envelope: env }]);
+        let op = ClientOp::Send(vec![Outgoing {
+            to_node: node.to_string(),
+            envelope: env,
+        }]);
         conn.call(&self.key, op).await?;
         Ok(())
     }
@@ -537,9 +633,15 @@ impl Device {
             (None, Some(c)) => {
                 let mut c = c.clone();
                 let old = c.address.user.fingerprint();
-                c.trust = Trust::Changed { new_key: letter.sender };
+                c.trust = Trust::Changed {
+                    new_key: letter.sender,
+                };
                 self.db.put_contact(&c)?;
-                (c, MessageState::HeldKeyChanged, Some((old, letter.sender.fingerprint())))
+                (
+                    c,
+                    MessageState::HeldKeyChanged,
+                    Some((old, letter.sender.fingerprint())),
+                )
             }
             (None, None) => {
                 // First contact: pin this key (trust on first use).
@@ -555,7 +657,10 @@ impl Device {
                 let c = Contact {
                     name,
                     handle: Some(letter.sender_name.clone()),
-                    address: Address { user: letter.sender, node: letter.sender_node.clone() },
+                    address: Address {
+                        user: letter.sender,
+                        node: letter.sender_node.clone(),
+                    },
                     trust: Trust::Unverified,
                     added_at: now_millis(),
                 };
@@ -578,10 +683,18 @@ impl Device {
             return Ok(None); // seen before: already shown once
         }
         if change.is_none() {
-            receipts.entry((letter.sender, letter.sender_node)).or_default().push(env.id);
+            receipts
+                .entry((letter.sender, letter.sender_node))
+                .or_default()
+                .push(env.id);
         }
         Ok(Some(match change {
-            Some((old, new)) => InboxEvent::KeyChanged { contact: contact.name, old, new, message: msg },
+            Some((old, new)) => InboxEvent::KeyChanged {
+                contact: contact.name,
+                old,
+                new,
+                message: msg,
+            },
             None => InboxEvent::Message(msg),
         }))
     }

@@ -102,7 +102,10 @@ pub fn gossip_behaviour(key: &identity::Keypair) -> Result<gossipsub::Behaviour,
 }
 
 pub fn identify_behaviour(key: &identity::Keypair) -> identify::Behaviour {
-    identify::Behaviour::new(identify::Config::new(format!("/hestia/{PROTOCOL_VERSION}"), key.public()))
+    identify::Behaviour::new(identify::Config::new(
+        format!("/hestia/{PROTOCOL_VERSION}"),
+        key.public(),
+    ))
 }
 
 /// The behaviour every Hestia node runs.
@@ -118,11 +121,17 @@ pub fn node_behaviour(key: &identity::Keypair) -> Result<NodeBehaviour, NodeErro
         kad: kad_behaviour(key.public().to_peer_id()),
         gossipsub: gossip_behaviour(key)?,
         fed: request_response::Behaviour::new(
-            [(StreamProtocol::new(wire::FED_PROTOCOL), ProtocolSupport::Full)],
+            [(
+                StreamProtocol::new(wire::FED_PROTOCOL),
+                ProtocolSupport::Full,
+            )],
             rr(FED_REQUEST_TIMEOUT),
         ),
         client: request_response::Behaviour::new(
-            [(StreamProtocol::new(wire::CLIENT_PROTOCOL), ProtocolSupport::Inbound)],
+            [(
+                StreamProtocol::new(wire::CLIENT_PROTOCOL),
+                ProtocolSupport::Inbound,
+            )],
             rr(CLIENT_REQUEST_TIMEOUT),
         ),
     })
@@ -136,7 +145,11 @@ pub fn build_swarm<B: NetworkBehaviour>(
     let mut err = None;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
         .map_err(|e| NodeError::Transport(e.to_string()))?
         .with_dns()
         .map_err(|e| NodeError::Transport(e.to_string()))?
@@ -144,7 +157,9 @@ pub fn build_swarm<B: NetworkBehaviour>(
             Ok(b) => Ok(b),
             Err(e) => {
                 err = Some(e.to_string());
-                Err(Box::<dyn std::error::Error + Send + Sync>::from("behaviour"))
+                Err(Box::<dyn std::error::Error + Send + Sync>::from(
+                    "behaviour",
+                ))
             }
         })
         .map_err(|e| NodeError::Transport(err.clone().unwrap_or_else(|| e.to_string())))?
@@ -160,7 +175,9 @@ pub fn node_key(db: &NodeDb) -> Result<identity::Keypair, NodeError> {
             .map_err(|e| NodeError::Key(e.to_string()));
     }
     let key = identity::Keypair::generate_ed25519();
-    let bytes = key.to_protobuf_encoding().map_err(|e| NodeError::Key(e.to_string()))?;
+    let bytes = key
+        .to_protobuf_encoding()
+        .map_err(|e| NodeError::Key(e.to_string()))?;
     db.set_node_key(&bytes)?;
     Ok(key)
 }
@@ -216,10 +233,14 @@ impl Node {
         for addr in &config.listen {
             swarm
                 .listen_on(addr.clone())
-                .map_err(|e| NodeError::Listen { addr: addr.clone(), reason: e.to_string() })?;
+                .map_err(|e| NodeError::Listen {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
         }
         for addr in &config.bootstrap {
-            let id = peer_of(addr).ok_or_else(|| NodeError::BootstrapWithoutPeerId(addr.clone()))?;
+            let id =
+                peer_of(addr).ok_or_else(|| NodeError::BootstrapWithoutPeerId(addr.clone()))?;
             swarm.behaviour_mut().kad.add_address(&id, addr.clone());
             if let Err(e) = swarm.dial(addr.clone()) {
                 tracing::warn!(%addr, error = %e, "could not dial bootstrap node");
@@ -260,7 +281,10 @@ impl Node {
 
     /// Runs until `shutdown` resolves. Errors from the store end the run: a node that cannot
     /// make writes durable must not acknowledge anything.
-    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), NodeError> {
+    pub async fn run(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), NodeError> {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut presence = tokio::time::interval(PRESENCE_INTERVAL);
         presence.tick().await;
@@ -314,26 +338,44 @@ impl Node {
             match out {
                 Output::Client { token, response } => {
                     if let Some(ch) = self.client_channels.remove(&token)
-                        && self.swarm.behaviour_mut().client.send_response(ch, response).is_err()
+                        && self
+                            .swarm
+                            .behaviour_mut()
+                            .client
+                            .send_response(ch, response)
+                            .is_err()
                     {
                         tracing::debug!("client went away before its response");
                     }
                 }
                 Output::FedResponse { token, response } => {
                     if let Some(ch) = self.fed_channels.remove(&token)
-                        && self.swarm.behaviour_mut().fed.send_response(ch, response).is_err()
+                        && self
+                            .swarm
+                            .behaviour_mut()
+                            .fed
+                            .send_response(ch, response)
+                            .is_err()
                     {
                         tracing::debug!("peer node went away before its response");
                     }
                 }
-                Output::FedRequest { batch, to_node, request } => match to_node.parse::<PeerId>() {
+                Output::FedRequest {
+                    batch,
+                    to_node,
+                    request,
+                } => match to_node.parse::<PeerId>() {
                     Ok(peer) => {
                         let id = self.swarm.behaviour_mut().fed.send_request(&peer, request);
                         self.batches.insert(id, batch);
                     }
                     Err(_) => {
                         tracing::warn!(to = %to_node, "not a peer id; batch failed");
-                        self.core.handle_fed_response(now_millis(), batch, Err(FedFailure::Protocol));
+                        self.core.handle_fed_response(
+                            now_millis(),
+                            batch,
+                            Err(FedFailure::Protocol),
+                        );
                     }
                 },
             }
@@ -349,7 +391,9 @@ impl Node {
     fn on_event(&mut self, event: SwarmEvent<NodeBehaviourEvent>) {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
-                let full = address.clone().with(libp2p::multiaddr::Protocol::P2p(self.peer_id()));
+                let full = address
+                    .clone()
+                    .with(libp2p::multiaddr::Protocol::P2p(self.peer_id()));
                 tracing::info!(addr = %full, "listening");
                 println!("listening on {full}");
                 let path = self.data_dir.join("listen.addr");
@@ -377,7 +421,11 @@ impl Node {
                 message,
                 ..
             })) => self.on_presence(propagation_source, message),
-            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
                 tracing::debug!(%peer, %error, "dial failed; looking the peer up");
                 self.swarm.behaviour_mut().kad.get_closest_peers(peer);
             }
@@ -392,12 +440,16 @@ impl Node {
         match ev {
             request_response::Event::Message {
                 peer,
-                message: request_response::Message::Request { request, channel, .. },
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
                 ..
             } => {
                 let token = self.token();
                 self.client_channels.insert(token, channel);
-                self.core.handle_client(now_millis(), token, &peer.to_string(), request);
+                self.core
+                    .handle_client(now_millis(), token, &peer.to_string(), request);
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::info!(%peer, %error, "client request failed (malformed or closed)");
@@ -409,18 +461,30 @@ impl Node {
     fn on_fed(&mut self, ev: request_response::Event<FedRequest, FedResponse>) {
         match ev {
             request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request { request, channel, .. } => {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
                     let token = self.token();
                     self.fed_channels.insert(token, channel);
-                    self.core.handle_fed_request(now_millis(), token, &peer.to_string(), request);
+                    self.core
+                        .handle_fed_request(now_millis(), token, &peer.to_string(), request);
                 }
-                request_response::Message::Response { request_id, response } => {
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
                     if let Some(batch) = self.batches.remove(&request_id) {
-                        self.core.handle_fed_response(now_millis(), batch, Ok(response));
+                        self.core
+                            .handle_fed_response(now_millis(), batch, Ok(response));
                     }
                 }
             },
-            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
                 tracing::info!(%peer, %error, "federation request failed; will retry");
                 let failure = match error {
                     request_response::OutboundFailure::DialFailure => FedFailure::Unreachable,
@@ -428,7 +492,8 @@ impl Node {
                     _ => FedFailure::Protocol,
                 };
                 if let Some(batch) = self.batches.remove(&request_id) {
-                    self.core.handle_fed_response(now_millis(), batch, Err(failure));
+                    self.core
+                        .handle_fed_response(now_millis(), batch, Err(failure));
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
@@ -439,7 +504,8 @@ impl Node {
     }
 
     fn on_presence(&mut self, from: PeerId, message: gossipsub::Message) {
-        let Ok(p) = hestia_protocol::codec::decode::<Presence>(&message.data, MAX_PRESENCE_BYTES) else {
+        let Ok(p) = hestia_protocol::codec::decode::<Presence>(&message.data, MAX_PRESENCE_BYTES)
+        else {
             tracing::info!(%from, "malformed presence announcement ignored");
             return;
         };
@@ -467,8 +533,15 @@ impl Node {
             protocol_version: PROTOCOL_VERSION,
             at: now_millis(),
         };
-        let Ok(bytes) = hestia_protocol::codec::encode(&p) else { return };
-        match self.swarm.behaviour_mut().gossipsub.publish(self.presence_topic.clone(), bytes) {
+        let Ok(bytes) = hestia_protocol::codec::encode(&p) else {
+            return;
+        };
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.presence_topic.clone(), bytes)
+        {
             Ok(_) => {}
             Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
                 tracing::debug!("no peers on the presence topic yet");

@@ -41,7 +41,10 @@ pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(io: &mut R) -
 }
 
 /// Encodes `value` and writes it as one frame, then closes the write side.
-pub async fn write_frame<T: Serialize, W: AsyncWrite + Unpin>(io: &mut W, value: &T) -> io::Result<()> {
+pub async fn write_frame<T: Serialize, W: AsyncWrite + Unpin>(
+    io: &mut W,
+    value: &T,
+) -> io::Result<()> {
     let bytes = codec::encode(value).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     write_bytes(io, bytes).await
 }
@@ -50,6 +53,12 @@ async fn write_bytes<W: AsyncWrite + Unpin>(io: &mut W, bytes: Vec<u8>) -> io::R
     io.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
     io.write_all(&bytes).await?;
     io.close().await
+}
+
+fn log_refusal(protocol: &StreamProtocol, e: &io::Error) {
+    if e.kind() == io::ErrorKind::InvalidData {
+        tracing::info!(%protocol, error = %e, "refused malformed frame");
+    }
 }
 
 impl<Req, Resp> request_response::Codec for FrameCodec<Req, Resp>
@@ -61,33 +70,46 @@ where
     type Request = Req;
     type Response = Resp;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Req>
+    async fn read_request<T>(&mut self, protocol: &StreamProtocol, io: &mut T) -> io::Result<Req>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io).await
+        // libp2p drops a stream whose request fails to read without telling the behaviour, so
+        // the refusal is logged here, where it is known.
+        read_frame(io)
+            .await
+            .inspect_err(|e| log_refusal(protocol, e))
     }
 
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Resp>
+    async fn read_response<T>(&mut self, protocol: &StreamProtocol, io: &mut T) -> io::Result<Resp>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io).await
+        read_frame(io)
+            .await
+            .inspect_err(|e| log_refusal(protocol, e))
     }
 
     async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Req) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        let bytes = codec::encode(&req).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let bytes =
+            codec::encode(&req).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         write_bytes(io, bytes).await
     }
 
-    async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, res: Resp) -> io::Result<()>
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Resp,
+    ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        let bytes = codec::encode(&res).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let bytes =
+            codec::encode(&res).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         write_bytes(io, bytes).await
     }
 }
@@ -112,7 +134,10 @@ mod tests {
             let mut buf = Cursor::new(Vec::new());
             write_frame(&mut buf, &vec![1u8, 2, 3]).await.unwrap();
             buf.set_position(0);
-            assert_eq!(read_frame::<Vec<u8>, _>(&mut buf).await.unwrap(), vec![1, 2, 3]);
+            assert_eq!(
+                read_frame::<Vec<u8>, _>(&mut buf).await.unwrap(),
+                vec![1, 2, 3]
+            );
         });
     }
 }

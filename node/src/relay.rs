@@ -68,9 +68,19 @@ pub struct Config {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Output {
-    Client { token: Token, response: ClientResponse },
-    FedResponse { token: Token, response: FedResponse },
-    FedRequest { batch: BatchId, to_node: String, request: FedRequest },
+    Client {
+        token: Token,
+        response: ClientResponse,
+    },
+    FedResponse {
+        token: Token,
+        response: FedResponse,
+    },
+    FedRequest {
+        batch: BatchId,
+        to_node: String,
+        request: FedRequest,
+    },
 }
 
 /// Why an outbound federation request got no answer. After `Timeout` the remote may or may not
@@ -166,7 +176,10 @@ impl Core {
             core.insert_outbox(rec);
         }
         for (id, rec) in snapshot.status {
-            core.expiries.insert((rec.expires_at.saturating_add(STATUS_GRACE_MS), Expiry::Status(id)));
+            core.expiries.insert((
+                rec.expires_at.saturating_add(STATUS_GRACE_MS),
+                Expiry::Status(id),
+            ));
             core.status.insert(id, rec);
         }
         core
@@ -196,10 +209,19 @@ impl Core {
     }
 
     /// A request from a user's device. `client_peer` is the connection's authenticated peer id.
-    pub fn handle_client(&mut self, now: Millis, token: Token, client_peer: &str, req: ClientRequest) {
+    pub fn handle_client(
+        &mut self,
+        now: Millis,
+        token: Token,
+        client_peer: &str,
+        req: ClientRequest,
+    ) {
         let now = self.advance(now);
         let user = req.auth.user;
-        if let Err(e) = req.auth.verify(&self.config.node_id, client_peer, now, &req.op) {
+        if let Err(e) = req
+            .auth
+            .verify(&self.config.node_id, client_peer, now, &req.op)
+        {
             tracing::debug!(user = %redact::User(&user), error = ?e, "client request refused");
             return self.respond_client(token, ClientResponse::Error(e));
         }
@@ -212,14 +234,22 @@ impl Core {
                 ClientResponse::Error(ClientError::TooMany)
             }
             ClientOp::Send(items) => ClientResponse::Sent(
-                items.into_iter().map(|o| self.accept_send(user, o.to_node, o.envelope)).collect(),
+                items
+                    .into_iter()
+                    .map(|o| self.accept_send(user, o.to_node, o.envelope))
+                    .collect(),
             ),
             ClientOp::Fetch { limit, wait_ms } => {
                 let limit = (limit as usize).clamp(1, MAX_BATCH_ENVELOPES);
                 let batch = self.mailbox_batch(&user, limit);
                 if batch.is_empty() && wait_ms > 0 && self.parked.len() < MAX_PARKED_FETCHES {
                     let until = now.saturating_add(wait_ms.min(MAX_FETCH_WAIT_MS) as Millis);
-                    self.parked.push(Parked { token, user, until, limit });
+                    self.parked.push(Parked {
+                        token,
+                        user,
+                        until,
+                        limit,
+                    });
                     return;
                 }
                 ClientResponse::Envelopes(batch)
@@ -242,18 +272,27 @@ impl Core {
     }
 
     /// A federation request from another node (already authenticated as `from_node` by Noise).
-    pub fn handle_fed_request(&mut self, now: Millis, token: Token, from_node: &str, req: FedRequest) {
+    pub fn handle_fed_request(
+        &mut self,
+        now: Millis,
+        token: Token,
+        from_node: &str,
+        req: FedRequest,
+    ) {
         let now = self.advance(now);
         let response = match req {
             FedRequest::Deliver(envs) if envs.len() > MAX_BATCH_ENVELOPES => {
                 tracing::info!(from = from_node, n = envs.len(), "refused oversized batch");
                 FedResponse::Refused(Refusal::TooManyEnvelopes)
             }
-            FedRequest::Deliver(envs) => {
-                FedResponse::Delivered(envs.into_iter().map(|e| self.deliver_local(e, now)).collect())
-            }
+            FedRequest::Deliver(envs) => FedResponse::Delivered(
+                envs.into_iter()
+                    .map(|e| self.deliver_local(e, now))
+                    .collect(),
+            ),
         };
-        self.outputs.push_back(Output::FedResponse { token, response });
+        self.outputs
+            .push_back(Output::FedResponse { token, response });
     }
 
     /// The answer (or failure) of an outbound federation request made by [`Output::FedRequest`].
@@ -360,7 +399,10 @@ impl Core {
                     }
                 }
                 Expiry::Outbox(node, id) => {
-                    let queued = self.outboxes.get(&node).is_some_and(|o| o.records.contains_key(&id));
+                    let queued = self
+                        .outboxes
+                        .get(&node)
+                        .is_some_and(|o| o.records.contains_key(&id));
                     let in_flight = self.in_flight.values().any(|(_, ids)| ids.contains(&id));
                     if queued && !in_flight {
                         self.finish_outbox(&node, &id, DeliveryState::Expired);
@@ -455,10 +497,18 @@ impl Core {
             if full {
                 return SendResult::Full;
             }
-            if self.outboxes.get(&to_node).is_some_and(|o| o.records.contains_key(&id)) {
+            if self
+                .outboxes
+                .get(&to_node)
+                .is_some_and(|o| o.records.contains_key(&id))
+            {
                 return SendResult::Queued;
             }
-            let rec = OutboxRecord { to_node, envelope, attempts: 0 };
+            let rec = OutboxRecord {
+                to_node,
+                envelope,
+                attempts: 0,
+            };
             self.writes.push(NodeWrite::PutOutbox(rec.clone()));
             let node = rec.to_node.clone();
             self.insert_outbox(rec);
@@ -471,13 +521,23 @@ impl Core {
             SendResult::NoSuchUser => DeliveryState::NoSuchUser,
             SendResult::Invalid | SendResult::Full => return result,
         };
-        self.set_status(id, StatusRecord { owner, state, expires_at });
+        self.set_status(
+            id,
+            StatusRecord {
+                owner,
+                state,
+                expires_at,
+            },
+        );
         result
     }
 
     fn set_status(&mut self, id: EnvelopeId, rec: StatusRecord) {
         if !self.status.contains_key(&id) {
-            self.expiries.insert((rec.expires_at.saturating_add(STATUS_GRACE_MS), Expiry::Status(id)));
+            self.expiries.insert((
+                rec.expires_at.saturating_add(STATUS_GRACE_MS),
+                Expiry::Status(id),
+            ));
         }
         self.writes.push(NodeWrite::PutStatus(id, rec.clone()));
         self.status.insert(id, rec);
@@ -503,7 +563,9 @@ impl Core {
     fn deliver_local(&mut self, envelope: Envelope, now: Millis) -> DeliverResult {
         match envelope.check_header(now) {
             Ok(()) => {}
-            Err(hestia_protocol::envelope::EnvelopeError::Expired) => return DeliverResult::Expired,
+            Err(hestia_protocol::envelope::EnvelopeError::Expired) => {
+                return DeliverResult::Expired;
+            }
             Err(_) => return DeliverResult::Invalid,
         }
         let user = envelope.recipient;
@@ -513,7 +575,11 @@ impl Core {
         if self.mailbox_index.contains_key(&envelope.id) || self.seen.contains(&envelope.id) {
             return DeliverResult::Duplicate;
         }
-        if self.mailboxes.get(&user).is_some_and(|m| m.len() >= MAX_MAILBOX_ENVELOPES) {
+        if self
+            .mailboxes
+            .get(&user)
+            .is_some_and(|m| m.len() >= MAX_MAILBOX_ENVELOPES)
+        {
             return DeliverResult::MailboxFull;
         }
         self.writes.push(NodeWrite::PutMailbox(envelope.clone()));
@@ -525,9 +591,13 @@ impl Core {
     fn insert_mailbox(&mut self, e: Envelope) {
         let seq = self.next_arrival;
         self.next_arrival += 1;
-        self.expiries.insert((e.expires_at, Expiry::Mailbox(e.recipient, e.id)));
+        self.expiries
+            .insert((e.expires_at, Expiry::Mailbox(e.recipient, e.id)));
         self.mailbox_index.insert(e.id, (e.recipient, seq));
-        self.mailboxes.entry(e.recipient).or_default().insert(seq, e);
+        self.mailboxes
+            .entry(e.recipient)
+            .or_default()
+            .insert(seq, e);
     }
 
     fn remove_mailbox(&mut self, user: &UserId, id: &EnvelopeId) -> bool {
@@ -540,7 +610,8 @@ impl Core {
         self.mailbox_index.remove(id);
         if let Some(m) = self.mailboxes.get_mut(user) {
             if let Some(e) = m.remove(&seq) {
-                self.expiries.remove(&(e.expires_at, Expiry::Mailbox(*user, *id)));
+                self.expiries
+                    .remove(&(e.expires_at, Expiry::Mailbox(*user, *id)));
             }
             if m.is_empty() {
                 self.mailboxes.remove(user);
@@ -553,7 +624,12 @@ impl Core {
     fn mailbox_batch(&self, user: &UserId, limit: usize) -> Vec<Envelope> {
         let mut bytes = 0;
         let mut out = Vec::new();
-        for e in self.mailboxes.get(user).into_iter().flat_map(|m| m.values()) {
+        for e in self
+            .mailboxes
+            .get(user)
+            .into_iter()
+            .flat_map(|m| m.values())
+        {
             if out.len() >= limit || bytes + e.body.len() > MAX_BATCH_BYTES {
                 break;
             }
@@ -588,7 +664,10 @@ impl Core {
 
     fn insert_outbox(&mut self, rec: OutboxRecord) {
         let id = rec.envelope.id;
-        self.expiries.insert((rec.envelope.expires_at, Expiry::Outbox(rec.to_node.clone(), id)));
+        self.expiries.insert((
+            rec.envelope.expires_at,
+            Expiry::Outbox(rec.to_node.clone(), id),
+        ));
         let o = self.outboxes.entry(rec.to_node.clone()).or_default();
         o.queue.push_back(id);
         o.records.insert(id, rec);
@@ -605,8 +684,12 @@ impl Core {
         if o.records.is_empty() && o.in_flight.is_none() {
             self.outboxes.remove(node);
         }
-        self.expiries.remove(&(rec.envelope.expires_at, Expiry::Outbox(node.to_string(), *id)));
-        self.writes.push(NodeWrite::DeleteOutbox(node.to_string(), *id));
+        self.expiries.remove(&(
+            rec.envelope.expires_at,
+            Expiry::Outbox(node.to_string(), *id),
+        ));
+        self.writes
+            .push(NodeWrite::DeleteOutbox(node.to_string(), *id));
         if let Some(status) = self.status.get(id).cloned() {
             self.set_status(*id, StatusRecord { state, ..status });
         }
@@ -641,7 +724,8 @@ impl Core {
                 o.queue.pop_front();
                 continue;
             };
-            if ids.len() >= MAX_BATCH_ENVELOPES || bytes + rec.envelope.body.len() > MAX_BATCH_BYTES {
+            if ids.len() >= MAX_BATCH_ENVELOPES || bytes + rec.envelope.body.len() > MAX_BATCH_BYTES
+            {
                 break;
             }
             o.queue.pop_front();
@@ -686,10 +770,20 @@ mod tests {
         store_a: MemNodeStore,
         store_b: MemNodeStore,
         next_token: u64,
+        /// Federation requests node A emitted while a test looked only at client answers.
+        stash: Vec<(BatchId, String, FedRequest)>,
     }
 
     fn core(id: &str, snap: NodeSnapshot, now: Millis) -> Core {
-        Core::new(Config { node_id: id.into(), registration_open: true, seed: 7 }, snap, now)
+        Core::new(
+            Config {
+                node_id: id.into(),
+                registration_open: true,
+                seed: 7,
+            },
+            snap,
+            now,
+        )
     }
 
     impl Harness {
@@ -706,20 +800,37 @@ mod tests {
                 store_a: MemNodeStore::default(),
                 store_b: MemNodeStore::default(),
                 next_token: 0,
+                stash: Vec::new(),
             };
-            assert_eq!(h.client(true, T0, ClientOp::Register), vec![ClientResponse::Registered]);
-            assert_eq!(h.client(false, T0, ClientOp::Register), vec![ClientResponse::Registered]);
+            assert_eq!(
+                h.client(true, T0, ClientOp::Register),
+                vec![ClientResponse::Registered]
+            );
+            assert_eq!(
+                h.client(false, T0, ClientOp::Register),
+                vec![ClientResponse::Registered]
+            );
             h
         }
 
         /// Alice's client talks to node A; Bob's to node B.
         fn client(&mut self, alice: bool, now: Millis, op: ClientOp) -> Vec<ClientResponse> {
-            let (key, node) = if alice { (&self.alice, "NodeA") } else { (&self.bob, "NodeB") };
+            let (key, node) = if alice {
+                (&self.alice, "NodeA")
+            } else {
+                (&self.bob, "NodeB")
+            };
             let auth = ClientAuth::sign(key, node, "device", now, &op).unwrap();
             self.next_token += 1;
             let core = if alice { &mut self.a } else { &mut self.b };
-            core.handle_client(now, Token(self.next_token), "device", ClientRequest { auth, op });
-            let (_, _, out) = self.drain(alice);
+            core.handle_client(
+                now,
+                Token(self.next_token),
+                "device",
+                ClientRequest { auth, op },
+            );
+            let (reqs, _, out) = self.drain(alice);
+            self.stash.extend(reqs);
             out
         }
 
@@ -728,20 +839,33 @@ mod tests {
         fn drain(
             &mut self,
             a: bool,
-        ) -> (Vec<(BatchId, String, FedRequest)>, Vec<FedResponse>, Vec<ClientResponse>) {
-            let (core, store) =
-                if a { (&mut self.a, &mut self.store_a) } else { (&mut self.b, &mut self.store_b) };
+        ) -> (
+            Vec<(BatchId, String, FedRequest)>,
+            Vec<FedResponse>,
+            Vec<ClientResponse>,
+        ) {
+            let (core, store) = if a {
+                (&mut self.a, &mut self.store_a)
+            } else {
+                (&mut self.b, &mut self.store_b)
+            };
             store.apply(&core.take_writes()).unwrap();
-            let mut reqs = Vec::new();
+            let mut reqs = if a {
+                std::mem::take(&mut self.stash)
+            } else {
+                Vec::new()
+            };
             let mut fed = Vec::new();
             let mut cl = Vec::new();
             while let Some(o) = core.poll_output() {
                 match o {
                     Output::Client { response, .. } => cl.push(response),
                     Output::FedResponse { response, .. } => fed.push(response),
-                    Output::FedRequest { batch, to_node, request } => {
-                        reqs.push((batch, to_node, request))
-                    }
+                    Output::FedRequest {
+                        batch,
+                        to_node,
+                        request,
+                    } => reqs.push((batch, to_node, request)),
                 }
             }
             (reqs, fed, cl)
@@ -769,7 +893,8 @@ mod tests {
                 assert_eq!(to, "NodeB");
                 self.b.handle_fed_request(now, Token(0), "NodeA", req);
                 let (_, mut answers, _) = self.drain(false);
-                self.a.handle_fed_response(now, batch, Ok(answers.remove(0)));
+                self.a
+                    .handle_fed_response(now, batch, Ok(answers.remove(0)));
             }
             n
         }
@@ -779,30 +904,62 @@ mod tests {
     fn offline_recipient_gets_message_on_fetch_and_ack_removes_it() {
         let mut h = Harness::new();
         let e = h.letter("hello", T0, 60_000);
-        let r = h.client(true, T0, ClientOp::Send(vec![Outgoing { to_node: "NodeB".into(), envelope: e.clone() }]));
+        let r = h.client(
+            true,
+            T0,
+            ClientOp::Send(vec![Outgoing {
+                to_node: "NodeB".into(),
+                envelope: e.clone(),
+            }]),
+        );
         assert_eq!(r, vec![ClientResponse::Sent(vec![SendResult::Queued])]);
         assert_eq!(h.pump(T0), 1);
         let st = h.client(true, T0, ClientOp::Status(vec![e.id]));
-        assert_eq!(st, vec![ClientResponse::Status(vec![DeliveryState::DeliveredToNode { at: T0 }])]);
+        assert_eq!(
+            st,
+            vec![ClientResponse::Status(vec![
+                DeliveryState::DeliveredToNode { at: T0 }
+            ])]
+        );
         assert!(h.store_a.load().unwrap().outbox.is_empty());
         assert_eq!(h.store_b.load().unwrap().mailbox, vec![e.clone()]);
-        let got = h.client(false, T0 + 5, ClientOp::Fetch { limit: 10, wait_ms: 0 });
+        let got = h.client(
+            false,
+            T0 + 5,
+            ClientOp::Fetch {
+                limit: 10,
+                wait_ms: 0,
+            },
+        );
         assert_eq!(got, vec![ClientResponse::Envelopes(vec![e.clone()])]);
-        assert_eq!(e.open(&h.bob).unwrap().content, Content::Text("hello".into()));
+        assert_eq!(
+            e.open(&h.bob).unwrap().content,
+            Content::Text("hello".into())
+        );
         let acked = h.client(false, T0 + 6, ClientOp::Ack(vec![e.id]));
         assert_eq!(acked, vec![ClientResponse::Acked { removed: 1 }]);
         assert!(h.store_b.load().unwrap().mailbox.is_empty());
         // A retransmission after the ack is a duplicate, not a second delivery.
         h.b.handle_fed_request(T0 + 7, Token(0), "NodeA", FedRequest::Deliver(vec![e]));
         let (_, fed, _) = h.drain(false);
-        assert_eq!(fed, vec![FedResponse::Delivered(vec![DeliverResult::Duplicate])]);
+        assert_eq!(
+            fed,
+            vec![FedResponse::Delivered(vec![DeliverResult::Duplicate])]
+        );
     }
 
     #[test]
     fn unreachable_node_is_retried_with_backoff_then_delivered() {
         let mut h = Harness::new();
         let e = h.letter("later", T0, 600_000);
-        h.client(true, T0, ClientOp::Send(vec![Outgoing { to_node: "NodeB".into(), envelope: e.clone() }]));
+        h.client(
+            true,
+            T0,
+            ClientOp::Send(vec![Outgoing {
+                to_node: "NodeB".into(),
+                envelope: e.clone(),
+            }]),
+        );
         let (reqs, _, _) = h.drain(true);
         h.a.handle_fed_response(T0, reqs[0].0, Err(FedFailure::Unreachable));
         let first = h.a.poll_timeout().unwrap();
@@ -813,7 +970,12 @@ mod tests {
         let second = h.a.poll_timeout().unwrap();
         assert!(second - first > first - T0, "backoff grows");
         let st = h.client(true, second, ClientOp::Status(vec![e.id]));
-        assert_eq!(st, vec![ClientResponse::Status(vec![DeliveryState::Queued { attempts: 2 }])]);
+        assert_eq!(
+            st,
+            vec![ClientResponse::Status(vec![DeliveryState::Queued {
+                attempts: 2
+            }])]
+        );
         h.a.handle_timeout(second);
         assert_eq!(h.pump(second), 1);
         assert_eq!(h.store_b.load().unwrap().mailbox.len(), 1);
@@ -823,14 +985,29 @@ mod tests {
     fn restart_from_store_resumes_outbox_and_mailbox() {
         let mut h = Harness::new();
         let e = h.letter("survives", T0, 600_000);
-        h.client(true, T0, ClientOp::Send(vec![Outgoing { to_node: "NodeB".into(), envelope: e.clone() }]));
+        h.client(
+            true,
+            T0,
+            ClientOp::Send(vec![Outgoing {
+                to_node: "NodeB".into(),
+                envelope: e.clone(),
+            }]),
+        );
         // Node A crashes with the batch in flight: rebuild it from its store.
+        h.stash.clear();
         h.a = core("NodeA", h.store_a.load().unwrap(), T0 + 10);
         h.a.handle_timeout(T0 + 10);
         assert_eq!(h.pump(T0 + 10), 1);
         // Node B crashes after storing: the envelope is still there.
         h.b = core("NodeB", h.store_b.load().unwrap(), T0 + 20);
-        let got = h.client(false, T0 + 20, ClientOp::Fetch { limit: 10, wait_ms: 0 });
+        let got = h.client(
+            false,
+            T0 + 20,
+            ClientOp::Fetch {
+                limit: 10,
+                wait_ms: 0,
+            },
+        );
         assert_eq!(got, vec![ClientResponse::Envelopes(vec![e])]);
     }
 
@@ -839,7 +1016,14 @@ mod tests {
         let mut h = Harness::new();
         let e1 = h.letter("a", T0, 1_000);
         let e2 = h.letter("b", T0, 1_000);
-        h.client(true, T0, ClientOp::Send(vec![Outgoing { to_node: "NodeB".into(), envelope: e1.clone() }]));
+        h.client(
+            true,
+            T0,
+            ClientOp::Send(vec![Outgoing {
+                to_node: "NodeB".into(),
+                envelope: e1.clone(),
+            }]),
+        );
         let (reqs, _, _) = h.drain(true);
         h.a.handle_fed_response(T0, reqs[0].0, Err(FedFailure::Unreachable));
         h.b.handle_fed_request(T0, Token(0), "NodeA", FedRequest::Deliver(vec![e2.clone()]));
@@ -851,7 +1035,10 @@ mod tests {
         assert!(h.store_a.load().unwrap().outbox.is_empty());
         assert!(h.store_b.load().unwrap().mailbox.is_empty());
         let st = h.client(true, T0 + 1_001, ClientOp::Status(vec![e1.id]));
-        assert_eq!(st, vec![ClientResponse::Status(vec![DeliveryState::Expired])]);
+        assert_eq!(
+            st,
+            vec![ClientResponse::Status(vec![DeliveryState::Expired])]
+        );
     }
 
     #[test]
@@ -869,15 +1056,31 @@ mod tests {
             60_000,
         )
         .unwrap();
-        h.client(true, T0, ClientOp::Send(vec![Outgoing { to_node: "NodeB".into(), envelope: e.clone() }]));
+        h.client(
+            true,
+            T0,
+            ClientOp::Send(vec![Outgoing {
+                to_node: "NodeB".into(),
+                envelope: e.clone(),
+            }]),
+        );
         h.pump(T0);
         let st = h.client(true, T0, ClientOp::Status(vec![e.id]));
-        assert_eq!(st, vec![ClientResponse::Status(vec![DeliveryState::NoSuchUser])]);
+        assert_eq!(
+            st,
+            vec![ClientResponse::Status(vec![DeliveryState::NoSuchUser])]
+        );
         // Another user cannot read Alice's delivery states.
         let st = h.client(false, T0, ClientOp::Status(vec![e.id]));
-        assert_eq!(st, vec![ClientResponse::Status(vec![DeliveryState::Unknown])]);
+        assert_eq!(
+            st,
+            vec![ClientResponse::Status(vec![DeliveryState::Unknown])]
+        );
         // A request signed for another node is refused.
-        let op = ClientOp::Fetch { limit: 1, wait_ms: 0 };
+        let op = ClientOp::Fetch {
+            limit: 1,
+            wait_ms: 0,
+        };
         let auth = ClientAuth::sign(&h.bob, "NodeA", "device", T0, &op).unwrap();
         h.b.handle_client(T0, Token(99), "device", ClientRequest { auth, op });
         let (_, _, cl) = h.drain(false);
@@ -887,15 +1090,34 @@ mod tests {
     #[test]
     fn parked_fetch_wakes_on_arrival_and_times_out_empty() {
         let mut h = Harness::new();
-        let r = h.client(false, T0, ClientOp::Fetch { limit: 10, wait_ms: 1_000 });
+        let r = h.client(
+            false,
+            T0,
+            ClientOp::Fetch {
+                limit: 10,
+                wait_ms: 1_000,
+            },
+        );
         assert!(r.is_empty(), "held open");
         assert_eq!(h.b.poll_timeout(), Some(T0 + 1_000));
         let e = h.letter("live", T0, 60_000);
-        h.b.handle_fed_request(T0 + 3, Token(0), "NodeA", FedRequest::Deliver(vec![e.clone()]));
+        h.b.handle_fed_request(
+            T0 + 3,
+            Token(0),
+            "NodeA",
+            FedRequest::Deliver(vec![e.clone()]),
+        );
         let (_, fed, cl) = h.drain(false);
         assert_eq!(fed.len(), 1);
         assert_eq!(cl, vec![ClientResponse::Envelopes(vec![e])]);
-        let r = h.client(false, T0 + 4, ClientOp::Fetch { limit: 10, wait_ms: 0 });
+        let r = h.client(
+            false,
+            T0 + 4,
+            ClientOp::Fetch {
+                limit: 10,
+                wait_ms: 0,
+            },
+        );
         assert_eq!(r.len(), 1, "not acked yet: still held");
     }
 
@@ -903,11 +1125,25 @@ mod tests {
     fn envelopes_sent_while_a_batch_is_in_flight_leave_together() {
         let mut h = Harness::new();
         let first = h.letter("0", T0, 60_000);
-        h.client(true, T0, ClientOp::Send(vec![Outgoing { to_node: "NodeB".into(), envelope: first }]));
+        h.client(
+            true,
+            T0,
+            ClientOp::Send(vec![Outgoing {
+                to_node: "NodeB".into(),
+                envelope: first,
+            }]),
+        );
         let (reqs, _, _) = h.drain(true);
         for i in 0..10 {
             let e = h.letter(&i.to_string(), T0, 60_000);
-            h.client(true, T0, ClientOp::Send(vec![Outgoing { to_node: "NodeB".into(), envelope: e }]));
+            h.client(
+                true,
+                T0,
+                ClientOp::Send(vec![Outgoing {
+                    to_node: "NodeB".into(),
+                    envelope: e,
+                }]),
+            );
         }
         h.b.handle_fed_request(T0, Token(0), "NodeA", reqs[0].2.clone());
         let (_, mut answers, _) = h.drain(false);

@@ -34,7 +34,10 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     let bytes = bincode::serde::encode_to_vec(value, config())
         .map_err(|e| CodecError::Encode(e.to_string()))?;
     if bytes.len() > MAX_FRAME_BYTES {
-        return Err(CodecError::TooLarge { len: bytes.len(), limit: MAX_FRAME_BYTES });
+        return Err(CodecError::TooLarge {
+            len: bytes.len(),
+            limit: MAX_FRAME_BYTES,
+        });
     }
     Ok(bytes)
 }
@@ -42,7 +45,10 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
 /// Decodes a value from exactly `bytes`, refusing anything longer than `limit`.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, CodecError> {
     if bytes.len() > limit {
-        return Err(CodecError::TooLarge { len: bytes.len(), limit });
+        return Err(CodecError::TooLarge {
+            len: bytes.len(),
+            limit,
+        });
     }
     let (value, used) = bincode::serde::decode_from_slice(bytes, config())
         .map_err(|e| CodecError::Malformed(e.to_string()))?;
@@ -64,14 +70,26 @@ mod tests {
 
     #[test]
     fn round_trip_and_refusals() {
-        let s = Sample { a: 7, b: vec![1, 2, 3] };
+        let s = Sample {
+            a: 7,
+            b: vec![1, 2, 3],
+        };
         let bytes = encode(&s).unwrap();
         assert_eq!(decode::<Sample>(&bytes, 64).unwrap(), s);
-        assert!(matches!(decode::<Sample>(&bytes, 2), Err(CodecError::TooLarge { .. })));
+        assert!(matches!(
+            decode::<Sample>(&bytes, 2),
+            Err(CodecError::TooLarge { .. })
+        ));
         let mut trailing = bytes.clone();
         trailing.push(0);
-        assert!(matches!(decode::<Sample>(&trailing, 64), Err(CodecError::TrailingBytes(1))));
-        assert!(matches!(decode::<Sample>(&bytes[..2], 64), Err(CodecError::Malformed(_))));
+        assert!(matches!(
+            decode::<Sample>(&trailing, 64),
+            Err(CodecError::TrailingBytes(1))
+        ));
+        assert!(matches!(
+            decode::<Sample>(&bytes[..2], 64),
+            Err(CodecError::Malformed(_))
+        ));
     }
 
     #[test]

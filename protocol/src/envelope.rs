@@ -227,8 +227,19 @@ impl Envelope {
         };
         let plain = codec::encode(&letter).map_err(|_| EnvelopeError::MalformedLetter)?;
         let padded = pad(&plain).ok_or(EnvelopeError::TextTooLong(plain.len()))?;
-        let body = seal::seal(rng, recipient, &padded, &header_aad(&id, recipient, expires_at))?;
-        Ok(Envelope { version: ENVELOPE_VERSION, id, recipient: *recipient, expires_at, body })
+        let body = seal::seal(
+            rng,
+            recipient,
+            &padded,
+            &header_aad(&id, recipient, expires_at),
+        )?;
+        Ok(Envelope {
+            version: ENVELOPE_VERSION,
+            id,
+            recipient: *recipient,
+            expires_at,
+            body,
+        })
     }
 
     /// What a relay checks before it stores an envelope. It cannot check more: the body is opaque.
@@ -315,7 +326,11 @@ mod tests {
             DEFAULT_TTL_MS,
         )
         .unwrap();
-        assert_eq!(e1.body.len(), e2.body.len(), "same bucket, same size on the wire");
+        assert_eq!(
+            e1.body.len(),
+            e2.body.len(),
+            "same bucket, same size on the wire"
+        );
         assert!(e1.check_header(1001).is_ok());
         let l = e1.open(&bob).unwrap();
         assert_eq!(l.sender, alice.user_id());
@@ -326,26 +341,57 @@ mod tests {
     #[test]
     fn header_is_bound_to_body() {
         let (mut rng, alice, bob) = setup();
-        let mut e =
-            Envelope::seal(&mut rng, &alice, "n", "alice", &bob.user_id(), Content::Text("x".into()), 0, 10)
-                .unwrap();
+        let mut e = Envelope::seal(
+            &mut rng,
+            &alice,
+            "n",
+            "alice",
+            &bob.user_id(),
+            Content::Text("x".into()),
+            0,
+            10,
+        )
+        .unwrap();
         e.expires_at += 1;
-        assert!(matches!(e.open(&bob), Err(EnvelopeError::Seal(SealError::Unauthentic))));
+        assert!(matches!(
+            e.open(&bob),
+            Err(EnvelopeError::Seal(SealError::Unauthentic))
+        ));
     }
 
     #[test]
     fn relay_checks() {
         let (mut rng, alice, bob) = setup();
-        let e =
-            Envelope::seal(&mut rng, &alice, "n", "alice", &bob.user_id(), Content::Text("x".into()), 0, 10)
-                .unwrap();
+        let e = Envelope::seal(
+            &mut rng,
+            &alice,
+            "n",
+            "alice",
+            &bob.user_id(),
+            Content::Text("x".into()),
+            0,
+            10,
+        )
+        .unwrap();
         assert_eq!(e.check_header(10), Err(EnvelopeError::Expired));
         let mut big = e.clone();
         big.body = vec![0; MAX_BODY_BYTES + 1];
-        assert!(matches!(big.check_header(0), Err(EnvelopeError::BodyTooLarge(_))));
+        assert!(matches!(
+            big.check_header(0),
+            Err(EnvelopeError::BodyTooLarge(_))
+        ));
         let long = "x".repeat(MAX_TEXT_BYTES + 1);
         assert!(matches!(
-            Envelope::seal(&mut rng, &alice, "n", "alice", &bob.user_id(), Content::Text(long), 0, 10),
+            Envelope::seal(
+                &mut rng,
+                &alice,
+                "n",
+                "alice",
+                &bob.user_id(),
+                Content::Text(long),
+                0,
+                10
+            ),
             Err(EnvelopeError::TextTooLong(_))
         ));
     }

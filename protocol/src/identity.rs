@@ -51,7 +51,8 @@ impl UserId {
 
     pub fn verify(&self, message: &[u8], signature: &Sig) -> Result<(), IdentityError> {
         let vk = self.verifying_key()?;
-        vk.verify(message, &signature.to_dalek()).map_err(|_| IdentityError::BadSignature)
+        vk.verify(message, &signature.to_dalek())
+            .map_err(|_| IdentityError::BadSignature)
     }
 
     pub fn fingerprint(&self) -> Fingerprint {
@@ -127,7 +128,9 @@ impl IdentityKey {
     }
 
     pub fn from_seed(seed: &[u8; KEY_LEN]) -> Self {
-        IdentityKey { signing: SigningKey::from_bytes(seed) }
+        IdentityKey {
+            signing: SigningKey::from_bytes(seed),
+        }
     }
 
     /// The secret seed, for the client's local store only.
@@ -194,7 +197,10 @@ impl Address {
         {
             return Err(bad());
         }
-        Ok(Address { user, node: node.to_string() })
+        Ok(Address {
+            user,
+            node: node.to_string(),
+        })
     }
 
     /// A contact card: the address with a name and fingerprint, for pasting into a message or
@@ -222,7 +228,9 @@ impl Address {
         if let Some(fp) = field("fingerprint:")
             && fp != addr.user.fingerprint().to_string()
         {
-            return Err(IdentityError::MalformedCard("fingerprint does not match the key"));
+            return Err(IdentityError::MalformedCard(
+                "fingerprint does not match the key",
+            ));
         }
         Ok((addr, field("name:").filter(|n| !n.is_empty())))
     }
@@ -277,7 +285,10 @@ mod tests {
         let k = IdentityKey::generate(&mut rng());
         let sig = k.sign(b"hello");
         assert!(k.user_id().verify(b"hello", &sig).is_ok());
-        assert_eq!(k.user_id().verify(b"hellp", &sig), Err(IdentityError::BadSignature));
+        assert_eq!(
+            k.user_id().verify(b"hellp", &sig),
+            Err(IdentityError::BadSignature)
+        );
     }
 
     #[test]
@@ -293,7 +304,13 @@ mod tests {
         assert_eq!(name.as_deref(), Some("alice"));
         let tampered = a.card("alice").replace("fingerprint: ", "fingerprint: 0");
         assert!(Address::parse_card(&tampered).is_err());
-        for bad in ["", "abc", "@node", "zz@node", &format!("{}@", k.user_id().to_hex())] {
+        for bad in [
+            "",
+            "abc",
+            "@node",
+            "zz@node",
+            &format!("{}@", k.user_id().to_hex()),
+        ] {
             assert!(Address::parse(bad).is_err(), "{bad}");
         }
     }

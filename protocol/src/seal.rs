@@ -45,7 +45,8 @@ fn derive_key(
     salt[32..].copy_from_slice(recipient);
     let hk = Hkdf::<Sha256>::new(Some(&salt), shared.as_bytes());
     let mut key = Zeroizing::new([0u8; 32]);
-    hk.expand(INFO, key.as_mut()).expect("32 bytes is a valid HKDF-SHA256 output length");
+    hk.expand(INFO, key.as_mut())
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
     Ok(key)
 }
 
@@ -60,12 +61,22 @@ pub fn seal(
     rng.fill_bytes(eph_bytes.as_mut());
     let eph = x25519_dalek::StaticSecret::from(*eph_bytes);
     let eph_pub = x25519_dalek::PublicKey::from(&eph);
-    let key = derive_key(&eph.diffie_hellman(&their), eph_pub.as_bytes(), their.as_bytes())?;
+    let key = derive_key(
+        &eph.diffie_hellman(&their),
+        eph_pub.as_bytes(),
+        their.as_bytes(),
+    )?;
     let mut nonce = [0u8; NONCE_LEN];
     rng.fill_bytes(&mut nonce);
     let cipher = XChaCha20Poly1305::new((&*key).into());
     let ct = cipher
-        .encrypt(&XNonce::from(nonce), Payload { msg: plaintext, aad })
+        .encrypt(
+            &XNonce::from(nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
         .map_err(|_| SealError::Unauthentic)?;
     let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
     out.extend_from_slice(eph_pub.as_bytes());
@@ -83,11 +94,19 @@ pub fn open(me: &IdentityKey, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, Seal
     let mut nonce = [0u8; NONCE_LEN];
     nonce.copy_from_slice(&sealed[32..32 + NONCE_LEN]);
     let my_pub = me.user_id().x25519()?;
-    let shared = me.x25519().diffie_hellman(&x25519_dalek::PublicKey::from(eph));
+    let shared = me
+        .x25519()
+        .diffie_hellman(&x25519_dalek::PublicKey::from(eph));
     let key = derive_key(&shared, &eph, my_pub.as_bytes())?;
     let cipher = XChaCha20Poly1305::new((&*key).into());
     cipher
-        .decrypt(&XNonce::from(nonce), Payload { msg: &sealed[32 + NONCE_LEN..], aad })
+        .decrypt(
+            &XNonce::from(nonce),
+            Payload {
+                msg: &sealed[32 + NONCE_LEN..],
+                aad,
+            },
+        )
         .map_err(|_| SealError::Unauthentic)
 }
 
@@ -107,7 +126,10 @@ mod tests {
         for i in 0..sealed.len() {
             let mut t = sealed.clone();
             t[i] ^= 1;
-            assert!(open(&bob, &t, b"hdr").is_err(), "flip at byte {i} went unnoticed");
+            assert!(
+                open(&bob, &t, b"hdr").is_err(),
+                "flip at byte {i} went unnoticed"
+            );
         }
         assert_eq!(open(&bob, &sealed[..10], b"hdr"), Err(SealError::Truncated));
     }

@@ -108,7 +108,9 @@ pub enum ClientResponse {
     /// One result per envelope, in request order, sent after the accepted ones are durable.
     Sent(Vec<SendResult>),
     Envelopes(Vec<Envelope>),
-    Acked { removed: u32 },
+    Acked {
+        removed: u32,
+    },
     Status(Vec<DeliveryState>),
     Error(ClientError),
 }
@@ -128,8 +130,12 @@ pub enum SendResult {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeliveryState {
     /// In the sender's node's outbox; `attempts` tries so far.
-    Queued { attempts: u32 },
-    DeliveredToNode { at: Millis },
+    Queued {
+        attempts: u32,
+    },
+    DeliveredToNode {
+        at: Millis,
+    },
     NoSuchUser,
     Expired,
     /// The recipient's node refused the envelope's header (version, size or expiry).
@@ -184,7 +190,11 @@ impl ClientAuth {
         op: &ClientOp,
     ) -> Result<ClientAuth, crate::codec::CodecError> {
         let m = Self::signed_bytes(node, client_peer, now, op)?;
-        Ok(ClientAuth { user: key.user_id(), timestamp: now, signature: key.sign(&m) })
+        Ok(ClientAuth {
+            user: key.user_id(),
+            timestamp: now,
+            signature: key.sign(&m),
+        })
     }
 
     /// Checks the signature for this node and the connection's peer id, and freshness.
@@ -200,7 +210,9 @@ impl ClientAuth {
         }
         let m = Self::signed_bytes(node, client_peer, self.timestamp, op)
             .map_err(|_| ClientError::BadAuth)?;
-        self.user.verify(&m, &self.signature).map_err(|_| ClientError::BadAuth)
+        self.user
+            .verify(&m, &self.signature)
+            .map_err(|_| ClientError::BadAuth)
     }
 }
 
@@ -212,13 +224,28 @@ mod tests {
     fn auth_binds_node_peer_time_and_op() {
         let mut rng: rand::rngs::StdRng = rand::SeedableRng::seed_from_u64(5);
         let k = IdentityKey::generate(&mut rng);
-        let op = ClientOp::Fetch { limit: 10, wait_ms: 0 };
+        let op = ClientOp::Fetch {
+            limit: 10,
+            wait_ms: 0,
+        };
         let a = ClientAuth::sign(&k, "node", "peer", 1_000_000, &op).unwrap();
         assert_eq!(a.verify("node", "peer", 1_000_000, &op), Ok(()));
-        assert_eq!(a.verify("other", "peer", 1_000_000, &op), Err(ClientError::BadAuth));
-        assert_eq!(a.verify("node", "peer2", 1_000_000, &op), Err(ClientError::BadAuth));
-        let op2 = ClientOp::Fetch { limit: 11, wait_ms: 0 };
-        assert_eq!(a.verify("node", "peer", 1_000_000, &op2), Err(ClientError::BadAuth));
+        assert_eq!(
+            a.verify("other", "peer", 1_000_000, &op),
+            Err(ClientError::BadAuth)
+        );
+        assert_eq!(
+            a.verify("node", "peer2", 1_000_000, &op),
+            Err(ClientError::BadAuth)
+        );
+        let op2 = ClientOp::Fetch {
+            limit: 11,
+            wait_ms: 0,
+        };
+        assert_eq!(
+            a.verify("node", "peer", 1_000_000, &op2),
+            Err(ClientError::BadAuth)
+        );
         assert_eq!(
             a.verify("node", "peer", 1_000_000 + MAX_AUTH_SKEW_MS + 1, &op),
             Err(ClientError::StaleTimestamp)

@@ -98,7 +98,9 @@ impl ClientDb {
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(name).expect("every column family is created at open")
+        self.db
+            .cf_handle(name)
+            .expect("every column family is created at open")
     }
 
     fn put_synced(&self, cf: &str, k: &[u8], v: &[u8]) -> Result<()> {
@@ -128,7 +130,10 @@ impl ClientDb {
 
     pub fn contacts(&self) -> Result<Vec<Contact>> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(NAME_CONTACT), rocksdb::IteratorMode::Start) {
+        for item in self
+            .db
+            .iterator_cf(self.cf(NAME_CONTACT), rocksdb::IteratorMode::Start)
+        {
             out.push(decode_value(NAME_CONTACT, &item?.1)?);
         }
         Ok(out)
@@ -142,18 +147,30 @@ impl ClientDb {
     }
 
     pub fn put_contact(&self, c: &Contact) -> Result<()> {
-        self.put_synced(NAME_CONTACT, c.name.as_bytes(), &encode_value(NAME_CONTACT, c)?)
+        self.put_synced(
+            NAME_CONTACT,
+            c.name.as_bytes(),
+            &encode_value(NAME_CONTACT, c)?,
+        )
     }
 
     /// Stores a message unless one with the same envelope id is already stored (dedupe).
     /// Returns whether it was new. Synced: the caller acknowledges to the node after this.
     pub fn record_message(&mut self, m: &StoredMessage) -> Result<bool> {
-        if self.db.get_cf(self.cf(ENVELOPEID_SEQ), m.envelope_id.0)?.is_some() {
+        if self
+            .db
+            .get_cf(self.cf(ENVELOPEID_SEQ), m.envelope_id.0)?
+            .is_some()
+        {
             return Ok(false);
         }
         let seq = self.next_seq;
         let mut b = rocksdb::WriteBatch::default();
-        b.put_cf(self.cf(SEQ_MESSAGE), seq_key(seq), encode_value(SEQ_MESSAGE, m)?);
+        b.put_cf(
+            self.cf(SEQ_MESSAGE),
+            seq_key(seq),
+            encode_value(SEQ_MESSAGE, m)?,
+        );
         b.put_cf(self.cf(ENVELOPEID_SEQ), m.envelope_id.0, seq_key(seq));
         let mut wo = rocksdb::WriteOptions::default();
         wo.set_sync(true);
@@ -191,7 +208,10 @@ impl ClientDb {
     /// All messages in the order they were recorded.
     pub fn messages(&self) -> Result<Vec<StoredMessage>> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(SEQ_MESSAGE), rocksdb::IteratorMode::Start) {
+        for item in self
+            .db
+            .iterator_cf(self.cf(SEQ_MESSAGE), rocksdb::IteratorMode::Start)
+        {
             out.push(decode_value(SEQ_MESSAGE, &item?.1)?);
         }
         Ok(out)
@@ -229,7 +249,13 @@ mod tests {
         assert!(db.record_message(&msg(3)).unwrap());
         let texts: Vec<_> = db.messages().unwrap().into_iter().map(|m| m.text).collect();
         assert_eq!(texts, ["m1", "m2", "m3"]);
-        assert!(db.set_state(&EnvelopeId([2; 16]), MessageState::HeldKeyChanged).unwrap());
-        assert_eq!(db.message(&EnvelopeId([2; 16])).unwrap().unwrap().1.state, MessageState::HeldKeyChanged);
+        assert!(
+            db.set_state(&EnvelopeId([2; 16]), MessageState::HeldKeyChanged)
+                .unwrap()
+        );
+        assert_eq!(
+            db.message(&EnvelopeId([2; 16])).unwrap().unwrap().1.state,
+            MessageState::HeldKeyChanged
+        );
     }
 }

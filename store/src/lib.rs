@@ -19,7 +19,10 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database at {path}: {source}")]
-    Open { path: PathBuf, source: rocksdb::Error },
+    Open {
+        path: PathBuf,
+        source: rocksdb::Error,
+    },
     #[error("database error: {0}")]
     Db(#[from] rocksdb::Error),
     #[error("stored value under {cf} is corrupt: {reason}")]
@@ -46,9 +49,21 @@ pub(crate) fn open_db(
     opts.set_compression_type(rocksdb::DBCompressionType::None);
     opts.set_max_open_files(256);
     opts.set_keep_log_file_num(4);
-    let db = rocksdb::DB::open_cf(&opts, path, cfs.iter().copied())
-        .map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
-    let meta = db.cf_handle(schema::META).expect("meta is in every column family list");
+    // Open every family already there too, so a database of the other kind opens and is then
+    // refused by its recorded kind rather than by a RocksDB error.
+    let mut all: Vec<String> = cfs.iter().map(|s| s.to_string()).collect();
+    for existing in rocksdb::DB::list_cf(&opts, path).unwrap_or_default() {
+        if !all.contains(&existing) && existing != "default" {
+            all.push(existing);
+        }
+    }
+    let db = rocksdb::DB::open_cf(&opts, path, all).map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let meta = db
+        .cf_handle(schema::META)
+        .expect("meta is in every column family list");
     match db.get_cf(&meta, b"kind")? {
         Some(k) if k == kind.as_bytes() => {}
         Some(_) => return Err(StoreError::WrongKind(path.to_path_buf(), kind)),
@@ -57,26 +72,46 @@ pub(crate) fn open_db(
             wo.set_sync(true);
             let mut b = rocksdb::WriteBatch::default();
             b.put_cf(&meta, b"kind", kind.as_bytes());
-            b.put_cf(&meta, b"schema_version", schema::SCHEMA_VERSION.to_be_bytes());
+            b.put_cf(
+                &meta,
+                b"schema_version",
+                schema::SCHEMA_VERSION.to_be_bytes(),
+            );
             db.write_opt(b, &wo)?;
         }
     }
     let version = db
         .get_cf(&meta, b"schema_version")?
         .and_then(|v| Some(u32::from_be_bytes(v.as_slice().try_into().ok()?)))
-        .ok_or(StoreError::Corrupt { cf: schema::META, reason: "no schema version".into() })?;
+        .ok_or(StoreError::Corrupt {
+            cf: schema::META,
+            reason: "no schema version".into(),
+        })?;
     if version > schema::SCHEMA_VERSION {
-        return Err(StoreError::SchemaTooNew { found: version, supported: schema::SCHEMA_VERSION });
+        return Err(StoreError::SchemaTooNew {
+            found: version,
+            supported: schema::SCHEMA_VERSION,
+        });
     }
     // Version 1 is the first schema: no migrations yet. Each later version adds one step here.
     Ok(db)
 }
 
-pub(crate) fn decode_value<T: serde::de::DeserializeOwned>(cf: &'static str, v: &[u8]) -> Result<T> {
-    hestia_protocol::codec::decode(v, hestia_protocol::codec::MAX_FRAME_BYTES)
-        .map_err(|e| StoreError::Corrupt { cf, reason: e.to_string() })
+pub(crate) fn decode_value<T: serde::de::DeserializeOwned>(
+    cf: &'static str,
+    v: &[u8],
+) -> Result<T> {
+    hestia_protocol::codec::decode(v, hestia_protocol::codec::MAX_FRAME_BYTES).map_err(|e| {
+        StoreError::Corrupt {
+            cf,
+            reason: e.to_string(),
+        }
+    })
 }
 
 pub(crate) fn encode_value<T: serde::Serialize>(cf: &'static str, v: &T) -> Result<Vec<u8>> {
-    hestia_protocol::codec::encode(v).map_err(|e| StoreError::Corrupt { cf, reason: e.to_string() })
+    hestia_protocol::codec::encode(v).map_err(|e| StoreError::Corrupt {
+        cf,
+        reason: e.to_string(),
+    })
 }

@@ -66,19 +66,26 @@ pub struct NodeDb {
 
 impl NodeDb {
     pub fn open(path: &Path) -> Result<Self> {
-        Ok(NodeDb { db: crate::open_db(path, NODE_CFS, "node")? })
+        Ok(NodeDb {
+            db: crate::open_db(path, NODE_CFS, "node")?,
+        })
     }
 
     /// Opens a database that a running node holds, to read it (`hestia node inspect`).
     pub fn open_read_only(path: &Path) -> Result<Self> {
         let opts = rocksdb::Options::default();
         let db = rocksdb::DB::open_cf_for_read_only(&opts, path, NODE_CFS.iter().copied(), false)
-            .map_err(|source| crate::StoreError::Open { path: path.to_path_buf(), source })?;
+            .map_err(|source| crate::StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(NodeDb { db })
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(name).expect("every column family is created at open")
+        self.db
+            .cf_handle(name)
+            .expect("every column family is created at open")
     }
 
     /// The node's libp2p key, in libp2p's protobuf encoding.
@@ -92,9 +99,15 @@ impl NodeDb {
         Ok(self.db.put_cf_opt(self.cf(META), b"node_key", key, &wo)?)
     }
 
-    fn scan<T: serde::de::DeserializeOwned>(&self, cf: &'static str) -> Result<Vec<(Box<[u8]>, T)>> {
+    fn scan<T: serde::de::DeserializeOwned>(
+        &self,
+        cf: &'static str,
+    ) -> Result<Vec<(Box<[u8]>, T)>> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(cf), rocksdb::IteratorMode::Start) {
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf), rocksdb::IteratorMode::Start)
+        {
             let (k, v) = item?;
             out.push((k, decode_value(cf, &v)?));
         }
@@ -112,17 +125,33 @@ impl NodeStore for NodeDb {
                 Ok((UserId(id), v))
             })
             .collect::<Result<_>>()?;
-        let mailbox = self.scan(USERID_ENVELOPEID_MAILBOX)?.into_iter().map(|(_, v)| v).collect();
-        let outbox = self.scan(NODEID_ENVELOPEID_OUTBOX)?.into_iter().map(|(_, v)| v).collect();
+        let mailbox = self
+            .scan(USERID_ENVELOPEID_MAILBOX)?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        let outbox = self
+            .scan(NODEID_ENVELOPEID_OUTBOX)?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
         let status = self
             .scan::<StatusRecord>(ENVELOPEID_STATUS)?
             .into_iter()
             .map(|(k, v)| {
-                let id: [u8; 16] = k.as_ref().try_into().map_err(|_| corrupt(ENVELOPEID_STATUS))?;
+                let id: [u8; 16] = k
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt(ENVELOPEID_STATUS))?;
                 Ok((EnvelopeId(id), v))
             })
             .collect::<Result<_>>()?;
-        Ok(NodeSnapshot { accounts, mailbox, outbox, status })
+        Ok(NodeSnapshot {
+            accounts,
+            mailbox,
+            outbox,
+            status,
+        })
     }
 
     fn apply(&mut self, writes: &[NodeWrite]) -> Result<()> {
@@ -142,16 +171,19 @@ impl NodeStore for NodeDb {
                     schema::mailbox_key(&e.recipient, &e.id),
                     encode_value(USERID_ENVELOPEID_MAILBOX, e)?,
                 ),
-                NodeWrite::DeleteMailbox(u, id) => {
-                    batch.delete_cf(self.cf(USERID_ENVELOPEID_MAILBOX), schema::mailbox_key(u, id))
-                }
+                NodeWrite::DeleteMailbox(u, id) => batch.delete_cf(
+                    self.cf(USERID_ENVELOPEID_MAILBOX),
+                    schema::mailbox_key(u, id),
+                ),
                 NodeWrite::PutOutbox(rec) => batch.put_cf(
                     self.cf(NODEID_ENVELOPEID_OUTBOX),
                     schema::outbox_key(&rec.to_node, &rec.envelope.id),
                     encode_value(NODEID_ENVELOPEID_OUTBOX, rec)?,
                 ),
-                NodeWrite::DeleteOutbox(node, id) => batch
-                    .delete_cf(self.cf(NODEID_ENVELOPEID_OUTBOX), schema::outbox_key(node, id)),
+                NodeWrite::DeleteOutbox(node, id) => batch.delete_cf(
+                    self.cf(NODEID_ENVELOPEID_OUTBOX),
+                    schema::outbox_key(node, id),
+                ),
                 NodeWrite::PutStatus(id, rec) => batch.put_cf(
                     self.cf(ENVELOPEID_STATUS),
                     id.0,
@@ -167,7 +199,10 @@ impl NodeStore for NodeDb {
 }
 
 fn corrupt(cf: &'static str) -> crate::StoreError {
-    crate::StoreError::Corrupt { cf, reason: "bad key length".into() }
+    crate::StoreError::Corrupt {
+        cf,
+        reason: "bad key length".into(),
+    }
 }
 
 /// The same interface in memory, for unit tests and simulations. A "crash with disk loss" is
@@ -200,13 +235,15 @@ impl NodeStore for MemNodeStore {
                     self.accounts.insert(*u, r.clone());
                 }
                 NodeWrite::PutMailbox(e) => {
-                    self.mailbox.insert(schema::mailbox_key(&e.recipient, &e.id), e.clone());
+                    self.mailbox
+                        .insert(schema::mailbox_key(&e.recipient, &e.id), e.clone());
                 }
                 NodeWrite::DeleteMailbox(u, id) => {
                     self.mailbox.remove(&schema::mailbox_key(u, id));
                 }
                 NodeWrite::PutOutbox(r) => {
-                    self.outbox.insert(schema::outbox_key(&r.to_node, &r.envelope.id), r.clone());
+                    self.outbox
+                        .insert(schema::outbox_key(&r.to_node, &r.envelope.id), r.clone());
                 }
                 NodeWrite::DeleteOutbox(n, id) => {
                     self.outbox.remove(&schema::outbox_key(n, id));
@@ -238,7 +275,11 @@ mod tests {
     }
 
     fn exercise(store: &mut dyn NodeStore) {
-        let out = OutboxRecord { to_node: "peer".into(), envelope: env(2), attempts: 1 };
+        let out = OutboxRecord {
+            to_node: "peer".into(),
+            envelope: env(2),
+            attempts: 1,
+        };
         let st = StatusRecord {
             owner: UserId([9; 32]),
             state: DeliveryState::Queued { attempts: 0 },
@@ -253,13 +294,23 @@ mod tests {
                 NodeWrite::PutStatus(EnvelopeId([2; 16]), st.clone()),
             ])
             .unwrap();
-        store.apply(&[NodeWrite::DeleteMailbox(UserId([3; 32]), EnvelopeId([3; 16]))]).unwrap();
+        store
+            .apply(&[NodeWrite::DeleteMailbox(
+                UserId([3; 32]),
+                EnvelopeId([3; 16]),
+            )])
+            .unwrap();
         let snap = store.load().unwrap();
-        assert_eq!(snap.accounts, vec![(UserId([1; 32]), AccountRecord { created_at: 3 })]);
+        assert_eq!(
+            snap.accounts,
+            vec![(UserId([1; 32]), AccountRecord { created_at: 3 })]
+        );
         assert_eq!(snap.mailbox, vec![env(1)]);
         assert_eq!(snap.outbox, vec![out]);
         assert_eq!(snap.status, vec![(EnvelopeId([2; 16]), st)]);
-        store.apply(&[NodeWrite::DeleteOutbox("peer".into(), EnvelopeId([2; 16]))]).unwrap();
+        store
+            .apply(&[NodeWrite::DeleteOutbox("peer".into(), EnvelopeId([2; 16]))])
+            .unwrap();
         assert!(store.load().unwrap().outbox.is_empty());
     }
 
@@ -281,6 +332,9 @@ mod tests {
     fn client_database_is_not_a_node_database() {
         let dir = tempfile::tempdir().unwrap();
         drop(crate::client::ClientDb::open(dir.path()).unwrap());
-        assert!(matches!(NodeDb::open(dir.path()), Err(crate::StoreError::WrongKind(..))));
+        assert!(matches!(
+            NodeDb::open(dir.path()),
+            Err(crate::StoreError::WrongKind(..))
+        ));
     }
 }

@@ -23,8 +23,13 @@ pub const NODEID_ENVELOPEID_OUTBOX: &str = "nodeid_envelopeid_outbox";
 /// `envelopeid_status`: envelope id (16) → delivery-state record of an envelope sent from here.
 pub const ENVELOPEID_STATUS: &str = "envelopeid_status";
 
-pub const NODE_CFS: &[&str] =
-    &[META, USERID_ACCOUNT, USERID_ENVELOPEID_MAILBOX, NODEID_ENVELOPEID_OUTBOX, ENVELOPEID_STATUS];
+pub const NODE_CFS: &[&str] = &[
+    META,
+    USERID_ACCOUNT,
+    USERID_ENVELOPEID_MAILBOX,
+    NODEID_ENVELOPEID_OUTBOX,
+    ENVELOPEID_STATUS,
+];
 
 // Client database.
 /// `key_identity`: `"identity"` → stored identity (secret seed, handle, home node).
@@ -36,7 +41,13 @@ pub const SEQ_MESSAGE: &str = "seq_message";
 /// `envelopeid_seq`: envelope id (16) → sequence number (8, BE); dedupe and status updates.
 pub const ENVELOPEID_SEQ: &str = "envelopeid_seq";
 
-pub const CLIENT_CFS: &[&str] = &[META, KEY_IDENTITY, NAME_CONTACT, SEQ_MESSAGE, ENVELOPEID_SEQ];
+pub const CLIENT_CFS: &[&str] = &[
+    META,
+    KEY_IDENTITY,
+    NAME_CONTACT,
+    SEQ_MESSAGE,
+    ENVELOPEID_SEQ,
+];
 
 pub fn mailbox_key(user: &UserId, id: &EnvelopeId) -> [u8; 48] {
     let mut k = [0u8; 48];

@@ -1,1 +1,276 @@
-//! placeholder
+//! The shared harness for Hestia's integration tests: builds the `hestia` binary once, starts a
+//! bootstrap node and nodes as separate processes on loopback, runs client commands, kills and
+//! restarts nodes, and scans directories for plaintext. Every wait is bounded.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Bound on waiting for a process to start listening or a state to be reached.
+pub const WAIT: Duration = Duration::from_secs(45);
+
+/// The `hestia` binary, built (or found up to date) once per test process.
+pub fn hestia_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "hestia-cli", "--bin", "hestia"])
+            .status()
+            .expect("running cargo build for the hestia binary");
+        assert!(status.success(), "building the hestia binary failed");
+        // target/<profile>/deps/<test binary> → target/<profile>/hestia
+        let exe = std::env::current_exe().expect("test binary path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>");
+        let bin = profile_dir.join("hestia");
+        assert!(bin.exists(), "no hestia binary at {}", bin.display());
+        bin
+    })
+}
+
+/// A running `hestia` process; killed when dropped.
+pub struct Proc {
+    child: Child,
+    pub dir: PathBuf,
+    pub addr: String,
+}
+
+impl Proc {
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn port(&self) -> &str {
+        self.addr
+            .split("/tcp/")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .expect("tcp port")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for_addr(dir: &Path, child: &mut Child) -> String {
+    let start = Instant::now();
+    loop {
+        if let Ok(t) = std::fs::read_to_string(dir.join("listen.addr"))
+            && let Some(l) = t.lines().next()
+        {
+            return l.to_string();
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(dir.join("process.log")).unwrap_or_default();
+            panic!(
+                "{} exited with {status} before listening:\n{log}",
+                dir.display()
+            );
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "{} did not start listening",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn spawn(dir: &Path, args: &[&str]) -> Proc {
+    std::fs::create_dir_all(dir).unwrap();
+    let _ = std::fs::remove_file(dir.join("listen.addr"));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("process.log"))
+        .unwrap();
+    let mut child = Command::new(hestia_bin())
+        .args(args)
+        .env("RUST_LOG", "info,libp2p=warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawning hestia");
+    let addr = wait_for_addr(dir, &mut child);
+    Proc {
+        child,
+        dir: dir.to_path_buf(),
+        addr,
+    }
+}
+
+/// A bootstrap node and `n` nodes, each its own process, in one temporary directory.
+pub struct Net {
+    pub tmp: tempfile::TempDir,
+    pub bootstrap: Proc,
+    pub nodes: Vec<Option<Proc>>,
+    ports: Vec<String>,
+}
+
+impl Net {
+    pub fn start(n: usize) -> Net {
+        let tmp = tempfile::tempdir().unwrap();
+        let bdir = tmp.path().join("bootstrap");
+        let bootstrap = spawn(
+            &bdir,
+            &[
+                "bootstrap",
+                "run",
+                "--data-dir",
+                bdir.to_str().unwrap(),
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+            ],
+        );
+        let mut net = Net {
+            tmp,
+            bootstrap,
+            nodes: Vec::new(),
+            ports: Vec::new(),
+        };
+        for i in 0..n {
+            let p = net.spawn_node(i, "0");
+            net.ports.push(p.port().to_string());
+            net.nodes.push(Some(p));
+        }
+        net
+    }
+
+    pub fn node_dir(&self, i: usize) -> PathBuf {
+        self.tmp.path().join(format!("node{i}"))
+    }
+
+    fn spawn_node(&self, i: usize, port: &str) -> Proc {
+        let dir = self.node_dir(i);
+        let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+        spawn(
+            &dir,
+            &[
+                "node",
+                "run",
+                "--data-dir",
+                dir.to_str().unwrap(),
+                "--listen",
+                &listen,
+                "--bootstrap",
+                &self.bootstrap.addr,
+            ],
+        )
+    }
+
+    pub fn node_addr(&self, i: usize) -> String {
+        self.nodes[i]
+            .as_ref()
+            .expect("node is running")
+            .addr
+            .clone()
+    }
+
+    pub fn node_peer(&self, i: usize) -> String {
+        self.node_addr(i).rsplit('/').next().unwrap().to_string()
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        self.nodes[i].take().expect("node is running").kill9();
+    }
+
+    /// Restarts node `i` on its old port, with its old data directory.
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none(), "node {i} is still running");
+        let p = self.spawn_node(i, &self.ports[i].clone());
+        self.nodes[i] = Some(p);
+    }
+
+    pub fn home(&self, user: &str) -> PathBuf {
+        self.tmp.path().join(format!("home-{user}"))
+    }
+
+    /// Runs a client command as `user`.
+    pub fn run(&self, user: &str, args: &[&str]) -> Output {
+        Command::new(hestia_bin())
+            .arg("--home")
+            .arg(self.home(user))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running hestia")
+    }
+
+    /// Runs a client command that must succeed; returns its standard output.
+    pub fn ok(&self, user: &str, args: &[&str]) -> String {
+        let out = self.run(user, args);
+        assert!(
+            out.status.success(),
+            "hestia {args:?} as {user} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Creates `user` on node `i`; returns their address.
+    pub fn account(&self, user: &str, i: usize) -> String {
+        self.ok(
+            user,
+            &[
+                "account",
+                "create",
+                "--node",
+                &self.node_addr(i),
+                "--name",
+                user,
+            ],
+        );
+        self.ok(user, &["account", "show", "--address"])
+            .trim()
+            .to_string()
+    }
+
+    /// Repeats `args` as `user` until its output contains `needle`; returns that output.
+    pub fn until(&self, user: &str, args: &[&str], needle: &str) -> String {
+        let start = Instant::now();
+        let mut seen = String::new();
+        while start.elapsed() < WAIT {
+            let out = self.run(user, args);
+            seen = String::from_utf8_lossy(&out.stdout).into_owned();
+            if seen.contains(needle) {
+                return seen;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("`hestia {args:?}` as {user} never printed {needle:?}; last output:\n{seen}");
+    }
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+            {
+                hits.push(p);
+            }
+        }
+    }
+    hits
+}

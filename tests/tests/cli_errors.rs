@@ -1,0 +1,65 @@
+//! Bad input on the command line: one line of error, a non-zero exit, nothing changed.
+
+use hestia_tests::hestia_bin;
+use std::process::Command;
+
+fn fails_with_one_line(args: &[&str], needle: &str) {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(hestia_bin())
+        .arg("--home")
+        .arg(home.path())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{args:?} succeeded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        lines.len() == 1 || args.is_empty(),
+        "{args:?}: not one line: {err}"
+    );
+    assert!(err.contains(needle), "{args:?}: {err}");
+}
+
+#[test]
+fn bad_cli_input_gives_one_line_and_nonzero_exit() {
+    fails_with_one_line(&["send", "bob", "hi"], "no account here yet");
+    fails_with_one_line(&["inbox"], "no account here yet");
+    fails_with_one_line(
+        &[
+            "account",
+            "create",
+            "--node",
+            "/ip4/127.0.0.1/tcp/1",
+            "--name",
+            "alice",
+        ],
+        "must end in /p2p/",
+    );
+    fails_with_one_line(
+        &[
+            "account",
+            "create",
+            "--node",
+            "not-an-address",
+            "--name",
+            "a",
+        ],
+        "error",
+    );
+    fails_with_one_line(&["send", "bob", "hi", "--ttl", "0"], "error");
+}
+
+#[test]
+fn bad_contact_input_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    // A contact needs an account; with none, the error says so rather than anything vaguer.
+    let out = Command::new(hestia_bin())
+        .arg("--home")
+        .arg(home.path())
+        .args(["contact", "add", "bob", "zzz"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: "));
+}

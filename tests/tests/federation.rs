@@ -1,0 +1,112 @@
+//! Two nodes and a bootstrap node on loopback, separate processes, real TCP.
+
+use hestia_tests::{Net, files_containing};
+
+const TEXT: &str = "the plaintext canary: 7f3a9c lighthouse at nine";
+
+#[test]
+fn offline_recipient_gets_message_once_and_nodes_never_see_plaintext() {
+    let net = Net::start(2);
+    net.account("alice", 0);
+    let bob = net.account("bob", 1);
+    net.ok("alice", &["contact", "add", "bob", &bob]);
+    // Bob is offline (no client connected) when Alice sends.
+    let sent = net.ok("alice", &["send", "bob", TEXT]);
+    assert!(sent.contains("delivered to their node"), "{sent}");
+
+    let inbox = net.ok("bob", &["inbox"]);
+    assert!(inbox.contains(&format!("alice: {TEXT}")), "{inbox}");
+    // Trust on first use: Alice is now a contact of Bob's, pinned and unverified.
+    let contacts = net.ok("bob", &["contact", "list"]);
+    assert!(
+        contacts.contains("alice") && contacts.contains("unverified"),
+        "{contacts}"
+    );
+    // Exactly once: reading again shows nothing new.
+    assert!(!net.ok("bob", &["inbox"]).contains(TEXT));
+    // Bob's device receipt reaches Alice.
+    net.until("alice", &["status"], "delivered to their device");
+
+    for i in 0..2 {
+        let hits = files_containing(&net.node_dir(i), TEXT.as_bytes());
+        assert!(hits.is_empty(), "node {i} stored plaintext in {hits:?}");
+    }
+    assert!(
+        !files_containing(&net.home("bob"), TEXT.as_bytes()).is_empty(),
+        "history is on the device"
+    );
+}
+
+#[test]
+fn node_down_and_kill9_after_ack_lose_nothing() {
+    let mut net = Net::start(2);
+    net.account("alice", 0);
+    let bob = net.account("bob", 1);
+    net.ok("alice", &["contact", "add", "bob", &bob]);
+
+    // Bob's node is down: Alice's node acknowledges and queues.
+    net.kill9(1);
+    let sent = net.ok("alice", &["send", "bob", TEXT, "--wait", "0"]);
+    assert!(sent.contains("queued"), "{sent}");
+    // Alice's node dies after acknowledging, before passing the envelope on.
+    net.kill9(0);
+    net.restart(0);
+    net.restart(1);
+    net.until("alice", &["status"], "delivered to their node");
+
+    // Bob's node dies after acknowledging to Alice's node, before Bob fetched.
+    net.kill9(1);
+    net.restart(1);
+    let inbox = net.ok("bob", &["inbox"]);
+    assert_eq!(inbox.matches(TEXT).count(), 1, "{inbox}");
+    assert!(!net.ok("bob", &["inbox"]).contains(TEXT));
+    let all = net.ok("bob", &["inbox", "--all"]);
+    assert_eq!(
+        all.matches(TEXT).count(),
+        1,
+        "delivered exactly once: {all}"
+    );
+}
+
+#[test]
+fn expired_envelopes_are_dropped_and_reported() {
+    let mut net = Net::start(2);
+    net.account("alice", 0);
+    let bob = net.account("bob", 1);
+    net.ok("alice", &["contact", "add", "bob", &bob]);
+    net.kill9(1);
+    let sent = net.ok("alice", &["send", "bob", TEXT, "--wait", "0", "--ttl", "1"]);
+    assert!(sent.contains("queued"), "{sent}");
+    net.until("alice", &["status"], "expired undelivered");
+    let stored = net.ok(
+        "alice",
+        &[
+            "node",
+            "inspect",
+            "--data-dir",
+            net.node_dir(0).to_str().unwrap(),
+        ],
+    );
+    assert!(
+        stored.contains("outbox (waiting for other nodes): 0"),
+        "{stored}"
+    );
+}
+
+#[test]
+fn unknown_recipient_gets_a_clear_answer() {
+    let net = Net::start(2);
+    net.account("alice", 0);
+    net.account("bob", 1);
+    // A valid key that has no account on node 1.
+    let ghost = format!(
+        "{}@{}",
+        "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+        net.node_peer(1)
+    );
+    net.ok("alice", &["contact", "add", "ghost", &ghost]);
+    let out = net.run("alice", &["send", "ghost", "hello?"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no such user on that node"), "{err}");
+}
