@@ -100,13 +100,9 @@ impl Bootstrap {
                             tracing::warn!(error = %e, "could not record listen address");
                         }
                     }
-                    SwarmEvent::Behaviour(BootstrapBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
-                        if info.protocols.iter().any(|p| p.as_ref() == driver::KAD_PROTOCOL) {
-                            for a in info.listen_addrs {
-                                self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
-                            }
-                        }
-                    }
+                    SwarmEvent::Behaviour(BootstrapBehaviourEvent::Identify(
+                        identify::Event::Received { peer_id, info, .. },
+                    )) => driver::learn_addresses(&mut self.swarm.behaviour_mut().kad, peer_id, info),
                     _ => {}
                 }
             }

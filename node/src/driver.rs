@@ -81,6 +81,20 @@ pub fn kad_behaviour(peer: PeerId) -> kad::Behaviour<kad::store::MemoryStore> {
     kad
 }
 
+/// Adds the listen addresses a peer reported through identify to Kademlia, if it speaks
+/// Hestia's Kademlia (clients do not, and stay out of the routing table).
+pub fn learn_addresses(
+    kad: &mut kad::Behaviour<kad::store::MemoryStore>,
+    peer: PeerId,
+    info: identify::Info,
+) {
+    if info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL) {
+        for addr in info.listen_addrs {
+            kad.add_address(&peer, addr);
+        }
+    }
+}
+
 /// Gossipsub for presence: signed messages, strict validation, small messages.
 pub fn gossip_behaviour(key: &identity::Keypair) -> Result<gossipsub::Behaviour, NodeError> {
     let gs_cfg = gossipsub::ConfigBuilder::default()
@@ -409,13 +423,7 @@ impl Node {
                 peer_id,
                 info,
                 ..
-            })) => {
-                if info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL) {
-                    for addr in info.listen_addrs {
-                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-                    }
-                }
-            }
+            })) => learn_addresses(&mut self.swarm.behaviour_mut().kad, peer_id, info),
             SwarmEvent::Behaviour(NodeBehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
                 message,
