@@ -92,7 +92,7 @@ impl Bootstrap {
                 ev = self.swarm.select_next_some() => match ev {
                     SwarmEvent::NewListenAddr { address, .. } => {
                         let full = address.with(libp2p::multiaddr::Protocol::P2p(self.peer_id()));
-                        println!("bootstrap listening on {full}");
+                        tracing::info!(addr = %full, "bootstrap listening");
                         let path = self.data_dir.join("listen.addr");
                         let mut existing = std::fs::read_to_string(&path).unwrap_or_default();
                         existing.push_str(&format!("{full}\n"));

@@ -2,6 +2,7 @@
 //! the demo. Client commands keep their state under `--home` (default: the platform data
 //! directory); node commands under `--data-dir`.
 
+mod bench;
 mod demo;
 mod inspect;
 
@@ -67,6 +68,8 @@ enum Command {
     },
     /// Show the delivery state of sent messages.
     Status,
+    /// Measure relay throughput and latency on loopback beside raw baselines (docs/benchmarks.md).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -235,6 +238,7 @@ async fn shutdown_signal() {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo => demo::run().await,
+        Command::Bench(args) => bench::run(args).await,
         Command::Node(NodeCmd::Run(args)) => {
             let config = node_config(args)?;
             let node = Node::start(config)?;

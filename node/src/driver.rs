@@ -222,6 +222,7 @@ pub struct Node {
     fed_channels: HashMap<Token, ResponseChannel<FedResponse>>,
     batches: HashMap<OutboundRequestId, BatchId>,
     presence_topic: gossipsub::IdentTopic,
+    has_bootstrap: bool,
 }
 
 impl Node {
@@ -282,6 +283,7 @@ impl Node {
             fed_channels: HashMap::new(),
             batches: HashMap::new(),
             presence_topic,
+            has_bootstrap: !config.bootstrap.is_empty(),
         })
     }
 
@@ -303,7 +305,9 @@ impl Node {
         let mut presence = tokio::time::interval(PRESENCE_INTERVAL);
         presence.tick().await;
         let mut first_presence = Box::pin(tokio::time::sleep(Duration::from_secs(2)));
-        let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        if self.has_bootstrap {
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        }
         loop {
             self.core.handle_timeout(now_millis());
             self.flush()?;
@@ -409,7 +413,6 @@ impl Node {
                     .clone()
                     .with(libp2p::multiaddr::Protocol::P2p(self.peer_id()));
                 tracing::info!(addr = %full, "listening");
-                println!("listening on {full}");
                 let path = self.data_dir.join("listen.addr");
                 let mut existing = std::fs::read_to_string(&path).unwrap_or_default();
                 existing.push_str(&format!("{full}\n"));
