@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what building Hestia needs on a fresh machine: a Rust toolchain (checked, not
+# installed: use rustup), and for RocksDB a C++20 compiler and clang/libclang for bindgen.
+# Run as root it installs missing Debian/Ubuntu packages; otherwise it prints the command.
+set -euo pipefail
+
+need=()
+command -v cc >/dev/null 2>&1 || need+=(build-essential)
+command -v c++ >/dev/null 2>&1 || need+=(g++)
+command -v clang >/dev/null 2>&1 || need+=(clang)
+# bindgen loads libclang at build time.
+if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1; then
+  need+=(libclang-dev)
+fi
+
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing ${need[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "setup: missing ${need[*]}; run: sudo apt-get install -y ${need[*]}" >&2
+    exit 1
+  fi
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: no Rust toolchain; install one with rustup (https://rustup.rs), then rerun" >&2
+  exit 1
+fi
