@@ -46,6 +46,10 @@ pub struct BenchArgs {
 const RECIPIENTS: usize = 32;
 /// Size of the raw baselines' payloads: the sealed body of a short message (256 B bucket).
 const PAYLOAD: usize = 256;
+/// Envelopes per request from each background sender in the loaded latency run.
+const LOAD_BATCH: usize = 64;
+/// Seconds of background load sealed in advance (the measurement takes about two).
+const LOAD_SECONDS: f64 = 4.0;
 
 struct Cluster {
     _tmp: tempfile::TempDir,
@@ -112,57 +116,76 @@ fn seal(from: &IdentityKey, node: &str, to: &IdentityKey, n: usize) -> Result<Ve
         .collect()
 }
 
-/// Sends envelopes in batches and waits until the sender's node reports all delivered to the
-/// recipient's node. Returns envelopes per second.
+/// Concurrent senders in the throughput run: many users share a node, and one sequential
+/// client connection would measure the client, not the relay.
+const SENDERS: usize = 4;
+
+/// `SENDERS` users on node 0 send envelopes in batches to users on node 1; the clock stops when
+/// node 0 reports every sender's last batch delivered to node 1. Returns envelopes per second.
 async fn throughput(c: &Cluster, total: usize, batch: usize) -> Result<f64> {
-    let (alice, mut ac) = user(&c.addrs[0]).await?;
     let mut recipients = Vec::new();
     for _ in 0..RECIPIENTS {
         recipients.push(user(&c.addrs[1]).await?.0);
     }
-    let per = total.div_ceil(RECIPIENTS);
-    let mut envs = Vec::new();
-    for r in &recipients {
-        envs.extend(seal(&alice, &c.peers[0], r, per)?);
+    let per_sender = total.div_ceil(SENDERS);
+    let mut senders = Vec::new();
+    for _ in 0..SENDERS {
+        let (key, conn) = user(&c.addrs[0]).await?;
+        let mut envs = Vec::new();
+        for (i, r) in recipients.iter().enumerate() {
+            let n = per_sender / RECIPIENTS + usize::from(i < per_sender % RECIPIENTS);
+            envs.extend(seal(&key, &c.peers[0], r, n)?);
+        }
+        // Interleave recipients so every batch spreads across mailboxes.
+        envs.sort_by_key(|e| e.id);
+        senders.push((key, conn, envs));
     }
-    envs.truncate(total);
-    // Interleave recipients so every batch spreads across mailboxes.
-    envs.sort_by_key(|e| e.id);
-    let ids: Vec<EnvelopeId> = envs.iter().map(|e| e.id).collect();
+    let sent: usize = senders.iter().map(|s| s.2.len()).sum();
     let start = Instant::now();
-    for chunk in envs.chunks(batch) {
-        let items = chunk
-            .iter()
-            .map(|e| Outgoing {
-                to_node: c.peers[1].clone(),
-                envelope: e.clone(),
-            })
-            .collect();
-        match ac.call(&alice, ClientOp::Send(items)).await? {
-            ClientResponse::Sent(r) if r.iter().all(|x| *x == SendResult::Queued) => {}
-            other => bail!("send refused: {other:?}"),
-        }
+    let mut tasks = Vec::new();
+    for (key, mut conn, envs) in senders {
+        let to = c.peers[1].clone();
+        tasks.push(tokio::spawn(async move {
+            for chunk in envs.chunks(batch) {
+                let items = chunk
+                    .iter()
+                    .map(|e| Outgoing {
+                        to_node: to.clone(),
+                        envelope: e.clone(),
+                    })
+                    .collect();
+                match conn.call(&key, ClientOp::Send(items)).await? {
+                    ClientResponse::Sent(r) if r.iter().all(|x| *x == SendResult::Queued) => {}
+                    other => bail!("send refused: {other:?}"),
+                }
+            }
+            // The outbox drains roughly in order: wait for this sender's last batch.
+            let tail: Vec<EnvelopeId> = envs[envs.len().saturating_sub(MAX_BATCH_ENVELOPES)..]
+                .iter()
+                .map(|e| e.id)
+                .collect();
+            loop {
+                let states = match conn.call(&key, ClientOp::Status(tail.clone())).await? {
+                    ClientResponse::Status(s) => s,
+                    other => bail!("status: {other:?}"),
+                };
+                if states
+                    .iter()
+                    .all(|s| matches!(s, DeliveryState::DeliveredToNode { .. }))
+                {
+                    return Ok(());
+                }
+                if start.elapsed() > Duration::from_secs(120) {
+                    bail!("relay did not drain in 120 s");
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }));
     }
-    // Wait for the last batch's envelopes to be accepted by the remote node (the outbox drains
-    // in order, so the last ones are the last to go).
-    let tail: Vec<EnvelopeId> = ids[ids.len().saturating_sub(MAX_BATCH_ENVELOPES)..].to_vec();
-    loop {
-        let states = match ac.call(&alice, ClientOp::Status(tail.clone())).await? {
-            ClientResponse::Status(s) => s,
-            other => bail!("status: {other:?}"),
-        };
-        if states
-            .iter()
-            .all(|s| matches!(s, DeliveryState::DeliveredToNode { .. }))
-        {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(120) {
-            bail!("relay did not drain in 120 s");
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+    for t in tasks {
+        t.await??;
     }
-    Ok(total as f64 / start.elapsed().as_secs_f64())
+    Ok(sent as f64 / start.elapsed().as_secs_f64())
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -216,45 +239,48 @@ async fn latency(c: &Cluster, samples: usize, load: f64) -> Result<(f64, f64, f6
     });
 
     let stop_load = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut background = None;
+    let mut background = Vec::new();
     if load > 0.0 {
-        let (carol, mut cc) = user(&c.addrs[0]).await?;
         let mut sinks = Vec::new();
         for _ in 0..RECIPIENTS {
             sinks.push(user(&c.addrs[1]).await?.0);
         }
-        // Enough for the whole measurement at this rate, bounded.
-        let need = ((load * (samples as f64) * 0.05) as usize).clamp(1_000, 150_000);
-        let mut envs = Vec::new();
-        for s in &sinks {
-            envs.extend(seal(&carol, &c.peers[0], s, need.div_ceil(RECIPIENTS))?);
-        }
-        let to = c.peers[1].clone();
-        let stop = stop_load.clone();
-        background = Some(tokio::spawn(async move {
-            let batch = 64usize;
-            let interval = Duration::from_secs_f64(batch as f64 / load);
-            let start = Instant::now();
-            let mut sent = 0usize;
-            let mut tick = tokio::time::interval(interval);
-            for chunk in envs.chunks(batch) {
-                if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    break;
-                }
-                tick.tick().await;
-                let items = chunk
-                    .iter()
-                    .map(|e| Outgoing {
-                        to_node: to.clone(),
-                        envelope: e.clone(),
-                    })
-                    .collect();
-                cc.call(&carol, ClientOp::Send(items)).await?;
-                sent += chunk.len();
+        // Each of SENDERS users sends batches of LOAD_BATCH at load / SENDERS envelopes/s, with
+        // enough envelopes sealed for the measurement (bounded).
+        let per_sender = ((load * LOAD_SECONDS) as usize / SENDERS).clamp(1_000, 50_000);
+        for _ in 0..SENDERS {
+            let (key, mut conn) = user(&c.addrs[0]).await?;
+            let mut envs = Vec::new();
+            for s in &sinks {
+                envs.extend(seal(&key, &c.peers[0], s, per_sender.div_ceil(RECIPIENTS))?);
             }
-            Ok::<f64, anyhow::Error>(sent as f64 / start.elapsed().as_secs_f64())
-        }));
-        tokio::time::sleep(Duration::from_millis(500)).await; // let the load settle
+            let to = c.peers[1].clone();
+            let stop = stop_load.clone();
+            let interval = Duration::from_secs_f64(LOAD_BATCH as f64 * SENDERS as f64 / load);
+            background.push(tokio::spawn(async move {
+                let start = Instant::now();
+                let mut sent = 0usize;
+                let mut tick = tokio::time::interval(interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                for chunk in envs.chunks(LOAD_BATCH) {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    tick.tick().await;
+                    let items = chunk
+                        .iter()
+                        .map(|e| Outgoing {
+                            to_node: to.clone(),
+                            envelope: e.clone(),
+                        })
+                        .collect();
+                    conn.call(&key, ClientOp::Send(items)).await?;
+                    sent += chunk.len();
+                }
+                Ok::<(usize, f64), anyhow::Error>((sent, start.elapsed().as_secs_f64()))
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await; // let the load settle
     }
 
     let mut lat = Vec::with_capacity(samples);
@@ -277,10 +303,11 @@ async fn latency(c: &Cluster, samples: usize, load: f64) -> Result<(f64, f64, f6
     }
     receiver.await??;
     stop_load.store(true, std::sync::atomic::Ordering::Relaxed);
-    let achieved = match background {
-        Some(h) => h.await??,
-        None => 0.0,
-    };
+    let mut achieved = 0.0;
+    for h in background {
+        let (sent, secs) = h.await??;
+        achieved += sent as f64 / secs;
+    }
     lat.sort_by(|a, b| a.total_cmp(b));
     Ok((percentile(&lat, 0.5), percentile(&lat, 0.99), achieved))
 }
@@ -431,7 +458,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         "| bare libp2p request-response echo, {PAYLOAD} B, 32 in flight | {echo_32:.0} req/s | baseline |"
     );
     println!(
-        "| relay node to node, durable acks, client batches of {} | {tput:.0} envelopes/s | {:.2} of synced-batch writes; {:.2} of pipelined echo |",
+        "| relay node to node, durable acks, {SENDERS} senders, client batches of {} | {tput:.0} envelopes/s | {:.2} of synced-batch writes; {:.2} of pipelined echo |",
         args.batch,
         tput / rocks_64,
         tput / echo_32

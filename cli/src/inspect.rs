@@ -40,8 +40,9 @@ pub fn render(s: &NodeSnapshot) -> String {
     ));
     for r in &s.outbox {
         out.push_str(&format!(
-            "    envelope {}  to node {}  {} bytes  expires {}\n",
+            "    envelope {}  from {}  to node {}  {} bytes  expires {}\n",
             r.envelope.id,
+            r.owner.fingerprint(),
             r.to_node,
             r.envelope.body.len(),
             r.envelope.expires_at

@@ -46,6 +46,9 @@ pub const MAX_SEEN: usize = 200_000;
 pub const RETRY_BASE_MS: Millis = 250;
 /// Longest retry delay: a node that comes back is tried again within this.
 pub const RETRY_MAX_MS: Millis = 30_000;
+/// Federation batches in flight to one destination at once. More than one keeps the link busy
+/// while the remote syncs the previous batch; a small number bounds what a retry resends.
+pub const MAX_IN_FLIGHT_PER_NODE: usize = 4;
 /// How long a sender's delivery-state record outlives its envelope's expiry.
 pub const STATUS_GRACE_MS: Millis = 24 * 3600 * 1000;
 
@@ -113,7 +116,8 @@ enum Expiry {
 struct Outbox {
     queue: VecDeque<EnvelopeId>,
     records: HashMap<EnvelopeId, OutboxRecord>,
-    in_flight: Option<BatchId>,
+    /// Batches to this destination awaiting an answer (ids in `Core::in_flight`).
+    in_flight: usize,
     failures: u32,
     next_attempt: Millis,
 }
@@ -134,6 +138,8 @@ pub struct Core {
     next_arrival: u64,
     outboxes: BTreeMap<String, Outbox>,
     in_flight: HashMap<BatchId, (String, Vec<EnvelopeId>)>,
+    /// Which destination's outbox holds an envelope, for status queries.
+    queued: HashMap<EnvelopeId, String>,
     next_batch: u64,
     status: HashMap<EnvelopeId, StatusRecord>,
     seen: HashSet<EnvelopeId>,
@@ -159,6 +165,7 @@ impl Core {
             next_arrival: 0,
             outboxes: BTreeMap::new(),
             in_flight: HashMap::new(),
+            queued: HashMap::new(),
             next_batch: 0,
             status: HashMap::new(),
             seen: HashSet::new(),
@@ -320,7 +327,7 @@ impl Core {
         let Some(outbox) = self.outboxes.get_mut(&node) else {
             return;
         };
-        outbox.in_flight = None;
+        outbox.in_flight = outbox.in_flight.saturating_sub(1);
         let mut progressed = false;
         let mut finished = Vec::new();
         match results {
@@ -439,7 +446,7 @@ impl Core {
         let retry = self
             .outboxes
             .values()
-            .filter(|o| o.in_flight.is_none() && !o.queue.is_empty())
+            .filter(|o| o.in_flight < MAX_IN_FLIGHT_PER_NODE && !o.queue.is_empty())
             .map(|o| o.next_attempt)
             .min();
         let parked = self.parked.iter().map(|p| p.until).min();
@@ -505,6 +512,7 @@ impl Core {
                 return SendResult::Queued;
             }
             let rec = OutboxRecord {
+                owner,
                 to_node,
                 envelope,
                 attempts: 0,
@@ -515,8 +523,9 @@ impl Core {
             self.flush_outbox(&node, self.now);
             SendResult::Queued
         };
+        // A queued envelope's state is its outbox record; a record is written when it leaves.
         let state = match result {
-            SendResult::Queued => DeliveryState::Queued { attempts: 0 },
+            SendResult::Queued => return result,
             SendResult::DeliveredToNode => DeliveryState::DeliveredToNode { at: self.now },
             SendResult::NoSuchUser => DeliveryState::NoSuchUser,
             SendResult::Invalid | SendResult::Full => return result,
@@ -544,18 +553,20 @@ impl Core {
     }
 
     fn state_of(&self, user: &UserId, id: &EnvelopeId) -> DeliveryState {
+        let queued = self
+            .queued
+            .get(id)
+            .and_then(|node| self.outboxes.get(node)?.records.get(id));
+        if let Some(rec) = queued {
+            return match rec.owner == *user {
+                true => DeliveryState::Queued {
+                    attempts: rec.attempts,
+                },
+                false => DeliveryState::Unknown,
+            };
+        }
         match self.status.get(id) {
-            Some(rec) if rec.owner == *user => match rec.state {
-                DeliveryState::Queued { .. } => {
-                    let attempts = self
-                        .outboxes
-                        .values()
-                        .find_map(|o| o.records.get(id))
-                        .map_or(0, |r| r.attempts);
-                    DeliveryState::Queued { attempts }
-                }
-                other => other,
-            },
+            Some(rec) if rec.owner == *user => rec.state,
             _ => DeliveryState::Unknown,
         }
     }
@@ -668,6 +679,7 @@ impl Core {
             rec.envelope.expires_at,
             Expiry::Outbox(rec.to_node.clone(), id),
         ));
+        self.queued.insert(id, rec.to_node.clone());
         let o = self.outboxes.entry(rec.to_node.clone()).or_default();
         o.queue.push_back(id);
         o.records.insert(id, rec);
@@ -680,26 +692,36 @@ impl Core {
         let Some(rec) = o.records.remove(id) else {
             return;
         };
-        o.queue.retain(|q| q != id);
-        if o.records.is_empty() && o.in_flight.is_none() {
+        // Its id may still be in `queue` (expired before it left); `flush_one` skips ids with no
+        // record, so it is not searched for here (that would be linear per envelope).
+        if o.records.is_empty() && o.in_flight == 0 {
             self.outboxes.remove(node);
         }
         self.expiries.remove(&(
             rec.envelope.expires_at,
             Expiry::Outbox(node.to_string(), *id),
         ));
+        self.queued.remove(id);
         self.writes
             .push(NodeWrite::DeleteOutbox(node.to_string(), *id));
-        if let Some(status) = self.status.get(id).cloned() {
-            self.set_status(*id, StatusRecord { state, ..status });
-        }
+        let expires_at = rec.envelope.expires_at;
+        self.set_status(
+            *id,
+            StatusRecord {
+                owner: rec.owner,
+                state,
+                expires_at,
+            },
+        );
     }
 
     fn flush_outboxes(&mut self, now: Millis) {
         let ready: Vec<String> = self
             .outboxes
             .iter()
-            .filter(|(_, o)| o.in_flight.is_none() && !o.queue.is_empty() && o.next_attempt <= now)
+            .filter(|(_, o)| {
+                o.in_flight < MAX_IN_FLIGHT_PER_NODE && !o.queue.is_empty() && o.next_attempt <= now
+            })
             .map(|(n, _)| n.clone())
             .collect();
         for node in ready {
@@ -707,14 +729,18 @@ impl Core {
         }
     }
 
-    /// Sends the next batch to `node` if none is in flight and its backoff has passed. While a
-    /// batch is in flight, new envelopes gather and leave together in the next one.
+    /// Sends batches to `node` while fewer than [`MAX_IN_FLIGHT_PER_NODE`] are in flight and its
+    /// backoff has passed. While the window is full, new envelopes gather and leave together.
     fn flush_outbox(&mut self, node: &str, now: Millis) {
+        while self.flush_one(node, now) {}
+    }
+
+    fn flush_one(&mut self, node: &str, now: Millis) -> bool {
         let Some(o) = self.outboxes.get_mut(node) else {
-            return;
+            return false;
         };
-        if o.in_flight.is_some() || o.next_attempt > now {
-            return;
+        if o.in_flight >= MAX_IN_FLIGHT_PER_NODE || o.next_attempt > now {
+            return false;
         }
         let mut ids = Vec::new();
         let mut envs = Vec::new();
@@ -737,17 +763,18 @@ impl Core {
             envs.push(rec.envelope.clone());
         }
         if ids.is_empty() {
-            return;
+            return false;
         }
         let batch = BatchId(self.next_batch);
         self.next_batch += 1;
-        o.in_flight = Some(batch);
+        o.in_flight += 1;
         self.in_flight.insert(batch, (node.to_string(), ids));
         self.outputs.push_back(Output::FedRequest {
             batch,
             to_node: node.to_string(),
             request: FedRequest::Deliver(envs),
         });
+        true
     }
 }
 
@@ -1122,18 +1149,25 @@ mod tests {
     }
 
     #[test]
-    fn envelopes_sent_while_a_batch_is_in_flight_leave_together() {
+    fn envelopes_sent_while_the_window_is_full_leave_together() {
         let mut h = Harness::new();
-        let first = h.letter("0", T0, 60_000);
-        h.client(
-            true,
-            T0,
-            ClientOp::Send(vec![Outgoing {
-                to_node: "NodeB".into(),
-                envelope: first,
-            }]),
-        );
+        for i in 0..MAX_IN_FLIGHT_PER_NODE {
+            let e = h.letter(&format!("w{i}"), T0, 60_000);
+            h.client(
+                true,
+                T0,
+                ClientOp::Send(vec![Outgoing {
+                    to_node: "NodeB".into(),
+                    envelope: e,
+                }]),
+            );
+        }
         let (reqs, _, _) = h.drain(true);
+        assert_eq!(
+            reqs.len(),
+            MAX_IN_FLIGHT_PER_NODE,
+            "one batch per send while the window has room"
+        );
         for i in 0..10 {
             let e = h.letter(&i.to_string(), T0, 60_000);
             h.client(
@@ -1145,12 +1179,17 @@ mod tests {
                 }]),
             );
         }
+        assert!(h.drain(true).0.is_empty(), "window full: nothing leaves");
         h.b.handle_fed_request(T0, Token(0), "NodeA", reqs[0].2.clone());
         let (_, mut answers, _) = h.drain(false);
         h.a.handle_fed_response(T0, reqs[0].0, Ok(answers.remove(0)));
-        let (reqs, _, _) = h.drain(true);
-        assert_eq!(reqs.len(), 1);
-        let FedRequest::Deliver(envs) = &reqs[0].2;
-        assert_eq!(envs.len(), 10);
+        let (next, _, _) = h.drain(true);
+        assert_eq!(next.len(), 1);
+        let FedRequest::Deliver(envs) = &next[0].2;
+        assert_eq!(
+            envs.len(),
+            10,
+            "the ten gathered while the window was full leave in one batch"
+        );
     }
 }

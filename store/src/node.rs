@@ -18,6 +18,8 @@ pub struct AccountRecord {
 /// An envelope a local user sent, waiting for the recipient's node to accept it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxRecord {
+    /// The local user who sent it: only they may ask for its state.
+    pub owner: UserId,
     pub to_node: String,
     pub envelope: Envelope,
     pub attempts: u32,
@@ -276,6 +278,7 @@ mod tests {
 
     fn exercise(store: &mut dyn NodeStore) {
         let out = OutboxRecord {
+            owner: UserId([9; 32]),
             to_node: "peer".into(),
             envelope: env(2),
             attempts: 1,
