@@ -515,3 +515,53 @@ fn print_event(ev: &InboxEvent) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_config_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/tmp/x\"\nlisten = [\"/ip4/127.0.0.1/tcp/5000\"]\n\
+             bootstrap = [\"/ip4/127.0.0.1/tcp/4000/p2p/12D3KooWGzXw9PvnqVxGJrG4Z1oB2LBmFm3s2oHU1Fh6FhFj7y3e\"]\n\
+             registration_open = false\n",
+        )
+        .unwrap();
+        let c = node_config(NodeRunArgs {
+            config: Some(file.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.listen[0].to_string(), "/ip4/127.0.0.1/tcp/5000");
+        assert_eq!(c.bootstrap.len(), 1);
+        assert!(!c.registration_open);
+        // Flags win over the file.
+        let args = NodeRunArgs {
+            config: Some(file.clone()),
+            data_dir: Some("/tmp/y".into()),
+            listen: vec!["/ip4/127.0.0.1/tcp/6000".parse().unwrap()],
+            ..Default::default()
+        };
+        let c = node_config(args).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/y"));
+        assert_eq!(c.listen[0].to_string(), "/ip4/127.0.0.1/tcp/6000");
+
+        std::fs::write(&file, "listen = [\"not a multiaddr\"]\n").unwrap();
+        let e = node_config(NodeRunArgs {
+            config: Some(file.clone()),
+            ..Default::default()
+        });
+        assert!(format!("{:#}", e.err().unwrap()).contains("bad multiaddr"));
+        std::fs::write(&file, "lissten = []\n").unwrap();
+        let e = node_config(NodeRunArgs {
+            config: Some(file),
+            ..Default::default()
+        });
+        assert!(format!("{:#}", e.err().unwrap()).contains("unknown field"));
+    }
+}

@@ -225,18 +225,17 @@ impl Net {
 
     /// Creates `user` on node `i`; returns their address.
     pub fn account(&self, user: &str, i: usize) -> String {
+        self.account_named(user, user, i)
+    }
+
+    /// Creates an account going by `name` on node `i`, on the device whose home is `home`.
+    pub fn account_named(&self, home: &str, name: &str, i: usize) -> String {
+        let node = self.node_addr(i);
         self.ok(
-            user,
-            &[
-                "account",
-                "create",
-                "--node",
-                &self.node_addr(i),
-                "--name",
-                user,
-            ],
+            home,
+            &["account", "create", "--node", &node, "--name", name],
         );
-        self.ok(user, &["account", "show", "--address"])
+        self.ok(home, &["account", "show", "--address"])
             .trim()
             .to_string()
     }

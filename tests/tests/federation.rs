@@ -110,3 +110,47 @@ fn unknown_recipient_gets_a_clear_answer() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no such user on that node"), "{err}");
 }
+
+#[test]
+fn a_changed_key_is_reported_and_its_messages_held_until_accepted() {
+    let net = Net::start(2);
+    let alice = net.account("alice", 0);
+    let bob = net.account("bob", 1);
+    net.ok("bob", &["contact", "add", "alice", &alice]);
+    net.ok("alice", &["contact", "add", "bob", &bob]);
+    net.ok("alice", &["send", "bob", "first, from the pinned key"]);
+    assert!(
+        net.ok("bob", &["inbox"])
+            .contains("alice: first, from the pinned key")
+    );
+
+    // Someone (Alice on a new device, or not) now uses the name "alice" on Alice's node with
+    // another key.
+    net.account_named("alice-new-device", "alice", 0);
+    net.ok("alice-new-device", &["contact", "add", "bob", &bob]);
+    net.ok(
+        "alice-new-device",
+        &["send", "bob", "second, from a new key"],
+    );
+    let inbox = net.ok("bob", &["inbox"]);
+    assert!(
+        inbox.contains("WARNING: the key of alice changed"),
+        "{inbox}"
+    );
+    assert!(
+        inbox.contains("[held: key changed] alice: second, from a new key"),
+        "{inbox}"
+    );
+    let contacts = net.ok("bob", &["contact", "list"]);
+    assert!(contacts.contains("KEY CHANGED"), "{contacts}");
+    // Bob cannot message the contact until he decides.
+    let out = net.run("bob", &["send", "alice", "is that you?"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("changed"));
+
+    net.ok("bob", &["contact", "accept", "alice"]);
+    let all = net.ok("bob", &["inbox", "--all"]);
+    assert!(all.contains("alice: second, from a new key"), "{all}");
+    assert!(!all.contains("[held"), "{all}");
+    assert!(net.ok("bob", &["contact", "list"]).contains("unverified"));
+}
