@@ -147,14 +147,7 @@ async fn throughput(c: &Cluster, total: usize, batch: usize) -> Result<f64> {
         let to = c.peers[1].clone();
         tasks.push(tokio::spawn(async move {
             for chunk in envs.chunks(batch) {
-                let items = chunk
-                    .iter()
-                    .map(|e| Outgoing {
-                        to_node: to.clone(),
-                        envelope: e.clone(),
-                    })
-                    .collect();
-                match conn.call(&key, ClientOp::Send(items)).await? {
+                match conn.call(&key, send_op(&to, chunk)).await? {
                     ClientResponse::Sent(r) if r.iter().all(|x| *x == SendResult::Queued) => {}
                     other => bail!("send refused: {other:?}"),
                 }
@@ -186,6 +179,17 @@ async fn throughput(c: &Cluster, total: usize, batch: usize) -> Result<f64> {
         t.await??;
     }
     Ok(sent as f64 / start.elapsed().as_secs_f64())
+}
+
+fn send_op(to: &str, envs: &[Envelope]) -> ClientOp {
+    ClientOp::Send(
+        envs.iter()
+            .map(|e| Outgoing {
+                to_node: to.to_string(),
+                envelope: e.clone(),
+            })
+            .collect(),
+    )
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -267,14 +271,7 @@ async fn latency(c: &Cluster, samples: usize, load: f64) -> Result<(f64, f64, f6
                         break;
                     }
                     tick.tick().await;
-                    let items = chunk
-                        .iter()
-                        .map(|e| Outgoing {
-                            to_node: to.clone(),
-                            envelope: e.clone(),
-                        })
-                        .collect();
-                    conn.call(&key, ClientOp::Send(items)).await?;
+                    conn.call(&key, send_op(&to, chunk)).await?;
                     sent += chunk.len();
                 }
                 Ok::<(usize, f64), anyhow::Error>((sent, start.elapsed().as_secs_f64()))

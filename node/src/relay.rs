@@ -861,6 +861,16 @@ mod tests {
             out
         }
 
+        /// Alice sends one envelope to Bob's node; returns her node's answer.
+        fn send_to_b(&mut self, now: Millis, envelope: Envelope) -> Vec<ClientResponse> {
+            let to_node = "NodeB".into();
+            self.client(
+                true,
+                now,
+                ClientOp::Send(vec![Outgoing { to_node, envelope }]),
+            )
+        }
+
         /// Applies writes, then returns fed requests, fed responses and client responses.
         #[allow(clippy::type_complexity)]
         fn drain(
@@ -931,14 +941,7 @@ mod tests {
     fn offline_recipient_gets_message_on_fetch_and_ack_removes_it() {
         let mut h = Harness::new();
         let e = h.letter("hello", T0, 60_000);
-        let r = h.client(
-            true,
-            T0,
-            ClientOp::Send(vec![Outgoing {
-                to_node: "NodeB".into(),
-                envelope: e.clone(),
-            }]),
-        );
+        let r = h.send_to_b(T0, e.clone());
         assert_eq!(r, vec![ClientResponse::Sent(vec![SendResult::Queued])]);
         assert_eq!(h.pump(T0), 1);
         let st = h.client(true, T0, ClientOp::Status(vec![e.id]));
@@ -979,14 +982,7 @@ mod tests {
     fn unreachable_node_is_retried_with_backoff_then_delivered() {
         let mut h = Harness::new();
         let e = h.letter("later", T0, 600_000);
-        h.client(
-            true,
-            T0,
-            ClientOp::Send(vec![Outgoing {
-                to_node: "NodeB".into(),
-                envelope: e.clone(),
-            }]),
-        );
+        h.send_to_b(T0, e.clone());
         let (reqs, _, _) = h.drain(true);
         h.a.handle_fed_response(T0, reqs[0].0, Err(FedFailure::Unreachable));
         let first = h.a.poll_timeout().unwrap();
@@ -1012,14 +1008,7 @@ mod tests {
     fn restart_from_store_resumes_outbox_and_mailbox() {
         let mut h = Harness::new();
         let e = h.letter("survives", T0, 600_000);
-        h.client(
-            true,
-            T0,
-            ClientOp::Send(vec![Outgoing {
-                to_node: "NodeB".into(),
-                envelope: e.clone(),
-            }]),
-        );
+        h.send_to_b(T0, e.clone());
         // Node A crashes with the batch in flight: rebuild it from its store.
         h.stash.clear();
         h.a = core("NodeA", h.store_a.load().unwrap(), T0 + 10);
@@ -1043,14 +1032,7 @@ mod tests {
         let mut h = Harness::new();
         let e1 = h.letter("a", T0, 1_000);
         let e2 = h.letter("b", T0, 1_000);
-        h.client(
-            true,
-            T0,
-            ClientOp::Send(vec![Outgoing {
-                to_node: "NodeB".into(),
-                envelope: e1.clone(),
-            }]),
-        );
+        h.send_to_b(T0, e1.clone());
         let (reqs, _, _) = h.drain(true);
         h.a.handle_fed_response(T0, reqs[0].0, Err(FedFailure::Unreachable));
         h.b.handle_fed_request(T0, Token(0), "NodeA", FedRequest::Deliver(vec![e2.clone()]));
@@ -1083,14 +1065,7 @@ mod tests {
             60_000,
         )
         .unwrap();
-        h.client(
-            true,
-            T0,
-            ClientOp::Send(vec![Outgoing {
-                to_node: "NodeB".into(),
-                envelope: e.clone(),
-            }]),
-        );
+        h.send_to_b(T0, e.clone());
         h.pump(T0);
         let st = h.client(true, T0, ClientOp::Status(vec![e.id]));
         assert_eq!(
@@ -1153,14 +1128,7 @@ mod tests {
         let mut h = Harness::new();
         for i in 0..MAX_IN_FLIGHT_PER_NODE {
             let e = h.letter(&format!("w{i}"), T0, 60_000);
-            h.client(
-                true,
-                T0,
-                ClientOp::Send(vec![Outgoing {
-                    to_node: "NodeB".into(),
-                    envelope: e,
-                }]),
-            );
+            h.send_to_b(T0, e);
         }
         let (reqs, _, _) = h.drain(true);
         assert_eq!(
@@ -1170,14 +1138,7 @@ mod tests {
         );
         for i in 0..10 {
             let e = h.letter(&i.to_string(), T0, 60_000);
-            h.client(
-                true,
-                T0,
-                ClientOp::Send(vec![Outgoing {
-                    to_node: "NodeB".into(),
-                    envelope: e,
-                }]),
-            );
+            h.send_to_b(T0, e);
         }
         assert!(h.drain(true).0.is_empty(), "window full: nothing leaves");
         h.b.handle_fed_request(T0, Token(0), "NodeA", reqs[0].2.clone());
