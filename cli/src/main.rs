@@ -90,7 +90,8 @@ struct NodeRunArgs {
     config: Option<PathBuf>,
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Address to listen on (repeatable). Default /ip4/0.0.0.0/tcp/4001.
+    /// Address to listen on (repeatable). Default /ip4/0.0.0.0/tcp/4001 and
+    /// /ip4/0.0.0.0/udp/4001/quic-v1.
     #[arg(long)]
     listen: Vec<Multiaddr>,
     /// Bootstrap node address ending in /p2p/<peer id> (repeatable).
@@ -253,7 +254,10 @@ async fn run(cli: Cli) -> Result<()> {
                 None => default_dir("bootstrap")?,
             };
             let listen = if listen.is_empty() {
-                vec!["/ip4/0.0.0.0/tcp/4000".parse()?]
+                vec![
+                    "/ip4/0.0.0.0/tcp/4000".parse()?,
+                    "/ip4/0.0.0.0/udp/4000/quic-v1".parse()?,
+                ]
             } else {
                 listen
             };
@@ -388,6 +392,7 @@ fn node_config(args: NodeRunArgs) -> Result<NodeConfig> {
     };
     if listen.is_empty() {
         listen.push("/ip4/0.0.0.0/tcp/4001".parse()?);
+        listen.push("/ip4/0.0.0.0/udp/4001/quic-v1".parse()?);
     }
     let bootstrap = if args.bootstrap.is_empty() {
         parse(&file.bootstrap)?

@@ -151,7 +151,7 @@ pub fn node_behaviour(key: &identity::Keypair) -> Result<NodeBehaviour, NodeErro
     })
 }
 
-/// Builds a swarm over TCP + Noise + Yamux with the given behaviour.
+/// Builds a swarm over TCP + Noise + Yamux and QUIC (v1) with the given behaviour.
 pub fn build_swarm<B: NetworkBehaviour>(
     key: identity::Keypair,
     behaviour: impl FnOnce(&identity::Keypair) -> Result<B, NodeError>,
@@ -165,6 +165,7 @@ pub fn build_swarm<B: NetworkBehaviour>(
             yamux::Config::default,
         )
         .map_err(|e| NodeError::Transport(e.to_string()))?
+        .with_quic()
         .with_dns()
         .map_err(|e| NodeError::Transport(e.to_string()))?
         .with_behaviour(|k| match behaviour(k) {

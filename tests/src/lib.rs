@@ -50,6 +50,23 @@ impl Proc {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// The QUIC address the process listens on, once it does.
+    pub fn quic_addr(&self) -> String {
+        let start = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(self.dir.join("listen.addr")).unwrap_or_default();
+            if let Some(l) = text.lines().find(|l| l.contains("/quic-v1")) {
+                return l.to_string();
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "{} never listened on QUIC",
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     pub fn port(&self) -> &str {
         self.addr
             .split("/tcp/")
@@ -70,7 +87,7 @@ fn wait_for_addr(dir: &Path, child: &mut Child) -> String {
     let start = Instant::now();
     loop {
         if let Ok(t) = std::fs::read_to_string(dir.join("listen.addr"))
-            && let Some(l) = t.lines().next()
+            && let Some(l) = t.lines().find(|l| l.contains("/tcp/"))
         {
             return l.to_string();
         }
@@ -158,6 +175,8 @@ impl Net {
     fn spawn_node(&self, i: usize, port: &str) -> Proc {
         let dir = self.node_dir(i);
         let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+        // QUIC too, on a fresh port each start; `addr` is always the TCP one.
+        let quic = "/ip4/127.0.0.1/udp/0/quic-v1";
         spawn(
             &dir,
             &[
@@ -167,6 +186,8 @@ impl Net {
                 dir.to_str().unwrap(),
                 "--listen",
                 &listen,
+                "--listen",
+                quic,
                 "--bootstrap",
                 &self.bootstrap.addr,
             ],

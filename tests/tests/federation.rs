@@ -154,3 +154,20 @@ fn a_changed_key_is_reported_and_its_messages_held_until_accepted() {
     assert!(!all.contains("[held"), "{all}");
     assert!(net.ok("bob", &["contact", "list"]).contains("unverified"));
 }
+
+#[test]
+fn a_device_can_reach_its_node_over_quic_and_local_delivery_works() {
+    let net = Net::start(1);
+    let quic = net.nodes[0].as_ref().unwrap().quic_addr();
+    net.ok(
+        "carol",
+        &["account", "create", "--node", &quic, "--name", "carol"],
+    );
+    let dave = net.account("dave", 0);
+    net.ok("carol", &["contact", "add", "dave", &dave]);
+    // Both users on one node: delivered straight into the local mailbox.
+    let sent = net.ok("carol", &["send", "dave", "over quic"]);
+    assert!(sent.contains("delivered to their node"), "{sent}");
+    assert!(net.ok("dave", &["inbox"]).contains("carol: over quic"));
+    net.until("carol", &["status"], "delivered to their device");
+}
