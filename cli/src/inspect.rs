@@ -2,8 +2,42 @@
 //! to show that a node holds ciphertext and routing metadata, never text.
 
 use anyhow::{Context, Result};
+use hestia_protocol::Millis;
+use hestia_protocol::wire::DeliveryState;
 use hestia_store::node::{NodeDb, NodeSnapshot, NodeStore};
 use std::path::Path;
+
+/// Unix milliseconds as `YYYY-MM-DD HH:MM:SS UTC` (civil date from days, after Howard Hinnant).
+fn utc(ms: Millis) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn state(s: &DeliveryState) -> String {
+    match s {
+        DeliveryState::Queued { attempts } => format!("queued ({attempts} attempts)"),
+        DeliveryState::DeliveredToNode { at } => format!("delivered to their node at {}", utc(*at)),
+        DeliveryState::NoSuchUser => "no such user on that node".into(),
+        DeliveryState::Expired => "expired".into(),
+        DeliveryState::Refused => "refused by their node".into(),
+        DeliveryState::Unknown => "unknown".into(),
+    }
+}
 
 pub fn snapshot(data_dir: &Path) -> Result<NodeSnapshot> {
     let db = NodeDb::open_read_only(&data_dir.join("db"))
@@ -16,9 +50,9 @@ pub fn render(s: &NodeSnapshot) -> String {
     out.push_str(&format!("  accounts: {}\n", s.accounts.len()));
     for (u, a) in &s.accounts {
         out.push_str(&format!(
-            "    user {}  registered at {}\n",
+            "    user {}  registered {}\n",
             u.fingerprint(),
-            a.created_at
+            utc(a.created_at)
         ));
     }
     out.push_str(&format!(
@@ -31,7 +65,7 @@ pub fn render(s: &NodeSnapshot) -> String {
             e.id,
             e.recipient.fingerprint(),
             e.body.len(),
-            e.expires_at
+            utc(e.expires_at)
         ));
     }
     out.push_str(&format!(
@@ -45,7 +79,7 @@ pub fn render(s: &NodeSnapshot) -> String {
             r.owner.fingerprint(),
             r.to_node,
             r.envelope.body.len(),
-            r.envelope.expires_at
+            utc(r.envelope.expires_at)
         ));
     }
     out.push_str(&format!(
@@ -54,10 +88,10 @@ pub fn render(s: &NodeSnapshot) -> String {
     ));
     for (id, r) in &s.status {
         out.push_str(&format!(
-            "    envelope {}  sent by {}  state {:?}\n",
+            "    envelope {}  sent by {}  {}\n",
             id,
             r.owner.fingerprint(),
-            r.state
+            state(&r.state)
         ));
     }
     out
@@ -66,4 +100,14 @@ pub fn render(s: &NodeSnapshot) -> String {
 pub fn print(data_dir: &Path) -> Result<()> {
     print!("{}", render(&snapshot(data_dir)?));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(super::utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(super::utc(1_795_645_863_076), "2026-11-25 22:31:03 UTC");
+    }
 }
