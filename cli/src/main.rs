@@ -68,6 +68,9 @@ enum Command {
     },
     /// Show the delivery state of sent messages.
     Status,
+    /// Run network simulations (see docs/simulations.md).
+    #[command(subcommand)]
+    Sim(SimCmd),
     /// Measure relay throughput and latency on loopback beside raw baselines (docs/benchmarks.md).
     Bench(bench::BenchArgs),
 }
@@ -111,6 +114,20 @@ struct NodeFile {
     #[serde(default)]
     bootstrap: Vec<String>,
     registration_open: Option<bool>,
+}
+
+#[derive(Subcommand)]
+enum SimCmd {
+    /// Run a scenario (default: the bundled one) and write summary.json, timeseries.csv and
+    /// latency_cdf.svg.
+    Run {
+        /// Scenario file (TOML); see simulations/scenarios/.
+        scenario: Option<PathBuf>,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        #[arg(long, default_value = "results")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -240,6 +257,11 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo => demo::run().await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Sim(SimCmd::Run {
+            scenario,
+            seed,
+            out,
+        }) => simulate(scenario, seed, &out),
         Command::Node(NodeCmd::Run(args)) => {
             let config = node_config(args)?;
             let node = Node::start(config)?;
@@ -365,6 +387,60 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn simulate(scenario: Option<PathBuf>, seed: u64, out: &Path) -> Result<()> {
+    use hestia_simulations as sims;
+    let text = match &scenario {
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+        }
+        None => sims::DEFAULT_SCENARIO.to_string(),
+    };
+    let sc = sims::Scenario::from_toml(&text)?;
+    let start = std::time::Instant::now();
+    let o = sims::run(sc, seed, |t, events| {
+        let rate = events as f64 / start.elapsed().as_secs_f64().max(1e-9);
+        eprint!("\rsimulated {t:>8.0} s  {events:>10} events  {rate:>9.0} events/s");
+    });
+    eprintln!();
+    sims::write_results(out, &o).with_context(|| format!("writing {}", out.display()))?;
+    let s = &o.summary;
+    let wall = start.elapsed().as_secs_f64();
+    println!(
+        "scenario {} (seed {seed}): {} nodes, {} users, {:.0} s simulated",
+        s.scenario, s.nodes, s.users, s.simulated_s
+    );
+    println!(
+        "messages {}: delivered to device {:.1}%, expired {}, lost with a disk {}, pending {}",
+        s.messages_sent,
+        s.delivery_ratio * 100.0,
+        s.undelivered_expired,
+        s.undelivered_lost_with_disk,
+        s.undelivered_pending
+    );
+    println!(
+        "latency send→node p50 {:.0} ms p99 {:.0} ms; send→device p50 {:.0} ms p99 {:.0} ms",
+        s.latency_send_to_node.p50_ms,
+        s.latency_send_to_node.p99_ms,
+        s.latency_send_to_device.p50_ms,
+        s.latency_send_to_device.p99_ms
+    );
+    println!(
+        "conversations linkable by one operator: {:.0}%",
+        s.linkable_by_one_operator * 100.0
+    );
+    println!(
+        "{} events in {wall:.2} s wall ({:.0} events/s); results in {}",
+        s.events,
+        s.events as f64 / wall,
+        out.display()
+    );
+    let file = scenario
+        .map(|p| format!("{} ", p.display()))
+        .unwrap_or_default();
+    println!("replay with: hestia sim run {file}--seed {seed}");
+    Ok(())
 }
 
 fn node_config(args: NodeRunArgs) -> Result<NodeConfig> {

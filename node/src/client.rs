@@ -14,7 +14,7 @@ use hestia_protocol::envelope::{
 };
 use hestia_protocol::identity::{Address, Fingerprint, IdentityError, IdentityKey, UserId};
 use hestia_protocol::wire::{
-    self, ClientAuth, ClientError, ClientOp, ClientRequest, ClientResponse, DeliveryState,
+    self, Auth, ClientAuth, ClientError, ClientOp, ClientRequest, ClientResponse, DeliveryState,
     MAX_BATCH_ENVELOPES, Outgoing, SendResult,
 };
 use hestia_store::client::{
@@ -91,6 +91,8 @@ struct ClientBehaviour {
 pub struct Connection {
     swarm: Swarm<ClientBehaviour>,
     node: PeerId,
+    /// The user this connection has a session for (after one signed request succeeded).
+    session: Option<UserId>,
 }
 
 impl Connection {
@@ -136,30 +138,53 @@ impl Connection {
             Ok(r) => r?,
             Err(_) => return Err(unreachable("timed out".into())),
         }
-        Ok(Connection { swarm, node })
+        Ok(Connection {
+            swarm,
+            node,
+            session: None,
+        })
     }
 
     pub fn node_id(&self) -> String {
         self.node.to_string()
     }
 
-    /// Signs `op` for this node and connection, sends it and waits for the answer.
+    /// Sends `op` as `key`'s user and waits for the answer. The first request on a connection
+    /// is signed and opens a session; later ones name the session (and are signed again if the
+    /// node has forgotten it).
     pub async fn call(
         &mut self,
         key: &IdentityKey,
         op: ClientOp,
     ) -> Result<ClientResponse, ClientLibError> {
+        let user = key.user_id();
+        if self.session == Some(user) {
+            match self.send(Auth::Session(user), op.clone()).await {
+                Err(ClientLibError::Refused(ClientError::SessionUnknown)) => self.session = None,
+                other => return other,
+            }
+        }
         let me = self.swarm.local_peer_id().to_string();
         let auth = ClientAuth::sign(key, &self.node.to_string(), &me, now_millis(), &op)
             .map_err(|e| ClientLibError::Unexpected(e.to_string()))?;
+        let answer = self.send(Auth::Signed(auth), op).await;
+        if answer.is_ok() {
+            self.session = Some(user);
+        }
+        answer
+    }
+
+    async fn send(&mut self, auth: Auth, op: ClientOp) -> Result<ClientResponse, ClientLibError> {
         let id = self
             .swarm
             .behaviour_mut()
             .rr
             .send_request(&self.node, ClientRequest { auth, op });
         loop {
-            match self.swarm.select_next_some().await {
-                SwarmEvent::Behaviour(ClientBehaviourEvent::Rr(ev)) => match ev {
+            if let SwarmEvent::Behaviour(ClientBehaviourEvent::Rr(ev)) =
+                self.swarm.select_next_some().await
+            {
+                match ev {
                     request_response::Event::Message {
                         message:
                             request_response::Message::Response {
@@ -179,8 +204,7 @@ impl Connection {
                         return Err(ClientLibError::RequestFailed(error.to_string()));
                     }
                     _ => {}
-                },
-                _ => continue,
+                }
             }
         }
     }

@@ -441,6 +441,13 @@ impl Node {
                 tracing::debug!(%peer, %error, "dial failed; looking the peer up");
                 self.swarm.behaviour_mut().kad.get_closest_peers(peer);
             }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.core.handle_client_disconnected(&peer_id.to_string());
+            }
             SwarmEvent::IncomingConnectionError { error, .. } => {
                 tracing::debug!(%error, "incoming connection failed");
             }

@@ -22,8 +22,9 @@ use hestia_protocol::envelope::{Envelope, EnvelopeId};
 use hestia_protocol::identity::{MAX_NODE_ID_LEN, UserId};
 use hestia_protocol::redact;
 use hestia_protocol::wire::{
-    ClientError, ClientOp, ClientRequest, ClientResponse, DeliverResult, DeliveryState, FedRequest,
-    FedResponse, MAX_BATCH_BYTES, MAX_BATCH_ENVELOPES, MAX_FETCH_WAIT_MS, Refusal, SendResult,
+    Auth, ClientError, ClientOp, ClientRequest, ClientResponse, DeliverResult, DeliveryState,
+    FedRequest, FedResponse, MAX_BATCH_BYTES, MAX_BATCH_ENVELOPES, MAX_FETCH_WAIT_MS, Refusal,
+    SendResult,
 };
 use hestia_store::node::{AccountRecord, NodeSnapshot, NodeWrite, OutboxRecord, StatusRecord};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -46,6 +47,9 @@ pub const MAX_SEEN: usize = 200_000;
 pub const RETRY_BASE_MS: Millis = 250;
 /// Longest retry delay: a node that comes back is tried again within this.
 pub const RETRY_MAX_MS: Millis = 30_000;
+/// Authenticated client connections remembered at once (see [`hestia_protocol::wire::Auth`]).
+/// Beyond it the oldest are forgotten and their clients sign again.
+pub const MAX_SESSIONS: usize = 200_000;
 /// Federation batches in flight to one destination at once. More than one keeps the link busy
 /// while the remote syncs the previous batch; a small number bounds what a retry resends.
 pub const MAX_IN_FLIGHT_PER_NODE: usize = 4;
@@ -145,6 +149,9 @@ pub struct Core {
     seen: HashSet<EnvelopeId>,
     seen_order: VecDeque<EnvelopeId>,
     parked: Vec<Parked>,
+    /// Connection peer id → the user it authenticated as.
+    sessions: HashMap<String, UserId>,
+    session_order: VecDeque<String>,
     expiries: BTreeSet<(Millis, Expiry)>,
     writes: Vec<NodeWrite>,
     outputs: VecDeque<Output>,
@@ -171,6 +178,8 @@ impl Core {
             seen: HashSet::new(),
             seen_order: VecDeque::new(),
             parked: Vec::new(),
+            sessions: HashMap::new(),
+            session_order: VecDeque::new(),
             expiries: BTreeSet::new(),
             writes: Vec::new(),
             outputs: VecDeque::new(),
@@ -224,13 +233,20 @@ impl Core {
         req: ClientRequest,
     ) {
         let now = self.advance(now);
-        let user = req.auth.user;
-        if let Err(e) = req
-            .auth
-            .verify(&self.config.node_id, client_peer, now, &req.op)
-        {
+        let user = req.auth.user();
+        let checked = match &req.auth {
+            Auth::Signed(a) => a.verify(&self.config.node_id, client_peer, now, &req.op),
+            Auth::Session(u) => match self.sessions.get(client_peer) {
+                Some(s) if s == u => Ok(()),
+                _ => Err(ClientError::SessionUnknown),
+            },
+        };
+        if let Err(e) = checked {
             tracing::debug!(user = %redact::User(&user), error = ?e, "client request refused");
             return self.respond_client(token, ClientResponse::Error(e));
+        }
+        if matches!(req.auth, Auth::Signed(_)) {
+            self.open_session(client_peer, user);
         }
         if !matches!(req.op, ClientOp::Register) && !self.accounts.contains_key(&user) {
             return self.respond_client(token, ClientResponse::Error(ClientError::NotRegistered));
@@ -276,6 +292,11 @@ impl Core {
             }
         };
         self.respond_client(token, response);
+    }
+
+    /// The last connection of `client_peer` closed: its session ends.
+    pub fn handle_client_disconnected(&mut self, client_peer: &str) {
+        self.sessions.remove(client_peer);
     }
 
     /// A federation request from another node (already authenticated as `from_node` by Noise).
@@ -458,6 +479,22 @@ impl Core {
 
     fn respond_client(&mut self, token: Token, response: ClientResponse) {
         self.outputs.push_back(Output::Client { token, response });
+    }
+
+    fn open_session(&mut self, client_peer: &str, user: UserId) {
+        if self
+            .sessions
+            .insert(client_peer.to_string(), user)
+            .is_none()
+        {
+            self.session_order.push_back(client_peer.to_string());
+            // Evict the oldest sessions beyond the bound; their clients sign again when refused.
+            while self.session_order.len() > MAX_SESSIONS {
+                if let Some(old) = self.session_order.pop_front() {
+                    self.sessions.remove(&old);
+                }
+            }
+        }
     }
 
     fn register(&mut self, user: UserId, now: Millis) -> ClientResponse {
@@ -854,7 +891,10 @@ mod tests {
                 now,
                 Token(self.next_token),
                 "device",
-                ClientRequest { auth, op },
+                ClientRequest {
+                    auth: Auth::Signed(auth),
+                    op,
+                },
             );
             let (reqs, _, out) = self.drain(alice);
             self.stash.extend(reqs);
@@ -1084,7 +1124,15 @@ mod tests {
             wait_ms: 0,
         };
         let auth = ClientAuth::sign(&h.bob, "NodeA", "device", T0, &op).unwrap();
-        h.b.handle_client(T0, Token(99), "device", ClientRequest { auth, op });
+        h.b.handle_client(
+            T0,
+            Token(99),
+            "device",
+            ClientRequest {
+                auth: Auth::Signed(auth),
+                op,
+            },
+        );
         let (_, _, cl) = h.drain(false);
         assert_eq!(cl, vec![ClientResponse::Error(ClientError::BadAuth)]);
     }
@@ -1152,5 +1200,35 @@ mod tests {
             10,
             "the ten gathered while the window was full leave in one batch"
         );
+    }
+
+    #[test]
+    fn a_signed_request_opens_a_session_for_that_connection_only() {
+        let mut h = Harness::new(); // Bob registered with a signed request from "device"
+        let fetch = || ClientOp::Fetch {
+            limit: 10,
+            wait_ms: 0,
+        };
+        let ask = |h: &mut Harness, peer: &str, user: UserId| {
+            let req = ClientRequest {
+                auth: Auth::Session(user),
+                op: fetch(),
+            };
+            h.b.handle_client(T0, Token(7), peer, req);
+            h.drain(false).2
+        };
+        let bob = h.bob.user_id();
+        assert_eq!(
+            ask(&mut h, "device", bob),
+            vec![ClientResponse::Envelopes(vec![])]
+        );
+        // Another connection, or another user on this one, has no session.
+        let unknown = vec![ClientResponse::Error(ClientError::SessionUnknown)];
+        assert_eq!(ask(&mut h, "other-device", bob), unknown);
+        let alice = h.alice.user_id();
+        assert_eq!(ask(&mut h, "device", alice), unknown);
+        // The session ends with the connection.
+        h.b.handle_client_disconnected("device");
+        assert_eq!(ask(&mut h, "device", bob), unknown);
     }
 }

@@ -67,12 +67,32 @@ pub enum Refusal {
     Malformed,
 }
 
-/// A request from a user's device. `auth` proves the user holds the identity key, bound to this
-/// node, this connection's peer id, a fresh timestamp and the operation.
+/// A request from a user's device.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientRequest {
-    pub auth: ClientAuth,
+    pub auth: Auth,
     pub op: ClientOp,
+}
+
+/// How a request shows which user sends it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Auth {
+    /// Proof that the user holds the identity key, bound to this node, this connection's peer id,
+    /// a fresh timestamp and the operation. A node that verifies it opens a session: the
+    /// connection's (Noise-authenticated) peer id stands for the user until it disconnects.
+    Signed(ClientAuth),
+    /// The user of the session this connection opened with a `Signed` request. Saves a signature
+    /// and a verification per request; refused with `SessionUnknown` if there is no such session.
+    Session(UserId),
+}
+
+impl Auth {
+    pub fn user(&self) -> UserId {
+        match self {
+            Auth::Signed(a) => a.user,
+            Auth::Session(u) => *u,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +172,8 @@ pub enum ClientError {
     TooMany,
     RegistrationClosed,
     Overloaded,
+    /// A `Session` request on a connection with no session for that user: sign the request.
+    SessionUnknown,
 }
 
 /// A node's signed presence announcement (gossipsub signs it with the node key).

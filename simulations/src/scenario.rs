@@ -1,0 +1,159 @@
+//! A scenario: the federation, its users, their traffic and the faults, read from TOML. Every
+//! field has a default, so a file names only what its question changes.
+
+use serde::{Deserialize, Serialize};
+
+/// Bounds on what one run may ask for, so a typo cannot exhaust the machine.
+pub const MAX_NODES: usize = 20_000;
+pub const MAX_USERS: usize = 200_000;
+pub const MAX_DURATION_S: f64 = 7.0 * 24.0 * 3600.0;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scenario {
+    pub name: String,
+    pub nodes: usize,
+    pub users_per_node: usize,
+    /// Simulated seconds during which users send; the run continues until the network drains or
+    /// `drain_s` more seconds pass.
+    pub duration_s: f64,
+    pub drain_s: f64,
+    /// Messages each user sends per hour while online (Poisson).
+    pub messages_per_user_per_hour: f64,
+    /// `uniform`: any user is equally likely to be a recipient; `power_law`: recipients drawn with
+    /// weight 1/rank^`power_law_exponent` (a few popular users receive most).
+    pub social_graph: SocialGraph,
+    pub power_law_exponent: f64,
+    /// One-way latency between a device and its home node.
+    pub client_latency_ms: u64,
+    /// One-way latency between two nodes, uniform in this range.
+    pub link_latency_ms: (u64, u64),
+    /// Probability that a federation request or its answer is lost.
+    pub link_loss: f64,
+    /// Fraction of time a user is online; sessions and absences are exponential with these means.
+    pub online_fraction: f64,
+    pub session_mean_s: f64,
+    /// Envelope time to live.
+    pub ttl_s: f64,
+    pub crashes: Vec<Crash>,
+    pub partitions: Vec<Partition>,
+    /// Seconds between rows of the time series.
+    pub sample_every_s: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SocialGraph {
+    Uniform,
+    PowerLaw,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Crash {
+    pub node: usize,
+    pub at_s: f64,
+    pub down_s: f64,
+    /// The node comes back with an empty disk: what it held is lost.
+    #[serde(default)]
+    pub disk_loss: bool,
+}
+
+/// Between `start_s` and `end_s`, nodes with index below `split` cannot reach the others.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Partition {
+    pub start_s: f64,
+    pub end_s: f64,
+    pub split: usize,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Scenario {
+            name: "default".into(),
+            nodes: 50,
+            users_per_node: 20,
+            duration_s: 3600.0,
+            drain_s: 3600.0,
+            messages_per_user_per_hour: 6.0,
+            social_graph: SocialGraph::Uniform,
+            power_law_exponent: 1.0,
+            client_latency_ms: 20,
+            link_latency_ms: (5, 80),
+            link_loss: 0.01,
+            online_fraction: 0.5,
+            session_mean_s: 900.0,
+            ttl_s: 7.0 * 24.0 * 3600.0,
+            crashes: vec![
+                Crash {
+                    node: 1,
+                    at_s: 600.0,
+                    down_s: 300.0,
+                    disk_loss: false,
+                },
+                Crash {
+                    node: 2,
+                    at_s: 1200.0,
+                    down_s: 300.0,
+                    disk_loss: true,
+                },
+            ],
+            partitions: vec![Partition {
+                start_s: 1800.0,
+                end_s: 2100.0,
+                split: 25,
+            }],
+            sample_every_s: 60.0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("scenario file: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("scenario: {0}")]
+    Invalid(String),
+}
+
+impl Scenario {
+    pub fn from_toml(text: &str) -> Result<Scenario, ScenarioError> {
+        let s: Scenario = toml::from_str(text)?;
+        s.check()?;
+        Ok(s)
+    }
+
+    pub fn check(&self) -> Result<(), ScenarioError> {
+        let bad = |m: String| Err(ScenarioError::Invalid(m));
+        if self.nodes == 0 || self.nodes > MAX_NODES {
+            return bad(format!("nodes must be 1..={MAX_NODES}"));
+        }
+        if self.users_per_node == 0 || self.nodes * self.users_per_node > MAX_USERS {
+            return bad(format!(
+                "users (nodes × users_per_node) must be 1..={MAX_USERS}"
+            ));
+        }
+        for (name, v) in [("duration_s", self.duration_s), ("drain_s", self.drain_s)] {
+            if !(0.0..=MAX_DURATION_S).contains(&v) {
+                return bad(format!("{name} must be 0..={MAX_DURATION_S}"));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.link_loss) || !(0.0..=1.0).contains(&self.online_fraction) {
+            return bad("link_loss and online_fraction are probabilities (0..=1)".into());
+        }
+        if self.link_latency_ms.0 > self.link_latency_ms.1 {
+            return bad("link_latency_ms is (min, max)".into());
+        }
+        if self.messages_per_user_per_hour < 0.0 || self.session_mean_s <= 0.0 {
+            return bad("rates and means must be positive".into());
+        }
+        if self.ttl_s <= 0.0 || self.sample_every_s <= 0.0 {
+            return bad("ttl_s and sample_every_s must be positive".into());
+        }
+        if let Some(c) = self.crashes.iter().find(|c| c.node >= self.nodes) {
+            return bad(format!("crash names node {} of {}", c.node, self.nodes));
+        }
+        Ok(())
+    }
+}

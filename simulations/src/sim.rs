@@ -1,0 +1,954 @@
+//! The discrete-event engine. One virtual clock, one seeded RNG, one event queue ordered by
+//! (time, sequence number): the same seed and scenario replay the same run exactly.
+//!
+//! Each node is the production [`relay::Core`] over a [`MemNodeStore`]; the engine plays the
+//! driver's part (apply writes, then deliver outputs) and the network's (latency, loss,
+//! partitions, crashed nodes). Devices are modelled: they sign real client requests, keep a
+//! long-poll fetch open while online, acknowledge what they receive and send on a Poisson
+//! schedule. Envelope bodies are filler of the smallest padded size: the relay never looks
+//! inside, and the simulation measures the relay, not the crypto.
+
+use crate::scenario::{Scenario, SocialGraph};
+use hestia_node::relay::{self, BatchId, FedFailure, Output, Token};
+use hestia_protocol::Millis;
+use hestia_protocol::codec;
+use hestia_protocol::envelope::{ENVELOPE_VERSION, Envelope, EnvelopeId, PADDING_BUCKETS};
+use hestia_protocol::identity::{IdentityKey, UserId};
+use hestia_protocol::seal;
+use hestia_protocol::wire::{
+    Auth, ClientAuth, ClientError, ClientOp, ClientRequest, ClientResponse, DeliverResult,
+    FedRequest, FedResponse, Outgoing,
+};
+use hestia_store::node::{MemNodeStore, NodeStore};
+use rand::{Rng, RngExt, SeedableRng};
+use serde::Serialize;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+
+/// Virtual time at which the run starts (a fixed wall-clock instant, so envelope expiry checks
+/// behave as in production and runs replay).
+pub const EPOCH_MS: Millis = 1_800_000_000_000;
+/// How long a node waits for a federation answer before it counts the request failed.
+pub const FED_TIMEOUT_MS: Millis = 10_000;
+/// How long a device's fetch waits for mail.
+pub const FETCH_WAIT_MS: u32 = 30_000;
+/// Bound on processed events, so a scenario cannot run forever.
+pub const MAX_EVENTS: u64 = 500_000_000;
+
+#[derive(Debug)]
+enum Kind {
+    Register,
+    Send(Vec<EnvelopeId>),
+    Fetch,
+    Ack,
+}
+
+#[derive(Debug)]
+enum Ev {
+    Timer(usize),
+    ClientReq {
+        user: usize,
+        kind: Kind,
+        req: ClientRequest,
+    },
+    ClientResp {
+        user: usize,
+        kind: Kind,
+        resp: ClientResponse,
+    },
+    FedReq {
+        from: usize,
+        to: usize,
+        batch: BatchId,
+        req: FedRequest,
+    },
+    FedResp {
+        node: usize,
+        batch: BatchId,
+        result: Result<FedResponse, FedFailure>,
+    },
+    FedTimeout {
+        node: usize,
+        batch: BatchId,
+    },
+    Compose(usize),
+    Toggle(usize),
+    Crash(usize),
+    Restart(usize),
+    Sample,
+}
+
+/// Boxed so the heap moves 24 bytes per sift, not a whole request.
+struct Scheduled {
+    at: Millis,
+    seq: u64,
+    ev: Box<Ev>,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+struct Node {
+    id: String,
+    core: Option<relay::Core>,
+    store: MemNodeStore,
+    timer_at: Option<Millis>,
+    next_token: u64,
+    client_tokens: HashMap<Token, (usize, Kind)>,
+    fed_tokens: HashMap<Token, (usize, BatchId, Vec<EnvelopeId>)>,
+    /// Outbound batches awaiting an answer or a timeout.
+    pending: BTreeSet<BatchId>,
+    users: Vec<usize>,
+}
+
+struct Device {
+    key: IdentityKey,
+    node: usize,
+    peer: String,
+    online: bool,
+    fetching: bool,
+    /// Whether the home node knows this device's connection (after a signed request).
+    session: bool,
+}
+
+#[derive(Clone, Copy)]
+struct Msg {
+    sent_at: Millis,
+    node_at: Option<Millis>,
+    device_at: Option<Millis>,
+    lost_disk: bool,
+}
+
+/// One row of the time series.
+#[derive(Clone, Debug, Serialize)]
+pub struct Sample {
+    pub t_s: f64,
+    pub sent: u64,
+    pub delivered_to_node: u64,
+    pub delivered_to_device: u64,
+    pub outbox_envelopes: usize,
+    pub mailbox_envelopes: usize,
+    pub max_node_envelopes: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Percentiles {
+    pub count: usize,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub scenario: String,
+    pub seed: u64,
+    pub nodes: usize,
+    pub users: usize,
+    pub simulated_s: f64,
+    pub events: u64,
+    pub messages_sent: u64,
+    pub not_sent_home_node_down: u64,
+    pub delivered_to_node: u64,
+    pub delivered_to_device: u64,
+    /// delivered_to_device / messages_sent.
+    pub delivery_ratio: f64,
+    pub undelivered_expired: u64,
+    pub undelivered_lost_with_disk: u64,
+    pub undelivered_pending: u64,
+    pub latency_send_to_node: Percentiles,
+    pub latency_send_to_device: Percentiles,
+    pub max_outbox_envelopes: usize,
+    pub max_mailbox_envelopes: usize,
+    pub max_envelopes_on_one_node: usize,
+    pub bytes_client: u64,
+    pub bytes_fed_requests: u64,
+    pub bytes_fed_responses: u64,
+    /// Conversations (sender, recipient) with any message.
+    pub conversations: usize,
+    /// Fraction of conversations that one operator alone can link (it saw both the sending user
+    /// and the recipient of a message of it). With this protocol the sender's home node sees
+    /// both on every send, so this is 1.0; sealed sender is what will move it.
+    pub linkable_by_one_operator: f64,
+}
+
+pub struct Outcome {
+    pub summary: Summary,
+    pub series: Vec<Sample>,
+    /// Send-to-device latencies in ms, sorted.
+    pub device_latencies: Vec<f64>,
+}
+
+pub struct Sim {
+    sc: Scenario,
+    seed: u64,
+    rng: rand::rngs::StdRng,
+    now: Millis,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    nodes: Vec<Node>,
+    devices: Vec<Device>,
+    by_key: HashMap<UserId, usize>,
+    msgs: BTreeMap<EnvelopeId, Msg>,
+    recipient_weights: Vec<f64>,
+    events: u64,
+    not_sent: u64,
+    bytes_client: u64,
+    bytes_fed_req: u64,
+    bytes_fed_resp: u64,
+    /// (sender, recipient) → whether one operator saw both.
+    conversations: BTreeMap<(usize, usize), bool>,
+    series: Vec<Sample>,
+    end: Millis,
+}
+
+fn ms(s: f64) -> Millis {
+    (s * 1000.0).max(0.0) as Millis
+}
+
+impl Sim {
+    pub fn new(sc: Scenario, seed: u64) -> Sim {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let nodes: Vec<Node> = (0..sc.nodes)
+            .map(|i| Node {
+                id: format!("N{i}"),
+                core: None,
+                store: MemNodeStore::default(),
+                timer_at: None,
+                next_token: 0,
+                client_tokens: HashMap::new(),
+                fed_tokens: HashMap::new(),
+                pending: BTreeSet::new(),
+                users: Vec::new(),
+            })
+            .collect();
+        let mut sim = Sim {
+            end: EPOCH_MS + ms(sc.duration_s + sc.drain_s),
+            seed,
+            now: EPOCH_MS,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes,
+            devices: Vec::new(),
+            by_key: HashMap::new(),
+            msgs: BTreeMap::new(),
+            recipient_weights: Vec::new(),
+            events: 0,
+            not_sent: 0,
+            bytes_client: 0,
+            bytes_fed_req: 0,
+            bytes_fed_resp: 0,
+            conversations: BTreeMap::new(),
+            series: Vec::new(),
+            rng: rand::rngs::StdRng::seed_from_u64(0),
+            sc,
+        };
+        for n in 0..sim.sc.nodes {
+            let core = relay::Core::new(
+                relay::Config {
+                    node_id: sim.nodes[n].id.clone(),
+                    registration_open: true,
+                    seed: rng.next_u64(),
+                },
+                Default::default(),
+                EPOCH_MS,
+            );
+            sim.nodes[n].core = Some(core);
+            for _ in 0..sim.sc.users_per_node {
+                let u = sim.devices.len();
+                let key = IdentityKey::generate(&mut rng);
+                sim.by_key.insert(key.user_id(), u);
+                sim.devices.push(Device {
+                    key,
+                    node: n,
+                    peer: format!("D{u}"),
+                    online: false,
+                    fetching: false,
+                    session: false,
+                });
+                sim.nodes[n].users.push(u);
+            }
+        }
+        let users = sim.devices.len();
+        sim.recipient_weights = match sim.sc.social_graph {
+            SocialGraph::Uniform => Vec::new(),
+            SocialGraph::PowerLaw => {
+                let mut acc = 0.0;
+                (0..users)
+                    .map(|r| {
+                        acc += 1.0 / ((r + 1) as f64).powf(sim.sc.power_law_exponent);
+                        acc
+                    })
+                    .collect()
+            }
+        };
+        sim.rng = rng;
+        // Registration, then each user's first toggle and first message.
+        for u in 0..users {
+            sim.client_request(u, Kind::Register, ClientOp::Register);
+            let online = sim.rng.random::<f64>() < sim.sc.online_fraction;
+            let t = sim.now + 1;
+            if online {
+                sim.schedule(t, Ev::Toggle(u));
+            } else {
+                let d = sim.offline_span();
+                sim.schedule(t + d, Ev::Toggle(u));
+            }
+            let d = sim.compose_gap();
+            sim.schedule(sim.now + d, Ev::Compose(u));
+        }
+        for i in 0..sim.sc.crashes.len() {
+            let at = EPOCH_MS + ms(sim.sc.crashes[i].at_s);
+            sim.schedule(at, Ev::Crash(i));
+        }
+        sim.schedule(EPOCH_MS, Ev::Sample);
+        sim
+    }
+
+    fn schedule(&mut self, at: Millis, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            at,
+            seq: self.seq,
+            ev: Box::new(ev),
+        }));
+    }
+
+    fn exp(&mut self, mean_ms: f64) -> Millis {
+        let u: f64 = self.rng.random::<f64>().max(1e-12);
+        (-u.ln() * mean_ms).max(1.0) as Millis
+    }
+
+    fn compose_gap(&mut self) -> Millis {
+        if self.sc.messages_per_user_per_hour <= 0.0 {
+            return Millis::MAX / 4;
+        }
+        self.exp(3_600_000.0 / self.sc.messages_per_user_per_hour)
+    }
+
+    fn offline_span(&mut self) -> Millis {
+        let f = self.sc.online_fraction.clamp(1e-6, 1.0 - 1e-6);
+        self.exp(self.sc.session_mean_s * 1000.0 * (1.0 - f) / f)
+    }
+
+    fn link_latency(&mut self) -> Millis {
+        let (lo, hi) = self.sc.link_latency_ms;
+        lo + if hi > lo {
+            self.rng.random_range(0..=hi - lo)
+        } else {
+            0
+        }
+    }
+
+    fn partitioned(&self, a: usize, b: usize) -> bool {
+        let t = self.now;
+        self.sc.partitions.iter().any(|p| {
+            t >= EPOCH_MS + ms(p.start_s)
+                && t < EPOCH_MS + ms(p.end_s)
+                && (a < p.split) != (b < p.split)
+        })
+    }
+
+    fn node_index(id: &str) -> Option<usize> {
+        id.strip_prefix('N')?.parse().ok()
+    }
+
+    /// A device signs and sends a request to its home node.
+    fn client_request(&mut self, u: usize, kind: Kind, op: ClientOp) {
+        let d = &self.devices[u];
+        let auth = if d.session {
+            Auth::Session(d.key.user_id())
+        } else {
+            let node_id = &self.nodes[d.node].id;
+            let signed = ClientAuth::sign(&d.key, node_id, &d.peer, self.now, &op)
+                .expect("client operations encode");
+            Auth::Signed(signed)
+        };
+        // Requests of one device arrive in order, so the ones after a signed one find the session.
+        self.devices[u].session = true;
+        let req = ClientRequest { auth, op };
+        self.bytes_client += codec::encode(&req).map_or(0, |b| b.len() as u64);
+        let at = self.now + self.sc.client_latency_ms;
+        self.schedule(at, Ev::ClientReq { user: u, kind, req });
+    }
+
+    fn start_fetch(&mut self, u: usize) {
+        let d = &self.devices[u];
+        if d.online && !d.fetching && self.nodes[d.node].core.is_some() {
+            self.devices[u].fetching = true;
+            let op = ClientOp::Fetch {
+                limit: 256,
+                wait_ms: FETCH_WAIT_MS,
+            };
+            self.client_request(u, Kind::Fetch, op);
+        }
+    }
+
+    fn pick_recipient(&mut self, sender: usize) -> usize {
+        let n = self.devices.len();
+        loop {
+            let r = if self.recipient_weights.is_empty() {
+                self.rng.random_range(0..n)
+            } else {
+                let total = *self.recipient_weights.last().expect("users exist");
+                let x = self.rng.random::<f64>() * total;
+                self.recipient_weights
+                    .partition_point(|w| *w < x)
+                    .min(n - 1)
+            };
+            if r != sender || n == 1 {
+                return r;
+            }
+        }
+    }
+
+    /// Applies a node's writes, then turns its outputs into scheduled events.
+    fn drive(&mut self, n: usize) {
+        let Some(core) = self.nodes[n].core.as_mut() else {
+            return;
+        };
+        let writes = core.take_writes();
+        self.nodes[n]
+            .store
+            .apply(&writes)
+            .expect("the memory store does not fail");
+        let mut outputs = Vec::new();
+        while let Some(o) = self.nodes[n].core.as_mut().expect("checked").poll_output() {
+            outputs.push(o);
+        }
+        for o in outputs {
+            match o {
+                Output::Client { token, response } => {
+                    if let Some((user, kind)) = self.nodes[n].client_tokens.remove(&token) {
+                        if let (Kind::Send(ids), ClientResponse::Sent(results)) = (&kind, &response)
+                        {
+                            for (id, r) in ids.iter().zip(results) {
+                                if *r == hestia_protocol::wire::SendResult::DeliveredToNode {
+                                    self.reached_node(id);
+                                }
+                            }
+                        }
+                        let at = self.now + self.sc.client_latency_ms;
+                        self.schedule(
+                            at,
+                            Ev::ClientResp {
+                                user,
+                                kind,
+                                resp: response,
+                            },
+                        );
+                    }
+                }
+                Output::FedResponse { token, response } => {
+                    let Some((from, batch, ids)) = self.nodes[n].fed_tokens.remove(&token) else {
+                        continue;
+                    };
+                    if let FedResponse::Delivered(results) = &response {
+                        for (id, r) in ids.iter().zip(results) {
+                            if matches!(r, DeliverResult::Accepted | DeliverResult::Duplicate) {
+                                self.reached_node(id);
+                            }
+                        }
+                    }
+                    self.bytes_fed_resp += codec::encode(&response).map_or(0, |b| b.len() as u64);
+                    let lost = self.rng.random::<f64>() < self.sc.link_loss;
+                    if !lost && !self.partitioned(n, from) {
+                        let at = self.now + self.link_latency();
+                        self.schedule(
+                            at,
+                            Ev::FedResp {
+                                node: from,
+                                batch,
+                                result: Ok(response),
+                            },
+                        );
+                    }
+                }
+                Output::FedRequest {
+                    batch,
+                    to_node,
+                    request,
+                } => {
+                    self.nodes[n].pending.insert(batch);
+                    let timeout = self.now + FED_TIMEOUT_MS;
+                    self.schedule(timeout, Ev::FedTimeout { node: n, batch });
+                    self.bytes_fed_req += codec::encode(&request).map_or(0, |b| b.len() as u64);
+                    let Some(to) = Self::node_index(&to_node).filter(|t| *t < self.nodes.len())
+                    else {
+                        continue;
+                    };
+                    let lat = self.link_latency();
+                    if self.partitioned(n, to) || self.rng.random::<f64>() < self.sc.link_loss {
+                        continue; // lost: the sender times out
+                    }
+                    if self.nodes[to].core.is_none() {
+                        // Connection refused: the sender learns it after a round trip.
+                        let result = Err(FedFailure::Unreachable);
+                        self.schedule(
+                            self.now + 2 * lat,
+                            Ev::FedResp {
+                                node: n,
+                                batch,
+                                result,
+                            },
+                        );
+                        continue;
+                    }
+                    self.schedule(
+                        self.now + lat,
+                        Ev::FedReq {
+                            from: n,
+                            to,
+                            batch,
+                            req: request,
+                        },
+                    );
+                }
+            }
+        }
+        self.rearm(n);
+    }
+
+    fn rearm(&mut self, n: usize) {
+        let Some(core) = self.nodes[n].core.as_ref() else {
+            return;
+        };
+        let next = core.poll_timeout().map(|t| t.max(self.now));
+        if next != self.nodes[n].timer_at
+            && let Some(t) = next
+        {
+            self.nodes[n].timer_at = Some(t);
+            self.schedule(t, Ev::Timer(n));
+        }
+    }
+
+    fn reached_node(&mut self, id: &EnvelopeId) {
+        if let Some(m) = self.msgs.get_mut(id)
+            && m.node_at.is_none()
+        {
+            m.node_at = Some(self.now);
+        }
+    }
+
+    fn token(&mut self, n: usize) -> Token {
+        self.nodes[n].next_token += 1;
+        Token(self.nodes[n].next_token)
+    }
+
+    fn step(&mut self, ev: Ev) {
+        match ev {
+            Ev::Timer(n) => {
+                if self.nodes[n].timer_at != Some(self.now) {
+                    return; // superseded
+                }
+                self.nodes[n].timer_at = None;
+                if let Some(core) = self.nodes[n].core.as_mut() {
+                    core.handle_timeout(self.now);
+                    self.drive(n);
+                }
+            }
+            Ev::ClientReq { user, kind, req } => {
+                let n = self.devices[user].node;
+                if self.nodes[n].core.is_none() {
+                    if matches!(kind, Kind::Fetch) {
+                        self.devices[user].fetching = false;
+                    }
+                    return;
+                }
+                if let ClientOp::Send(items) = &req.op {
+                    for o in items {
+                        if let Some(r) = self.by_key.get(&o.envelope.recipient) {
+                            // The sender's home node sees the sending user and the recipient.
+                            self.conversations.insert((user, *r), true);
+                        }
+                    }
+                }
+                let token = self.token(n);
+                self.nodes[n].client_tokens.insert(token, (user, kind));
+                let peer = self.devices[user].peer.clone();
+                let now = self.now;
+                self.nodes[n]
+                    .core
+                    .as_mut()
+                    .expect("checked")
+                    .handle_client(now, token, &peer, req);
+                self.drive(n);
+            }
+            Ev::ClientResp { user, kind, resp } => self.device_answer(user, kind, resp),
+            Ev::FedReq {
+                from,
+                to,
+                batch,
+                req,
+            } => {
+                if self.nodes[to].core.is_none() {
+                    return;
+                }
+                let FedRequest::Deliver(envs) = &req;
+                let ids = envs.iter().map(|e| e.id).collect();
+                let token = self.token(to);
+                self.nodes[to].fed_tokens.insert(token, (from, batch, ids));
+                let from_id = self.nodes[from].id.clone();
+                let now = self.now;
+                self.nodes[to]
+                    .core
+                    .as_mut()
+                    .expect("checked")
+                    .handle_fed_request(now, token, &from_id, req);
+                self.drive(to);
+            }
+            Ev::FedResp {
+                node,
+                batch,
+                result,
+            } => {
+                if self.nodes[node].pending.remove(&batch)
+                    && let Some(core) = self.nodes[node].core.as_mut()
+                {
+                    core.handle_fed_response(self.now, batch, result);
+                    self.drive(node);
+                }
+            }
+            Ev::FedTimeout { node, batch } => {
+                if self.nodes[node].pending.remove(&batch)
+                    && let Some(core) = self.nodes[node].core.as_mut()
+                {
+                    core.handle_fed_response(self.now, batch, Err(FedFailure::Timeout));
+                    self.drive(node);
+                }
+            }
+            Ev::Compose(u) => self.compose(u),
+            Ev::Toggle(u) => {
+                let online = !self.devices[u].online;
+                self.devices[u].online = online;
+                let next = if online {
+                    self.exp(self.sc.session_mean_s * 1000.0)
+                } else {
+                    self.offline_span()
+                };
+                self.schedule(self.now + next, Ev::Toggle(u));
+                if online {
+                    self.start_fetch(u);
+                } else {
+                    self.devices[u].fetching = false;
+                }
+            }
+            Ev::Crash(i) => self.crash(i),
+            Ev::Restart(i) => self.restart(i),
+            Ev::Sample => {
+                self.sample();
+                let next = self.now + ms(self.sc.sample_every_s);
+                if next <= self.end {
+                    self.schedule(next, Ev::Sample);
+                }
+            }
+        }
+    }
+
+    fn compose(&mut self, u: usize) {
+        let next = self.compose_gap();
+        if self.now + next <= EPOCH_MS + ms(self.sc.duration_s) {
+            self.schedule(self.now + next, Ev::Compose(u));
+        }
+        if !self.devices[u].online {
+            return; // people send while they are online
+        }
+        let home = self.devices[u].node;
+        if self.nodes[home].core.is_none() {
+            self.not_sent += 1;
+            return;
+        }
+        let r = self.pick_recipient(u);
+        let mut id = [0u8; 16];
+        self.rng.fill_bytes(&mut id);
+        let envelope = Envelope {
+            version: ENVELOPE_VERSION,
+            id: EnvelopeId(id),
+            recipient: self.devices[r].key.user_id(),
+            expires_at: self.now + ms(self.sc.ttl_s),
+            body: vec![0; PADDING_BUCKETS[0] + seal::OVERHEAD],
+        };
+        self.msgs.insert(
+            envelope.id,
+            Msg {
+                sent_at: self.now,
+                node_at: None,
+                device_at: None,
+                lost_disk: false,
+            },
+        );
+        let to_node = self.nodes[self.devices[r].node].id.clone();
+        let ids = vec![envelope.id];
+        self.client_request(
+            u,
+            Kind::Send(ids),
+            ClientOp::Send(vec![Outgoing { to_node, envelope }]),
+        );
+    }
+
+    fn device_answer(&mut self, u: usize, kind: Kind, resp: ClientResponse) {
+        if let ClientResponse::Error(ClientError::SessionUnknown) = resp {
+            self.devices[u].session = false;
+        }
+        if let ClientResponse::Error(ClientError::NotRegistered) = resp {
+            // The home node lost its disk: register again, then carry on.
+            self.client_request(u, Kind::Register, ClientOp::Register);
+        }
+        match kind {
+            Kind::Fetch => {
+                self.devices[u].fetching = false;
+                if !self.devices[u].online {
+                    return; // the answer is lost; the envelopes stay held, unacknowledged
+                }
+                if let ClientResponse::Envelopes(envs) = resp
+                    && !envs.is_empty()
+                {
+                    let ids: Vec<EnvelopeId> = envs.iter().map(|e| e.id).collect();
+                    for id in &ids {
+                        if let Some(m) = self.msgs.get_mut(id)
+                            && m.device_at.is_none()
+                        {
+                            m.device_at = Some(self.now);
+                            m.node_at.get_or_insert(self.now);
+                        }
+                    }
+                    self.client_request(u, Kind::Ack, ClientOp::Ack(ids));
+                }
+                self.start_fetch(u);
+            }
+            Kind::Register => self.start_fetch(u),
+            Kind::Send(_) | Kind::Ack => {}
+        }
+    }
+
+    fn crash(&mut self, i: usize) {
+        let c = self.sc.crashes[i].clone();
+        let node = &mut self.nodes[c.node];
+        node.core = None;
+        node.timer_at = None;
+        node.client_tokens.clear();
+        node.fed_tokens.clear();
+        node.pending.clear();
+        if c.disk_loss {
+            let snap = node.store.load().expect("memory store");
+            node.store = MemNodeStore::default();
+            let lost = snap
+                .mailbox
+                .iter()
+                .map(|e| e.id)
+                .chain(snap.outbox.iter().map(|r| r.envelope.id));
+            for id in lost.collect::<Vec<_>>() {
+                if let Some(m) = self.msgs.get_mut(&id)
+                    && m.device_at.is_none()
+                {
+                    m.lost_disk = true;
+                }
+            }
+        }
+        for u in self.nodes[c.node].users.clone() {
+            // Connections drop with the node: fetches and sessions are gone.
+            self.devices[u].fetching = false;
+            self.devices[u].session = false;
+        }
+        self.schedule(self.now + ms(c.down_s), Ev::Restart(i));
+    }
+
+    fn restart(&mut self, i: usize) {
+        let n = self.sc.crashes[i].node;
+        let snapshot = self.nodes[n].store.load().expect("memory store");
+        let seed = self.rng.next_u64();
+        let config = relay::Config {
+            node_id: self.nodes[n].id.clone(),
+            registration_open: true,
+            seed,
+        };
+        self.nodes[n].core = Some(relay::Core::new(config, snapshot, self.now));
+        let now = self.now;
+        self.nodes[n]
+            .core
+            .as_mut()
+            .expect("just set")
+            .handle_timeout(now);
+        self.drive(n);
+        for u in self.nodes[n].users.clone() {
+            if self.sc.crashes[i].disk_loss {
+                self.client_request(u, Kind::Register, ClientOp::Register);
+            } else {
+                self.start_fetch(u);
+            }
+        }
+    }
+
+    fn sample(&mut self) {
+        let mut outbox = 0;
+        let mut mailbox = 0;
+        let mut max_node = 0;
+        for n in &self.nodes {
+            if let Some(c) = &n.core {
+                let s = c.stats();
+                outbox += s.outbox_envelopes;
+                mailbox += s.mailbox_envelopes;
+                max_node = max_node.max(s.outbox_envelopes + s.mailbox_envelopes);
+            }
+        }
+        let (mut node, mut device) = (0, 0);
+        for m in self.msgs.values() {
+            node += u64::from(m.node_at.is_some());
+            device += u64::from(m.device_at.is_some());
+        }
+        self.series.push(Sample {
+            t_s: (self.now - EPOCH_MS) as f64 / 1000.0,
+            sent: self.msgs.len() as u64,
+            delivered_to_node: node,
+            delivered_to_device: device,
+            outbox_envelopes: outbox,
+            mailbox_envelopes: mailbox,
+            max_node_envelopes: max_node,
+        });
+    }
+
+    /// Runs to the end of the scenario (or until nothing is left to happen) and summarises.
+    /// `progress` is called now and then with (simulated seconds, events so far).
+    pub fn run(mut self, mut progress: impl FnMut(f64, u64)) -> Outcome {
+        while let Some(Reverse(s)) = self.queue.pop() {
+            if s.at > self.end || self.events >= MAX_EVENTS {
+                break;
+            }
+            self.now = s.at;
+            self.events += 1;
+            if self.events.is_multiple_of(100_000) {
+                progress((self.now - EPOCH_MS) as f64 / 1000.0, self.events);
+            }
+            self.step(*s.ev);
+            let sending_done = self.now > EPOCH_MS + ms(self.sc.duration_s);
+            if sending_done
+                && self
+                    .msgs
+                    .values()
+                    .all(|m| m.device_at.is_some() || m.lost_disk)
+            {
+                break; // drained
+            }
+        }
+        self.sample();
+        self.finish()
+    }
+
+    fn finish(self) -> Outcome {
+        let pct = |mut v: Vec<f64>| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            let at = |p: f64| {
+                if v.is_empty() {
+                    0.0
+                } else {
+                    v[((v.len() - 1) as f64 * p).round() as usize]
+                }
+            };
+            (
+                Percentiles {
+                    count: v.len(),
+                    p50_ms: at(0.5),
+                    p90_ms: at(0.9),
+                    p99_ms: at(0.99),
+                    max_ms: v.last().copied().unwrap_or(0.0),
+                },
+                v,
+            )
+        };
+        let to_node: Vec<f64> = self
+            .msgs
+            .values()
+            .filter_map(|m| Some((m.node_at? - m.sent_at) as f64))
+            .collect();
+        let to_device: Vec<f64> = self
+            .msgs
+            .values()
+            .filter_map(|m| Some((m.device_at? - m.sent_at) as f64))
+            .collect();
+        let ttl = ms(self.sc.ttl_s);
+        let undelivered = self.msgs.values().filter(|m| m.device_at.is_none());
+        let (mut expired, mut lost, mut pending) = (0, 0, 0);
+        for m in undelivered {
+            if m.lost_disk {
+                lost += 1;
+            } else if m.sent_at + ttl <= self.now {
+                expired += 1;
+            } else {
+                pending += 1;
+            }
+        }
+        let sent = self.msgs.len() as u64;
+        let (node_p, _) = pct(to_node);
+        let (device_p, device_sorted) = pct(to_device);
+        let linked = self.conversations.values().filter(|v| **v).count();
+        let summary = Summary {
+            scenario: self.sc.name.clone(),
+            seed: self.seed,
+            nodes: self.sc.nodes,
+            users: self.devices.len(),
+            simulated_s: (self.now - EPOCH_MS) as f64 / 1000.0,
+            events: self.events,
+            messages_sent: sent,
+            not_sent_home_node_down: self.not_sent,
+            delivered_to_node: node_p.count as u64,
+            delivered_to_device: device_p.count as u64,
+            delivery_ratio: if sent == 0 {
+                1.0
+            } else {
+                device_p.count as f64 / sent as f64
+            },
+            undelivered_expired: expired,
+            undelivered_lost_with_disk: lost,
+            undelivered_pending: pending,
+            latency_send_to_node: node_p,
+            latency_send_to_device: device_p,
+            max_outbox_envelopes: self
+                .series
+                .iter()
+                .map(|s| s.outbox_envelopes)
+                .max()
+                .unwrap_or(0),
+            max_mailbox_envelopes: self
+                .series
+                .iter()
+                .map(|s| s.mailbox_envelopes)
+                .max()
+                .unwrap_or(0),
+            max_envelopes_on_one_node: self
+                .series
+                .iter()
+                .map(|s| s.max_node_envelopes)
+                .max()
+                .unwrap_or(0),
+            bytes_client: self.bytes_client,
+            bytes_fed_requests: self.bytes_fed_req,
+            bytes_fed_responses: self.bytes_fed_resp,
+            conversations: self.conversations.len(),
+            linkable_by_one_operator: if self.conversations.is_empty() {
+                0.0
+            } else {
+                linked as f64 / self.conversations.len() as f64
+            },
+        };
+        Outcome {
+            summary,
+            series: self.series,
+            device_latencies: device_sorted,
+        }
+    }
+}
