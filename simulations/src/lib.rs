@@ -58,7 +58,7 @@ pub fn write_results(out: &Path, o: &Outcome) -> std::io::Result<()> {
 /// A cumulative distribution plot of send-to-device latency, log-scaled in time.
 fn cdf_svg(sorted_ms: &[f64], s: &Summary) -> String {
     let (w, h, left, bottom) = (640.0, 400.0, 60.0, 50.0);
-    let (pw, ph) = (w - left - 20.0, h - bottom - 30.0);
+    let (pw, ph) = (w - left - 40.0, h - bottom - 30.0);
     let lo = sorted_ms
         .first()
         .copied()
@@ -97,7 +97,7 @@ fn cdf_svg(sorted_ms: &[f64], s: &Summary) -> String {
             30.0 + ph + 18.0
         );
     }
-    for f in [0.0, 0.5, 0.9, 0.99, 1.0] {
+    for f in [0.0, 0.5, 0.9, 0.99] {
         let _ = writeln!(
             svg,
             "<line x1=\"{left}\" y1=\"{0}\" x2=\"{1}\" y2=\"{0}\" stroke=\"#ddd\"/><text x=\"{2}\" y=\"{3}\" text-anchor=\"end\">{f}</text>",

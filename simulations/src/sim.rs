@@ -23,7 +23,7 @@ use hestia_store::node::{MemNodeStore, NodeStore};
 use rand::{Rng, RngExt, SeedableRng};
 use serde::Serialize;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 
 /// Virtual time at which the run starts (a fixed wall-clock instant, so envelope expiry checks
 /// behave as in production and runs replay).
@@ -204,7 +204,9 @@ pub struct Sim {
     nodes: Vec<Node>,
     devices: Vec<Device>,
     by_key: HashMap<UserId, usize>,
-    msgs: BTreeMap<EnvelopeId, Msg>,
+    /// Every message sent. Results are built from counts and sorted latencies, never from this
+    /// map's iteration order.
+    msgs: HashMap<EnvelopeId, Msg>,
     recipient_weights: Vec<f64>,
     events: u64,
     not_sent: u64,
@@ -212,7 +214,15 @@ pub struct Sim {
     bytes_fed_req: u64,
     bytes_fed_resp: u64,
     /// (sender, recipient) → whether one operator saw both.
-    conversations: BTreeMap<(usize, usize), bool>,
+    /// (sender, recipient) pairs one operator saw both ends of. Only counted, so a hash set
+    /// keeps results independent of iteration order.
+    conversations: HashSet<(usize, usize)>,
+    /// Every (sender, recipient) pair a user sent to: the ground truth the above is a part of.
+    all_conversations: HashSet<(usize, usize)>,
+    /// Messages that reached a node / a device / were lost with a disk (and not delivered).
+    count_node: u64,
+    count_device: u64,
+    count_lost: u64,
     series: Vec<Sample>,
     end: Millis,
 }
@@ -246,14 +256,18 @@ impl Sim {
             nodes,
             devices: Vec::new(),
             by_key: HashMap::new(),
-            msgs: BTreeMap::new(),
+            msgs: HashMap::new(),
             recipient_weights: Vec::new(),
             events: 0,
             not_sent: 0,
             bytes_client: 0,
             bytes_fed_req: 0,
             bytes_fed_resp: 0,
-            conversations: BTreeMap::new(),
+            conversations: HashSet::new(),
+            all_conversations: HashSet::new(),
+            count_node: 0,
+            count_device: 0,
+            count_lost: 0,
             series: Vec::new(),
             rng: rand::rngs::StdRng::seed_from_u64(0),
             sc,
@@ -542,6 +556,7 @@ impl Sim {
             && m.node_at.is_none()
         {
             m.node_at = Some(self.now);
+            self.count_node += 1;
         }
     }
 
@@ -574,7 +589,7 @@ impl Sim {
                     for o in items {
                         if let Some(r) = self.by_key.get(&o.envelope.recipient) {
                             // The sender's home node sees the sending user and the recipient.
-                            self.conversations.insert((user, *r), true);
+                            self.conversations.insert((user, *r));
                         }
                     }
                 }
@@ -674,6 +689,7 @@ impl Sim {
             return;
         }
         let r = self.pick_recipient(u);
+        self.all_conversations.insert((u, r));
         let mut id = [0u8; 16];
         self.rng.fill_bytes(&mut id);
         let envelope = Envelope {
@@ -724,7 +740,16 @@ impl Sim {
                             && m.device_at.is_none()
                         {
                             m.device_at = Some(self.now);
-                            m.node_at.get_or_insert(self.now);
+                            self.count_device += 1;
+                            if m.node_at.is_none() {
+                                m.node_at = Some(self.now);
+                                self.count_node += 1;
+                            }
+                            if m.lost_disk {
+                                // A copy survived elsewhere after all.
+                                m.lost_disk = false;
+                                self.count_lost -= 1;
+                            }
                         }
                     }
                     self.client_request(u, Kind::Ack, ClientOp::Ack(ids));
@@ -755,8 +780,10 @@ impl Sim {
             for id in lost.collect::<Vec<_>>() {
                 if let Some(m) = self.msgs.get_mut(&id)
                     && m.device_at.is_none()
+                    && !m.lost_disk
                 {
                     m.lost_disk = true;
+                    self.count_lost += 1;
                 }
             }
         }
@@ -806,11 +833,7 @@ impl Sim {
                 max_node = max_node.max(s.outbox_envelopes + s.mailbox_envelopes);
             }
         }
-        let (mut node, mut device) = (0, 0);
-        for m in self.msgs.values() {
-            node += u64::from(m.node_at.is_some());
-            device += u64::from(m.device_at.is_some());
-        }
+        let (node, device) = (self.count_node, self.count_device);
         self.series.push(Sample {
             t_s: (self.now - EPOCH_MS) as f64 / 1000.0,
             sent: self.msgs.len() as u64,
@@ -836,12 +859,7 @@ impl Sim {
             }
             self.step(*s.ev);
             let sending_done = self.now > EPOCH_MS + ms(self.sc.duration_s);
-            if sending_done
-                && self
-                    .msgs
-                    .values()
-                    .all(|m| m.device_at.is_some() || m.lost_disk)
-            {
+            if sending_done && self.count_device + self.count_lost == self.msgs.len() as u64 {
                 break; // drained
             }
         }
@@ -895,7 +913,7 @@ impl Sim {
         let sent = self.msgs.len() as u64;
         let (node_p, _) = pct(to_node);
         let (device_p, device_sorted) = pct(to_device);
-        let linked = self.conversations.values().filter(|v| **v).count();
+        let linked = self.conversations.len();
         let summary = Summary {
             scenario: self.sc.name.clone(),
             seed: self.seed,
@@ -938,11 +956,11 @@ impl Sim {
             bytes_client: self.bytes_client,
             bytes_fed_requests: self.bytes_fed_req,
             bytes_fed_responses: self.bytes_fed_resp,
-            conversations: self.conversations.len(),
-            linkable_by_one_operator: if self.conversations.is_empty() {
+            conversations: self.all_conversations.len(),
+            linkable_by_one_operator: if self.all_conversations.is_empty() {
                 0.0
             } else {
-                linked as f64 / self.conversations.len() as f64
+                linked as f64 / self.all_conversations.len() as f64
             },
         };
         Outcome {
