@@ -63,3 +63,50 @@ fn bad_contact_input_is_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: "));
 }
+
+#[test]
+fn sim_run_writes_results_and_refuses_bad_scenarios() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("tiny.toml");
+    std::fs::write(
+        &scenario,
+        "# Question: does a tiny federation deliver?\nname = \"tiny\"\nnodes = 3\nusers_per_node = 3\n\
+         duration_s = 300\ndrain_s = 600\nmessages_per_user_per_hour = 60\ncrashes = []\npartitions = []\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let run = Command::new(hestia_bin())
+        .args([
+            "sim",
+            "run",
+            scenario.to_str().unwrap(),
+            "--seed",
+            "3",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        stdout.contains("replay with: hestia sim run") && stdout.contains("--seed 3"),
+        "{stdout}"
+    );
+    for f in ["summary.json", "timeseries.csv", "latency_cdf.svg"] {
+        assert!(std::fs::metadata(out.join(f)).unwrap().len() > 0, "{f}");
+    }
+    let summary = std::fs::read_to_string(out.join("summary.json")).unwrap();
+    assert!(summary.contains("\"scenario\": \"tiny\""), "{summary}");
+
+    std::fs::write(&scenario, "nodes = 3\nlink_loss = 3\n").unwrap();
+    fails_with_one_line(&["sim", "run", scenario.to_str().unwrap()], "probabilities");
+    fails_with_one_line(
+        &["sim", "run", "/nonexistent/scenario.toml"],
+        "reading /nonexistent/scenario.toml",
+    );
+}
