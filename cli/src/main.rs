@@ -398,12 +398,30 @@ fn simulate(scenario: Option<PathBuf>, seed: u64, out: &Path) -> Result<()> {
         None => sims::DEFAULT_SCENARIO.to_string(),
     };
     let sc = sims::Scenario::from_toml(&text)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            on_signal.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
     let start = std::time::Instant::now();
-    let o = sims::run(sc, seed, |t, events| {
+    let sim = sims::Sim::new(sc, seed);
+    let horizon = sim.horizon_s().max(1.0);
+    let o = sim.run(|t, events| {
         let rate = events as f64 / start.elapsed().as_secs_f64().max(1e-9);
-        eprint!("\rsimulated {t:>8.0} s  {events:>10} events  {rate:>9.0} events/s");
+        let done = ((t / horizon) * 30.0).clamp(0.0, 30.0) as usize;
+        eprint!(
+            "\r[{}{}] {t:>7.0}/{horizon:.0} s simulated  {events:>10} events  {rate:>8.0} events/s ",
+            "#".repeat(done),
+            ".".repeat(30 - done)
+        );
+        !stop.load(std::sync::atomic::Ordering::Relaxed)
     });
     eprintln!();
+    if o.summary.interrupted {
+        eprintln!("interrupted: the summary covers the simulated time reached");
+    }
     sims::write_results(out, &o).with_context(|| format!("writing {}", out.display()))?;
     let s = &o.summary;
     let wall = start.elapsed().as_secs_f64();

@@ -22,7 +22,7 @@ pub use sim::{Outcome, Sim, Summary};
 pub const DEFAULT_SCENARIO: &str = include_str!("../scenarios/default.toml");
 
 /// Runs a scenario with a seed.
-pub fn run(scenario: Scenario, seed: u64, progress: impl FnMut(f64, u64)) -> Outcome {
+pub fn run(scenario: Scenario, seed: u64, progress: impl FnMut(f64, u64) -> bool) -> Outcome {
     Sim::new(scenario, seed).run(progress)
 }
 
@@ -173,9 +173,9 @@ mod tests {
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
         let c = tempfile::tempdir().unwrap();
-        write_results(a.path(), &run(small(), 7, |_, _| {})).unwrap();
-        write_results(b.path(), &run(small(), 7, |_, _| {})).unwrap();
-        write_results(c.path(), &run(small(), 8, |_, _| {})).unwrap();
+        write_results(a.path(), &run(small(), 7, |_, _| true)).unwrap();
+        write_results(b.path(), &run(small(), 7, |_, _| true)).unwrap();
+        write_results(c.path(), &run(small(), 8, |_, _| true)).unwrap();
         for f in ["summary.json", "timeseries.csv", "latency_cdf.svg"] {
             let x = std::fs::read(a.path().join(f)).unwrap();
             assert_eq!(
@@ -193,7 +193,7 @@ mod tests {
 
     #[test]
     fn messages_get_through_crashes_and_partitions_except_what_a_lost_disk_held() {
-        let o = run(small(), 3, |_, _| {});
+        let o = run(small(), 3, |_, _| true);
         let s = &o.summary;
         assert!(s.messages_sent > 50, "{s:?}");
         // Everything is accounted for.
@@ -220,7 +220,7 @@ mod tests {
             session_mean_s: 1e9,
             ..small()
         };
-        let s = run(sc, 1, |_, _| {}).summary;
+        let s = run(sc, 1, |_, _| true).summary;
         assert_eq!(s.delivered_to_device, s.messages_sent);
         // Device → node → node → device: two client hops each way plus one link, all bounded.
         assert!(
@@ -238,5 +238,18 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("node 5"));
         assert!(Scenario::from_toml(DEFAULT_SCENARIO).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod interrupt_tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupted_run_still_summarises_what_it_reached() {
+        let o = run(Scenario::default(), 1, |_, events| events < 100_000);
+        assert!(o.summary.interrupted);
+        assert_eq!(o.summary.events, 100_000);
+        assert!(o.summary.messages_sent > 0);
     }
 }

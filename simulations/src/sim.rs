@@ -157,6 +157,8 @@ pub struct Percentiles {
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
     pub scenario: String,
+    /// The run was stopped before its end: every figure covers only the simulated time reached.
+    pub interrupted: bool,
     pub seed: u64,
     pub nodes: usize,
     pub users: usize,
@@ -225,6 +227,7 @@ pub struct Sim {
     count_lost: u64,
     series: Vec<Sample>,
     end: Millis,
+    interrupted: bool,
 }
 
 fn ms(s: f64) -> Millis {
@@ -269,6 +272,7 @@ impl Sim {
             count_device: 0,
             count_lost: 0,
             series: Vec::new(),
+            interrupted: false,
             rng: rand::rngs::StdRng::seed_from_u64(0),
             sc,
         };
@@ -845,17 +849,26 @@ impl Sim {
         });
     }
 
+    /// Simulated seconds the run lasts at most.
+    pub fn horizon_s(&self) -> f64 {
+        (self.end - EPOCH_MS) as f64 / 1000.0
+    }
+
     /// Runs to the end of the scenario (or until nothing is left to happen) and summarises.
-    /// `progress` is called now and then with (simulated seconds, events so far).
-    pub fn run(mut self, mut progress: impl FnMut(f64, u64)) -> Outcome {
+    /// `progress` is called now and then with (simulated seconds, events so far); when it returns
+    /// false the run stops there and the summary says it was interrupted.
+    pub fn run(mut self, mut progress: impl FnMut(f64, u64) -> bool) -> Outcome {
         while let Some(Reverse(s)) = self.queue.pop() {
             if s.at > self.end || self.events >= MAX_EVENTS {
                 break;
             }
             self.now = s.at;
             self.events += 1;
-            if self.events.is_multiple_of(100_000) {
-                progress((self.now - EPOCH_MS) as f64 / 1000.0, self.events);
+            if self.events.is_multiple_of(100_000)
+                && !progress((self.now - EPOCH_MS) as f64 / 1000.0, self.events)
+            {
+                self.interrupted = true;
+                break;
             }
             self.step(*s.ev);
             let sending_done = self.now > EPOCH_MS + ms(self.sc.duration_s);
@@ -916,6 +929,7 @@ impl Sim {
         let linked = self.conversations.len();
         let summary = Summary {
             scenario: self.sc.name.clone(),
+            interrupted: self.interrupted,
             seed: self.seed,
             nodes: self.sc.nodes,
             users: self.devices.len(),
