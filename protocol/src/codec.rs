@@ -42,6 +42,21 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     Ok(bytes)
 }
 
+/// The length [`encode`] would produce, without building the bytes (for accounting).
+pub fn encoded_len<T: Serialize>(value: &T) -> Result<usize, CodecError> {
+    struct Count(usize);
+    impl bincode::enc::write::Writer for Count {
+        fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+            self.0 += bytes.len();
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    bincode::serde::encode_into_writer(value, &mut n, config())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    Ok(n.0)
+}
+
 /// Decodes a value from exactly `bytes`, refusing anything longer than `limit`.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, CodecError> {
     if bytes.len() > limit {
@@ -75,6 +90,7 @@ mod tests {
             b: vec![1, 2, 3],
         };
         let bytes = encode(&s).unwrap();
+        assert_eq!(encoded_len(&s).unwrap(), bytes.len());
         assert_eq!(decode::<Sample>(&bytes, 64).unwrap(), s);
         assert!(matches!(
             decode::<Sample>(&bytes, 2),

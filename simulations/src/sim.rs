@@ -400,7 +400,7 @@ impl Sim {
         // Requests of one device arrive in order, so the ones after a signed one find the session.
         self.devices[u].session = true;
         let req = ClientRequest { auth, op };
-        self.bytes_client += codec::encode(&req).map_or(0, |b| b.len() as u64);
+        self.bytes_client += codec::encoded_len(&req).map_or(0, |n| n as u64);
         let at = self.now + self.sc.client_latency_ms;
         self.schedule(at, Ev::ClientReq { user: u, kind, req });
     }
@@ -483,7 +483,7 @@ impl Sim {
                             }
                         }
                     }
-                    self.bytes_fed_resp += codec::encode(&response).map_or(0, |b| b.len() as u64);
+                    self.bytes_fed_resp += codec::encoded_len(&response).map_or(0, |n| n as u64);
                     let lost = self.rng.random::<f64>() < self.sc.link_loss;
                     if !lost && !self.partitioned(n, from) {
                         let at = self.now + self.link_latency();
@@ -505,7 +505,7 @@ impl Sim {
                     self.nodes[n].pending.insert(batch);
                     let timeout = self.now + FED_TIMEOUT_MS;
                     self.schedule(timeout, Ev::FedTimeout { node: n, batch });
-                    self.bytes_fed_req += codec::encode(&request).map_or(0, |b| b.len() as u64);
+                    self.bytes_fed_req += codec::encoded_len(&request).map_or(0, |n| n as u64);
                     let Some(to) = Self::node_index(&to_node).filter(|t| *t < self.nodes.len())
                     else {
                         continue;
