@@ -5,6 +5,7 @@
 mod bench;
 mod demo;
 mod inspect;
+mod real;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -127,6 +128,10 @@ enum SimCmd {
         seed: u64,
         #[arg(long, default_value = "results")]
         out: PathBuf,
+        /// Also run the scenario on real nodes (libp2p on loopback, RocksDB) in real time and
+        /// compare with the model; writes real.json. Fault-free, small scenarios only.
+        #[arg(long)]
+        real: bool,
     },
 }
 
@@ -261,7 +266,41 @@ async fn run(cli: Cli) -> Result<()> {
             scenario,
             seed,
             out,
+            real: false,
         }) => simulate(scenario, seed, &out),
+        Command::Sim(SimCmd::Run {
+            scenario,
+            seed,
+            out,
+            real: true,
+        }) => {
+            let text = match &scenario {
+                Some(p) => std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?,
+                None => hestia_simulations::DEFAULT_SCENARIO.to_string(),
+            };
+            let sc = hestia_simulations::Scenario::from_toml(&text)?;
+            let c = real::run(sc, seed, &out).await?;
+            println!("                 sent  delivered  ratio   p50 ms   p90 ms   p99 ms");
+            for (name, s) in [("real stack", &c.real), ("model", &c.model)] {
+                println!(
+                    "{name:<12} {:>9} {:>10} {:>6.3} {:>8.1} {:>8.1} {:>8.1}",
+                    s.messages_sent,
+                    s.delivered_to_device,
+                    s.delivery_ratio,
+                    s.p50_ms,
+                    s.p90_ms,
+                    s.p99_ms
+                );
+            }
+            println!(
+                "agree within ±{} delivery ratio and ±{} ms at p50 and p90: {}",
+                c.ratio_tolerance,
+                c.latency_tolerance_ms,
+                if c.agree { "yes" } else { "NO" }
+            );
+            Ok(())
+        }
         Command::Node(NodeCmd::Run(args)) => {
             let config = node_config(args)?;
             let node = Node::start(config)?;
