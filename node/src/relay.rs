@@ -112,7 +112,8 @@ pub struct Stats {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Expiry {
     Mailbox(UserId, EnvelopeId),
-    Outbox(String, EnvelopeId),
+    /// The destination is found through `Core::queued`, so no node id is copied per envelope.
+    Outbox(EnvelopeId),
     Status(EnvelopeId),
 }
 
@@ -426,17 +427,16 @@ impl Core {
                         tracing::debug!(user = %redact::User(&user), "expired envelope dropped");
                     }
                 }
-                Expiry::Outbox(node, id) => {
-                    let queued = self
-                        .outboxes
-                        .get(&node)
-                        .is_some_and(|o| o.records.contains_key(&id));
+                Expiry::Outbox(id) => {
+                    let Some(node) = self.queued.get(&id).cloned() else {
+                        continue;
+                    };
                     let in_flight = self.in_flight.values().any(|(_, ids)| ids.contains(&id));
-                    if queued && !in_flight {
+                    if !in_flight {
                         self.finish_outbox(&node, &id, DeliveryState::Expired);
-                    } else if queued {
+                    } else {
                         // Try again once the batch in flight is answered.
-                        self.expiries.insert((now + 1, Expiry::Outbox(node, id)));
+                        self.expiries.insert((now + 1, Expiry::Outbox(id)));
                     }
                 }
                 Expiry::Status(id) => {
@@ -712,10 +712,8 @@ impl Core {
 
     fn insert_outbox(&mut self, rec: OutboxRecord) {
         let id = rec.envelope.id;
-        self.expiries.insert((
-            rec.envelope.expires_at,
-            Expiry::Outbox(rec.to_node.clone(), id),
-        ));
+        self.expiries
+            .insert((rec.envelope.expires_at, Expiry::Outbox(id)));
         self.queued.insert(id, rec.to_node.clone());
         let o = self.outboxes.entry(rec.to_node.clone()).or_default();
         o.queue.push_back(id);
@@ -734,10 +732,8 @@ impl Core {
         if o.records.is_empty() && o.in_flight == 0 {
             self.outboxes.remove(node);
         }
-        self.expiries.remove(&(
-            rec.envelope.expires_at,
-            Expiry::Outbox(node.to_string(), *id),
-        ));
+        self.expiries
+            .remove(&(rec.envelope.expires_at, Expiry::Outbox(*id)));
         self.queued.remove(id);
         self.writes
             .push(NodeWrite::DeleteOutbox(node.to_string(), *id));
