@@ -303,14 +303,19 @@ impl Node {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), NodeError> {
         let mut shutdown = std::pin::pin!(shutdown);
-        let mut presence = tokio::time::interval(PRESENCE_INTERVAL);
-        presence.tick().await;
-        let mut first_presence = Box::pin(tokio::time::sleep(Duration::from_secs(2)));
+        // First announcement soon after start (once connections are up), then periodically.
+        let mut presence = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(2),
+            PRESENCE_INTERVAL,
+        );
         if self.has_bootstrap {
             let _ = self.swarm.behaviour_mut().kad.bootstrap();
         }
         loop {
-            self.core.handle_timeout(now_millis());
+            let now = now_millis();
+            if self.core.poll_timeout().is_some_and(|at| at <= now) {
+                self.core.handle_timeout(now);
+            }
             self.flush()?;
             let deadline = self.core.poll_timeout().map(|at| {
                 let wait = at.saturating_sub(now_millis());
@@ -339,10 +344,6 @@ impl Node {
                 }
                 _ = timer => {}
                 _ = presence.tick() => self.announce(),
-                _ = &mut first_presence => {
-                    first_presence = Box::pin(tokio::time::sleep(Duration::from_secs(3600 * 24 * 365)));
-                    self.announce();
-                }
             }
         }
     }
