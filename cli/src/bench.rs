@@ -9,12 +9,12 @@
 //! `/hestia/client/1` to them. Envelopes are sealed before the clock starts: this measures the
 //! relay, not the sender's crypto. Output is a Markdown table for docs/benchmarks.md.
 
-use crate::demo::listen_addr;
+use crate::demo::start_local_node;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use futures::StreamExt;
 use hestia_node::client::Connection;
-use hestia_node::driver::{Node, NodeConfig, build_swarm, now_millis};
+use hestia_node::driver::{build_swarm, now_millis};
 use hestia_node::frame::FrameCodec;
 use hestia_protocol::envelope::{Content, DEFAULT_TTL_MS, Envelope, EnvelopeId};
 use hestia_protocol::identity::IdentityKey;
@@ -67,18 +67,9 @@ async fn cluster() -> Result<Cluster> {
     // each other without a third node.
     for i in [1, 0] {
         let dir = tmp.path().join(format!("node{i}"));
-        let node = Node::start(NodeConfig {
-            data_dir: dir.clone(),
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
-            bootstrap: addrs.clone(),
-            registration_open: true,
-        })?;
-        peers.push(node.peer_id().to_string());
-        let mut rx = rx.clone();
-        tokio::spawn(node.run(async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }));
-        addrs.push(listen_addr(&dir).await?);
+        let node = start_local_node(&dir, addrs.clone(), rx.clone()).await?;
+        peers.push(node.peer);
+        addrs.push(node.addr);
     }
     addrs.reverse();
     peers.reverse();

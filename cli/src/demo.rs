@@ -38,6 +38,37 @@ pub async fn listen_addr(dir: &Path) -> Result<Multiaddr> {
     }
 }
 
+/// A node started in this process on loopback (demo, bench, `sim run --real`).
+pub struct LocalNode {
+    pub peer: String,
+    pub addr: Multiaddr,
+    pub task: tokio::task::JoinHandle<Result<(), hestia_node::driver::NodeError>>,
+}
+
+/// Starts a node with its data in `dir`, listening on a free loopback port, which runs until
+/// `stop` turns true.
+pub async fn start_local_node(
+    dir: &Path,
+    bootstrap: Vec<Multiaddr>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<LocalNode> {
+    let node = Node::start(NodeConfig {
+        data_dir: dir.to_path_buf(),
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+        bootstrap,
+        registration_open: true,
+    })?;
+    let peer = node.peer_id().to_string();
+    let task = tokio::spawn(node.run(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    }));
+    Ok(LocalNode {
+        peer,
+        addr: listen_addr(dir).await?,
+        task,
+    })
+}
+
 /// Every file under `dir` that contains `needle`.
 pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     let mut hits = Vec::new();
@@ -80,17 +111,11 @@ pub async fn run() -> Result<()> {
     let mut handles = Vec::new();
     for i in 1..=2 {
         let dir = root.join(format!("node{i}"));
-        let node = Node::start(NodeConfig {
-            data_dir: dir.clone(),
-            listen: vec![lo.clone()],
-            bootstrap: vec![baddr.clone()],
-            registration_open: true,
-        })?;
-        handles.push(tokio::spawn(node.run(until_stop(stopped.clone()))));
-        let addr = listen_addr(&dir).await?;
-        println!("node {i}: {addr}");
+        let node = start_local_node(&dir, vec![baddr.clone()], stopped.clone()).await?;
+        println!("node {i}: {}", node.addr);
+        handles.push(node.task);
         node_dirs.push(dir);
-        node_addrs.push(addr);
+        node_addrs.push(node.addr);
     }
 
     step("Alice creates an account on node 1, Bob on node 2");

@@ -274,12 +274,7 @@ async fn run(cli: Cli) -> Result<()> {
             out,
             real: true,
         }) => {
-            let text = match &scenario {
-                Some(p) => std::fs::read_to_string(p)
-                    .with_context(|| format!("reading {}", p.display()))?,
-                None => hestia_simulations::DEFAULT_SCENARIO.to_string(),
-            };
-            let sc = hestia_simulations::Scenario::from_toml(&text)?;
+            let sc = load_scenario(&scenario)?;
             let c = real::run(sc, seed, &out).await?;
             println!("                 sent  delivered  ratio   p50 ms   p90 ms   p99 ms");
             for (name, s) in [("real stack", &c.real), ("model", &c.model)] {
@@ -428,15 +423,20 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn simulate(scenario: Option<PathBuf>, seed: u64, out: &Path) -> Result<()> {
-    use hestia_simulations as sims;
-    let text = match &scenario {
+/// Reads a scenario file, or the bundled default when none is given.
+fn load_scenario(path: &Option<PathBuf>) -> Result<hestia_simulations::Scenario> {
+    let text = match path {
         Some(p) => {
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
         }
-        None => sims::DEFAULT_SCENARIO.to_string(),
+        None => hestia_simulations::DEFAULT_SCENARIO.to_string(),
     };
-    let sc = sims::Scenario::from_toml(&text)?;
+    Ok(hestia_simulations::Scenario::from_toml(&text)?)
+}
+
+fn simulate(scenario: Option<PathBuf>, seed: u64, out: &Path) -> Result<()> {
+    use hestia_simulations as sims;
+    let sc = load_scenario(&scenario)?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let on_signal = stop.clone();
     tokio::spawn(async move {

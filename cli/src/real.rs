@@ -7,10 +7,10 @@
 //! Real mode runs fault-free scenarios only (no crashes, partitions, loss or offline users),
 //! at small scale, and in real time: a scenario's `duration_s` is spent waiting.
 
-use crate::demo::listen_addr;
+use crate::demo::start_local_node;
 use anyhow::{Context, Result, bail};
 use hestia_node::client::Connection;
-use hestia_node::driver::{Node, NodeConfig, now_millis};
+use hestia_node::driver::now_millis;
 use hestia_protocol::envelope::{Content, Envelope, EnvelopeId};
 use hestia_protocol::identity::IdentityKey;
 use hestia_protocol::wire::{ClientOp, ClientResponse, Outgoing};
@@ -87,19 +87,11 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Comparison> {
     let mut peers = Vec::new();
     for i in 0..sc.nodes {
         let dir = tmp.path().join(format!("node{i}"));
-        let node = Node::start(NodeConfig {
-            data_dir: dir.clone(),
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
-            // Every node knows the first one; it introduces the rest (Kademlia, presence).
-            bootstrap: addrs.first().cloned().into_iter().collect(),
-            registration_open: true,
-        })?;
-        peers.push(node.peer_id().to_string());
-        let mut rx = stopped.clone();
-        tokio::spawn(node.run(async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }));
-        addrs.push(listen_addr(&dir).await?);
+        // Every node knows the first one; it introduces the rest (Kademlia, presence).
+        let bootstrap = addrs.first().cloned().into_iter().collect();
+        let node = start_local_node(&dir, bootstrap, stopped.clone()).await?;
+        peers.push(node.peer);
+        addrs.push(node.addr);
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let users = sc.nodes * sc.users_per_node;
