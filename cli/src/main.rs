@@ -9,7 +9,7 @@ mod real;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use hestia_node::client::{Device, InboxEvent};
+use hestia_node::client::{ClientLibError, Device, InboxEvent};
 use hestia_node::driver::{Node, NodeConfig};
 use hestia_store::client::{Direction, MessageState, StoredMessage, Trust};
 use libp2p::Multiaddr;
@@ -184,6 +184,10 @@ enum ContactCmd {
     /// Accept a contact's changed key and show the messages held under it.
     Accept { name: String },
 }
+
+/// Reconnection backoff for `inbox --follow`.
+const FOLLOW_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(500);
+const FOLLOW_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn default_dir(sub: &str) -> Result<PathBuf> {
     let dirs = directories::ProjectDirs::from("org", "hestia", "hestia")
@@ -388,17 +392,48 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
             let mut conn = d.connect().await?;
-            loop {
-                let wait = if follow {
-                    hestia_protocol::wire::MAX_FETCH_WAIT_MS
-                } else {
-                    0
-                };
-                for ev in d.sync(&mut conn, wait).await? {
+            if !follow {
+                for ev in d.sync(&mut conn, 0).await? {
                     print_event(&ev);
                 }
-                if !follow {
-                    return Ok(());
+                return Ok(());
+            }
+            // Follow: stay connected; if the home node goes away, say so and reconnect with
+            // backoff. Nothing is lost meanwhile: the node holds the mail until it is acknowledged.
+            let mut backoff = FOLLOW_RETRY_MIN;
+            loop {
+                match d
+                    .sync(&mut conn, hestia_protocol::wire::MAX_FETCH_WAIT_MS)
+                    .await
+                {
+                    Ok(events) => {
+                        backoff = FOLLOW_RETRY_MIN;
+                        for ev in events {
+                            print_event(&ev);
+                        }
+                    }
+                    Err(
+                        e @ (ClientLibError::RequestFailed(_) | ClientLibError::Unreachable { .. }),
+                    ) => {
+                        eprintln!(
+                            "connection to the home node lost ({e}); reconnecting in {backoff:?}"
+                        );
+                        loop {
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(FOLLOW_RETRY_MAX);
+                            match d.connect().await {
+                                Ok(c) => {
+                                    conn = c;
+                                    eprintln!("reconnected");
+                                    break;
+                                }
+                                Err(e) => {
+                                    eprintln!("still unreachable ({e}); next try in {backoff:?}")
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
                 }
             }
         }

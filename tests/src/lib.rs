@@ -232,6 +232,26 @@ impl Net {
             .expect("running hestia")
     }
 
+    /// Starts a long-running client command as `user` (such as `inbox --follow`); its standard
+    /// output goes to the returned file. Kill the child when done.
+    pub fn spawn_client(&self, user: &str, args: &[&str]) -> (Child, PathBuf) {
+        let out = self
+            .tmp
+            .path()
+            .join(format!("{user}-{}.out", args.join("-")));
+        let file = std::fs::File::create(&out).unwrap();
+        let child = Command::new(hestia_bin())
+            .arg("--home")
+            .arg(self.home(user))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("spawning hestia");
+        (child, out)
+    }
+
     /// Runs a client command that must succeed; returns its standard output.
     pub fn ok(&self, user: &str, args: &[&str]) -> String {
         let out = self.run(user, args);
@@ -274,6 +294,23 @@ impl Net {
             std::thread::sleep(Duration::from_millis(200));
         }
         panic!("`hestia {args:?}` as {user} never printed {needle:?}; last output:\n{seen}");
+    }
+}
+
+/// Waits until the file at `path` contains `needle`; returns its text.
+pub fn wait_for_text(path: &Path, needle: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "{} never contained {needle:?}:\n{text}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

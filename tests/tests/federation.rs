@@ -171,3 +171,28 @@ fn a_device_can_reach_its_node_over_quic_and_local_delivery_works() {
     assert!(net.ok("dave", &["inbox"]).contains("carol: over quic"));
     net.until("carol", &["status"], "delivered to their device");
 }
+
+#[test]
+fn inbox_follow_prints_live_and_survives_its_node_restarting() {
+    let mut net = Net::start(2);
+    net.account("alice", 0);
+    let bob = net.account("bob", 1);
+    net.ok("alice", &["contact", "add", "bob", &bob]);
+    let (mut follow, out) = net.spawn_client("bob", &["inbox", "--follow"]);
+    net.ok("alice", &["send", "bob", "live: before the restart"]);
+    hestia_tests::wait_for_text(&out, "alice: live: before the restart");
+
+    net.kill9(1);
+    hestia_tests::wait_for_text(&out, "reconnecting");
+    net.restart(1);
+    hestia_tests::wait_for_text(&out, "reconnected");
+    net.ok("alice", &["send", "bob", "live: after the restart"]);
+    let text = hestia_tests::wait_for_text(&out, "alice: live: after the restart");
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(
+        text.matches("live: before the restart").count(),
+        1,
+        "{text}"
+    );
+}
