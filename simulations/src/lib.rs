@@ -7,7 +7,7 @@
 //!
 //! - [`scenario`]: what a run simulates, read from TOML.
 //! - [`sim`]: the engine and its results.
-//! - [`write_results`]: `summary.json`, `timeseries.csv` and `latency_cdf.svg`.
+//! - [`write_results`]: `summary.json`, `timeseries.csv`, `operators.csv` and `latency_cdf.svg`.
 
 pub mod scenario;
 pub mod sim;
@@ -26,7 +26,8 @@ pub fn run(scenario: Scenario, seed: u64, progress: impl FnMut(f64, u64) -> bool
     Sim::new(scenario, seed).run(progress)
 }
 
-/// Writes the summary as JSON, the time series as CSV and the send-to-device latency CDF as SVG.
+/// Writes the summary as JSON, the time series and what each operator observed as CSV, and the
+/// send-to-device latency CDF as SVG.
 pub fn write_results(out: &Path, o: &Outcome) -> std::io::Result<()> {
     std::fs::create_dir_all(out)?;
     let json = serde_json::to_string_pretty(&o.summary).map_err(std::io::Error::other)?;
@@ -48,6 +49,23 @@ pub fn write_results(out: &Path, o: &Outcome) -> std::io::Result<()> {
         );
     }
     std::fs::write(out.join("timeseries.csv"), csv)?;
+    let mut ops = String::from(
+        "node,senders,user_to_node_pairs,user_to_recipient_pairs,node_to_user_pairs,messages_from_local_users,envelopes_for_local_users\n",
+    );
+    for v in &o.operators {
+        let _ = writeln!(
+            ops,
+            "{},{},{},{},{},{},{}",
+            v.node,
+            v.senders,
+            v.user_to_node_pairs,
+            v.user_to_recipient_pairs,
+            v.node_to_user_pairs,
+            v.messages_from_local_users,
+            v.envelopes_for_local_users
+        );
+    }
+    std::fs::write(out.join("operators.csv"), ops)?;
     std::fs::write(
         out.join("latency_cdf.svg"),
         cdf_svg(&o.device_latencies, &o.summary),
@@ -176,7 +194,12 @@ mod tests {
         write_results(a.path(), &run(small(), 7, |_, _| true)).unwrap();
         write_results(b.path(), &run(small(), 7, |_, _| true)).unwrap();
         write_results(c.path(), &run(small(), 8, |_, _| true)).unwrap();
-        for f in ["summary.json", "timeseries.csv", "latency_cdf.svg"] {
+        for f in [
+            "summary.json",
+            "timeseries.csv",
+            "operators.csv",
+            "latency_cdf.svg",
+        ] {
             let x = std::fs::read(a.path().join(f)).unwrap();
             assert_eq!(
                 x,
@@ -208,6 +231,16 @@ mod tests {
         assert!(s.delivery_ratio > 0.9, "{s:?}");
         assert!(s.latency_send_to_device.p50_ms >= s.latency_send_to_node.p50_ms);
         assert_eq!(s.linkable_by_one_operator, 1.0);
+        // Every send was observed by its sender's home node, and the links it can make are the
+        // conversations the summary counts.
+        let sent: u64 = o
+            .operators
+            .iter()
+            .map(|v| v.messages_from_local_users)
+            .sum();
+        assert!(sent >= s.messages_sent, "{sent} < {}", s.messages_sent);
+        let linked: usize = o.operators.iter().map(|v| v.user_to_recipient_pairs).sum();
+        assert_eq!(linked, s.conversations);
     }
 
     #[test]

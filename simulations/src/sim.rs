@@ -110,6 +110,8 @@ struct Node {
     next_token: u64,
     client_tokens: HashMap<Token, (usize, Kind)>,
     fed_tokens: HashMap<Token, (usize, BatchId, Vec<EnvelopeId>)>,
+    /// What this node's operator saw.
+    observed: Observed,
     /// Outbound batches awaiting an answer or a timeout.
     pending: BTreeSet<BatchId>,
     users: Vec<usize>,
@@ -189,9 +191,37 @@ pub struct Summary {
     pub linkable_by_one_operator: f64,
 }
 
+/// What one node's operator observed over the run (counts of distinct pairs).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct OperatorView {
+    pub node: usize,
+    /// Local users seen sending.
+    pub senders: usize,
+    /// Distinct (local user, remote node) pairs: which of its users talk to which nodes.
+    pub user_to_node_pairs: usize,
+    /// Distinct (local user, recipient) pairs: conversations it can link outright.
+    pub user_to_recipient_pairs: usize,
+    /// Distinct (sending node, local recipient) pairs seen on federation traffic.
+    pub node_to_user_pairs: usize,
+    pub messages_from_local_users: u64,
+    pub envelopes_for_local_users: u64,
+}
+
+#[derive(Default)]
+struct Observed {
+    senders: HashSet<usize>,
+    user_to_node: HashSet<(usize, usize)>,
+    user_to_recipient: HashSet<(usize, usize)>,
+    node_to_user: HashSet<(usize, usize)>,
+    sent: u64,
+    received: u64,
+}
+
 pub struct Outcome {
     pub summary: Summary,
     pub series: Vec<Sample>,
+    /// One row per node, in node order.
+    pub operators: Vec<OperatorView>,
     /// Send-to-device latencies in ms, sorted.
     pub device_latencies: Vec<f64>,
 }
@@ -247,6 +277,7 @@ impl Sim {
                 client_tokens: HashMap::new(),
                 fed_tokens: HashMap::new(),
                 pending: BTreeSet::new(),
+                observed: Observed::default(),
                 users: Vec::new(),
             })
             .collect();
@@ -594,6 +625,12 @@ impl Sim {
                         if let Some(r) = self.by_key.get(&o.envelope.recipient) {
                             // The sender's home node sees the sending user and the recipient.
                             self.conversations.insert((user, *r));
+                            let to_node = self.devices[*r].node;
+                            let seen = &mut self.nodes[n].observed;
+                            seen.senders.insert(user);
+                            seen.user_to_node.insert((user, to_node));
+                            seen.user_to_recipient.insert((user, *r));
+                            seen.sent += 1;
                         }
                     }
                 }
@@ -619,6 +656,13 @@ impl Sim {
                     return;
                 }
                 let FedRequest::Deliver(envs) = &req;
+                for e in envs {
+                    if let Some(r) = self.by_key.get(&e.recipient) {
+                        // The recipient's node sees the sending node, not the sending user.
+                        self.nodes[to].observed.node_to_user.insert((from, *r));
+                        self.nodes[to].observed.received += 1;
+                    }
+                }
                 let ids = envs.iter().map(|e| e.id).collect();
                 let token = self.token(to);
                 self.nodes[to].fed_tokens.insert(token, (from, batch, ids));
@@ -977,9 +1021,24 @@ impl Sim {
                 linked as f64 / self.all_conversations.len() as f64
             },
         };
+        let operators = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(node, n)| OperatorView {
+                node,
+                senders: n.observed.senders.len(),
+                user_to_node_pairs: n.observed.user_to_node.len(),
+                user_to_recipient_pairs: n.observed.user_to_recipient.len(),
+                node_to_user_pairs: n.observed.node_to_user.len(),
+                messages_from_local_users: n.observed.sent,
+                envelopes_for_local_users: n.observed.received,
+            })
+            .collect();
         Outcome {
             summary,
             series: self.series,
+            operators,
             device_latencies: device_sorted,
         }
     }
