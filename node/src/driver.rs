@@ -41,6 +41,11 @@ pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
 pub enum NodeError {
     #[error(transparent)]
     Store(#[from] hestia_store::StoreError),
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("stored node key is unreadable: {0}")]
     Key(String),
     #[error("could not build the network stack: {0}")]
@@ -228,11 +233,9 @@ pub struct Node {
 
 impl Node {
     pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            NodeError::Store(hestia_store::StoreError::Corrupt {
-                cf: "data_dir",
-                reason: format!("{}: {e}", config.data_dir.display()),
-            })
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
+            path: config.data_dir.clone(),
+            source,
         })?;
         let store = NodeDb::open(&config.data_dir.join("db"))?;
         // Listen addresses are recorded afresh each run (ports may differ).

@@ -301,6 +301,21 @@ mod tests {
         (rng, a, b)
     }
 
+    /// A one-letter text from `a` to `b`, sent at 0 and expiring at 10.
+    fn short_lived(rng: &mut rand::rngs::StdRng, a: &IdentityKey, b: &IdentityKey) -> Envelope {
+        Envelope::seal(
+            rng,
+            a,
+            "n",
+            "alice",
+            &b.user_id(),
+            Content::Text("x".into()),
+            0,
+            10,
+        )
+        .unwrap()
+    }
+
     #[test]
     fn seal_open_round_trip_hides_length() {
         let (mut rng, alice, bob) = setup();
@@ -341,17 +356,7 @@ mod tests {
     #[test]
     fn header_is_bound_to_body() {
         let (mut rng, alice, bob) = setup();
-        let mut e = Envelope::seal(
-            &mut rng,
-            &alice,
-            "n",
-            "alice",
-            &bob.user_id(),
-            Content::Text("x".into()),
-            0,
-            10,
-        )
-        .unwrap();
+        let mut e = short_lived(&mut rng, &alice, &bob);
         e.expires_at += 1;
         assert!(matches!(
             e.open(&bob),
@@ -362,17 +367,7 @@ mod tests {
     #[test]
     fn relay_checks() {
         let (mut rng, alice, bob) = setup();
-        let e = Envelope::seal(
-            &mut rng,
-            &alice,
-            "n",
-            "alice",
-            &bob.user_id(),
-            Content::Text("x".into()),
-            0,
-            10,
-        )
-        .unwrap();
+        let e = short_lived(&mut rng, &alice, &bob);
         assert_eq!(e.check_header(10), Err(EnvelopeError::Expired));
         let mut big = e.clone();
         big.body = vec![0; MAX_BODY_BYTES + 1];

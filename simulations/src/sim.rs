@@ -245,11 +245,8 @@ pub struct Sim {
     bytes_client: u64,
     bytes_fed_req: u64,
     bytes_fed_resp: u64,
-    /// (sender, recipient) → whether one operator saw both.
-    /// (sender, recipient) pairs one operator saw both ends of. Only counted, so a hash set
-    /// keeps results independent of iteration order.
-    conversations: HashSet<(usize, usize)>,
-    /// Every (sender, recipient) pair a user sent to: the ground truth the above is a part of.
+    /// Every (sender, recipient) pair a user sent to: the ground truth that operators'
+    /// observations are measured against. Only counted, so results do not depend on its order.
     all_conversations: HashSet<(usize, usize)>,
     /// Messages that reached a node / a device / were lost with a disk (and not delivered).
     count_node: u64,
@@ -297,7 +294,6 @@ impl Sim {
             bytes_client: 0,
             bytes_fed_req: 0,
             bytes_fed_resp: 0,
-            conversations: HashSet::new(),
             all_conversations: HashSet::new(),
             count_node: 0,
             count_device: 0,
@@ -624,7 +620,6 @@ impl Sim {
                     for o in items {
                         if let Some(r) = self.by_key.get(&o.envelope.recipient) {
                             // The sender's home node sees the sending user and the recipient.
-                            self.conversations.insert((user, *r));
                             let to_node = self.devices[*r].node;
                             let seen = &mut self.nodes[n].observed;
                             seen.senders.insert(user);
@@ -970,7 +965,13 @@ impl Sim {
         let sent = self.msgs.len() as u64;
         let (node_p, _) = pct(to_node);
         let (device_p, device_sorted) = pct(to_device);
-        let linked = self.conversations.len();
+        // A user has one home node, so the operators' sets of linked pairs are disjoint: the
+        // pairs linkable by one operator are their sum.
+        let linked: usize = self
+            .nodes
+            .iter()
+            .map(|n| n.observed.user_to_recipient.len())
+            .sum();
         let summary = Summary {
             scenario: self.sc.name.clone(),
             interrupted: self.interrupted,
