@@ -32,6 +32,15 @@ pub fn hestia_bin() -> &'static Path {
     })
 }
 
+/// Runs `hestia` with these arguments to completion (no standard input).
+pub fn hestia(args: &[&str]) -> Output {
+    Command::new(hestia_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running hestia")
+}
+
 /// A running `hestia` process; killed when dropped.
 pub struct Proc {
     child: Child,
@@ -223,13 +232,14 @@ impl Net {
 
     /// Runs a client command as `user`.
     pub fn run(&self, user: &str, args: &[&str]) -> Output {
-        Command::new(hestia_bin())
-            .arg("--home")
-            .arg(self.home(user))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("running hestia")
+        let home = self.home(user);
+        hestia(
+            &[
+                &["--home", home.to_str().expect("temporary paths are UTF-8")],
+                args,
+            ]
+            .concat(),
+        )
     }
 
     /// Starts a long-running client command as `user` (such as `inbox --follow`); its standard

@@ -1,16 +1,10 @@
 //! Bad input on the command line: one line of error, a non-zero exit, nothing changed.
 
-use hestia_tests::hestia_bin;
-use std::process::Command;
+use hestia_tests::hestia;
 
 fn fails_with_one_line(args: &[&str], needle: &str) {
     let home = tempfile::tempdir().unwrap();
-    let out = Command::new(hestia_bin())
-        .arg("--home")
-        .arg(home.path())
-        .args(args)
-        .output()
-        .unwrap();
+    let out = hestia(&[&["--home", home.path().to_str().unwrap()], args].concat());
     assert!(!out.status.success(), "{args:?} succeeded");
     let err = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -54,12 +48,14 @@ fn bad_cli_input_gives_one_line_and_nonzero_exit() {
 fn bad_contact_input_is_refused() {
     let home = tempfile::tempdir().unwrap();
     // A contact needs an account; with none, the error says so rather than anything vaguer.
-    let out = Command::new(hestia_bin())
-        .arg("--home")
-        .arg(home.path())
-        .args(["contact", "add", "bob", "zzz"])
-        .output()
-        .unwrap();
+    let out = hestia(&[
+        "--home",
+        home.path().to_str().unwrap(),
+        "contact",
+        "add",
+        "bob",
+        "zzz",
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: "));
 }
@@ -75,18 +71,15 @@ fn sim_run_writes_results_and_refuses_bad_scenarios() {
     )
     .unwrap();
     let out = dir.path().join("out");
-    let run = Command::new(hestia_bin())
-        .args([
-            "sim",
-            "run",
-            scenario.to_str().unwrap(),
-            "--seed",
-            "3",
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let run = hestia(&[
+        "sim",
+        "run",
+        scenario.to_str().unwrap(),
+        "--seed",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(
         run.status.success(),
         "{}",

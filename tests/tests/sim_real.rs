@@ -2,8 +2,7 @@
 //! on real nodes (libp2p over loopback, RocksDB) and in the model must agree within the stated
 //! tolerances (delivery ratio ±0.02, send-to-device p50 and p90 ±25 ms).
 
-use hestia_tests::hestia_bin;
-use std::process::Command;
+use hestia_tests::hestia;
 
 #[test]
 fn model_and_real_stack_agree_on_a_fault_free_scenario() {
@@ -18,19 +17,16 @@ fn model_and_real_stack_agree_on_a_fault_free_scenario() {
     )
     .unwrap();
     let out = dir.path().join("out");
-    let run = Command::new(hestia_bin())
-        .args([
-            "sim",
-            "run",
-            scenario.to_str().unwrap(),
-            "--real",
-            "--seed",
-            "5",
-        ])
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let run = hestia(&[
+        "sim",
+        "run",
+        scenario.to_str().unwrap(),
+        "--real",
+        "--seed",
+        "5",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(
         run.status.success(),
@@ -52,10 +48,7 @@ fn real_mode_refuses_faulty_or_large_scenarios() {
         "nodes = 3\nusers_per_node = 2\nduration_s = 5\ndrain_s = 5\n",
     )
     .unwrap();
-    let run = Command::new(hestia_bin())
-        .args(["sim", "run", scenario.to_str().unwrap(), "--real"])
-        .output()
-        .unwrap();
+    let run = hestia(&["sim", "run", scenario.to_str().unwrap(), "--real"]);
     assert!(!run.status.success());
     assert!(String::from_utf8_lossy(&run.stderr).contains("fault-free"));
 }
