@@ -11,6 +11,8 @@
 //! - [`seal`]: the ephemeral-static sealed box (X25519 + HKDF-SHA256 + XChaCha20-Poly1305).
 //! - [`envelope`]: what relays carry: a minimal clear header and a padded sealed body, and the
 //!   [`envelope::Letter`] inside it.
+//! - [`session`]: forward-secret sessions: prekeys, X3DH and the Double Ratchet with header
+//!   encryption.
 //! - [`wire`]: requests and responses of `/hestia/fed/1` and `/hestia/client/1`, and presence.
 //! - [`redact`]: the one wrapper through which user ids reach a log.
 
@@ -19,6 +21,7 @@ pub mod envelope;
 pub mod identity;
 pub mod redact;
 pub mod seal;
+pub mod session;
 pub mod wire;
 
 /// Wall-clock time in milliseconds since the Unix epoch. Envelope expiry is absolute wall-clock
