@@ -28,3 +28,22 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: no Rust toolchain; install one with rustup (https://rustup.rs), then rerun" >&2
   exit 1
 fi
+
+# The session cross-check runs the PyPI packages x3dh and doubleratchet (with pynacl) in a
+# virtualenv beside the cargo target directory; reinstalled only when the pins change.
+venv="${HESTIA_VENV:-$HOME/.cache/hestia/venv}"
+req="$(dirname "$0")/../tests/python/requirements.txt"
+if ! command -v python3 >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+  else
+    echo "setup: python3 missing; run: sudo apt-get install -y python3 python3-venv" >&2
+    exit 1
+  fi
+fi
+if ! cmp -s "$req" "$venv/.requirements" 2>/dev/null; then
+  echo "setup: installing the cross-check's Python packages into $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"
+  cp "$req" "$venv/.requirements"
+fi

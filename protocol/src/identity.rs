@@ -92,6 +92,18 @@ pub struct Sig {
 }
 
 impl Sig {
+    /// The 64 raw bytes (R || S), as every ed25519 implementation writes them.
+    pub fn to_bytes(&self) -> [u8; 64] {
+        let mut b = [0u8; 64];
+        b[..32].copy_from_slice(&self.r);
+        b[32..].copy_from_slice(&self.s);
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; 64]) -> Self {
+        Sig::from_dalek(&Signature::from_bytes(b))
+    }
+
     fn from_dalek(sig: &Signature) -> Self {
         let b = sig.to_bytes();
         let mut r = [0u8; 32];

@@ -13,23 +13,26 @@ pub const WAIT: Duration = Duration::from_secs(45);
 /// The `hestia` binary, built (or found up to date) once per test process.
 pub fn hestia_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "hestia-cli", "--bin", "hestia"])
-            .status()
-            .expect("running cargo build for the hestia binary");
-        assert!(status.success(), "building the hestia binary failed");
-        // target/<profile>/deps/<test binary> → target/<profile>/hestia
-        let exe = std::env::current_exe().expect("test binary path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>");
-        let bin = profile_dir.join("hestia");
-        assert!(bin.exists(), "no hestia binary at {}", bin.display());
-        bin
-    })
+    BIN.get_or_init(|| built_bin("hestia-cli", "hestia"))
+}
+
+/// Builds one binary of a workspace package (a no-op when up to date) and returns its path.
+pub fn built_bin(package: &str, bin: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .status()
+        .expect("running cargo build");
+    assert!(status.success(), "building {bin} failed");
+    // target/<profile>/deps/<test binary> → target/<profile>/<bin>
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let path = profile_dir.join(bin);
+    assert!(path.exists(), "no {bin} binary at {}", path.display());
+    path
 }
 
 /// Runs `hestia` with these arguments to completion (no standard input).
