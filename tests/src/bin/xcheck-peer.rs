@@ -45,7 +45,7 @@ fn prekey_json(p: &PrekeyHeader) -> Value {
 
 fn main() {
     let now = 1_700_000_000_000u64;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0x4e57_1a);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x4e57_1a00);
     let me = IdentityKey::generate(&mut rng);
     let mut prekeys = PrekeySecrets::new(&mut rng, &me, now);
     let otk = prekeys.generate_one_time(&mut rng, 1)[0];
