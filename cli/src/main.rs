@@ -175,11 +175,16 @@ enum ContactCmd {
     },
     /// List contacts and their trust state.
     List,
-    /// Show a contact's fingerprint next to yours to compare out of band; --confirm marks it verified.
+    /// Show the safety number you share with a contact (digits and a QR code) to compare out
+    /// of band. --confirm marks the contact verified after comparing; --code checks a code
+    /// scanned or pasted from their device and marks them verified in one step if it matches.
     Verify {
         name: String,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "code")]
         confirm: bool,
+        /// Their safety code (`hestia-safety:1:...`, or the 60 digits).
+        #[arg(long)]
+        code: Option<String>,
     },
     /// Accept a contact's changed key and show the messages held under it.
     Accept { name: String },
@@ -608,22 +613,31 @@ fn contact(cmd: ContactCmd, home: &Path) -> Result<()> {
                 println!("{}  {}  {}", c.name, c.address.user.fingerprint(), trust);
             }
         }
-        ContactCmd::Verify { name, confirm } => {
-            let c = d
-                .contacts()?
-                .into_iter()
-                .find(|c| c.name == name)
-                .ok_or_else(|| anyhow::anyhow!("no contact named {name:?}"))?;
-            println!("their fingerprint: {}", c.address.user.fingerprint());
-            println!("your fingerprint:  {}", d.address().user.fingerprint());
+        ContactCmd::Verify {
+            name,
+            confirm,
+            code,
+        } => {
+            let number = d.safety_number(&name)?;
+            if let Some(code) = code {
+                number.check(&code)?;
+                d.verify_contact(&name)?;
+                println!("the codes match: {name} marked verified");
+                return Ok(());
+            }
             if confirm {
                 d.verify_contact(&name)?;
                 println!("{name} marked verified");
-            } else {
-                println!(
-                    "compare both with {name} in person or on a call, then run with --confirm"
-                );
+                return Ok(());
             }
+            println!("Safety number with {name} (the same on both devices):\n");
+            println!("{number}\n");
+            println!("{}", qr(&number.code())?);
+            println!("Compare it with {name} in person or on a call, or scan their code. Then run");
+            println!("  hestia contact verify {name} --confirm          if the numbers match, or");
+            println!(
+                "  hestia contact verify {name} --code '<code>'    with the code from their device."
+            );
         }
         ContactCmd::Accept { name } => {
             let c = d.accept_key_change(&name)?;
@@ -631,6 +645,17 @@ fn contact(cmd: ContactCmd, home: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A QR code as terminal text (two rows per character), dark modules drawn light-on-dark so it
+/// scans from a dark terminal.
+fn qr(text: &str) -> Result<String> {
+    let code = qrcode::QrCode::new(text.as_bytes()).context("making the QR code")?;
+    Ok(code
+        .render::<qrcode::render::unicode::Dense1x2>()
+        .dark_color(qrcode::render::unicode::Dense1x2::Light)
+        .light_color(qrcode::render::unicode::Dense1x2::Dark)
+        .build())
 }
 
 fn describe(s: &MessageState) -> String {
@@ -668,15 +693,31 @@ fn print_event(ev: &InboxEvent) {
             contact,
             old,
             new,
+            held: true,
             message,
         } => {
             println!(
-                "WARNING: the key of {contact} changed (pinned {old}, now {new}). This message is held:"
+                "WARNING: the key of {contact} changed (pinned {old}, now {new}). You had verified \
+                 {contact}, so this message is held:"
             );
             print_message(message);
             println!(
-                "Compare fingerprints with {contact}, then run `hestia contact accept {contact}`."
+                "Compare safety numbers with {contact} (`hestia contact verify {contact}`), then \
+                 run `hestia contact accept {contact}`."
             );
+        }
+        InboxEvent::KeyChanged {
+            contact,
+            old,
+            new,
+            held: false,
+            message,
+        } => {
+            println!(
+                "WARNING: the key of {contact} changed (was {old}, now {new}). The new key is now \
+                 pinned; check it with `hestia contact verify {contact}`."
+            );
+            print_message(message);
         }
         InboxEvent::Delivered(ids) => {
             for id in ids {

@@ -11,7 +11,7 @@ use crate::demo::start_local_node;
 use anyhow::{Context, Result, bail};
 use hestia_node::client::Connection;
 use hestia_node::driver::now_millis;
-use hestia_protocol::envelope::{Content, Envelope, EnvelopeId};
+use hestia_protocol::envelope::{Envelope, EnvelopeId};
 use hestia_protocol::identity::IdentityKey;
 use hestia_protocol::wire::{ClientOp, ClientResponse, Outgoing};
 use hestia_simulations::Scenario;
@@ -179,13 +179,11 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Comparison> {
                         break r;
                     }
                 };
-                let env = Envelope::seal(
+                // As in the model, the body is opaque to everything measured here.
+                let env = Envelope::seal_body(
                     &mut urng,
-                    &key,
-                    &peers[u / per_node],
-                    "sim",
                     &all_keys[r].user_id(),
-                    Content::Text(String::new()),
+                    b"",
                     now_millis(),
                     hestia_protocol::envelope::DEFAULT_TTL_MS,
                 )?;

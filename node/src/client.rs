@@ -3,22 +3,29 @@
 //! - [`Connection`]: one libp2p connection to the home node speaking `/hestia/client/1`; every
 //!   request is signed with the user's identity key for this node and this connection.
 //! - [`Device`]: the user's side of Hestia: identity, contacts with pinned keys (trust on first
-//!   use), history in the local [`ClientDb`], sealing and opening envelopes, delivery receipts.
+//!   use), prekeys it publishes, forward-secret sessions (X3DH and the Double Ratchet) with each
+//!   contact, history in the local [`ClientDb`], sealed-sender envelopes, delivery receipts.
 //!   Plaintext exists only here.
 
 use crate::driver::{self, NodeError, build_swarm, now_millis, peer_of};
 use crate::frame::FrameCodec;
 use futures::StreamExt;
 use hestia_protocol::envelope::{
-    Content, DEFAULT_TTL_MS, Envelope, EnvelopeError, EnvelopeId, MAX_NAME_BYTES, MAX_RECEIPT_IDS,
+    Content, DEFAULT_TTL_MS, Envelope, EnvelopeError, EnvelopeId, Letter, MAX_NAME_BYTES,
+    MAX_RECEIPT_IDS,
 };
 use hestia_protocol::identity::{Address, Fingerprint, IdentityError, IdentityKey, UserId};
+use hestia_protocol::safety::SafetyNumber;
+use hestia_protocol::session::SessionError;
+use hestia_protocol::session::prekeys::{ONE_TIME_PREKEY_TARGET, PrekeySecrets};
+use hestia_protocol::session::ratchet::{MAX_SKIPPED_TOTAL, Session};
+use hestia_protocol::session::x3dh;
 use hestia_protocol::wire::{
     self, Auth, ClientAuth, ClientError, ClientOp, ClientRequest, ClientResponse, DeliveryState,
     MAX_BATCH_ENVELOPES, Outgoing, SendResult,
 };
 use hestia_store::client::{
-    ClientDb, Contact, Direction, MessageState, StoredIdentity, StoredMessage, Trust,
+    ClientDb, ClientWrite, Contact, Direction, MessageState, StoredIdentity, StoredMessage, Trust,
 };
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
@@ -26,6 +33,7 @@ use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identity};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
+use zeroize::Zeroizing;
 
 /// How long to wait for the home node to accept a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,6 +60,18 @@ pub enum ClientLibError {
     Envelope(#[from] EnvelopeError),
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error("session: {0}")]
+    Session(#[from] SessionError),
+    #[error(
+        "no such user on that node, or they have not published prekeys yet (a first message \
+         needs their prekeys to start a forward-secret session)"
+    )]
+    NoBundle,
+    #[error(
+        "their node {0} did not answer; a first message needs their prekeys from it to start a \
+         session, so try again when it is back"
+    )]
+    ContactNodeUnreachable(String),
     #[error("no account here yet: run `hestia account create --node <multiaddr>` first")]
     NoAccount,
     #[error("an account already exists in this data directory ({0})")]
@@ -214,30 +234,40 @@ impl Connection {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InboxEvent {
     Message(StoredMessage),
-    /// A message from someone using a known contact's name and node under a different key. It
-    /// is held, not shown as trusted.
+    /// A message from someone using a known contact's name and node under a different key.
+    /// If the contact was verified the message is held until the user accepts the new key;
+    /// otherwise it is shown, with this warning, and the new key is pinned.
     KeyChanged {
         contact: String,
         old: Fingerprint,
         new: Fingerprint,
+        held: bool,
         message: StoredMessage,
     },
     /// A contact's device confirmed these of our messages.
     Delivered(Vec<EnvelopeId>),
-    /// An envelope that did not open (not for us, tampered, bad signature). Dropped.
+    /// An envelope that did not open or decrypt (not for us, tampered, no session). Dropped.
     Undecryptable {
         id: EnvelopeId,
         reason: String,
     },
 }
 
-/// The user's device: identity, contacts, history.
+/// Sessions kept per contact: the one in use and older ones, so messages that cross a
+/// simultaneous session start (both sides initiating) or a peer's reinstall still decrypt.
+pub const MAX_SESSIONS_PER_CONTACT: usize = 3;
+/// How often a long-running device checks its prekeys with the home node.
+pub const PREKEY_CHECK_INTERVAL_MS: u64 = 10 * 60 * 1000;
+
+/// The user's device: identity, prekeys, sessions, contacts, history.
 pub struct Device {
     db: ClientDb,
     key: IdentityKey,
+    prekeys: PrekeySecrets,
     name: String,
     home_node: String,
     home_addr: Multiaddr,
+    last_prekey_check: Option<u64>,
 }
 
 pub fn check_name(name: &str) -> Result<(), ClientLibError> {
@@ -253,56 +283,85 @@ pub fn check_name(name: &str) -> Result<(), ClientLibError> {
     }
 }
 
+fn unexpected(r: ClientResponse) -> ClientLibError {
+    ClientLibError::Unexpected(format!("{r:?}"))
+}
+
+fn stored(sessions: &[Session]) -> Vec<Zeroizing<Vec<u8>>> {
+    sessions.iter().map(Session::to_stored).collect()
+}
+
 impl Device {
-    /// Creates an identity, registers it with the home node and stores it.
+    /// Creates an identity and prekeys, registers with the home node, stores them, and
+    /// publishes the prekeys.
     pub async fn create(
         dir: &Path,
         name: &str,
         node_addr: &Multiaddr,
     ) -> Result<Device, ClientLibError> {
         check_name(name)?;
-        let db = ClientDb::open(dir)?;
+        let mut db = ClientDb::open(dir)?;
         if let Some(existing) = db.identity()? {
             return Err(ClientLibError::AccountExists(existing.name.clone()));
         }
-        let key = IdentityKey::generate(&mut rand::rng());
+        let rng = &mut rand::rng();
+        let key = IdentityKey::generate(rng);
         let mut conn = Connection::open(node_addr).await?;
         match conn.call(&key, ClientOp::Register).await? {
             ClientResponse::Registered => {}
-            other => return Err(ClientLibError::Unexpected(format!("{other:?}"))),
+            other => return Err(unexpected(other)),
         }
-        let stored = StoredIdentity {
+        let stored_id = StoredIdentity {
             seed: *key.seed(),
             name: name.to_string(),
             home_node: conn.node_id(),
             home_addr: node_addr.to_string(),
         };
-        db.set_identity(&stored)?;
-        Ok(Device {
+        db.set_identity(&stored_id)?;
+        let prekeys = PrekeySecrets::new(rng, &key, now_millis());
+        db.commit(&[ClientWrite::Prekeys(prekeys.to_stored())])?;
+        let mut device = Device {
             db,
             key,
+            prekeys,
             name: name.to_string(),
             home_node: conn.node_id(),
             home_addr: node_addr.clone(),
-        })
+            last_prekey_check: None,
+        };
+        device.maintain_prekeys(&mut conn).await?;
+        Ok(device)
     }
 
     pub fn open(dir: &Path) -> Result<Device, ClientLibError> {
         if !dir.join("CURRENT").exists() {
             return Err(ClientLibError::NoAccount);
         }
-        let db = ClientDb::open(dir)?;
+        let mut db = ClientDb::open(dir)?;
         let id = db.identity()?.ok_or(ClientLibError::NoAccount)?;
         let home_addr = id
             .home_addr
             .parse()
             .map_err(|_| ClientLibError::Unexpected("stored home address is unreadable".into()))?;
+        let key = IdentityKey::from_seed(&id.seed);
+        let prekeys = match db.prekeys()? {
+            Some(bytes) => PrekeySecrets::from_stored(&bytes)?,
+            None => {
+                // An account from before sessions existed: make prekeys now; the next
+                // connection publishes them.
+                let p = PrekeySecrets::new(&mut rand::rng(), &key, now_millis());
+                db.commit(&[ClientWrite::Prekeys(p.to_stored())])?;
+                p
+            }
+        };
         Ok(Device {
-            key: IdentityKey::from_seed(&id.seed),
+            key,
+            prekeys,
             name: id.name.clone(),
             home_node: id.home_node.clone(),
             home_addr,
             db,
+            last_prekey_check: None,
         })
     }
 
@@ -312,6 +371,10 @@ impl Device {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub fn user_id(&self) -> UserId {
+        self.key.user_id()
     }
 
     pub fn address(&self) -> Address {
@@ -329,8 +392,55 @@ impl Device {
         Ok(self.db.contacts()?)
     }
 
+    pub fn contact(&self, name: &str) -> Result<Contact, ClientLibError> {
+        self.db
+            .contact(name)?
+            .ok_or_else(|| ClientLibError::NoSuchContact(name.into()))
+    }
+
     pub fn history(&self) -> Result<Vec<StoredMessage>, ClientLibError> {
         Ok(self.db.messages()?)
+    }
+
+    /// Rotates the signed prekey when due and tops up the one-time prekeys the home node holds
+    /// when it reports them low. New secrets are stored before anything is published, so the
+    /// node never hands out a key this device cannot use.
+    pub async fn maintain_prekeys(&mut self, conn: &mut Connection) -> Result<(), ClientLibError> {
+        let now = now_millis();
+        if self
+            .last_prekey_check
+            .is_some_and(|t| now.saturating_sub(t) < PREKEY_CHECK_INTERVAL_MS)
+        {
+            return Ok(());
+        }
+        let rng = &mut rand::rng();
+        let rotated = self.prekeys.maintain(rng, &self.key, now);
+        let (held, low) = match conn.call(&self.key, ClientOp::PrekeyStatus).await? {
+            ClientResponse::Prekeys { one_time, low } => (one_time as usize, low),
+            other => return Err(unexpected(other)),
+        };
+        // A node that holds no one-time prekeys may hold no signed prekey either (a new or
+        // migrated account): publishing the signed one again is harmless.
+        if rotated || low || held == 0 {
+            let fresh = self
+                .prekeys
+                .generate_one_time(rng, ONE_TIME_PREKEY_TARGET.saturating_sub(held));
+            self.db
+                .commit(&[ClientWrite::Prekeys(self.prekeys.to_stored())])?;
+            let op = ClientOp::PublishPrekeys {
+                signed: self.prekeys.current_signed().clone(),
+                one_time: fresh,
+            };
+            match conn.call(&self.key, op).await? {
+                ClientResponse::Prekeys { .. } => {}
+                other => return Err(unexpected(other)),
+            }
+        } else if self.prekeys.signed_count() > 0 {
+            self.db
+                .commit(&[ClientWrite::Prekeys(self.prekeys.to_stored())])?;
+        }
+        self.last_prekey_check = Some(now);
+        Ok(())
     }
 
     /// Adds a contact from an address or a contact card, pinning its key.
@@ -372,11 +482,14 @@ impl Device {
         Ok(c)
     }
 
+    /// The safety number shared with a contact: the same digits on both devices.
+    pub fn safety_number(&self, name: &str) -> Result<SafetyNumber, ClientLibError> {
+        let c = self.contact(name)?;
+        Ok(SafetyNumber::new(&self.address(), &c.address))
+    }
+
     pub fn verify_contact(&self, name: &str) -> Result<Contact, ClientLibError> {
-        let mut c = self
-            .db
-            .contact(name)?
-            .ok_or_else(|| ClientLibError::NoSuchContact(name.into()))?;
+        let mut c = self.contact(name)?;
         if let Trust::Changed { new_key } = c.trust {
             return Err(ClientLibError::KeyChanged {
                 name: name.into(),
@@ -391,10 +504,7 @@ impl Device {
 
     /// Accepts a contact's new key and releases the messages held under it.
     pub fn accept_key_change(&self, name: &str) -> Result<Contact, ClientLibError> {
-        let mut c = self
-            .db
-            .contact(name)?
-            .ok_or_else(|| ClientLibError::NoSuchContact(name.into()))?;
+        let mut c = self.contact(name)?;
         let Trust::Changed { new_key } = c.trust else {
             return Err(ClientLibError::NoKeyChange(name.into()));
         };
@@ -409,7 +519,57 @@ impl Device {
         Ok(c)
     }
 
-    /// Seals and sends a text. The message is in local history (as queued) before it leaves.
+    fn load_sessions(&self, user: &UserId) -> Result<Vec<Session>, ClientLibError> {
+        self.db
+            .sessions(user)?
+            .iter()
+            .map(|b| Session::from_stored(b).map_err(ClientLibError::from))
+            .collect()
+    }
+
+    /// Encrypts `content` for `to` (whose home node is `node`) in the current session, starting
+    /// one from a fetched prekey bundle if there is none. Returns the envelope and the session
+    /// state to store with it; the caller commits that before the envelope leaves.
+    async fn seal_for(
+        &mut self,
+        conn: &mut Connection,
+        to: &UserId,
+        node: &str,
+        content: Content,
+        ttl_ms: u64,
+    ) -> Result<(Envelope, ClientWrite), ClientLibError> {
+        let rng = &mut rand::rng();
+        let now = now_millis();
+        let letter = Letter::new(&self.home_node, &self.name, content, now)?;
+        let mut sessions = self.load_sessions(to)?;
+        if !sessions.first().is_some_and(Session::can_send) {
+            let op = ClientOp::FetchBundle {
+                user: *to,
+                node: node.to_string(),
+            };
+            let bundle = match conn.call(&self.key, op).await {
+                Ok(ClientResponse::Bundle(b)) if b.identity == *to => b,
+                Ok(other) => return Err(unexpected(other)),
+                Err(ClientLibError::Refused(ClientError::NoBundle)) => {
+                    return Err(ClientLibError::NoBundle);
+                }
+                Err(ClientLibError::Refused(ClientError::NodeUnreachable)) => {
+                    return Err(ClientLibError::ContactNodeUnreachable(node.to_string()));
+                }
+                Err(e) => return Err(e),
+            };
+            let (agreement, header) = x3dh::initiate(rng, &self.key, &bundle)?;
+            let s = Session::initiate(rng, agreement, *to, bundle.signed_prekey.key, header)?;
+            sessions.insert(0, s);
+            sessions.truncate(MAX_SESSIONS_PER_CONTACT);
+        }
+        let message = sessions[0].encrypt(rng, &letter.to_bytes()?)?;
+        let env = Envelope::seal_message(rng, to, &self.key.user_id(), message, now, ttl_ms)?;
+        Ok((env, ClientWrite::Sessions(*to, stored(&sessions))))
+    }
+
+    /// Encrypts and sends a text. The message is in local history (as queued), together with
+    /// the session state that encrypted it, before it leaves.
     pub async fn send(
         &mut self,
         conn: &mut Connection,
@@ -428,10 +588,7 @@ impl Device {
         text: &str,
         ttl_ms: u64,
     ) -> Result<StoredMessage, ClientLibError> {
-        let c = self
-            .db
-            .contact(contact)?
-            .ok_or_else(|| ClientLibError::NoSuchContact(contact.into()))?;
+        let c = self.contact(contact)?;
         if let Trust::Changed { new_key } = c.trust {
             return Err(ClientLibError::KeyChanged {
                 name: c.name,
@@ -439,17 +596,16 @@ impl Device {
                 new: new_key.fingerprint(),
             });
         }
-        let now = now_millis();
-        let env = Envelope::seal(
-            &mut rand::rng(),
-            &self.key,
-            &self.home_node,
-            &self.name,
-            &c.address.user,
-            Content::Text(text.to_string()),
-            now,
-            ttl_ms,
-        )?;
+        self.maintain_prekeys(conn).await?;
+        let (env, session_write) = self
+            .seal_for(
+                conn,
+                &c.address.user,
+                &c.address.node,
+                Content::Text(text.to_string()),
+                ttl_ms,
+            )
+            .await?;
         let mut msg = StoredMessage {
             envelope_id: env.id,
             direction: Direction::Outgoing,
@@ -457,18 +613,19 @@ impl Device {
             peer_node: c.address.node.clone(),
             peer_name: c.name.clone(),
             text: text.to_string(),
-            at: now,
+            at: now_millis(),
             expires_at: env.expires_at,
             state: MessageState::Queued,
         };
-        self.db.record_message(&msg)?;
+        self.db
+            .commit(&[ClientWrite::Message(msg.clone()), session_write])?;
         let op = ClientOp::Send(vec![Outgoing {
             to_node: c.address.node.clone(),
             envelope: env,
         }]);
         let result = match conn.call(&self.key, op).await? {
             ClientResponse::Sent(r) if r.len() == 1 => r[0].clone(),
-            other => return Err(ClientLibError::Unexpected(format!("{other:?}"))),
+            other => return Err(unexpected(other)),
         };
         msg.state = match result {
             SendResult::Queued => MessageState::Queued,
@@ -504,7 +661,7 @@ impl Device {
             let ids: Vec<EnvelopeId> = chunk.iter().map(|m| m.envelope_id).collect();
             let states = match conn.call(&self.key, ClientOp::Status(ids.clone())).await? {
                 ClientResponse::Status(s) if s.len() == ids.len() => s,
-                other => return Err(ClientLibError::Unexpected(format!("{other:?}"))),
+                other => return Err(unexpected(other)),
             };
             for (m, s) in chunk.iter().zip(states) {
                 let new = match s {
@@ -531,14 +688,15 @@ impl Device {
             .collect())
     }
 
-    /// Fetches held envelopes (waiting up to `wait_ms` if there are none), stores what they
-    /// contain, acknowledges them, and sends delivery receipts. Safe to repeat: an envelope seen
-    /// before (same id) is acknowledged again but not stored or shown twice.
+    /// Fetches held envelopes (waiting up to `wait_ms` if there are none), decrypts and stores
+    /// what they contain, acknowledges them, and sends delivery receipts. Safe to repeat: an
+    /// envelope seen before (same id) is acknowledged again but not decrypted or shown twice.
     pub async fn sync(
         &mut self,
         conn: &mut Connection,
         wait_ms: u32,
     ) -> Result<Vec<InboxEvent>, ClientLibError> {
+        self.maintain_prekeys(conn).await?;
         let mut events = Vec::new();
         let mut wait = wait_ms;
         loop {
@@ -553,7 +711,7 @@ impl Device {
                 .await?
             {
                 ClientResponse::Envelopes(e) => e,
-                other => return Err(ClientLibError::Unexpected(format!("{other:?}"))),
+                other => return Err(unexpected(other)),
             };
             if envs.is_empty() {
                 break;
@@ -562,25 +720,49 @@ impl Device {
             let full = envs.len() as u32 >= FETCH_LIMIT;
             let mut acks = Vec::new();
             let mut receipts: BTreeMap<(UserId, String), Vec<EnvelopeId>> = BTreeMap::new();
+            let mut skipped_grew = false;
             for env in envs {
                 acks.push(env.id);
-                match env.open(&self.key) {
-                    Ok(letter) => {
-                        if let Some(ev) = self.receive(&env, letter, &mut receipts)? {
+                if self.db.has_message(&env.id)? {
+                    continue; // stored before a lost acknowledgement: already shown once
+                }
+                match self.open_envelope(&env) {
+                    Ok(opened) => {
+                        skipped_grew |= opened.skipped_grew;
+                        if let Some(ev) = self.receive(&env, opened, &mut receipts)? {
                             events.push(ev);
                         }
                     }
+                    // A receipt fetched again after a lost acknowledgement: nothing to show.
+                    Err(ClientLibError::Session(SessionError::Replay)) => {}
                     Err(e) => events.push(InboxEvent::Undecryptable {
                         id: env.id,
                         reason: e.to_string(),
                     }),
                 }
             }
+            if skipped_grew {
+                self.enforce_skipped_total()?;
+            }
             // Everything above is synced to the local store; only now may the node delete it.
             conn.call(&self.key, ClientOp::Ack(acks)).await?;
             for ((user, node), ids) in receipts {
                 for chunk in ids.chunks(MAX_RECEIPT_IDS) {
-                    self.send_receipt(conn, user, &node, chunk.to_vec()).await?;
+                    let (env, session_write) = self
+                        .seal_for(
+                            conn,
+                            &user,
+                            &node,
+                            Content::Receipt(chunk.to_vec()),
+                            DEFAULT_TTL_MS,
+                        )
+                        .await?;
+                    self.db.commit(&[session_write])?;
+                    let op = ClientOp::Send(vec![Outgoing {
+                        to_node: node.clone(),
+                        envelope: env,
+                    }]);
+                    conn.call(&self.key, op).await?;
                 }
             }
             if !full {
@@ -590,45 +772,148 @@ impl Device {
         Ok(events)
     }
 
-    async fn send_receipt(
-        &mut self,
-        conn: &mut Connection,
-        to: UserId,
-        node: &str,
-        ids: Vec<EnvelopeId>,
-    ) -> Result<(), ClientLibError> {
-        let env = Envelope::seal(
-            &mut rand::rng(),
-            &self.key,
-            &self.home_node,
-            &self.name,
-            &to,
-            Content::Receipt(ids),
-            now_millis(),
-            DEFAULT_TTL_MS,
-        )?;
-        let op = ClientOp::Send(vec![Outgoing {
-            to_node: node.to_string(),
-            envelope: env,
-        }]);
-        conn.call(&self.key, op).await?;
+    /// Opens the sealed-sender layer and decrypts the session message: in a stored session, or
+    /// in a new one from the X3DH header it carries. Returns what to store; stores nothing.
+    fn open_envelope(&mut self, env: &Envelope) -> Result<Opened, ClientLibError> {
+        let rng = &mut rand::rng();
+        let now = now_millis();
+        let sealed = env.open_message(&self.key)?;
+        let sender = sealed.sender;
+        let msg = &sealed.message;
+        let mut sessions = self.load_sessions(&sender)?;
+        let skipped_before: usize = sessions.iter().map(Session::skipped_len).sum();
+        let mut last_err = None;
+        let mut found = None;
+        for (i, s) in sessions.iter_mut().enumerate() {
+            if let Some(p) = &msg.prekey
+                && s.base_key() != &p.ephemeral
+            {
+                continue;
+            }
+            match s.decrypt(rng, msg, now) {
+                Ok(plain) => {
+                    found = Some((i, plain));
+                    break;
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        let mut prekeys_write = None;
+        let plain = match (found, &msg.prekey) {
+            (Some((i, plain)), _) => {
+                let s = sessions.remove(i);
+                sessions.insert(0, s);
+                plain
+            }
+            (None, Some(p)) if !sessions.iter().any(|s| s.base_key() == &p.ephemeral) => {
+                if p.identity != sender {
+                    return Err(ClientLibError::Session(SessionError::Malformed(
+                        "X3DH identity differs from the sealed sender",
+                    )));
+                }
+                let (agreement, spk) = x3dh::respond(&self.key, &self.prekeys, p)?;
+                let mut s = Session::respond(agreement, sender, spk, p.ephemeral);
+                let plain = s.decrypt(rng, msg, now)?;
+                sessions.insert(0, s);
+                sessions.truncate(MAX_SESSIONS_PER_CONTACT);
+                if let Some(otk) = p.one_time {
+                    let mut next = self.prekeys.clone();
+                    next.consume_one_time(&otk);
+                    prekeys_write = Some(next);
+                }
+                plain
+            }
+            (None, _) => {
+                return Err(ClientLibError::Session(
+                    last_err.unwrap_or(SessionError::UnknownHeaderKey),
+                ));
+            }
+        };
+        let letter = Letter::from_bytes(&plain)?;
+        let skipped_after: usize = sessions.iter().map(Session::skipped_len).sum();
+        Ok(Opened {
+            sender,
+            letter,
+            sessions: ClientWrite::Sessions(sender, stored(&sessions)),
+            prekeys: prekeys_write,
+            skipped_grew: skipped_after > skipped_before,
+        })
+    }
+
+    /// Keeps skipped message keys across all sessions within [`MAX_SKIPPED_TOTAL`], dropping
+    /// the oldest first. Runs only after a sync stored new skipped keys.
+    fn enforce_skipped_total(&mut self) -> Result<(), ClientLibError> {
+        let mut all = Vec::new();
+        for (user, blobs) in self.db.all_sessions()? {
+            let sessions = blobs
+                .iter()
+                .map(|b| Session::from_stored(b))
+                .collect::<Result<Vec<_>, _>>()?;
+            all.push((user, sessions, false));
+        }
+        let mut total: usize = all
+            .iter()
+            .flat_map(|(_, s, _)| s.iter())
+            .map(Session::skipped_len)
+            .sum();
+        while total > MAX_SKIPPED_TOTAL {
+            let Some(oldest) = all
+                .iter()
+                .flat_map(|(_, s, _)| s.iter())
+                .filter_map(Session::oldest_skipped)
+                .min()
+            else {
+                break;
+            };
+            'find: for (_, sessions, changed) in all.iter_mut() {
+                for s in sessions.iter_mut() {
+                    if s.oldest_skipped() == Some(oldest) {
+                        s.drop_oldest_skipped();
+                        *changed = true;
+                        break 'find;
+                    }
+                }
+            }
+            total -= 1;
+        }
+        let writes: Vec<ClientWrite> = all
+            .into_iter()
+            .filter(|(_, _, changed)| *changed)
+            .map(|(u, s, _)| ClientWrite::Sessions(u, stored(&s)))
+            .collect();
+        if !writes.is_empty() {
+            self.db.commit(&writes)?;
+        }
         Ok(())
     }
 
     fn receive(
         &mut self,
         env: &Envelope,
-        letter: hestia_protocol::envelope::Letter,
+        opened: Opened,
         receipts: &mut BTreeMap<(UserId, String), Vec<EnvelopeId>>,
     ) -> Result<Option<InboxEvent>, ClientLibError> {
+        let Opened {
+            sender,
+            letter,
+            sessions,
+            prekeys,
+            ..
+        } = opened;
+        let mut writes = vec![sessions];
+        if let Some(p) = &prekeys {
+            writes.push(ClientWrite::Prekeys(p.to_stored()));
+        }
         let text = match letter.content {
             Content::Receipt(ids) => {
+                self.db.commit(&writes)?;
+                self.commit_prekeys(prekeys);
                 let mut confirmed = Vec::new();
                 for id in ids {
                     // Only the recipient of our message may confirm it.
                     if let Some((_, m)) = self.db.message(&id)?
                         && m.direction == Direction::Outgoing
-                        && m.peer == letter.sender
+                        && m.peer == sender
                         && self.db.set_state(&id, MessageState::DeliveredToDevice)?
                     {
                         confirmed.push(id);
@@ -639,9 +924,9 @@ impl Device {
             Content::Text(t) => t,
         };
         let contacts = self.db.contacts()?;
-        let by_key = contacts.iter().find(|c| c.address.user == letter.sender);
+        let by_key = contacts.iter().find(|c| c.address.user == sender);
         let by_account = contacts.iter().find(|c| {
-            c.address.user != letter.sender
+            c.address.user != sender
                 && c.address.node == letter.sender_node
                 && c.handle.as_deref() == Some(letter.sender_name.as_str())
         });
@@ -650,22 +935,29 @@ impl Device {
                 let mut c = c.clone();
                 if c.handle.is_none() && check_name(&letter.sender_name).is_ok() {
                     c.handle = Some(letter.sender_name.clone());
-                    self.db.put_contact(&c)?;
+                    writes.push(ClientWrite::Contact(c.clone()));
                 }
                 (c, MessageState::Received, None)
             }
             (None, Some(c)) => {
                 let mut c = c.clone();
                 let old = c.address.user.fingerprint();
-                c.trust = Trust::Changed {
-                    new_key: letter.sender,
+                let held = c.trust == Trust::Verified || matches!(c.trust, Trust::Changed { .. });
+                if held {
+                    // Verified before: hold everything under the new key until the user decides.
+                    c.trust = Trust::Changed { new_key: sender };
+                } else {
+                    // Only ever trusted on first use: pin the new key, and say so loudly.
+                    c.address.user = sender;
+                    c.trust = Trust::Unverified;
+                }
+                writes.push(ClientWrite::Contact(c.clone()));
+                let state = if held {
+                    MessageState::HeldKeyChanged
+                } else {
+                    MessageState::Received
                 };
-                self.db.put_contact(&c)?;
-                (
-                    c,
-                    MessageState::HeldKeyChanged,
-                    Some((old, letter.sender.fingerprint())),
-                )
+                (c, state, Some((old, sender.fingerprint(), held)))
             }
             (None, None) => {
                 // First contact: pin this key (trust on first use).
@@ -676,26 +968,26 @@ impl Device {
                 };
                 let mut name = base.clone();
                 if self.db.contact(&name)?.is_some() {
-                    name = format!("{base}-{}", &letter.sender.to_hex()[..8]);
+                    name = format!("{base}-{}", &sender.to_hex()[..8]);
                 }
                 let c = Contact {
                     name,
                     handle: Some(letter.sender_name.clone()),
                     address: Address {
-                        user: letter.sender,
+                        user: sender,
                         node: letter.sender_node.clone(),
                     },
                     trust: Trust::Unverified,
                     added_at: now_millis(),
                 };
-                self.db.put_contact(&c)?;
+                writes.push(ClientWrite::Contact(c.clone()));
                 (c, MessageState::Received, None)
             }
         };
         let msg = StoredMessage {
             envelope_id: env.id,
             direction: Direction::Incoming,
-            peer: letter.sender,
+            peer: sender,
             peer_node: letter.sender_node.clone(),
             peer_name: contact.name.clone(),
             text,
@@ -703,23 +995,41 @@ impl Device {
             expires_at: env.expires_at,
             state,
         };
-        if !self.db.record_message(&msg)? {
-            return Ok(None); // seen before: already shown once
-        }
-        if change.is_none() {
+        writes.push(ClientWrite::Message(msg.clone()));
+        // The message, the session that decrypted it and the consumed prekey: one batch.
+        self.db.commit(&writes)?;
+        self.commit_prekeys(prekeys);
+        let held = matches!(change, Some((_, _, true)));
+        if !held {
             receipts
-                .entry((letter.sender, letter.sender_node))
+                .entry((sender, letter.sender_node))
                 .or_default()
                 .push(env.id);
         }
         Ok(Some(match change {
-            Some((old, new)) => InboxEvent::KeyChanged {
+            Some((old, new, held)) => InboxEvent::KeyChanged {
                 contact: contact.name,
                 old,
                 new,
+                held,
                 message: msg,
             },
             None => InboxEvent::Message(msg),
         }))
     }
+
+    fn commit_prekeys(&mut self, prekeys: Option<PrekeySecrets>) {
+        if let Some(p) = prekeys {
+            self.prekeys = p;
+        }
+    }
+}
+
+/// A decrypted envelope and the state to store with it.
+struct Opened {
+    sender: UserId,
+    letter: Letter,
+    sessions: ClientWrite,
+    prekeys: Option<PrekeySecrets>,
+    skipped_grew: bool,
 }

@@ -21,6 +21,9 @@ use hestia_protocol::Millis;
 use hestia_protocol::envelope::{Envelope, EnvelopeId};
 use hestia_protocol::identity::{MAX_NODE_ID_LEN, UserId};
 use hestia_protocol::redact;
+use hestia_protocol::session::prekeys::{
+    MAX_ONE_TIME_PREKEYS, ONE_TIME_PREKEY_LOW, PrekeyBundle, SignedPrekey,
+};
 use hestia_protocol::wire::{
     Auth, ClientError, ClientOp, ClientRequest, ClientResponse, DeliverResult, DeliveryState,
     FedRequest, FedResponse, MAX_BATCH_BYTES, MAX_BATCH_ENVELOPES, MAX_FETCH_WAIT_MS, Refusal,
@@ -55,6 +58,11 @@ pub const MAX_SESSIONS: usize = 200_000;
 pub const MAX_IN_FLIGHT_PER_NODE: usize = 4;
 /// How long a sender's delivery-state record outlives its envelope's expiry.
 pub const STATUS_GRACE_MS: Millis = 24 * 3600 * 1000;
+
+/// Bundle fetches from local users waiting on another node's answer. Beyond this a fetch is
+/// refused as overloaded: each holds a client request open until the remote answers or the
+/// request-response timeout fails it.
+pub const MAX_PENDING_BUNDLE_FETCHES: usize = 1024;
 
 /// Identifies an inbound request awaiting its response; chosen by the driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -157,6 +165,11 @@ pub struct Core {
     writes: Vec<NodeWrite>,
     outputs: VecDeque<Output>,
     rng: u64,
+    /// Each local user's current signed prekey and unused one-time prekeys.
+    signed_prekeys: HashMap<UserId, SignedPrekey>,
+    one_time_prekeys: HashMap<UserId, BTreeSet<[u8; 32]>>,
+    /// Bundle fetches forwarded to another node: the client request waiting, and for whom.
+    bundle_fetches: HashMap<BatchId, (Token, UserId)>,
 }
 
 impl Core {
@@ -185,7 +198,13 @@ impl Core {
             writes: Vec::new(),
             outputs: VecDeque::new(),
             rng,
+            signed_prekeys: snapshot.signed_prekeys.into_iter().collect(),
+            one_time_prekeys: HashMap::new(),
+            bundle_fetches: HashMap::new(),
         };
+        for (user, key) in snapshot.one_time_prekeys {
+            core.one_time_prekeys.entry(user).or_default().insert(key);
+        }
         for e in snapshot.mailbox {
             core.insert_mailbox(e);
         }
@@ -291,6 +310,32 @@ impl Core {
             ClientOp::Status(ids) => {
                 ClientResponse::Status(ids.iter().map(|id| self.state_of(&user, id)).collect())
             }
+            ClientOp::PublishPrekeys { signed, one_time } => {
+                self.publish_prekeys(user, signed, one_time)
+            }
+            ClientOp::PrekeyStatus => self.prekey_status(&user),
+            ClientOp::FetchBundle { user: target, node } => {
+                if node == self.config.node_id {
+                    match self.take_bundle(&target) {
+                        Some(b) => ClientResponse::Bundle(b),
+                        None => ClientResponse::Error(ClientError::NoBundle),
+                    }
+                } else if node.len() > MAX_NODE_ID_LEN
+                    || self.bundle_fetches.len() >= MAX_PENDING_BUNDLE_FETCHES
+                {
+                    ClientResponse::Error(ClientError::Overloaded)
+                } else {
+                    let batch = BatchId(self.next_batch);
+                    self.next_batch += 1;
+                    self.bundle_fetches.insert(batch, (token, target));
+                    self.outputs.push_back(Output::FedRequest {
+                        batch,
+                        to_node: node,
+                        request: FedRequest::FetchBundle(target),
+                    });
+                    return;
+                }
+            }
         };
         self.respond_client(token, response);
     }
@@ -319,6 +364,7 @@ impl Core {
                     .map(|e| self.deliver_local(e, now))
                     .collect(),
             ),
+            FedRequest::FetchBundle(user) => FedResponse::Bundle(self.take_bundle(&user)),
         };
         self.outputs
             .push_back(Output::FedResponse { token, response });
@@ -332,6 +378,14 @@ impl Core {
         result: Result<FedResponse, FedFailure>,
     ) {
         let now = self.advance(now);
+        if let Some((token, user)) = self.bundle_fetches.remove(&batch) {
+            let response = match result {
+                Ok(FedResponse::Bundle(Some(b))) if b.identity == user => ClientResponse::Bundle(b),
+                Ok(FedResponse::Bundle(_)) => ClientResponse::Error(ClientError::NoBundle),
+                Ok(_) | Err(_) => ClientResponse::Error(ClientError::NodeUnreachable),
+            };
+            return self.respond_client(token, response);
+        }
         let Some((node, ids)) = self.in_flight.remove(&batch) else {
             return;
         };
@@ -512,6 +566,57 @@ impl Core {
         self.accounts.insert(user, rec);
         tracing::info!(user = %redact::User(&user), "account registered");
         ClientResponse::Registered
+    }
+
+    fn prekey_status(&self, user: &UserId) -> ClientResponse {
+        let n = self.one_time_prekeys.get(user).map_or(0, BTreeSet::len);
+        ClientResponse::Prekeys {
+            one_time: n as u32,
+            low: n < ONE_TIME_PREKEY_LOW,
+        }
+    }
+
+    fn publish_prekeys(
+        &mut self,
+        user: UserId,
+        signed: SignedPrekey,
+        one_time: Vec<[u8; 32]>,
+    ) -> ClientResponse {
+        if signed.verify(&user).is_err() || one_time.len() > MAX_ONE_TIME_PREKEYS {
+            return ClientResponse::Error(ClientError::BadPrekeys);
+        }
+        if self.signed_prekeys.get(&user) != Some(&signed) {
+            self.writes
+                .push(NodeWrite::PutSignedPrekey(user, signed.clone()));
+            self.signed_prekeys.insert(user, signed);
+        }
+        let pool = self.one_time_prekeys.entry(user).or_default();
+        for key in one_time {
+            if pool.len() >= MAX_ONE_TIME_PREKEYS {
+                break;
+            }
+            if pool.insert(key) {
+                self.writes.push(NodeWrite::PutOneTimePrekey(user, key));
+            }
+        }
+        self.prekey_status(&user)
+    }
+
+    /// A bundle for `user`, handing out (and durably deleting) one one-time prekey.
+    fn take_bundle(&mut self, user: &UserId) -> Option<PrekeyBundle> {
+        let signed = self.signed_prekeys.get(user)?.clone();
+        let one_time = self
+            .one_time_prekeys
+            .get_mut(user)
+            .and_then(BTreeSet::pop_first);
+        if let Some(k) = one_time {
+            self.writes.push(NodeWrite::DeleteOneTimePrekey(*user, k));
+        }
+        Some(PrekeyBundle {
+            identity: *user,
+            signed_prekey: signed,
+            one_time,
+        })
     }
 
     fn accept_send(&mut self, owner: UserId, to_node: String, envelope: Envelope) -> SendResult {
@@ -814,7 +919,6 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hestia_protocol::envelope::Content;
     use hestia_protocol::identity::IdentityKey;
     use hestia_protocol::wire::{ClientAuth, Outgoing};
     use hestia_store::node::{MemNodeStore, NodeStore};
@@ -944,14 +1048,12 @@ mod tests {
             (reqs, fed, cl)
         }
 
+        /// An envelope to Bob. The relay never looks inside a body, so any bytes do.
         fn letter(&mut self, text: &str, now: Millis, ttl: Millis) -> Envelope {
-            Envelope::seal(
+            Envelope::seal_body(
                 &mut self.rng,
-                &self.alice,
-                "NodeA",
-                "alice",
                 &self.bob.user_id(),
-                Content::Text(text.into()),
+                text.as_bytes(),
                 now,
                 ttl,
             )
@@ -998,10 +1100,7 @@ mod tests {
             },
         );
         assert_eq!(got, vec![ClientResponse::Envelopes(vec![e.clone()])]);
-        assert_eq!(
-            e.open(&h.bob).unwrap().content,
-            Content::Text("hello".into())
-        );
+        assert_eq!(e.open_body(&h.bob).unwrap(), b"hello");
         let acked = h.client(false, T0 + 6, ClientOp::Ack(vec![e.id]));
         assert_eq!(acked, vec![ClientResponse::Acked { removed: 1 }]);
         assert!(h.store_b.load().unwrap().mailbox.is_empty());
@@ -1090,17 +1189,7 @@ mod tests {
     fn unknown_recipient_and_bad_auth_get_clear_answers() {
         let mut h = Harness::new();
         let stranger = IdentityKey::generate(&mut h.rng);
-        let e = Envelope::seal(
-            &mut h.rng,
-            &h.alice,
-            "NodeA",
-            "alice",
-            &stranger.user_id(),
-            Content::Text("?".into()),
-            T0,
-            60_000,
-        )
-        .unwrap();
+        let e = Envelope::seal_body(&mut h.rng, &stranger.user_id(), b"?", T0, 60_000).unwrap();
         h.send_to_b(T0, e.clone());
         h.pump(T0);
         let st = h.client(true, T0, ClientOp::Status(vec![e.id]));
@@ -1190,7 +1279,9 @@ mod tests {
         h.a.handle_fed_response(T0, reqs[0].0, Ok(answers.remove(0)));
         let (next, _, _) = h.drain(true);
         assert_eq!(next.len(), 1);
-        let FedRequest::Deliver(envs) = &next[0].2;
+        let FedRequest::Deliver(envs) = &next[0].2 else {
+            panic!("a delivery batch")
+        };
         assert_eq!(
             envs.len(),
             10,
@@ -1226,5 +1317,86 @@ mod tests {
         // The session ends with the connection.
         h.b.handle_client_disconnected("device");
         assert_eq!(ask(&mut h, "device", bob), unknown);
+    }
+
+    #[test]
+    fn prekeys_are_published_handed_out_once_and_fetched_across_federation() {
+        use hestia_protocol::session::prekeys::PrekeySecrets;
+        let mut h = Harness::new();
+        let mut secrets = PrekeySecrets::new(&mut h.rng, &h.bob, T0);
+        let otks = secrets.generate_one_time(&mut h.rng, 2);
+        let publish = ClientOp::PublishPrekeys {
+            signed: secrets.current_signed().clone(),
+            one_time: otks.clone(),
+        };
+        assert_eq!(
+            h.client(false, T0, publish),
+            vec![ClientResponse::Prekeys {
+                one_time: 2,
+                low: true
+            }]
+        );
+        // A signed prekey signed by someone else is refused.
+        let forged = PrekeySecrets::new(&mut h.rng, &h.alice, T0);
+        let bad = ClientOp::PublishPrekeys {
+            signed: forged.current_signed().clone(),
+            one_time: vec![],
+        };
+        assert_eq!(
+            h.client(false, T0, bad),
+            vec![ClientResponse::Error(ClientError::BadPrekeys)]
+        );
+        // Alice asks her node for Bob's bundle; her node asks Bob's.
+        let bob = h.bob.user_id();
+        let fetch = ClientOp::FetchBundle {
+            user: bob,
+            node: "NodeB".into(),
+        };
+        let mut handed_out = Vec::new();
+        for round in 0..3 {
+            assert!(
+                h.client(true, T0, fetch.clone()).is_empty(),
+                "waits for node B"
+            );
+            let (batch, to, req) = h.stash.pop().expect("a request to node B");
+            assert_eq!(to, "NodeB");
+            h.b.handle_fed_request(T0, Token(100 + round), "NodeA", req);
+            let (_, mut answers, _) = h.drain(false);
+            h.a.handle_fed_response(T0, batch, Ok(answers.remove(0)));
+            let (_, _, got) = h.drain(true);
+            let [ClientResponse::Bundle(b)] = got.as_slice() else {
+                panic!("{got:?}")
+            };
+            assert_eq!(b.identity, bob);
+            assert_eq!(&b.signed_prekey, secrets.current_signed());
+            handed_out.push(b.one_time);
+        }
+        // Each one-time prekey went out once; then bundles come without one.
+        handed_out.sort();
+        let mut want: Vec<_> = otks.iter().copied().map(Some).collect();
+        want.push(None);
+        want.sort();
+        assert_eq!(handed_out, want);
+        // And that survives a restart: the store no longer holds them.
+        let snap = h.store_b.load().unwrap();
+        assert!(snap.one_time_prekeys.is_empty());
+        assert_eq!(snap.signed_prekeys.len(), 1);
+        // An unreachable node and an unknown user get typed answers.
+        assert!(h.client(true, T0, fetch).is_empty());
+        let (batch, _, _) = h.stash.pop().unwrap();
+        h.a.handle_fed_response(T0, batch, Err(FedFailure::Unreachable));
+        assert_eq!(
+            h.drain(true).2,
+            vec![ClientResponse::Error(ClientError::NodeUnreachable)]
+        );
+        let stranger = IdentityKey::generate(&mut h.rng).user_id();
+        let local = ClientOp::FetchBundle {
+            user: stranger,
+            node: "NodeA".into(),
+        };
+        assert_eq!(
+            h.client(true, T0, local),
+            vec![ClientResponse::Error(ClientError::NoBundle)]
+        );
     }
 }

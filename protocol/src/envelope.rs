@@ -2,13 +2,16 @@
 //!
 //! The clear header carries only what a relay needs: format version, envelope id (for dedupe and
 //! acknowledgement), recipient user id (to pick the mailbox), expiry (to drop it) and the body,
-//! whose length is padded to a bucket. The sender, the send time and the content travel inside
-//! the sealed body as a signed [`Letter`]; the header is the sealed box's associated data, so a
-//! relay cannot move a body under another header.
+//! whose length is padded to a bucket. The body is sealed sender: a sealed box to the recipient's
+//! identity key holding a [`SealedSender`] -- the sender's identity and a Double Ratchet message
+//! whose plaintext is the [`Letter`]. Relays never see who sent it; the recipient's node learns
+//! only the recipient. The header is the sealed box's associated data, so a relay cannot move a
+//! body under another header.
 
 use crate::codec;
-use crate::identity::{IdentityError, IdentityKey, Sig, UserId};
+use crate::identity::{IdentityError, IdentityKey, UserId};
 use crate::seal::{self, SealError};
+use crate::session::ratchet::RatchetMessage;
 use crate::{Millis, identity};
 use rand::CryptoRng;
 use serde::{Deserialize, Serialize};
@@ -82,10 +85,20 @@ impl fmt::Debug for Envelope {
     }
 }
 
-/// What the sender signs and seals: who sent it, from which home node, when, and what.
+/// The sealed-sender layer: what the sealed box in an envelope's body carries. Only the
+/// recipient reads the sender's identity; the session message authenticates it (its associated
+/// data binds both identity keys, and X3DH or the ratchet fails under any other key).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedSender {
+    pub sender: UserId,
+    pub message: RatchetMessage,
+}
+
+/// The plaintext of a session message: from which home node and under which name the sender
+/// writes, when, and what. Not signed: the session authenticates it to the recipient without
+/// giving anyone else a proof of who wrote it (deniability, as in Signal).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Letter {
-    pub sender: UserId,
     /// The sender's home node peer id, so the recipient can reply.
     pub sender_node: String,
     /// The name the sender goes by (their account handle). With `sender_node` it names the
@@ -93,7 +106,43 @@ pub struct Letter {
     pub sender_name: String,
     pub sent_at: Millis,
     pub content: Content,
-    pub signature: Sig,
+}
+
+impl Letter {
+    /// A letter, checked against the size limits.
+    pub fn new(
+        sender_node: &str,
+        sender_name: &str,
+        content: Content,
+        now: Millis,
+    ) -> Result<Letter, EnvelopeError> {
+        match &content {
+            Content::Text(t) if t.len() > MAX_TEXT_BYTES => {
+                return Err(EnvelopeError::TextTooLong(t.len()));
+            }
+            Content::Receipt(ids) if ids.len() > MAX_RECEIPT_IDS => {
+                return Err(EnvelopeError::ReceiptTooLong);
+            }
+            _ => {}
+        }
+        if sender_name.len() > MAX_NAME_BYTES {
+            return Err(EnvelopeError::NameTooLong);
+        }
+        Ok(Letter {
+            sender_node: sender_node.to_string(),
+            sender_name: sender_name.to_string(),
+            sent_at: now,
+            content,
+        })
+    }
+
+    pub fn to_bytes(&self) -> Result<Vec<u8>, EnvelopeError> {
+        codec::encode(self).map_err(|_| EnvelopeError::MalformedLetter)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Letter, EnvelopeError> {
+        codec::decode(bytes, MAX_LETTER_BYTES).map_err(|_| EnvelopeError::MalformedLetter)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,8 +175,6 @@ pub enum EnvelopeError {
     Seal(#[from] SealError),
     #[error("letter inside the envelope is malformed")]
     MalformedLetter,
-    #[error("sender's signature does not verify")]
-    BadSenderSignature,
     #[error(transparent)]
     Identity(#[from] IdentityError),
 }
@@ -142,29 +189,6 @@ fn header_aad(id: &EnvelopeId, recipient: &UserId, expires_at: Millis) -> Vec<u8
     aad
 }
 
-fn signed_bytes(
-    id: &EnvelopeId,
-    recipient: &UserId,
-    sender: &UserId,
-    sender_node: &str,
-    sender_name: &str,
-    sent_at: Millis,
-    content: &Content,
-) -> Result<Vec<u8>, EnvelopeError> {
-    let mut m = b"hestia/letter/v1".to_vec();
-    m.extend_from_slice(&id.0);
-    m.extend_from_slice(recipient.as_bytes());
-    m.extend_from_slice(sender.as_bytes());
-    m.extend_from_slice(&(sender_node.len() as u32).to_be_bytes());
-    m.extend_from_slice(sender_node.as_bytes());
-    m.extend_from_slice(&(sender_name.len() as u32).to_be_bytes());
-    m.extend_from_slice(sender_name.as_bytes());
-    m.extend_from_slice(&sent_at.to_be_bytes());
-    m.extend_from_slice(&codec::encode(content).map_err(|_| EnvelopeError::MalformedLetter)?);
-    Ok(m)
-}
-
-/// Pads to the smallest bucket that holds a 4-byte big-endian length and the bytes.
 fn pad(bytes: &[u8]) -> Option<Vec<u8>> {
     let need = bytes.len() + 4;
     let bucket = *PADDING_BUCKETS.iter().find(|b| **b >= need)?;
@@ -181,52 +205,18 @@ fn unpad(padded: &[u8]) -> Option<&[u8]> {
 }
 
 impl Envelope {
-    /// Seals `content` from `sender` to `recipient`, expiring `ttl` after `now`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn seal(
+    /// Pads `inner` to its bucket and seals it to `recipient` under a fresh envelope id; the
+    /// header is the sealed box's associated data.
+    pub fn seal_body(
         rng: &mut impl CryptoRng,
-        sender: &IdentityKey,
-        sender_node: &str,
-        sender_name: &str,
         recipient: &UserId,
-        content: Content,
+        inner: &[u8],
         now: Millis,
         ttl: Millis,
     ) -> Result<Envelope, EnvelopeError> {
-        match &content {
-            Content::Text(t) if t.len() > MAX_TEXT_BYTES => {
-                return Err(EnvelopeError::TextTooLong(t.len()));
-            }
-            Content::Receipt(ids) if ids.len() > MAX_RECEIPT_IDS => {
-                return Err(EnvelopeError::ReceiptTooLong);
-            }
-            _ => {}
-        }
-        if sender_name.len() > MAX_NAME_BYTES {
-            return Err(EnvelopeError::NameTooLong);
-        }
         let id = EnvelopeId::random(rng);
         let expires_at = now.saturating_add(ttl.min(MAX_TTL_MS));
-        let me = sender.user_id();
-        let signature = sender.sign(&signed_bytes(
-            &id,
-            recipient,
-            &me,
-            sender_node,
-            sender_name,
-            now,
-            &content,
-        )?);
-        let letter = Letter {
-            sender: me,
-            sender_node: sender_node.to_string(),
-            sender_name: sender_name.to_string(),
-            sent_at: now,
-            content,
-            signature,
-        };
-        let plain = codec::encode(&letter).map_err(|_| EnvelopeError::MalformedLetter)?;
-        let padded = pad(&plain).ok_or(EnvelopeError::TextTooLong(plain.len()))?;
+        let padded = pad(inner).ok_or(EnvelopeError::TextTooLong(inner.len()))?;
         let body = seal::seal(
             rng,
             recipient,
@@ -242,7 +232,23 @@ impl Envelope {
         })
     }
 
-    /// What a relay checks before it stores an envelope. It cannot check more: the body is opaque.
+    /// Seals a session message from `sender` (sealed sender: the identity is inside the body).
+    pub fn seal_message(
+        rng: &mut impl CryptoRng,
+        recipient: &UserId,
+        sender: &UserId,
+        message: RatchetMessage,
+        now: Millis,
+        ttl: Millis,
+    ) -> Result<Envelope, EnvelopeError> {
+        let inner = codec::encode(&SealedSender {
+            sender: *sender,
+            message,
+        })
+        .map_err(|_| EnvelopeError::MalformedLetter)?;
+        Envelope::seal_body(rng, recipient, &inner, now, ttl)
+    }
+
     pub fn check_header(&self, now: Millis) -> Result<(), EnvelopeError> {
         if self.version != ENVELOPE_VERSION {
             return Err(EnvelopeError::Version(self.version));
@@ -260,8 +266,8 @@ impl Envelope {
         Ok(())
     }
 
-    /// Opens the envelope as its recipient and checks the sender's signature.
-    pub fn open(&self, me: &IdentityKey) -> Result<Letter, EnvelopeError> {
+    /// Opens the sealed box as its recipient and returns the unpadded contents.
+    pub fn open_body(&self, me: &IdentityKey) -> Result<Vec<u8>, EnvelopeError> {
         if self.version != ENVELOPE_VERSION {
             return Err(EnvelopeError::Version(self.version));
         }
@@ -270,23 +276,16 @@ impl Envelope {
         }
         let aad = header_aad(&self.id, &self.recipient, self.expires_at);
         let padded = seal::open(me, &self.body, &aad)?;
-        let plain = unpad(&padded).ok_or(EnvelopeError::MalformedLetter)?;
-        let letter: Letter =
-            codec::decode(plain, MAX_LETTER_BYTES).map_err(|_| EnvelopeError::MalformedLetter)?;
-        let signed = signed_bytes(
-            &self.id,
-            &self.recipient,
-            &letter.sender,
-            &letter.sender_node,
-            &letter.sender_name,
-            letter.sent_at,
-            &letter.content,
-        )?;
-        letter
-            .sender
-            .verify(&signed, &letter.signature)
-            .map_err(|_| EnvelopeError::BadSenderSignature)?;
-        Ok(letter)
+        Ok(unpad(&padded)
+            .ok_or(EnvelopeError::MalformedLetter)?
+            .to_vec())
+    }
+
+    /// Opens the sealed-sender layer: who claims to have sent it, and the session message that
+    /// proves it (or not) when decrypted.
+    pub fn open_message(&self, me: &IdentityKey) -> Result<SealedSender, EnvelopeError> {
+        let inner = self.open_body(me)?;
+        codec::decode(&inner, MAX_LETTER_BYTES).map_err(|_| EnvelopeError::MalformedLetter)
     }
 }
 
@@ -301,42 +300,20 @@ mod tests {
         (rng, a, b)
     }
 
-    /// A one-letter text from `a` to `b`, sent at 0 and expiring at 10.
-    fn short_lived(rng: &mut rand::rngs::StdRng, a: &IdentityKey, b: &IdentityKey) -> Envelope {
-        Envelope::seal(
-            rng,
-            a,
-            "n",
-            "alice",
-            &b.user_id(),
-            Content::Text("x".into()),
-            0,
-            10,
-        )
-        .unwrap()
+    /// An envelope to `b`, sent at 0 and expiring at 10.
+    fn short_lived(rng: &mut rand::rngs::StdRng, b: &IdentityKey) -> Envelope {
+        Envelope::seal_body(rng, &b.user_id(), b"x", 0, 10).unwrap()
     }
 
     #[test]
     fn seal_open_round_trip_hides_length() {
         let (mut rng, alice, bob) = setup();
-        let e1 = Envelope::seal(
+        let e1 =
+            Envelope::seal_body(&mut rng, &bob.user_id(), b"hi", 1000, DEFAULT_TTL_MS).unwrap();
+        let e2 = Envelope::seal_body(
             &mut rng,
-            &alice,
-            "nodeA",
-            "alice",
             &bob.user_id(),
-            Content::Text("hi".into()),
-            1000,
-            DEFAULT_TTL_MS,
-        )
-        .unwrap();
-        let e2 = Envelope::seal(
-            &mut rng,
-            &alice,
-            "nodeA",
-            "alice",
-            &bob.user_id(),
-            Content::Text("a somewhat longer hello, still small".into()),
+            b"a somewhat longer hello, still small",
             1000,
             DEFAULT_TTL_MS,
         )
@@ -347,27 +324,53 @@ mod tests {
             "same bucket, same size on the wire"
         );
         assert!(e1.check_header(1001).is_ok());
-        let l = e1.open(&bob).unwrap();
-        assert_eq!(l.sender, alice.user_id());
-        assert_eq!(l.content, Content::Text("hi".into()));
-        assert_eq!(e1.open(&alice), Err(EnvelopeError::WrongRecipient));
+        assert_eq!(e1.open_body(&bob).unwrap(), b"hi");
+        assert_eq!(e1.open_body(&alice), Err(EnvelopeError::WrongRecipient));
+    }
+
+    #[test]
+    fn sealed_sender_names_the_sender_only_inside() {
+        let (mut rng, alice, bob) = setup();
+        let msg = RatchetMessage {
+            prekey: None,
+            header: vec![1; 80],
+            ciphertext: vec![2; 40],
+        };
+        let e = Envelope::seal_message(
+            &mut rng,
+            &bob.user_id(),
+            &alice.user_id(),
+            msg.clone(),
+            0,
+            10,
+        )
+        .unwrap();
+        let clear = codec::encode(&e).unwrap();
+        let a = alice.user_id();
+        assert!(
+            !clear.windows(32).any(|w| w == a.as_bytes()),
+            "the sender's key appears nowhere in the clear"
+        );
+        let opened = e.open_message(&bob).unwrap();
+        assert_eq!(opened.sender, alice.user_id());
+        assert_eq!(opened.message, msg);
     }
 
     #[test]
     fn header_is_bound_to_body() {
-        let (mut rng, alice, bob) = setup();
-        let mut e = short_lived(&mut rng, &alice, &bob);
+        let (mut rng, _, bob) = setup();
+        let mut e = short_lived(&mut rng, &bob);
         e.expires_at += 1;
         assert!(matches!(
-            e.open(&bob),
+            e.open_body(&bob),
             Err(EnvelopeError::Seal(SealError::Unauthentic))
         ));
     }
 
     #[test]
-    fn relay_checks() {
-        let (mut rng, alice, bob) = setup();
-        let e = short_lived(&mut rng, &alice, &bob);
+    fn relay_checks_and_letter_limits() {
+        let (mut rng, _, bob) = setup();
+        let e = short_lived(&mut rng, &bob);
         assert_eq!(e.check_header(10), Err(EnvelopeError::Expired));
         let mut big = e.clone();
         big.body = vec![0; MAX_BODY_BYTES + 1];
@@ -377,17 +380,14 @@ mod tests {
         ));
         let long = "x".repeat(MAX_TEXT_BYTES + 1);
         assert!(matches!(
-            Envelope::seal(
-                &mut rng,
-                &alice,
-                "n",
-                "alice",
-                &bob.user_id(),
-                Content::Text(long),
-                0,
-                10
-            ),
+            Letter::new("n", "alice", Content::Text(long), 0),
             Err(EnvelopeError::TextTooLong(_))
         ));
+        let l = Letter::new("n", "alice", Content::Text("hi".into()), 5).unwrap();
+        assert_eq!(Letter::from_bytes(&l.to_bytes().unwrap()).unwrap(), l);
+        assert_eq!(
+            Letter::from_bytes(&[0xff; 8]),
+            Err(EnvelopeError::MalformedLetter)
+        );
     }
 }

@@ -14,12 +14,14 @@
 //! - [`session`]: forward-secret sessions: prekeys, X3DH and the Double Ratchet with header
 //!   encryption.
 //! - [`wire`]: requests and responses of `/hestia/fed/1` and `/hestia/client/1`, and presence.
+//! - [`safety`]: safety numbers two people compare to verify each other.
 //! - [`redact`]: the one wrapper through which user ids reach a log.
 
 pub mod codec;
 pub mod envelope;
 pub mod identity;
 pub mod redact;
+pub mod safety;
 pub mod seal;
 pub mod session;
 pub mod wire;

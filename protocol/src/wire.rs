@@ -11,6 +11,7 @@
 use crate::Millis;
 use crate::envelope::{Envelope, EnvelopeId};
 use crate::identity::{IdentityKey, Sig, UserId};
+use crate::session::prekeys::{PrekeyBundle, SignedPrekey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -36,6 +37,9 @@ pub const MAX_PRESENCE_ADDRS: usize = 8;
 pub enum FedRequest {
     /// Store these envelopes for local users. The answer lists one result per envelope, in order.
     Deliver(Vec<Envelope>),
+    /// A prekey bundle of this local user, for a session one of the asking node's users starts.
+    /// Hands out (and deletes) one one-time prekey.
+    FetchBundle(UserId),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +49,8 @@ pub enum FedResponse {
     Delivered(Vec<DeliverResult>),
     /// The whole request was refused; nothing was stored.
     Refused(Refusal),
+    /// The answer to `FetchBundle`: none if no such user or no prekeys published.
+    Bundle(Option<PrekeyBundle>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +120,17 @@ pub enum ClientOp {
     Ack(Vec<EnvelopeId>),
     /// Delivery state of envelopes this user sent.
     Status(Vec<EnvelopeId>),
+    /// Publish this user's signed prekey (replacing the previous one) and add one-time prekeys.
+    /// The node checks the signature and keeps at most `MAX_ONE_TIME_PREKEYS`.
+    PublishPrekeys {
+        signed: SignedPrekey,
+        one_time: Vec<[u8; 32]>,
+    },
+    /// How many one-time prekeys the node still holds for this user.
+    PrekeyStatus,
+    /// A prekey bundle of `user`, whose home node is `node` (this node or another; the home
+    /// node fetches it across the federation).
+    FetchBundle { user: UserId, node: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +149,13 @@ pub enum ClientResponse {
         removed: u32,
     },
     Status(Vec<DeliveryState>),
+    /// Answer to `PublishPrekeys` and `PrekeyStatus`: one-time prekeys held, and whether that
+    /// is below `ONE_TIME_PREKEY_LOW` (the device should publish more).
+    Prekeys {
+        one_time: u32,
+        low: bool,
+    },
+    Bundle(PrekeyBundle),
     Error(ClientError),
 }
 
@@ -174,6 +198,12 @@ pub enum ClientError {
     Overloaded,
     /// A `Session` request on a connection with no session for that user: sign the request.
     SessionUnknown,
+    /// No such user on that node, or they have published no prekeys.
+    NoBundle,
+    /// The other node did not answer in time.
+    NodeUnreachable,
+    /// The published prekeys are refused (bad signature, or too many).
+    BadPrekeys,
 }
 
 /// A node's signed presence announcement (gossipsub signs it with the node key).

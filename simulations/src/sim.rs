@@ -650,7 +650,10 @@ impl Sim {
                 if self.nodes[to].core.is_none() {
                     return;
                 }
-                let FedRequest::Deliver(envs) = &req;
+                // The model's devices exchange envelopes only (no prekey fetches).
+                let FedRequest::Deliver(envs) = &req else {
+                    return;
+                };
                 for e in envs {
                     if let Some(r) = self.by_key.get(&e.recipient) {
                         // The recipient's node sees the sending node, not the sending user.

@@ -78,6 +78,20 @@ pub struct StoredMessage {
     pub state: MessageState,
 }
 
+/// The stored forms of the sessions with one contact, newest first. Secret: zeroized on drop.
+pub type StoredSessions = Vec<zeroize::Zeroizing<Vec<u8>>>;
+
+/// One change in a [`ClientDb::commit`] batch.
+pub enum ClientWrite {
+    /// A new message (the caller has checked it is not stored yet).
+    Message(StoredMessage),
+    /// Replace the sessions with this user (stored forms, newest first).
+    Sessions(UserId, StoredSessions),
+    /// Replace the prekey secrets (stored form).
+    Prekeys(zeroize::Zeroizing<Vec<u8>>),
+    Contact(Contact),
+}
+
 pub struct ClientDb {
     db: rocksdb::DB,
     next_seq: u64,
@@ -203,6 +217,97 @@ impl ClientDb {
         m.state = state;
         self.put_synced(SEQ_MESSAGE, &seq_key(seq), &encode_value(SEQ_MESSAGE, &m)?)?;
         Ok(true)
+    }
+
+    /// Whether a message with this envelope id is stored (incoming dedupe before decrypting:
+    /// a ratchet refuses a message it has already decrypted).
+    pub fn has_message(&self, id: &EnvelopeId) -> Result<bool> {
+        Ok(self.db.get_cf(self.cf(ENVELOPEID_SEQ), id.0)?.is_some())
+    }
+
+    /// The prekey secrets' stored form, if any. The caller zeroizes it after use.
+    pub fn prekeys(&self) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
+        Ok(self
+            .db
+            .get_cf(self.cf(KEY_IDENTITY), b"prekeys")?
+            .map(zeroize::Zeroizing::new))
+    }
+
+    /// The stored sessions with `user`, newest first.
+    pub fn sessions(&self, user: &UserId) -> Result<StoredSessions> {
+        let Some(mut v) = self.db.get_cf(self.cf(USERID_SESSIONS), user.as_bytes())? else {
+            return Ok(Vec::new());
+        };
+        let list: Result<Vec<Vec<u8>>> = decode_value(USERID_SESSIONS, &v);
+        v.zeroize();
+        Ok(list?.into_iter().map(zeroize::Zeroizing::new).collect())
+    }
+
+    /// Every stored session, by remote user (for the device-wide bound on skipped keys).
+    pub fn all_sessions(&self) -> Result<Vec<(UserId, StoredSessions)>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(USERID_SESSIONS), rocksdb::IteratorMode::Start)
+        {
+            let (k, mut v) = item?;
+            let user: [u8; 32] = k
+                .as_ref()
+                .try_into()
+                .map_err(|_| crate::StoreError::Corrupt {
+                    cf: USERID_SESSIONS,
+                    reason: "bad key length".into(),
+                })?;
+            let list: Result<Vec<Vec<u8>>> = decode_value(USERID_SESSIONS, &v);
+            v.zeroize();
+            out.push((
+                UserId(user),
+                list?.into_iter().map(zeroize::Zeroizing::new).collect(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Applies these changes atomically and durably: a received message with the session state
+    /// that decrypted it, a sent message with the session state that encrypted it. After a crash
+    /// either both are there or neither is, so no message key is used twice or lost.
+    pub fn commit(&mut self, writes: &[ClientWrite]) -> Result<()> {
+        let mut b = rocksdb::WriteBatch::default();
+        let mut seq = self.next_seq;
+        for w in writes {
+            match w {
+                ClientWrite::Message(m) => {
+                    b.put_cf(
+                        self.cf(SEQ_MESSAGE),
+                        seq_key(seq),
+                        encode_value(SEQ_MESSAGE, m)?,
+                    );
+                    b.put_cf(self.cf(ENVELOPEID_SEQ), m.envelope_id.0, seq_key(seq));
+                    seq += 1;
+                }
+                ClientWrite::Sessions(user, sessions) => {
+                    let plain: Vec<&[u8]> = sessions.iter().map(|s| s.as_slice()).collect();
+                    let mut v = encode_value(USERID_SESSIONS, &plain)?;
+                    b.put_cf(self.cf(USERID_SESSIONS), user.as_bytes(), &v);
+                    v.zeroize();
+                }
+                ClientWrite::Prekeys(bytes) => {
+                    b.put_cf(self.cf(KEY_IDENTITY), b"prekeys", bytes.as_slice());
+                }
+                ClientWrite::Contact(c) => {
+                    b.put_cf(
+                        self.cf(NAME_CONTACT),
+                        c.name.as_bytes(),
+                        encode_value(NAME_CONTACT, c)?,
+                    );
+                }
+            }
+        }
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(b, &wo)?;
+        self.next_seq = seq;
+        Ok(())
     }
 
     /// All messages in the order they were recorded.

@@ -93,7 +93,13 @@ pub(crate) fn open_db(
             supported: schema::SCHEMA_VERSION,
         });
     }
-    // Version 1 is the first schema: no migrations yet. Each later version adds one step here.
+    // Migrations, one step per version. 1 → 2 added the prekey and session column families,
+    // which `create_missing_column_families` has just created empty.
+    if version < 2 {
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(true);
+        db.put_cf_opt(&meta, b"schema_version", 2u32.to_be_bytes(), &wo)?;
+    }
     Ok(db)
 }
 

@@ -5,6 +5,7 @@ use crate::{Result, decode_value, encode_value};
 use hestia_protocol::Millis;
 use hestia_protocol::envelope::{Envelope, EnvelopeId};
 use hestia_protocol::identity::UserId;
+use hestia_protocol::session::prekeys::SignedPrekey;
 use hestia_protocol::wire::DeliveryState;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -43,6 +44,9 @@ pub enum NodeWrite {
     DeleteOutbox(String, EnvelopeId),
     PutStatus(EnvelopeId, StatusRecord),
     DeleteStatus(EnvelopeId),
+    PutSignedPrekey(UserId, SignedPrekey),
+    PutOneTimePrekey(UserId, [u8; 32]),
+    DeleteOneTimePrekey(UserId, [u8; 32]),
 }
 
 /// Everything the relay core needs to resume after a restart.
@@ -52,6 +56,8 @@ pub struct NodeSnapshot {
     pub mailbox: Vec<Envelope>,
     pub outbox: Vec<OutboxRecord>,
     pub status: Vec<(EnvelopeId, StatusRecord)>,
+    pub signed_prekeys: Vec<(UserId, SignedPrekey)>,
+    pub one_time_prekeys: Vec<(UserId, [u8; 32])>,
 }
 
 /// Where the relay core's state lives. `apply` is atomic and durable when it returns `Ok`:
@@ -148,11 +154,37 @@ impl NodeStore for NodeDb {
                 Ok((EnvelopeId(id), v))
             })
             .collect::<Result<_>>()?;
+        let signed_prekeys = self
+            .scan::<SignedPrekey>(USERID_SIGNEDPREKEY)?
+            .into_iter()
+            .map(|(k, v)| {
+                let id: [u8; 32] = k
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt(USERID_SIGNEDPREKEY))?;
+                Ok((UserId(id), v))
+            })
+            .collect::<Result<_>>()?;
+        let mut one_time_prekeys = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(USERID_ONETIMEPREKEY), rocksdb::IteratorMode::Start)
+        {
+            let (k, _) = item?;
+            if k.len() != 64 {
+                return Err(corrupt(USERID_ONETIMEPREKEY));
+            }
+            let user: [u8; 32] = k[..32].try_into().expect("32 bytes");
+            let key: [u8; 32] = k[32..].try_into().expect("32 bytes");
+            one_time_prekeys.push((UserId(user), key));
+        }
         Ok(NodeSnapshot {
             accounts,
             mailbox,
             outbox,
             status,
+            signed_prekeys,
+            one_time_prekeys,
         })
     }
 
@@ -192,6 +224,20 @@ impl NodeStore for NodeDb {
                     encode_value(ENVELOPEID_STATUS, rec)?,
                 ),
                 NodeWrite::DeleteStatus(id) => batch.delete_cf(self.cf(ENVELOPEID_STATUS), id.0),
+                NodeWrite::PutSignedPrekey(u, spk) => batch.put_cf(
+                    self.cf(USERID_SIGNEDPREKEY),
+                    u.as_bytes(),
+                    encode_value(USERID_SIGNEDPREKEY, spk)?,
+                ),
+                NodeWrite::PutOneTimePrekey(u, k) => batch.put_cf(
+                    self.cf(USERID_ONETIMEPREKEY),
+                    schema::one_time_prekey_key(u, k),
+                    [],
+                ),
+                NodeWrite::DeleteOneTimePrekey(u, k) => batch.delete_cf(
+                    self.cf(USERID_ONETIMEPREKEY),
+                    schema::one_time_prekey_key(u, k),
+                ),
             }
         }
         let mut wo = rocksdb::WriteOptions::default();
@@ -215,6 +261,8 @@ pub struct MemNodeStore {
     mailbox: BTreeMap<[u8; 48], Envelope>,
     outbox: BTreeMap<Vec<u8>, OutboxRecord>,
     status: BTreeMap<EnvelopeId, StatusRecord>,
+    signed_prekeys: BTreeMap<UserId, SignedPrekey>,
+    one_time_prekeys: std::collections::BTreeSet<(UserId, [u8; 32])>,
     /// Number of `apply` calls, so tests can check batching.
     pub batches: u64,
 }
@@ -226,6 +274,12 @@ impl NodeStore for MemNodeStore {
             mailbox: self.mailbox.values().cloned().collect(),
             outbox: self.outbox.values().cloned().collect(),
             status: self.status.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            signed_prekeys: self
+                .signed_prekeys
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect(),
+            one_time_prekeys: self.one_time_prekeys.iter().copied().collect(),
         })
     }
 
@@ -255,6 +309,15 @@ impl NodeStore for MemNodeStore {
                 }
                 NodeWrite::DeleteStatus(id) => {
                     self.status.remove(id);
+                }
+                NodeWrite::PutSignedPrekey(u, spk) => {
+                    self.signed_prekeys.insert(*u, spk.clone());
+                }
+                NodeWrite::PutOneTimePrekey(u, k) => {
+                    self.one_time_prekeys.insert((*u, *k));
+                }
+                NodeWrite::DeleteOneTimePrekey(u, k) => {
+                    self.one_time_prekeys.remove(&(*u, *k));
                 }
             }
         }
@@ -315,6 +378,24 @@ mod tests {
             .apply(&[NodeWrite::DeleteOutbox("peer".into(), EnvelopeId([2; 16]))])
             .unwrap();
         assert!(store.load().unwrap().outbox.is_empty());
+        let spk = SignedPrekey {
+            key: [5; 32],
+            signature: hestia_protocol::identity::Sig::from_bytes(&[6; 64]),
+        };
+        let u = UserId([1; 32]);
+        store
+            .apply(&[
+                NodeWrite::PutSignedPrekey(u, spk.clone()),
+                NodeWrite::PutOneTimePrekey(u, [7; 32]),
+                NodeWrite::PutOneTimePrekey(u, [8; 32]),
+            ])
+            .unwrap();
+        store
+            .apply(&[NodeWrite::DeleteOneTimePrekey(u, [7; 32])])
+            .unwrap();
+        let snap = store.load().unwrap();
+        assert_eq!(snap.signed_prekeys, vec![(u, spk)]);
+        assert_eq!(snap.one_time_prekeys, vec![(u, [8; 32])]);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use hestia_protocol::identity::UserId;
 
 /// Bumped with every change to a stored form; [`crate::node::NodeDb::open`] and
 /// [`crate::client::ClientDb::open`] refuse a newer database and migrate an older one step by step.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// `meta`: `"schema_version"` → u32 BE; `"kind"` → `node` | `client`; `"node_key"` → the node's
 /// libp2p key (protobuf encoding) in the node database.
@@ -23,16 +23,25 @@ pub const NODEID_ENVELOPEID_OUTBOX: &str = "nodeid_envelopeid_outbox";
 /// `envelopeid_status`: envelope id (16) → delivery-state record of an envelope sent from here.
 pub const ENVELOPEID_STATUS: &str = "envelopeid_status";
 
+/// `userid_signedprekey`: user id (32) → the user's current signed prekey (schema 2).
+pub const USERID_SIGNEDPREKEY: &str = "userid_signedprekey";
+/// `userid_onetimeprekey`: user id (32) ‖ one-time prekey (32) → empty (schema 2). Deleted when
+/// handed out.
+pub const USERID_ONETIMEPREKEY: &str = "userid_onetimeprekey";
+
 pub const NODE_CFS: &[&str] = &[
     META,
     USERID_ACCOUNT,
     USERID_ENVELOPEID_MAILBOX,
     NODEID_ENVELOPEID_OUTBOX,
     ENVELOPEID_STATUS,
+    USERID_SIGNEDPREKEY,
+    USERID_ONETIMEPREKEY,
 ];
 
 // Client database.
-/// `key_identity`: `"identity"` → stored identity (secret seed, handle, home node).
+/// `key_identity`: `"identity"` → stored identity (secret seed, handle, home node);
+/// `"prekeys"` → the prekey secrets' versioned stored form (schema 2).
 pub const KEY_IDENTITY: &str = "key_identity";
 /// `name_contact`: contact name (UTF-8) → stored contact.
 pub const NAME_CONTACT: &str = "name_contact";
@@ -41,12 +50,17 @@ pub const SEQ_MESSAGE: &str = "seq_message";
 /// `envelopeid_seq`: envelope id (16) → sequence number (8, BE); dedupe and status updates.
 pub const ENVELOPEID_SEQ: &str = "envelopeid_seq";
 
+/// `userid_sessions`: remote user id (32) → the sessions with them, newest first, each in the
+/// ratchet's versioned stored form (schema 2).
+pub const USERID_SESSIONS: &str = "userid_sessions";
+
 pub const CLIENT_CFS: &[&str] = &[
     META,
     KEY_IDENTITY,
     NAME_CONTACT,
     SEQ_MESSAGE,
     ENVELOPEID_SEQ,
+    USERID_SESSIONS,
 ];
 
 pub fn mailbox_key(user: &UserId, id: &EnvelopeId) -> [u8; 48] {
@@ -63,6 +77,13 @@ pub fn outbox_key(node: &str, id: &EnvelopeId) -> Vec<u8> {
     k.push(len as u8);
     k.extend_from_slice(&n[..len]);
     k.extend_from_slice(&id.0);
+    k
+}
+
+pub fn one_time_prekey_key(user: &UserId, key: &[u8; 32]) -> [u8; 64] {
+    let mut k = [0u8; 64];
+    k[..32].copy_from_slice(user.as_bytes());
+    k[32..].copy_from_slice(key);
     k
 }
 

@@ -43,6 +43,8 @@ fn node_down_and_kill9_after_ack_lose_nothing() {
     net.account("alice", 0);
     let bob = net.account("bob", 1);
     net.ok("alice", &["contact", "add", "bob", &bob]);
+    // The first message starts the session (it needs Bob's prekeys from his node).
+    net.ok("alice", &["send", "bob", "first contact"]);
 
     // Bob's node is down: Alice's node acknowledges and queues.
     net.kill9(1);
@@ -52,7 +54,11 @@ fn node_down_and_kill9_after_ack_lose_nothing() {
     net.kill9(0);
     net.restart(0);
     net.restart(1);
-    net.until("alice", &["status"], "delivered to their node");
+    net.until(
+        "alice",
+        &["status"],
+        &format!("delivered to their node  \"{TEXT}\""),
+    );
 
     // Bob's node dies after acknowledging to Alice's node, before Bob fetched.
     net.kill9(1);
@@ -74,6 +80,7 @@ fn expired_envelopes_are_dropped_and_reported() {
     net.account("alice", 0);
     let bob = net.account("bob", 1);
     net.ok("alice", &["contact", "add", "bob", &bob]);
+    net.ok("alice", &["send", "bob", "first contact"]);
     net.kill9(1);
     let sent = net.ok("alice", &["send", "bob", TEXT, "--wait", "0", "--ttl", "1"]);
     assert!(sent.contains("queued"), "{sent}");
@@ -112,7 +119,7 @@ fn unknown_recipient_gets_a_clear_answer() {
 }
 
 #[test]
-fn a_changed_key_is_reported_and_its_messages_held_until_accepted() {
+fn a_changed_key_is_reported_and_held_once_the_contact_was_verified() {
     let net = Net::start(2);
     let alice = net.account("alice", 0);
     let bob = net.account("bob", 1);
@@ -125,7 +132,8 @@ fn a_changed_key_is_reported_and_its_messages_held_until_accepted() {
     );
 
     // Someone (Alice on a new device, or not) now uses the name "alice" on Alice's node with
-    // another key.
+    // another key. Bob only trusted the first key on first use: he is warned, loudly, with both
+    // fingerprints, and the new key is pinned.
     net.account_named("alice-new-device", "alice", 0);
     net.ok("alice-new-device", &["contact", "add", "bob", &bob]);
     net.ok(
@@ -137,8 +145,19 @@ fn a_changed_key_is_reported_and_its_messages_held_until_accepted() {
         inbox.contains("WARNING: the key of alice changed"),
         "{inbox}"
     );
+    assert!(inbox.contains("alice: second, from a new key"), "{inbox}");
+
+    // Bob now verifies the new key (safety numbers match), so a further change is held.
+    net.ok("bob", &["contact", "verify", "alice", "--confirm"]);
+    net.account_named("alice-third-device", "alice", 0);
+    net.ok("alice-third-device", &["contact", "add", "bob", &bob]);
+    net.ok(
+        "alice-third-device",
+        &["send", "bob", "third, from yet another key"],
+    );
+    let inbox = net.ok("bob", &["inbox"]);
     assert!(
-        inbox.contains("[held: key changed] alice: second, from a new key"),
+        inbox.contains("[held: key changed] alice: third, from yet another key"),
         "{inbox}"
     );
     let contacts = net.ok("bob", &["contact", "list"]);
@@ -150,9 +169,15 @@ fn a_changed_key_is_reported_and_its_messages_held_until_accepted() {
 
     net.ok("bob", &["contact", "accept", "alice"]);
     let all = net.ok("bob", &["inbox", "--all"]);
-    assert!(all.contains("alice: second, from a new key"), "{all}");
+    assert!(all.contains("alice: third, from yet another key"), "{all}");
     assert!(!all.contains("[held"), "{all}");
     assert!(net.ok("bob", &["contact", "list"]).contains("unverified"));
+    // And Bob can write to the accepted key: a new session from its prekeys.
+    net.ok("bob", &["send", "alice", "hello, third device"]);
+    assert!(
+        net.ok("alice-third-device", &["inbox"])
+            .contains("bob: hello, third device")
+    );
 }
 
 #[test]
