@@ -94,6 +94,19 @@ pub fn render(s: &NodeSnapshot) -> String {
             state(&r.state)
         ));
     }
+    out.push_str(&format!(
+        "  prekeys (public; handed out to start sessions): signed for {} users, {} one-time\n",
+        s.signed_prekeys.len(),
+        s.one_time_prekeys.len()
+    ));
+    for (u, _) in &s.signed_prekeys {
+        let n = s.one_time_prekeys.iter().filter(|(o, _)| o == u).count();
+        out.push_str(&format!(
+            "    user {}  one-time prekeys left {}\n",
+            u.fingerprint(),
+            n
+        ));
+    }
     out
 }
 

@@ -175,11 +175,14 @@ enum ContactCmd {
     },
     /// List contacts and their trust state.
     List,
-    /// Show the safety number you share with a contact (digits and a QR code) to compare out
-    /// of band. --confirm marks the contact verified after comparing; --code checks a code
-    /// scanned or pasted from their device and marks them verified in one step if it matches.
+    /// Show the safety number you share with a contact, as digits and a QR code
+    ///
+    /// Compare it out of band (in person, on a call). --confirm then marks the contact
+    /// verified; --code checks a code scanned or pasted from their device and marks them
+    /// verified in one step if it matches.
     Verify {
         name: String,
+        /// Mark the contact verified: you compared the numbers and they match.
         #[arg(long, conflicts_with = "code")]
         confirm: bool,
         /// Their safety code (`hestia-safety:1:...`, or the 60 digits).
@@ -633,6 +636,7 @@ fn contact(cmd: ContactCmd, home: &Path) -> Result<()> {
             println!("Safety number with {name} (the same on both devices):\n");
             println!("{number}\n");
             println!("{}", qr(&number.code())?);
+            println!("As text, to paste on their device: {}\n", number.code());
             println!("Compare it with {name} in person or on a call, or scan their code. Then run");
             println!("  hestia contact verify {name} --confirm          if the numbers match, or");
             println!(

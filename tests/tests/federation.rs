@@ -181,6 +181,54 @@ fn a_changed_key_is_reported_and_held_once_the_contact_was_verified() {
 }
 
 #[test]
+fn safety_numbers_match_on_both_devices_and_a_scanned_code_verifies() {
+    let net = Net::start(1);
+    let alice = net.account("alice", 0);
+    let bob = net.account("bob", 0);
+    net.ok("alice", &["contact", "add", "bob", &bob]);
+    net.ok("bob", &["contact", "add", "alice", &alice]);
+    let code = |out: &str| {
+        out.lines()
+            .find_map(|l| {
+                l.split_whitespace()
+                    .find(|w| w.starts_with("hestia-safety:1:"))
+            })
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no code in {out}"))
+    };
+    let on_alice = net.ok("alice", &["contact", "verify", "bob"]);
+    let on_bob = net.ok("bob", &["contact", "verify", "alice"]);
+    assert_eq!(
+        code(&on_alice),
+        code(&on_bob),
+        "the same number on both sides"
+    );
+    assert!(
+        on_alice.contains('▀') || on_alice.contains('▄'),
+        "a QR code is drawn"
+    );
+    // A code from someone else's key is refused and changes nothing.
+    let mallory = net.account("mallory", 0);
+    net.ok("alice", &["contact", "add", "mallory", &mallory]);
+    let wrong = code(&net.ok("alice", &["contact", "verify", "mallory"]));
+    let out = net.run("bob", &["contact", "verify", "alice", "--code", &wrong]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the codes differ"));
+    assert!(net.ok("bob", &["contact", "list"]).contains("unverified"));
+    // Bob scans Alice's code: one step, verified.
+    let ok = net.ok(
+        "bob",
+        &["contact", "verify", "alice", "--code", &code(&on_alice)],
+    );
+    assert!(ok.contains("marked verified"), "{ok}");
+    let list = net.ok("bob", &["contact", "list"]);
+    assert!(
+        list.contains("alice") && list.contains("verified") && !list.contains("unverified"),
+        "{list}"
+    );
+}
+
+#[test]
 fn a_device_can_reach_its_node_over_quic_and_local_delivery_works() {
     let net = Net::start(1);
     let quic = net.nodes[0].as_ref().unwrap().quic_addr();
