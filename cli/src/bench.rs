@@ -28,8 +28,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Only {
+    /// Relay throughput and latency on loopback.
+    Relay,
+    /// Session crypto: ratchet encrypt/decrypt and set-up beside raw AEAD and X25519.
+    Sessions,
+}
+
 #[derive(Args)]
 pub struct BenchArgs {
+    /// Run only one part (both by default).
+    #[arg(long, value_enum)]
+    only: Option<Only>,
     /// Envelopes relayed in the throughput run.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(256..=200_000))]
     envelopes: u64,
@@ -414,6 +425,14 @@ fn rocksdb_baseline(writes: usize, batch: usize) -> Result<f64> {
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
+    if args.only != Some(Only::Relay) {
+        eprintln!("sessions: ratchet and set-up beside raw AEAD and X25519…");
+        tokio::task::spawn_blocking(crate::bench_sessions::run).await??;
+        if args.only == Some(Only::Sessions) {
+            return Ok(());
+        }
+        println!();
+    }
     eprintln!("baseline: raw RocksDB synced batch writes…");
     let rocks_64 = tokio::task::spawn_blocking(|| rocksdb_baseline(64 * 2_000, 64)).await??;
     let rocks_1 = tokio::task::spawn_blocking(|| rocksdb_baseline(2_000, 1)).await??;

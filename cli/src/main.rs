@@ -3,6 +3,7 @@
 //! directory); node commands under `--data-dir`.
 
 mod bench;
+mod bench_sessions;
 mod demo;
 mod inspect;
 mod real;

@@ -47,7 +47,6 @@ except ImportError as e:  # pragma: no cover - reported to the Rust test
 X3DH_INFO = b"Hestia X3DH v1"
 ROOT_INFO = b"Hestia DR root v1"
 HEADER_KEYS_INFO = b"Hestia DR header keys v1"
-MESSAGE_INFO = b"Hestia DR message v1"
 MAX_SKIP = 1000
 MAX_SKIPPED_PER_SESSION = 2000
 
@@ -103,21 +102,19 @@ class ChainKDF(kdf_separate_hmacs.KDF):
 
 
 class Aead(doubleratchet.AEAD):
-    @staticmethod
-    def _key_nonce(key: bytes):
-        okm = hkdf(b"\x00" * 32, key, MESSAGE_INFO, 56)
-        return okm[:32], okm[32:]
+    """XChaCha20-Poly1305 with the one-use message key and a fixed all-zero nonce (the
+    specification's "fixed to a constant" option)."""
+
+    NONCE = b"\x00" * 24
 
     @staticmethod
     async def encrypt(plaintext: bytes, key: bytes, associated_data: bytes) -> bytes:
-        k, n = Aead._key_nonce(key)
-        return sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, associated_data, n, k)
+        return sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, associated_data, Aead.NONCE, key)
 
     @staticmethod
     async def decrypt(ciphertext: bytes, key: bytes, associated_data: bytes) -> bytes:
-        k, n = Aead._key_nonce(key)
         try:
-            return sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(ciphertext, associated_data, n, k)
+            return sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(ciphertext, associated_data, Aead.NONCE, key)
         except Exception as e:
             raise doubleratchet.AuthenticationFailedException(str(e)) from e
 

@@ -9,10 +9,12 @@
 //!                      L = 64) -> initiator's first sending header key || responder's next one
 //! HENCRYPT(hk, h)    = nonce (24, random) || XChaCha20-Poly1305(hk, nonce, h, aad = AD)
 //! header h           = DHs public (32) || PN (u32 BE) || N (u32 BE)
-//! ENCRYPT(mk, m, ad) = XChaCha20-Poly1305(key, nonce, m, aad = AD || encrypted header) where
-//!                      key (32) || nonce (24) = HKDF-SHA256(salt = 32 zero bytes, ikm = mk,
-//!                      info = MESSAGE_INFO, L = 56)
+//! ENCRYPT(mk, m, ad) = XChaCha20-Poly1305(key = mk, nonce = 24 zero bytes, m,
+//!                      aad = AD || encrypted header)
 //! ```
+//!
+//! Each message key encrypts exactly one message, so a fixed nonce is safe; the specification
+//! names this as one of its options ("fixed to a constant"), and it saves a KDF per message.
 //!
 //! The first 64 bytes of `KDF_RK_HE` are what a 64-byte HKDF with the same inputs gives (HKDF's
 //! expand is prefix-consistent), so the root and chain keys equal those of the specification's
@@ -51,7 +53,6 @@ pub const SKIPPED_KEY_MAX_AGE_MS: Millis = MAX_TTL_MS;
 
 pub const ROOT_INFO: &[u8] = b"Hestia DR root v1";
 pub const HEADER_KEYS_INFO: &[u8] = b"Hestia DR header keys v1";
-pub const MESSAGE_INFO: &[u8] = b"Hestia DR message v1";
 pub const HEADER_LEN: usize = 40;
 /// An encrypted header: nonce, header, tag.
 pub const ENC_HEADER_LEN: usize = 24 + HEADER_LEN + 16;
@@ -160,18 +161,19 @@ fn kdf_rk(rk: &Secret32, dh_out: &Secret32) -> (Secret32, Secret32, Secret32) {
     (split(&out[..32]), split(&out[32..64]), split(&out[64..]))
 }
 
-fn hmac(key: &Secret32, byte: u8) -> Secret32 {
-    let mut m = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(key.expose())
-        .expect("HMAC takes any key length");
-    m.update(&[byte]);
-    let mut s = Secret32([0u8; 32]);
-    s.0.copy_from_slice(&m.finalize().into_bytes());
-    s
-}
-
-/// KDF_CK: next chain key, message key.
+/// KDF_CK: next chain key = HMAC(ck, 0x02), message key = HMAC(ck, 0x01). The keyed HMAC state
+/// is built once and cloned for the two inputs.
 fn kdf_ck(ck: &Secret32) -> (Secret32, Secret32) {
-    (hmac(ck, 0x02), hmac(ck, 0x01))
+    let keyed = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(ck.expose())
+        .expect("HMAC takes any key length");
+    let tag = |byte: u8| {
+        let mut m = keyed.clone();
+        m.update(&[byte]);
+        let mut s = Secret32([0u8; 32]);
+        s.0.copy_from_slice(&m.finalize().into_bytes());
+        s
+    };
+    (tag(0x02), tag(0x01))
 }
 
 fn hencrypt(rng: &mut impl CryptoRng, hk: &Secret32, h: &Header, ad: &[u8]) -> Vec<u8> {
@@ -201,15 +203,12 @@ fn hdecrypt(hk: &Secret32, enc: &[u8], ad: &[u8]) -> Option<Header> {
     Header::from_bytes(&plain)
 }
 
+/// The message AEAD: the one-use message key, and a fixed nonce.
 fn message_cipher(mk: &Secret32) -> (XChaCha20Poly1305, XNonce) {
-    let mut okm = Zeroizing::new([0u8; 56]);
-    hkdf(&[0u8; 32], mk.expose(), MESSAGE_INFO, okm.as_mut());
-    let key: [u8; 32] = okm[..32].try_into().expect("32 bytes");
-    let nonce: [u8; 24] = okm[32..].try_into().expect("24 bytes");
-    let cipher = XChaCha20Poly1305::new(&key.into());
-    let mut key = key;
-    zeroize::Zeroize::zeroize(&mut key);
-    (cipher, XNonce::from(nonce))
+    (
+        XChaCha20Poly1305::new(mk.expose().into()),
+        XNonce::from([0u8; 24]),
+    )
 }
 
 /// The message AEAD, exposed for the benchmark's "raw AEAD" baseline and the cross-check.
