@@ -673,6 +673,9 @@ fn describe(s: &MessageState) -> String {
         MessageState::Failed(why) => format!("failed: {why}"),
         MessageState::Received => "received".into(),
         MessageState::HeldKeyChanged => "HELD: sender's key changed".into(),
+        MessageState::WaitingForKeys => "waiting on this device: their node did not answer, and \
+            a first message needs their prekeys; it goes out on your next send, inbox or status"
+            .into(),
     }
 }
 

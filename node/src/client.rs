@@ -12,7 +12,7 @@ use crate::frame::FrameCodec;
 use futures::StreamExt;
 use hestia_protocol::envelope::{
     Content, DEFAULT_TTL_MS, Envelope, EnvelopeError, EnvelopeId, Letter, MAX_NAME_BYTES,
-    MAX_RECEIPT_IDS,
+    MAX_RECEIPT_IDS, MAX_TTL_MS,
 };
 use hestia_protocol::identity::{Address, Fingerprint, IdentityError, IdentityKey, UserId};
 use hestia_protocol::safety::SafetyNumber;
@@ -533,6 +533,7 @@ impl Device {
     async fn seal_for(
         &mut self,
         conn: &mut Connection,
+        id: EnvelopeId,
         to: &UserId,
         node: &str,
         content: Content,
@@ -564,7 +565,7 @@ impl Device {
             sessions.truncate(MAX_SESSIONS_PER_CONTACT);
         }
         let message = sessions[0].encrypt(rng, &letter.to_bytes()?)?;
-        let env = Envelope::seal_message(rng, to, &self.key.user_id(), message, now, ttl_ms)?;
+        let env = Envelope::seal_message(rng, id, to, &self.key.user_id(), message, now, ttl_ms)?;
         Ok((env, ClientWrite::Sessions(*to, stored(&sessions))))
     }
 
@@ -597,37 +598,66 @@ impl Device {
             });
         }
         self.maintain_prekeys(conn).await?;
-        let (env, session_write) = self
-            .seal_for(
-                conn,
-                &c.address.user,
-                &c.address.node,
-                Content::Text(text.to_string()),
-                ttl_ms,
-            )
-            .await?;
+        // Earlier first messages still waiting for their recipient's prekeys go first.
+        self.retry_waiting(conn).await?;
+        let now = now_millis();
+        let id = EnvelopeId::random(&mut rand::rng());
         let mut msg = StoredMessage {
-            envelope_id: env.id,
+            envelope_id: id,
             direction: Direction::Outgoing,
             peer: c.address.user,
             peer_node: c.address.node.clone(),
             peer_name: c.name.clone(),
             text: text.to_string(),
-            at: now_millis(),
-            expires_at: env.expires_at,
+            at: now,
+            expires_at: now.saturating_add(ttl_ms.min(MAX_TTL_MS)),
             state: MessageState::Queued,
         };
+        let sealed = self
+            .seal_for(
+                conn,
+                id,
+                &c.address.user,
+                &c.address.node,
+                Content::Text(text.to_string()),
+                ttl_ms,
+            )
+            .await;
+        let (env, session_write) = match sealed {
+            Ok(s) => s,
+            Err(ClientLibError::ContactNodeUnreachable(_)) => {
+                // Their node is down and this is a first message: keep it on the device and
+                // send it when their node answers (next send, inbox or status).
+                msg.state = MessageState::WaitingForKeys;
+                self.db.commit(&[ClientWrite::Message(msg.clone())])?;
+                return Ok(msg);
+            }
+            Err(e) => return Err(e),
+        };
+        msg.expires_at = env.expires_at;
         self.db
             .commit(&[ClientWrite::Message(msg.clone()), session_write])?;
+        msg.state = self.submit(conn, &c.address.node, env).await?;
+        self.db.set_state(&msg.envelope_id, msg.state.clone())?;
+        Ok(msg)
+    }
+
+    /// Hands one envelope to the home node; returns the message's new state.
+    async fn submit(
+        &mut self,
+        conn: &mut Connection,
+        to_node: &str,
+        envelope: Envelope,
+    ) -> Result<MessageState, ClientLibError> {
         let op = ClientOp::Send(vec![Outgoing {
-            to_node: c.address.node.clone(),
-            envelope: env,
+            to_node: to_node.to_string(),
+            envelope,
         }]);
         let result = match conn.call(&self.key, op).await? {
             ClientResponse::Sent(r) if r.len() == 1 => r[0].clone(),
             other => return Err(unexpected(other)),
         };
-        msg.state = match result {
+        Ok(match result {
             SendResult::Queued => MessageState::Queued,
             SendResult::DeliveredToNode => MessageState::DeliveredToNode,
             SendResult::NoSuchUser => MessageState::NoSuchUser,
@@ -635,9 +665,58 @@ impl Device {
                 MessageState::Failed("refused by the home node as invalid".into())
             }
             SendResult::Full => MessageState::Failed("the home node's queue is full".into()),
-        };
-        self.db.set_state(&msg.envelope_id, msg.state.clone())?;
-        Ok(msg)
+        })
+    }
+
+    /// Tries again to send first messages that waited for their recipient's prekeys, oldest
+    /// first, under the ids and expiries they were given. A node that still does not answer
+    /// is asked once per pass.
+    pub async fn retry_waiting(&mut self, conn: &mut Connection) -> Result<(), ClientLibError> {
+        let waiting: Vec<StoredMessage> = self
+            .db
+            .messages()?
+            .into_iter()
+            .filter(|m| {
+                m.direction == Direction::Outgoing && m.state == MessageState::WaitingForKeys
+            })
+            .collect();
+        let mut down: Vec<String> = Vec::new();
+        for mut m in waiting {
+            let now = now_millis();
+            if m.expires_at <= now {
+                self.db.set_state(&m.envelope_id, MessageState::Expired)?;
+                continue;
+            }
+            if down.contains(&m.peer_node) {
+                continue;
+            }
+            let sealed = self
+                .seal_for(
+                    conn,
+                    m.envelope_id,
+                    &m.peer,
+                    &m.peer_node,
+                    Content::Text(m.text.clone()),
+                    m.expires_at - now,
+                )
+                .await;
+            match sealed {
+                Ok((env, session_write)) => {
+                    m.state = MessageState::Queued;
+                    self.db
+                        .commit(&[ClientWrite::UpdateMessage(m.clone()), session_write])?;
+                    let state = self.submit(conn, &m.peer_node, env).await?;
+                    self.db.set_state(&m.envelope_id, state)?;
+                }
+                Err(ClientLibError::ContactNodeUnreachable(node)) => down.push(node),
+                Err(ClientLibError::NoBundle) => {
+                    self.db
+                        .set_state(&m.envelope_id, MessageState::NoSuchUser)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Asks the home node where our outgoing messages are and records the answer.
@@ -645,6 +724,7 @@ impl Device {
         &mut self,
         conn: &mut Connection,
     ) -> Result<Vec<StoredMessage>, ClientLibError> {
+        self.retry_waiting(conn).await?;
         let pending: Vec<StoredMessage> = self
             .db
             .messages()?
@@ -697,6 +777,7 @@ impl Device {
         wait_ms: u32,
     ) -> Result<Vec<InboxEvent>, ClientLibError> {
         self.maintain_prekeys(conn).await?;
+        self.retry_waiting(conn).await?;
         let mut events = Vec::new();
         let mut wait = wait_ms;
         loop {
@@ -748,9 +829,11 @@ impl Device {
             conn.call(&self.key, ClientOp::Ack(acks)).await?;
             for ((user, node), ids) in receipts {
                 for chunk in ids.chunks(MAX_RECEIPT_IDS) {
+                    let id = EnvelopeId::random(&mut rand::rng());
                     let (env, session_write) = self
                         .seal_for(
                             conn,
+                            id,
                             &user,
                             &node,
                             Content::Receipt(chunk.to_vec()),

@@ -215,6 +215,19 @@ impl Envelope {
         ttl: Millis,
     ) -> Result<Envelope, EnvelopeError> {
         let id = EnvelopeId::random(rng);
+        Envelope::seal_body_as(rng, id, recipient, inner, now, ttl)
+    }
+
+    /// [`Envelope::seal_body`] under an id chosen earlier (a message recorded on the device
+    /// before it could be encrypted keeps its id).
+    pub fn seal_body_as(
+        rng: &mut impl CryptoRng,
+        id: EnvelopeId,
+        recipient: &UserId,
+        inner: &[u8],
+        now: Millis,
+        ttl: Millis,
+    ) -> Result<Envelope, EnvelopeError> {
         let expires_at = now.saturating_add(ttl.min(MAX_TTL_MS));
         let padded = pad(inner).ok_or(EnvelopeError::TextTooLong(inner.len()))?;
         let body = seal::seal(
@@ -235,6 +248,7 @@ impl Envelope {
     /// Seals a session message from `sender` (sealed sender: the identity is inside the body).
     pub fn seal_message(
         rng: &mut impl CryptoRng,
+        id: EnvelopeId,
         recipient: &UserId,
         sender: &UserId,
         message: RatchetMessage,
@@ -246,7 +260,7 @@ impl Envelope {
             message,
         })
         .map_err(|_| EnvelopeError::MalformedLetter)?;
-        Envelope::seal_body(rng, recipient, &inner, now, ttl)
+        Envelope::seal_body_as(rng, id, recipient, &inner, now, ttl)
     }
 
     pub fn check_header(&self, now: Millis) -> Result<(), EnvelopeError> {
@@ -336,8 +350,10 @@ mod tests {
             header: vec![1; 80],
             ciphertext: vec![2; 40],
         };
+        let id = EnvelopeId([5; 16]);
         let e = Envelope::seal_message(
             &mut rng,
+            id,
             &bob.user_id(),
             &alice.user_id(),
             msg.clone(),
@@ -351,6 +367,7 @@ mod tests {
             !clear.windows(32).any(|w| w == a.as_bytes()),
             "the sender's key appears nowhere in the clear"
         );
+        assert_eq!(e.id, id);
         let opened = e.open_message(&bob).unwrap();
         assert_eq!(opened.sender, alice.user_id());
         assert_eq!(opened.message, msg);

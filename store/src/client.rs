@@ -61,6 +61,9 @@ pub enum MessageState {
     Received,
     /// Incoming under a key that differs from the pinned one: not shown as trusted.
     HeldKeyChanged,
+    /// Outgoing, a first message to a contact whose node did not answer the prekey fetch: kept
+    /// on the device (only) and sent once their node answers.
+    WaitingForKeys,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +88,8 @@ pub type StoredSessions = Vec<zeroize::Zeroizing<Vec<u8>>>;
 pub enum ClientWrite {
     /// A new message (the caller has checked it is not stored yet).
     Message(StoredMessage),
+    /// Replace a stored message (same envelope id); ignored if there is none.
+    UpdateMessage(StoredMessage),
     /// Replace the sessions with this user (stored forms, newest first).
     Sessions(UserId, StoredSessions),
     /// Replace the prekey secrets (stored form).
@@ -284,6 +289,15 @@ impl ClientDb {
                     );
                     b.put_cf(self.cf(ENVELOPEID_SEQ), m.envelope_id.0, seq_key(seq));
                     seq += 1;
+                }
+                ClientWrite::UpdateMessage(m) => {
+                    if let Some((old_seq, _)) = self.message(&m.envelope_id)? {
+                        b.put_cf(
+                            self.cf(SEQ_MESSAGE),
+                            seq_key(old_seq),
+                            encode_value(SEQ_MESSAGE, m)?,
+                        );
+                    }
                 }
                 ClientWrite::Sessions(user, sessions) => {
                     let plain: Vec<&[u8]> = sessions.iter().map(|s| s.as_slice()).collect();

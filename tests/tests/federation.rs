@@ -75,6 +75,29 @@ fn node_down_and_kill9_after_ack_lose_nothing() {
 }
 
 #[test]
+fn a_first_message_to_a_node_that_is_down_waits_on_the_device_then_goes() {
+    let mut net = Net::start(2);
+    net.account("alice", 0);
+    let bob = net.account("bob", 1);
+    net.ok("alice", &["contact", "add", "bob", &bob]);
+    // Bob's node is down: Alice's device cannot fetch his prekeys to start a session, so the
+    // message waits on her device (and only there: no node holds anything for it).
+    net.kill9(1);
+    let sent = net.ok("alice", &["send", "bob", TEXT]);
+    assert!(sent.contains("waiting on this device"), "{sent}");
+    let status = net.ok("alice", &["status"]);
+    assert!(status.contains("waiting on this device"), "{status}");
+    net.restart(1);
+    net.until(
+        "alice",
+        &["status"],
+        &format!("delivered to their node  \"{TEXT}\""),
+    );
+    let inbox = net.ok("bob", &["inbox"]);
+    assert_eq!(inbox.matches(TEXT).count(), 1, "{inbox}");
+}
+
+#[test]
 fn expired_envelopes_are_dropped_and_reported() {
     let mut net = Net::start(2);
     net.account("alice", 0);
