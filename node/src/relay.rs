@@ -64,6 +64,15 @@ pub const STATUS_GRACE_MS: Millis = 24 * 3600 * 1000;
 /// request-response timeout fails it.
 pub const MAX_PENDING_BUNDLE_FETCHES: usize = 1024;
 
+/// One-time prekeys of one user handed out to one requesting node per hour. Beyond it bundles
+/// still go out, without a one-time prekey (X3DH then runs without DH4): a node (or a local
+/// user) fetching bundles in a loop cannot drain a user's pool for everyone else.
+pub const ONE_TIME_PREKEYS_PER_NODE_PER_HOUR: u32 = 10;
+/// Bound on the (requesting node, user) counters behind that limit; when full, no further
+/// one-time prekeys go to new pairs until the hour turns.
+pub const MAX_HANDOUT_RECORDS: usize = 100_000;
+const HOUR_MS: Millis = 3600 * 1000;
+
 /// Identifies an inbound request awaiting its response; chosen by the driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Token(pub u64);
@@ -170,6 +179,9 @@ pub struct Core {
     one_time_prekeys: HashMap<UserId, BTreeSet<[u8; 32]>>,
     /// Bundle fetches forwarded to another node: the client request waiting, and for whom.
     bundle_fetches: HashMap<BatchId, (Token, UserId)>,
+    /// One-time prekeys handed out this hour, per (requesting node, user).
+    handouts: HashMap<(String, UserId), u32>,
+    handout_window: Millis,
 }
 
 impl Core {
@@ -201,6 +213,8 @@ impl Core {
             signed_prekeys: snapshot.signed_prekeys.into_iter().collect(),
             one_time_prekeys: HashMap::new(),
             bundle_fetches: HashMap::new(),
+            handouts: HashMap::new(),
+            handout_window: now,
         };
         for (user, key) in snapshot.one_time_prekeys {
             core.one_time_prekeys.entry(user).or_default().insert(key);
@@ -316,7 +330,8 @@ impl Core {
             ClientOp::PrekeyStatus => self.prekey_status(&user),
             ClientOp::FetchBundle { user: target, node } => {
                 if node == self.config.node_id {
-                    match self.take_bundle(&target) {
+                    let me = self.config.node_id.clone();
+                    match self.take_bundle(&me, &target, now) {
                         Some(b) => ClientResponse::Bundle(b),
                         None => ClientResponse::Error(ClientError::NoBundle),
                     }
@@ -364,7 +379,9 @@ impl Core {
                     .map(|e| self.deliver_local(e, now))
                     .collect(),
             ),
-            FedRequest::FetchBundle(user) => FedResponse::Bundle(self.take_bundle(&user)),
+            FedRequest::FetchBundle(user) => {
+                FedResponse::Bundle(self.take_bundle(from_node, &user, now))
+            }
         };
         self.outputs
             .push_back(Output::FedResponse { token, response });
@@ -602,13 +619,31 @@ impl Core {
         self.prekey_status(&user)
     }
 
-    /// A bundle for `user`, handing out (and durably deleting) one one-time prekey.
-    fn take_bundle(&mut self, user: &UserId) -> Option<PrekeyBundle> {
+    /// A bundle for `user` asked for by `from_node`, handing out (and durably deleting) one
+    /// one-time prekey while that node is within its hourly allowance for this user.
+    fn take_bundle(&mut self, from_node: &str, user: &UserId, now: Millis) -> Option<PrekeyBundle> {
         let signed = self.signed_prekeys.get(user)?.clone();
-        let one_time = self
-            .one_time_prekeys
-            .get_mut(user)
-            .and_then(BTreeSet::pop_first);
+        if now.saturating_sub(self.handout_window) >= HOUR_MS {
+            self.handouts.clear();
+            self.handout_window = now;
+        }
+        let key = (from_node.to_string(), *user);
+        let allowed = match self.handouts.get(&key) {
+            Some(n) => *n < ONE_TIME_PREKEYS_PER_NODE_PER_HOUR,
+            None => self.handouts.len() < MAX_HANDOUT_RECORDS,
+        };
+        let one_time = if allowed {
+            self.one_time_prekeys
+                .get_mut(user)
+                .and_then(BTreeSet::pop_first)
+        } else {
+            None
+        };
+        if one_time.is_some() {
+            *self.handouts.entry(key).or_insert(0) += 1;
+        } else if !allowed {
+            tracing::debug!(from = from_node, user = %redact::User(user), "one-time prekey allowance spent");
+        }
         if let Some(k) = one_time {
             self.writes.push(NodeWrite::DeleteOneTimePrekey(*user, k));
         }
@@ -1381,6 +1416,34 @@ mod tests {
         let snap = h.store_b.load().unwrap();
         assert!(snap.one_time_prekeys.is_empty());
         assert_eq!(snap.signed_prekeys.len(), 1);
+        // A node fetching in a loop gets bundles without one-time prekeys once its hourly
+        // allowance for this user is spent; the rest of the pool stays for others.
+        let more = secrets.generate_one_time(&mut h.rng, 20);
+        let publish = ClientOp::PublishPrekeys {
+            signed: secrets.current_signed().clone(),
+            one_time: more,
+        };
+        h.client(false, T0, publish);
+        let mut with_otk = 0;
+        for i in 0..15 {
+            h.b.handle_fed_request(T0, Token(200 + i), "NodeC", FedRequest::FetchBundle(bob));
+            let (_, answers, _) = h.drain(false);
+            if let [FedResponse::Bundle(Some(b))] = answers.as_slice() {
+                with_otk += b.one_time.is_some() as u32;
+            }
+        }
+        assert_eq!(with_otk, ONE_TIME_PREKEYS_PER_NODE_PER_HOUR);
+        h.b.handle_fed_request(
+            T0 + HOUR_MS,
+            Token(300),
+            "NodeC",
+            FedRequest::FetchBundle(bob),
+        );
+        let (_, answers, _) = h.drain(false);
+        assert!(
+            matches!(answers.as_slice(), [FedResponse::Bundle(Some(b))] if b.one_time.is_some()),
+            "a new hour, a new allowance"
+        );
         // An unreachable node and an unknown user get typed answers.
         assert!(h.client(true, T0, fetch).is_empty());
         let (batch, _, _) = h.stash.pop().unwrap();
