@@ -18,7 +18,7 @@ use hestia_protocol::identity::{Address, Fingerprint, IdentityError, IdentityKey
 use hestia_protocol::safety::SafetyNumber;
 use hestia_protocol::session::SessionError;
 use hestia_protocol::session::prekeys::{ONE_TIME_PREKEY_TARGET, PrekeySecrets};
-use hestia_protocol::session::ratchet::{MAX_SKIPPED_TOTAL, Session};
+use hestia_protocol::session::ratchet::{MAX_SKIPPED_TOTAL, Session, bound_skipped_total};
 use hestia_protocol::session::x3dh;
 use hestia_protocol::wire::{
     self, Auth, ClientAuth, ClientError, ClientOp, ClientRequest, ClientResponse, DeliveryState,
@@ -932,41 +932,24 @@ impl Device {
                 .iter()
                 .map(|b| Session::from_stored(b))
                 .collect::<Result<Vec<_>, _>>()?;
-            all.push((user, sessions, false));
+            let before: Vec<usize> = sessions.iter().map(Session::skipped_len).collect();
+            all.push((user, sessions, before));
         }
-        let mut total: usize = all
-            .iter()
-            .flat_map(|(_, s, _)| s.iter())
-            .map(Session::skipped_len)
-            .sum();
-        while total > MAX_SKIPPED_TOTAL {
-            let Some(oldest) = all
-                .iter()
-                .flat_map(|(_, s, _)| s.iter())
-                .filter_map(Session::oldest_skipped)
-                .min()
-            else {
-                break;
-            };
-            'find: for (_, sessions, changed) in all.iter_mut() {
-                for s in sessions.iter_mut() {
-                    if s.oldest_skipped() == Some(oldest) {
-                        s.drop_oldest_skipped();
-                        *changed = true;
-                        break 'find;
-                    }
-                }
-            }
-            total -= 1;
+        let mut refs: Vec<&mut Session> =
+            all.iter_mut().flat_map(|(_, s, _)| s.iter_mut()).collect();
+        if bound_skipped_total(&mut refs, MAX_SKIPPED_TOTAL) == 0 {
+            return Ok(());
         }
         let writes: Vec<ClientWrite> = all
             .into_iter()
-            .filter(|(_, _, changed)| *changed)
+            .filter(|(_, s, before)| {
+                s.iter()
+                    .map(Session::skipped_len)
+                    .ne(before.iter().copied())
+            })
             .map(|(u, s, _)| ClientWrite::Sessions(u, stored(&s)))
             .collect();
-        if !writes.is_empty() {
-            self.db.commit(&writes)?;
-        }
+        self.db.commit(&writes)?;
         Ok(())
     }
 

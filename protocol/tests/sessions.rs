@@ -159,6 +159,30 @@ fn skipped_keys_expire() {
 }
 
 #[test]
+fn the_device_wide_bound_drops_the_oldest_skipped_keys_first() {
+    use hestia_protocol::session::ratchet::bound_skipped_total;
+    let (mut rng, mut a1, mut b1) = pair(12);
+    let (_, mut a2, mut b2) = pair(13);
+    // b1 skips 3 keys at NOW, b2 skips 3 keys later.
+    let m1: Vec<_> = (0..4)
+        .map(|_| a1.encrypt(&mut rng, b"x").unwrap())
+        .collect();
+    b1.decrypt(&mut rng, &m1[3], NOW).unwrap();
+    let m2: Vec<_> = (0..4)
+        .map(|_| a2.encrypt(&mut rng, b"y").unwrap())
+        .collect();
+    b2.decrypt(&mut rng, &m2[3], NOW + 10).unwrap();
+    assert_eq!(bound_skipped_total(&mut [&mut b1, &mut b2], 4), 2);
+    assert_eq!((b1.skipped_len(), b2.skipped_len()), (1, 3));
+    // The survivors still decrypt; the dropped ones are gone.
+    assert!(b1.decrypt(&mut rng, &m1[0], NOW).is_err());
+    assert!(b1.decrypt(&mut rng, &m1[2], NOW).is_ok());
+    for m in &m2[..3] {
+        assert!(b2.decrypt(&mut rng, m, NOW).is_ok());
+    }
+}
+
+#[test]
 fn forward_secrecy_stored_state_cannot_read_the_past() {
     let (mut rng, mut a, mut b) = pair(7);
     let old = a.encrypt(&mut rng, b"secret from the past").unwrap();

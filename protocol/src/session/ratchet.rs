@@ -335,16 +335,6 @@ impl Session {
         self.skipped.len()
     }
 
-    /// Oldest skipped key's storage time, for the device-wide bound.
-    pub fn oldest_skipped(&self) -> Option<Millis> {
-        self.skipped.front().map(|s| s.stored_at)
-    }
-
-    /// Drops the oldest skipped key (used to enforce [`MAX_SKIPPED_TOTAL`] across sessions).
-    pub fn drop_oldest_skipped(&mut self) {
-        self.skipped.pop_front();
-    }
-
     /// Forgets skipped keys older than [`SKIPPED_KEY_MAX_AGE_MS`].
     pub fn expire_skipped(&mut self, now: Millis) {
         self.skipped
@@ -593,6 +583,27 @@ impl Session {
             base_key: v1.base_key,
         })
     }
+}
+
+/// Keeps the skipped message keys across `sessions` within `max` (the device applies
+/// [`MAX_SKIPPED_TOTAL`]), dropping the oldest first wherever they are. Returns how many it
+/// dropped.
+pub fn bound_skipped_total(sessions: &mut [&mut Session], max: usize) -> usize {
+    let mut total: usize = sessions.iter().map(|s| s.skipped.len()).sum();
+    let mut dropped = 0;
+    while total > max {
+        let Some(oldest) = sessions
+            .iter_mut()
+            .filter(|s| !s.skipped.is_empty())
+            .min_by_key(|s| s.skipped.front().map(|k| k.stored_at))
+        else {
+            break;
+        };
+        oldest.skipped.pop_front();
+        total -= 1;
+        dropped += 1;
+    }
+    dropped
 }
 
 /// Stored form, version 1. Field order is the format; add a `StoredSessionV2` rather than
