@@ -118,7 +118,7 @@ pub async fn run() -> Result<()> {
         node_addrs.push(node.addr);
     }
 
-    step("Alice creates an account on node 1, Bob on node 2");
+    step("Alice creates an account on node 1, Bob on node 2 (each device publishes prekeys)");
     let mut alice = Device::create(&root.join("alice"), "alice", &node_addrs[0]).await?;
     let mut bob = Device::create(&root.join("bob"), "bob", &node_addrs[1]).await?;
     println!("alice: {}", alice.address());
@@ -129,7 +129,10 @@ pub async fn run() -> Result<()> {
     print!("{card}");
     alice.add_contact(None, &card)?;
 
-    step("Bob is offline. Alice sends him a message");
+    step(
+        "Bob is offline. Alice fetches his prekeys through the federation, starts a session \
+         (X3DH, Double Ratchet) and sends him a message, sealed so his node never learns the sender",
+    );
     let mut ac = alice.connect().await?;
     let sent = alice.send(&mut ac, "bob", TEXT).await?;
     println!("alice -> bob: {TEXT:?}  (envelope {})", sent.envelope_id);
@@ -181,6 +184,9 @@ pub async fn run() -> Result<()> {
             bail!("no delivery receipt in time");
         }
     }
+
+    step("Alice and Bob can compare one safety number out of band (`hestia contact verify`)");
+    println!("{}", alice.safety_number("bob")?);
 
     step("What each node operator stored (sizes, recipient ids, timestamps: never the text)");
     for (i, dir) in node_dirs.iter().enumerate() {

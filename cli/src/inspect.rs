@@ -95,7 +95,7 @@ pub fn render(s: &NodeSnapshot) -> String {
         ));
     }
     out.push_str(&format!(
-        "  prekeys (public; handed out to start sessions): signed for {} users, {} one-time\n",
+        "  prekeys (public; handed out to start sessions): {} users with a signed prekey, {} one-time prekeys\n",
         s.signed_prekeys.len(),
         s.one_time_prekeys.len()
     ));
