@@ -187,7 +187,7 @@ impl Connection {
         let me = self.swarm.local_peer_id().to_string();
         let auth = ClientAuth::sign(key, &self.node.to_string(), &me, now_millis(), &op)
             .map_err(|e| ClientLibError::Unexpected(e.to_string()))?;
-        let answer = self.send(Auth::Signed(auth), op).await;
+        let answer = self.send(Auth::Signed(Box::new(auth)), op).await;
         if answer.is_ok() {
             self.session = Some(user);
         }
@@ -428,7 +428,7 @@ impl Device {
             self.db
                 .commit(&[ClientWrite::Prekeys(self.prekeys.to_stored())])?;
             let op = ClientOp::PublishPrekeys {
-                signed: self.prekeys.current_signed().clone(),
+                signed: Box::new(self.prekeys.current_signed().clone()),
                 one_time: fresh,
             };
             match conn.call(&self.key, op).await? {
@@ -549,7 +549,7 @@ impl Device {
                 node: node.to_string(),
             };
             let bundle = match conn.call(&self.key, op).await {
-                Ok(ClientResponse::Bundle(b)) if b.identity == *to => b,
+                Ok(ClientResponse::Bundle(b)) if b.identity == *to => *b,
                 Ok(other) => return Err(unexpected(other)),
                 Err(ClientLibError::Refused(ClientError::NoBundle)) => {
                     return Err(ClientLibError::NoBundle);

@@ -325,14 +325,14 @@ impl Core {
                 ClientResponse::Status(ids.iter().map(|id| self.state_of(&user, id)).collect())
             }
             ClientOp::PublishPrekeys { signed, one_time } => {
-                self.publish_prekeys(user, signed, one_time)
+                self.publish_prekeys(user, *signed, one_time)
             }
             ClientOp::PrekeyStatus => self.prekey_status(&user),
             ClientOp::FetchBundle { user: target, node } => {
                 if node == self.config.node_id {
                     let me = self.config.node_id.clone();
                     match self.take_bundle(&me, &target, now) {
-                        Some(b) => ClientResponse::Bundle(b),
+                        Some(b) => ClientResponse::Bundle(Box::new(b)),
                         None => ClientResponse::Error(ClientError::NoBundle),
                     }
                 } else if node.len() > MAX_NODE_ID_LEN
@@ -380,7 +380,7 @@ impl Core {
                     .collect(),
             ),
             FedRequest::FetchBundle(user) => {
-                FedResponse::Bundle(self.take_bundle(from_node, &user, now))
+                FedResponse::Bundle(self.take_bundle(from_node, &user, now).map(Box::new))
             }
         };
         self.outputs
@@ -1027,7 +1027,7 @@ mod tests {
                 Token(self.next_token),
                 "device",
                 ClientRequest {
-                    auth: Auth::Signed(auth),
+                    auth: Auth::Signed(Box::new(auth)),
                     op,
                 },
             );
@@ -1249,7 +1249,7 @@ mod tests {
             Token(99),
             "device",
             ClientRequest {
-                auth: Auth::Signed(auth),
+                auth: Auth::Signed(Box::new(auth)),
                 op,
             },
         );
@@ -1361,7 +1361,7 @@ mod tests {
         let mut secrets = PrekeySecrets::new(&mut h.rng, &h.bob, T0);
         let otks = secrets.generate_one_time(&mut h.rng, 2);
         let publish = ClientOp::PublishPrekeys {
-            signed: secrets.current_signed().clone(),
+            signed: Box::new(secrets.current_signed().clone()),
             one_time: otks.clone(),
         };
         assert_eq!(
@@ -1374,7 +1374,7 @@ mod tests {
         // A signed prekey signed by someone else is refused.
         let forged = PrekeySecrets::new(&mut h.rng, &h.alice, T0);
         let bad = ClientOp::PublishPrekeys {
-            signed: forged.current_signed().clone(),
+            signed: Box::new(forged.current_signed().clone()),
             one_time: vec![],
         };
         assert_eq!(
@@ -1420,7 +1420,7 @@ mod tests {
         // allowance for this user is spent; the rest of the pool stays for others.
         let more = secrets.generate_one_time(&mut h.rng, 20);
         let publish = ClientOp::PublishPrekeys {
-            signed: secrets.current_signed().clone(),
+            signed: Box::new(secrets.current_signed().clone()),
             one_time: more,
         };
         h.client(false, T0, publish);

@@ -50,7 +50,7 @@ pub enum FedResponse {
     /// The whole request was refused; nothing was stored.
     Refused(Refusal),
     /// The answer to `FetchBundle`: none if no such user or no prekeys published.
-    Bundle(Option<PrekeyBundle>),
+    Bundle(Option<Box<PrekeyBundle>>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,7 +86,7 @@ pub enum Auth {
     /// Proof that the user holds the identity key, bound to this node, this connection's peer id,
     /// a fresh timestamp and the operation. A node that verifies it opens a session: the
     /// connection's (Noise-authenticated) peer id stands for the user until it disconnects.
-    Signed(ClientAuth),
+    Signed(Box<ClientAuth>),
     /// The user of the session this connection opened with a `Signed` request. Saves a signature
     /// and a verification per request; refused with `SessionUnknown` if there is no such session.
     Session(UserId),
@@ -123,7 +123,7 @@ pub enum ClientOp {
     /// Publish this user's signed prekey (replacing the previous one) and add one-time prekeys.
     /// The node checks the signature and keeps at most `MAX_ONE_TIME_PREKEYS`.
     PublishPrekeys {
-        signed: SignedPrekey,
+        signed: Box<SignedPrekey>,
         one_time: Vec<[u8; 32]>,
     },
     /// How many one-time prekeys the node still holds for this user.
@@ -155,7 +155,7 @@ pub enum ClientResponse {
         one_time: u32,
         low: bool,
     },
-    Bundle(PrekeyBundle),
+    Bundle(Box<PrekeyBundle>),
     Error(ClientError),
 }
 

@@ -22,8 +22,36 @@ use hestia_protocol::wire::{
 use hestia_store::node::{MemNodeStore, NodeStore};
 use rand::{Rng, RngExt, SeedableRng};
 use serde::Serialize;
-use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+/// A fast, deterministic hasher for the simulator's own maps (sequential tokens, random ids,
+/// small integers): an FxHash-style rotate-xor-multiply. Nothing here is adversarial input, and
+/// results never depend on map iteration order.
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Fx = std::hash::BuildHasherDefault<FxHasher>;
+type FxMap<K, V> = HashMap<K, V, Fx>;
+type FxSet<K> = HashSet<K, Fx>;
 
 /// Virtual time at which the run starts (a fixed wall-clock instant, so envelope expiry checks
 /// behave as in production and runs replay).
@@ -78,27 +106,71 @@ enum Ev {
     Sample,
 }
 
-/// Boxed so the heap moves 24 bytes per sift, not a whole request.
+/// Boxed so the queue moves 24 bytes per sift, not a whole request.
 struct Scheduled {
     at: Millis,
     seq: u64,
     ev: Box<Ev>,
 }
 
-impl PartialEq for Scheduled {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
+impl Scheduled {
+    fn key(&self) -> (Millis, u64) {
+        (self.at, self.seq)
     }
 }
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
+
+/// The event queue: a 4-ary min-heap on (time, sequence number). The sequence number makes the
+/// order total, so runs replay exactly. Four children per node halve the depth of a binary
+/// heap; at scale the queue holds a few hundred thousand events and each level of a pop is a
+/// likely cache miss, so fewer levels is what counts (measured: docs/benchmarks.md).
+#[derive(Default)]
+struct EventQueue {
+    heap: Vec<Scheduled>,
 }
-impl Ord for Scheduled {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(o.at, o.seq))
+
+impl EventQueue {
+    const D: usize = 4;
+
+    fn push(&mut self, item: Scheduled) {
+        self.heap.push(item);
+        let mut i = self.heap.len() - 1;
+        while i > 0 {
+            let parent = (i - 1) / Self::D;
+            if self.heap[parent].key() <= self.heap[i].key() {
+                break;
+            }
+            self.heap.swap(parent, i);
+            i = parent;
+        }
+    }
+
+    fn pop(&mut self) -> Option<Scheduled> {
+        let last = self.heap.pop()?;
+        if self.heap.is_empty() {
+            return Some(last);
+        }
+        let top = std::mem::replace(&mut self.heap[0], last);
+        let n = self.heap.len();
+        let mut i = 0;
+        loop {
+            let first = i * Self::D + 1;
+            if first >= n {
+                break;
+            }
+            let end = (first + Self::D).min(n);
+            let mut min = first;
+            for c in first + 1..end {
+                if self.heap[c].key() < self.heap[min].key() {
+                    min = c;
+                }
+            }
+            if self.heap[i].key() <= self.heap[min].key() {
+                break;
+            }
+            self.heap.swap(i, min);
+            i = min;
+        }
+        Some(top)
     }
 }
 
@@ -108,8 +180,8 @@ struct Node {
     store: MemNodeStore,
     timer_at: Option<Millis>,
     next_token: u64,
-    client_tokens: HashMap<Token, (usize, Kind)>,
-    fed_tokens: HashMap<Token, (usize, BatchId, Vec<EnvelopeId>)>,
+    client_tokens: FxMap<Token, (usize, Kind)>,
+    fed_tokens: FxMap<Token, (usize, BatchId, Vec<EnvelopeId>)>,
     /// What this node's operator saw.
     observed: Observed,
     /// Outbound batches awaiting an answer or a timeout.
@@ -209,10 +281,10 @@ pub struct OperatorView {
 
 #[derive(Default)]
 struct Observed {
-    senders: HashSet<usize>,
-    user_to_node: HashSet<(usize, usize)>,
-    user_to_recipient: HashSet<(usize, usize)>,
-    node_to_user: HashSet<(usize, usize)>,
+    senders: FxSet<usize>,
+    user_to_node: FxSet<(usize, usize)>,
+    user_to_recipient: FxSet<(usize, usize)>,
+    node_to_user: FxSet<(usize, usize)>,
     sent: u64,
     received: u64,
 }
@@ -232,13 +304,13 @@ pub struct Sim {
     rng: rand::rngs::StdRng,
     now: Millis,
     seq: u64,
-    queue: BinaryHeap<Reverse<Scheduled>>,
+    queue: EventQueue,
     nodes: Vec<Node>,
     devices: Vec<Device>,
-    by_key: HashMap<UserId, usize>,
+    by_key: FxMap<UserId, usize>,
     /// Every message sent. Results are built from counts and sorted latencies, never from this
     /// map's iteration order.
-    msgs: HashMap<EnvelopeId, Msg>,
+    msgs: FxMap<EnvelopeId, Msg>,
     recipient_weights: Vec<f64>,
     events: u64,
     not_sent: u64,
@@ -247,7 +319,7 @@ pub struct Sim {
     bytes_fed_resp: u64,
     /// Every (sender, recipient) pair a user sent to: the ground truth that operators'
     /// observations are measured against. Only counted, so results do not depend on its order.
-    all_conversations: HashSet<(usize, usize)>,
+    all_conversations: FxSet<(usize, usize)>,
     /// Messages that reached a node / a device / were lost with a disk (and not delivered).
     count_node: u64,
     count_device: u64,
@@ -271,8 +343,8 @@ impl Sim {
                 store: MemNodeStore::default(),
                 timer_at: None,
                 next_token: 0,
-                client_tokens: HashMap::new(),
-                fed_tokens: HashMap::new(),
+                client_tokens: FxMap::default(),
+                fed_tokens: FxMap::default(),
                 pending: BTreeSet::new(),
                 observed: Observed::default(),
                 users: Vec::new(),
@@ -283,18 +355,18 @@ impl Sim {
             seed,
             now: EPOCH_MS,
             seq: 0,
-            queue: BinaryHeap::new(),
+            queue: EventQueue::default(),
             nodes,
             devices: Vec::new(),
-            by_key: HashMap::new(),
-            msgs: HashMap::new(),
+            by_key: FxMap::default(),
+            msgs: FxMap::default(),
             recipient_weights: Vec::new(),
             events: 0,
             not_sent: 0,
             bytes_client: 0,
             bytes_fed_req: 0,
             bytes_fed_resp: 0,
-            all_conversations: HashSet::new(),
+            all_conversations: FxSet::default(),
             count_node: 0,
             count_device: 0,
             count_lost: 0,
@@ -367,11 +439,11 @@ impl Sim {
 
     fn schedule(&mut self, at: Millis, ev: Ev) {
         self.seq += 1;
-        self.queue.push(Reverse(Scheduled {
+        self.queue.push(Scheduled {
             at,
             seq: self.seq,
             ev: Box::new(ev),
-        }));
+        });
     }
 
     fn exp(&mut self, mean_ms: f64) -> Millis {
@@ -422,7 +494,7 @@ impl Sim {
             let node_id = &self.nodes[d.node].id;
             let signed = ClientAuth::sign(&d.key, node_id, &d.peer, self.now, &op)
                 .expect("client operations encode");
-            Auth::Signed(signed)
+            Auth::Signed(Box::new(signed))
         };
         // Requests of one device arrive in order, so the ones after a signed one find the session.
         self.devices[u].session = true;
@@ -631,13 +703,12 @@ impl Sim {
                 }
                 let token = self.token(n);
                 self.nodes[n].client_tokens.insert(token, (user, kind));
-                let peer = self.devices[user].peer.clone();
-                let now = self.now;
+                let peer = &self.devices[user].peer;
                 self.nodes[n]
                     .core
                     .as_mut()
                     .expect("checked")
-                    .handle_client(now, token, &peer, req);
+                    .handle_client(self.now, token, peer, req);
                 self.drive(n);
             }
             Ev::ClientResp { user, kind, resp } => self.device_answer(user, kind, resp),
@@ -664,13 +735,16 @@ impl Sim {
                 let ids = envs.iter().map(|e| e.id).collect();
                 let token = self.token(to);
                 self.nodes[to].fed_tokens.insert(token, (from, batch, ids));
-                let from_id = self.nodes[from].id.clone();
+                // Split the borrow: the sender's id and the receiver's core are different nodes
+                // (or the same one, read before it is changed).
                 let now = self.now;
+                let from_id = std::mem::take(&mut self.nodes[from].id);
                 self.nodes[to]
                     .core
                     .as_mut()
                     .expect("checked")
                     .handle_fed_request(now, token, &from_id, req);
+                self.nodes[from].id = from_id;
                 self.drive(to);
             }
             Ev::FedResp {
@@ -900,7 +974,7 @@ impl Sim {
     /// `progress` is called now and then with (simulated seconds, events so far); when it returns
     /// false the run stops there and the summary says it was interrupted.
     pub fn run(mut self, mut progress: impl FnMut(f64, u64) -> bool) -> Outcome {
-        while let Some(Reverse(s)) = self.queue.pop() {
+        while let Some(s) = self.queue.pop() {
             if s.at > self.end || self.events >= MAX_EVENTS {
                 break;
             }
