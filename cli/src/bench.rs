@@ -78,7 +78,15 @@ async fn cluster() -> Result<Cluster> {
     // each other without a third node.
     for i in [1, 0] {
         let dir = tmp.path().join(format!("node{i}"));
-        let node = start_local_node(&dir, addrs.clone(), rx.clone()).await?;
+        // The benchmark measures the relay, not the per-user abuse limit: its few senders push
+        // far more than any person would.
+        let node = start_local_node(
+            &dir,
+            addrs.clone(),
+            hestia_node::relay::SendLimit::UNLIMITED,
+            rx.clone(),
+        )
+        .await?;
         peers.push(node.peer);
         addrs.push(node.addr);
     }

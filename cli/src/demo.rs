@@ -50,6 +50,7 @@ pub struct LocalNode {
 pub async fn start_local_node(
     dir: &Path,
     bootstrap: Vec<Multiaddr>,
+    send_limit: hestia_node::relay::SendLimit,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<LocalNode> {
     let node = Node::start(NodeConfig {
@@ -57,6 +58,7 @@ pub async fn start_local_node(
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
         bootstrap,
         registration_open: true,
+        send_limit,
     })?;
     let peer = node.peer_id().to_string();
     let task = tokio::spawn(node.run(async move {
@@ -111,7 +113,13 @@ pub async fn run() -> Result<()> {
     let mut handles = Vec::new();
     for i in 1..=2 {
         let dir = root.join(format!("node{i}"));
-        let node = start_local_node(&dir, vec![baddr.clone()], stopped.clone()).await?;
+        let node = start_local_node(
+            &dir,
+            vec![baddr.clone()],
+            Default::default(),
+            stopped.clone(),
+        )
+        .await?;
         println!("node {i}: {}", node.addr);
         handles.push(node.task);
         node_dirs.push(dir);

@@ -105,6 +105,12 @@ struct NodeRunArgs {
     /// Refuse new accounts.
     #[arg(long)]
     closed_registration: bool,
+    /// Envelopes one user may send in a burst (then `--sends-per-second`).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    send_burst: Option<u64>,
+    /// Sustained envelopes per second one user may send.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    sends_per_second: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -116,6 +122,8 @@ struct NodeFile {
     #[serde(default)]
     bootstrap: Vec<String>,
     registration_open: Option<bool>,
+    send_burst: Option<u64>,
+    sends_per_second: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -581,6 +589,17 @@ fn node_config(args: NodeRunArgs) -> Result<NodeConfig> {
         listen,
         bootstrap,
         registration_open: !args.closed_registration && file.registration_open.unwrap_or(true),
+        send_limit: hestia_node::relay::SendLimit {
+            burst: args
+                .send_burst
+                .or(file.send_burst)
+                .unwrap_or(hestia_node::relay::SEND_BURST),
+            per_second: args
+                .sends_per_second
+                .or(file.sends_per_second)
+                .unwrap_or(hestia_node::relay::SENDS_PER_SECOND)
+                .max(1),
+        },
     })
 }
 

@@ -89,7 +89,13 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Comparison> {
         let dir = tmp.path().join(format!("node{i}"));
         // Every node knows the first one; it introduces the rest (Kademlia, presence).
         let bootstrap = addrs.first().cloned().into_iter().collect();
-        let node = start_local_node(&dir, bootstrap, stopped.clone()).await?;
+        let node = start_local_node(
+            &dir,
+            bootstrap,
+            hestia_node::relay::SendLimit::UNLIMITED,
+            stopped.clone(),
+        )
+        .await?;
         peers.push(node.peer);
         addrs.push(node.addr);
     }

@@ -48,7 +48,7 @@ pub enum ClientLibError {
     Unreachable { addr: Multiaddr, reason: String },
     #[error("the home node did not answer: {0} (the request may or may not have taken effect)")]
     RequestFailed(String),
-    #[error("the home node refused the request: {0:?}")]
+    #[error("the home node refused the request: {}", describe_refusal(.0))]
     Refused(ClientError),
     #[error("unexpected answer from the home node: {0}")]
     Unexpected(String),
@@ -280,6 +280,16 @@ pub fn check_name(name: &str) -> Result<(), ClientLibError> {
         Ok(())
     } else {
         Err(ClientLibError::BadName(name.to_string()))
+    }
+}
+
+fn describe_refusal(e: &ClientError) -> String {
+    match e {
+        ClientError::RateLimited { retry_after_ms } => format!(
+            "sending too fast for this node's limit; try again in {:.1} s",
+            *retry_after_ms as f64 / 1000.0
+        ),
+        other => format!("{other:?}"),
     }
 }
 

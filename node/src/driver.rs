@@ -215,6 +215,7 @@ pub struct NodeConfig {
     pub listen: Vec<Multiaddr>,
     pub bootstrap: Vec<Multiaddr>,
     pub registration_open: bool,
+    pub send_limit: relay::SendLimit,
 }
 
 /// A running node: the swarm, the store and the core.
@@ -272,6 +273,7 @@ impl Node {
                 node_id: peer.to_string(),
                 registration_open: config.registration_open,
                 seed,
+                send_limit: config.send_limit,
             },
             snapshot,
             now_millis(),

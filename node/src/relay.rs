@@ -72,6 +72,37 @@ pub const ONE_TIME_PREKEYS_PER_NODE_PER_HOUR: u32 = 10;
 /// one-time prekeys go to new pairs until the hour turns.
 pub const MAX_HANDOUT_RECORDS: usize = 100_000;
 const HOUR_MS: Millis = 3600 * 1000;
+/// Envelopes (and bundle fetches) one local user may send in a burst, by default. The home node
+/// knows who sends (it authenticated them), so it can stop a user flooding the federation:
+/// generous for people, a wall for a runaway script. Operators set their own with
+/// [`SendLimit`].
+pub const SEND_BURST: u64 = 10_000;
+/// Sustained sends per second per local user once the burst is spent, by default.
+pub const SENDS_PER_SECOND: u64 = 100;
+
+/// The per-user send allowance: a token bucket of `burst` refilled at `per_second`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendLimit {
+    pub burst: u64,
+    pub per_second: u64,
+}
+
+impl Default for SendLimit {
+    fn default() -> Self {
+        SendLimit {
+            burst: SEND_BURST,
+            per_second: SENDS_PER_SECOND,
+        }
+    }
+}
+
+impl SendLimit {
+    /// No limit (benchmarks measuring the relay itself, simulations).
+    pub const UNLIMITED: SendLimit = SendLimit {
+        burst: u64::MAX / 2000,
+        per_second: u64::MAX / 2000,
+    };
+}
 
 /// Identifies an inbound request awaiting its response; chosen by the driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -88,6 +119,7 @@ pub struct Config {
     pub registration_open: bool,
     /// Seeds the retry jitter, so simulations replay.
     pub seed: u64,
+    pub send_limit: SendLimit,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -182,6 +214,8 @@ pub struct Core {
     /// One-time prekeys handed out this hour, per (requesting node, user).
     handouts: HashMap<(String, UserId), u32>,
     handout_window: Millis,
+    /// Per local user: send allowance left (in thousandths of a send) and when it was counted.
+    send_budget: HashMap<UserId, (u64, Millis)>,
 }
 
 impl Core {
@@ -215,6 +249,7 @@ impl Core {
             bundle_fetches: HashMap::new(),
             handouts: HashMap::new(),
             handout_window: now,
+            send_budget: HashMap::new(),
         };
         for (user, key) in snapshot.one_time_prekeys {
             core.one_time_prekeys.entry(user).or_default().insert(key);
@@ -290,12 +325,15 @@ impl Core {
             ClientOp::Send(items) if items.len() > MAX_BATCH_ENVELOPES => {
                 ClientResponse::Error(ClientError::TooMany)
             }
-            ClientOp::Send(items) => ClientResponse::Sent(
-                items
-                    .into_iter()
-                    .map(|o| self.accept_send(user, o.to_node, o.envelope))
-                    .collect(),
-            ),
+            ClientOp::Send(items) => match self.spend(&user, items.len() as u64, now) {
+                Err(e) => ClientResponse::Error(e),
+                Ok(()) => ClientResponse::Sent(
+                    items
+                        .into_iter()
+                        .map(|o| self.accept_send(user, o.to_node, o.envelope))
+                        .collect(),
+                ),
+            },
             ClientOp::Fetch { limit, wait_ms } => {
                 let limit = (limit as usize).clamp(1, MAX_BATCH_ENVELOPES);
                 let batch = self.mailbox_batch(&user, limit);
@@ -329,7 +367,9 @@ impl Core {
             }
             ClientOp::PrekeyStatus => self.prekey_status(&user),
             ClientOp::FetchBundle { user: target, node } => {
-                if node == self.config.node_id {
+                if let Err(e) = self.spend(&user, 1, now) {
+                    ClientResponse::Error(e)
+                } else if node == self.config.node_id {
                     let me = self.config.node_id.clone();
                     match self.take_bundle(&me, &target, now) {
                         Some(b) => ClientResponse::Bundle(Box::new(b)),
@@ -583,6 +623,30 @@ impl Core {
         self.accounts.insert(user, rec);
         tracing::info!(user = %redact::User(&user), "account registered");
         ClientResponse::Registered
+    }
+
+    /// Takes `n` sends from the user's allowance (the configured [`SendLimit`]), or says when
+    /// there will be enough.
+    fn spend(&mut self, user: &UserId, n: u64, now: Millis) -> Result<(), ClientError> {
+        const MILLI: u64 = 1000;
+        let SendLimit { burst, per_second } = self.config.send_limit;
+        let per_second = per_second.max(1);
+        let full = burst.saturating_mul(MILLI);
+        let (left, at) = self.send_budget.get(user).copied().unwrap_or((full, now));
+        // Allowance accrues at `per_second` per 1000 ms, i.e. `per_second` milli-sends per ms.
+        let refilled = left
+            .saturating_add(now.saturating_sub(at).saturating_mul(per_second))
+            .min(full);
+        let need = n.saturating_mul(MILLI);
+        if need > refilled {
+            let wait = (need - refilled).div_ceil(per_second);
+            tracing::info!(user = %redact::User(user), n, "sends refused: rate limit");
+            return Err(ClientError::RateLimited {
+                retry_after_ms: wait.min(u32::MAX as u64) as u32,
+            });
+        }
+        self.send_budget.insert(*user, (refilled - need, now));
+        Ok(())
     }
 
     fn prekey_status(&self, user: &UserId) -> ClientResponse {
@@ -979,6 +1043,7 @@ mod tests {
                 node_id: id.into(),
                 registration_open: true,
                 seed: 7,
+                send_limit: SendLimit::default(),
             },
             snap,
             now,
@@ -1461,5 +1526,36 @@ mod tests {
             h.client(true, T0, local),
             vec![ClientResponse::Error(ClientError::NoBundle)]
         );
+    }
+
+    #[test]
+    fn a_user_sending_faster_than_the_allowance_is_refused_then_let_through() {
+        let mut h = Harness::new();
+        // Spend the burst in large requests (envelopes need not be valid for the count).
+        let e = h.letter("x", T0, 60_000);
+        let batch: Vec<Outgoing> = (0..MAX_BATCH_ENVELOPES)
+            .map(|_| Outgoing {
+                to_node: "NodeB".into(),
+                envelope: e.clone(),
+            })
+            .collect();
+        let mut sent = 0u64;
+        while sent + MAX_BATCH_ENVELOPES as u64 <= SEND_BURST {
+            let r = h.client(true, T0, ClientOp::Send(batch.clone()));
+            assert!(matches!(r.as_slice(), [ClientResponse::Sent(_)]), "{r:?}");
+            sent += MAX_BATCH_ENVELOPES as u64;
+        }
+        let r = h.client(true, T0, ClientOp::Send(batch.clone()));
+        let [ClientResponse::Error(ClientError::RateLimited { retry_after_ms })] = r.as_slice()
+        else {
+            panic!("{r:?}")
+        };
+        // After the advertised wait, the same request goes through.
+        let later = T0 + *retry_after_ms as Millis;
+        let r = h.client(true, later, ClientOp::Send(batch));
+        assert!(matches!(r.as_slice(), [ClientResponse::Sent(_)]), "{r:?}");
+        // Another user's allowance is untouched.
+        let r = h.client(false, later, ClientOp::Status(vec![]));
+        assert!(matches!(r.as_slice(), [ClientResponse::Status(_)]));
     }
 }

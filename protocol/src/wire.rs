@@ -204,6 +204,11 @@ pub enum ClientError {
     NodeUnreachable,
     /// The published prekeys are refused (bad signature, or too many).
     BadPrekeys,
+    /// This user sent (or fetched bundles) faster than the node allows; nothing was done.
+    /// Try again after `retry_after_ms`.
+    RateLimited {
+        retry_after_ms: u32,
+    },
 }
 
 /// A node's signed presence announcement (gossipsub signs it with the node key).

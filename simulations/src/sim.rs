@@ -381,6 +381,7 @@ impl Sim {
                     node_id: sim.nodes[n].id.clone(),
                     registration_open: true,
                     seed: rng.next_u64(),
+                    send_limit: relay::SendLimit::UNLIMITED,
                 },
                 Default::default(),
                 EPOCH_MS,
@@ -923,6 +924,7 @@ impl Sim {
             node_id: self.nodes[n].id.clone(),
             registration_open: true,
             seed,
+            send_limit: relay::SendLimit::UNLIMITED,
         };
         self.nodes[n].core = Some(relay::Core::new(config, snapshot, self.now));
         let now = self.now;
