@@ -204,6 +204,37 @@ fn a_changed_key_is_reported_and_held_once_the_contact_was_verified() {
 }
 
 #[test]
+fn both_sides_starting_a_session_at_once_still_converse() {
+    let net = Net::start(2);
+    let alice = net.account("alice", 0);
+    let bob = net.account("bob", 1);
+    net.ok("alice", &["contact", "add", "bob", &bob]);
+    net.ok("bob", &["contact", "add", "alice", &alice]);
+    // Each starts a session from the other's prekeys before reading anything.
+    net.ok("alice", &["send", "bob", "a1"]);
+    net.ok("bob", &["send", "alice", "b1"]);
+    net.ok("alice", &["send", "bob", "a2"]);
+    assert!(net.ok("bob", &["inbox"]).contains("alice: a1"));
+    let a = net.ok("alice", &["inbox"]);
+    assert!(a.contains("bob: b1"), "{a}");
+    // Messages crossing on the two sessions keep decrypting.
+    net.ok("bob", &["send", "alice", "b2"]);
+    net.ok("alice", &["send", "bob", "a3"]);
+    let b = net.ok("bob", &["inbox", "--all"]);
+    for t in ["alice: a1", "alice: a2", "alice: a3"] {
+        assert!(b.contains(t), "{t} missing: {b}");
+    }
+    let a = net.ok("alice", &["inbox", "--all"]);
+    for t in ["bob: b1", "bob: b2"] {
+        assert!(a.contains(t), "{t} missing: {a}");
+    }
+    assert!(
+        !a.contains("could not open") && !b.contains("could not open"),
+        "{a}\n{b}"
+    );
+}
+
+#[test]
 fn safety_numbers_match_on_both_devices_and_a_scanned_code_verifies() {
     let net = Net::start(1);
     let alice = net.account("alice", 0);
