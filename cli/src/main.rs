@@ -536,8 +536,10 @@ fn simulate(scenario: Option<PathBuf>, seed: u64, out: &Path) -> Result<()> {
         s.latency_send_to_device.p99_ms
     );
     println!(
-        "conversations linkable by one operator: {:.0}%",
-        s.linkable_by_one_operator * 100.0
+        "conversations linkable by one operator: {:.0}% (two colluding: {:.0}%); cover envelopes sent: {}",
+        s.linkable_by_one_operator * 100.0,
+        s.linkable_by_two_colluding_operators * 100.0,
+        s.cover_envelopes_sent
     );
     println!(
         "{} events in {wall:.2} s wall ({:.0} events/s); results in {}",

@@ -50,19 +50,20 @@ pub fn write_results(out: &Path, o: &Outcome) -> std::io::Result<()> {
     }
     std::fs::write(out.join("timeseries.csv"), csv)?;
     let mut ops = String::from(
-        "node,senders,user_to_node_pairs,user_to_recipient_pairs,node_to_user_pairs,messages_from_local_users,envelopes_for_local_users\n",
+        "node,senders,user_to_node_pairs,user_to_recipient_pairs,node_to_user_pairs,envelopes_from_local_users,envelopes_for_local_users,distinct_body_sizes\n",
     );
     for v in &o.operators {
         let _ = writeln!(
             ops,
-            "{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{}",
             v.node,
             v.senders,
             v.user_to_node_pairs,
             v.user_to_recipient_pairs,
             v.node_to_user_pairs,
-            v.messages_from_local_users,
-            v.envelopes_for_local_users
+            v.envelopes_from_local_users,
+            v.envelopes_for_local_users,
+            v.distinct_body_sizes
         );
     }
     std::fs::write(out.join("operators.csv"), ops)?;
@@ -236,7 +237,7 @@ mod tests {
         let sent: u64 = o
             .operators
             .iter()
-            .map(|v| v.messages_from_local_users)
+            .map(|v| v.envelopes_from_local_users)
             .sum();
         assert!(sent >= s.messages_sent, "{sent} < {}", s.messages_sent);
         let linked: usize = o.operators.iter().map(|v| v.user_to_recipient_pairs).sum();
@@ -271,6 +272,94 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("node 5"));
         assert!(Scenario::from_toml(DEFAULT_SCENARIO).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod privacy_tests {
+    use super::*;
+
+    /// Everyone online, no faults, realistic text lengths: only the knobs differ between runs.
+    fn plain() -> Scenario {
+        Scenario {
+            name: "privacy".into(),
+            nodes: 10,
+            users_per_node: 10,
+            duration_s: 1200.0,
+            drain_s: 600.0,
+            messages_per_user_per_hour: 6.0,
+            online_fraction: 1.0,
+            link_loss: 0.0,
+            crashes: vec![],
+            partitions: vec![],
+            mean_text_bytes: 80.0,
+            ..Scenario::default()
+        }
+    }
+
+    #[test]
+    fn cover_traffic_lowers_linkability_and_its_cost_shows() {
+        let base = run(plain(), 3, |_, _| true).summary;
+        assert_eq!(base.linkable_by_one_operator, 1.0, "{base:?}");
+        assert_eq!(base.cover_envelopes_sent, 0);
+        let covered = run(
+            Scenario {
+                cover_messages_per_user_per_hour: 60.0,
+                ..plain()
+            },
+            3,
+            |_, _| true,
+        )
+        .summary;
+        // Ten dummies per message to random users: most observed pairs could be dummies.
+        assert!(
+            covered.linkable_by_one_operator < 0.5,
+            "{}",
+            covered.linkable_by_one_operator
+        );
+        assert!(covered.cover_envelopes_sent > 5 * covered.messages_sent);
+        assert!(covered.bytes_fed_requests > 5 * base.bytes_fed_requests);
+        assert_eq!(
+            covered.linkable_by_two_colluding_operators,
+            covered.linkable_by_one_operator
+        );
+    }
+
+    #[test]
+    fn batching_delay_costs_latency_and_padding_hides_sizes() {
+        let base = run(plain(), 4, |_, _| true);
+        let delayed = run(
+            Scenario {
+                batching_delay_ms: 10_000,
+                ..plain()
+            },
+            4,
+            |_, _| true,
+        );
+        let (b, d) = (
+            &base.summary.latency_send_to_node,
+            &delayed.summary.latency_send_to_node,
+        );
+        assert!(d.p50_ms > b.p50_ms + 2_000.0, "{b:?} {d:?}");
+        // Padding on: operators see at most one size per bucket. Off: sizes spread out.
+        let sizes = |o: &Outcome| {
+            o.operators
+                .iter()
+                .map(|v| v.distinct_body_sizes)
+                .max()
+                .unwrap()
+        };
+        assert!(sizes(&base) <= hestia_protocol::envelope::PADDING_BUCKETS.len());
+        let unpadded = run(
+            Scenario {
+                padding: false,
+                ..plain()
+            },
+            4,
+            |_, _| true,
+        );
+        assert!(sizes(&unpadded) > 10, "{}", sizes(&unpadded));
+        assert!(unpadded.summary.bytes_fed_requests < base.summary.bytes_fed_requests);
     }
 }
 

@@ -39,6 +39,18 @@ pub struct Scenario {
     pub partitions: Vec<Partition>,
     /// Seconds between rows of the time series.
     pub sample_every_s: f64,
+    /// Privacy knob: bodies padded to Hestia's size buckets (as the protocol does), or, if
+    /// false, sent at their exact length (what padding costs and what it hides).
+    pub padding: bool,
+    /// Mean text length in bytes (exponential). 0: every message is the smallest body (the
+    /// model before sizes mattered; no random draw).
+    pub mean_text_bytes: f64,
+    /// Privacy knob: dummy envelopes each online user sends per hour (Poisson) to uniformly
+    /// random users; recipients' devices drop them. Same sizes as real messages.
+    pub cover_messages_per_user_per_hour: f64,
+    /// Privacy knob: a device holds each outgoing envelope (real or cover) for a uniformly
+    /// random time up to this before handing it to its node.
+    pub batching_delay_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +117,10 @@ impl Default for Scenario {
                 split: 25,
             }],
             sample_every_s: 60.0,
+            padding: true,
+            mean_text_bytes: 0.0,
+            cover_messages_per_user_per_hour: 0.0,
+            batching_delay_ms: 0,
         }
     }
 }
@@ -150,6 +166,16 @@ impl Scenario {
         }
         if self.ttl_s <= 0.0 || self.sample_every_s <= 0.0 {
             return bad("ttl_s and sample_every_s must be positive".into());
+        }
+        if !(0.0..=hestia_protocol::envelope::MAX_TEXT_BYTES as f64).contains(&self.mean_text_bytes)
+            || self.cover_messages_per_user_per_hour < 0.0
+            || self.batching_delay_ms > 3_600_000
+        {
+            return bad(
+                "mean_text_bytes must be 0..=12288, cover_messages_per_user_per_hour >= 0, \
+                 batching_delay_ms <= 3600000"
+                    .into(),
+            );
         }
         if let Some(c) = self.crashes.iter().find(|c| c.node >= self.nodes) {
             return bad(format!("crash names node {} of {}", c.node, self.nodes));

@@ -12,7 +12,9 @@ use crate::scenario::{Scenario, SocialGraph};
 use hestia_node::relay::{self, BatchId, FedFailure, Output, Token};
 use hestia_protocol::Millis;
 use hestia_protocol::codec;
-use hestia_protocol::envelope::{ENVELOPE_VERSION, Envelope, EnvelopeId, PADDING_BUCKETS};
+use hestia_protocol::envelope::{
+    ENVELOPE_VERSION, Envelope, EnvelopeId, MAX_TEXT_BYTES, PADDING_BUCKETS,
+};
 use hestia_protocol::identity::{IdentityKey, UserId};
 use hestia_protocol::seal;
 use hestia_protocol::wire::{
@@ -100,6 +102,14 @@ enum Ev {
         batch: BatchId,
     },
     Compose(usize),
+    /// A user's device sends a dummy envelope (cover traffic).
+    Cover(usize),
+    /// A device hands an envelope it held back (batching delay) to its node.
+    Submit {
+        user: usize,
+        ids: Vec<EnvelopeId>,
+        out: Outgoing,
+    },
     Toggle(usize),
     Crash(usize),
     Restart(usize),
@@ -257,10 +267,19 @@ pub struct Summary {
     pub bytes_fed_responses: u64,
     /// Conversations (sender, recipient) with any message.
     pub conversations: usize,
-    /// Fraction of conversations that one operator alone can link (it saw both the sending user
-    /// and the recipient of a message of it). With this protocol the sender's home node sees
-    /// both on every send, so this is 1.0; sealed sender is what will move it.
+    /// Dummy envelopes sent (cover traffic); not counted in `messages_sent`.
+    pub cover_envelopes_sent: u64,
+    /// How well one operator can link conversations: the mean, over conversations (sender,
+    /// recipient), of the best single operator's posterior probability that the pair is a real
+    /// conversation given the envelopes it saw between them. The sender's home node sees every
+    /// envelope's sender and recipient (sealed sender hides the sender only from the recipient's
+    /// node), so without cover traffic this is 1.0; cover envelopes, indistinguishable by size
+    /// and timing, make each observed envelope possibly a dummy. See docs/simulations.md.
     pub linkable_by_one_operator: f64,
+    /// The same for two colluding operators (the sender's and the recipient's home nodes). Their
+    /// joint view adds the recipient's fetches, which devices make alike for real and dummy
+    /// envelopes, so in this protocol it equals the single-operator figure.
+    pub linkable_by_two_colluding_operators: f64,
 }
 
 /// What one node's operator observed over the run (counts of distinct pairs).
@@ -275,16 +294,21 @@ pub struct OperatorView {
     pub user_to_recipient_pairs: usize,
     /// Distinct (sending node, local recipient) pairs seen on federation traffic.
     pub node_to_user_pairs: usize,
-    pub messages_from_local_users: u64,
+    /// Envelopes its users handed it (messages and cover alike: it cannot tell them apart).
+    pub envelopes_from_local_users: u64,
     pub envelopes_for_local_users: u64,
+    /// Distinct body sizes it saw (at most the number of padding buckets when padding is on).
+    pub distinct_body_sizes: usize,
 }
 
 #[derive(Default)]
 struct Observed {
     senders: FxSet<usize>,
     user_to_node: FxSet<(usize, usize)>,
-    user_to_recipient: FxSet<(usize, usize)>,
+    /// Envelopes seen per (local user, recipient).
+    user_to_recipient: FxMap<(usize, usize), u32>,
     node_to_user: FxSet<(usize, usize)>,
+    sizes: FxSet<usize>,
     sent: u64,
     received: u64,
 }
@@ -314,6 +338,10 @@ pub struct Sim {
     recipient_weights: Vec<f64>,
     events: u64,
     not_sent: u64,
+    cover_sent: u64,
+    /// Bytes a session message adds to its text inside the sealed box (measured once from the
+    /// real types).
+    session_overhead: usize,
     bytes_client: u64,
     bytes_fed_req: u64,
     bytes_fed_resp: u64,
@@ -363,6 +391,8 @@ impl Sim {
             recipient_weights: Vec::new(),
             events: 0,
             not_sent: 0,
+            cover_sent: 0,
+            session_overhead: session_overhead(),
             bytes_client: 0,
             bytes_fed_req: 0,
             bytes_fed_resp: 0,
@@ -429,6 +459,10 @@ impl Sim {
             }
             let d = sim.compose_gap();
             sim.schedule(sim.now + d, Ev::Compose(u));
+            if sim.sc.cover_messages_per_user_per_hour > 0.0 {
+                let d = sim.cover_gap();
+                sim.schedule(sim.now + d, Ev::Cover(u));
+            }
         }
         for i in 0..sim.sc.crashes.len() {
             let at = EPOCH_MS + ms(sim.sc.crashes[i].at_s);
@@ -697,7 +731,8 @@ impl Sim {
                             let seen = &mut self.nodes[n].observed;
                             seen.senders.insert(user);
                             seen.user_to_node.insert((user, to_node));
-                            seen.user_to_recipient.insert((user, *r));
+                            *seen.user_to_recipient.entry((user, *r)).or_insert(0) += 1;
+                            seen.sizes.insert(o.envelope.body.len());
                             seen.sent += 1;
                         }
                     }
@@ -730,6 +765,7 @@ impl Sim {
                     if let Some(r) = self.by_key.get(&e.recipient) {
                         // The recipient's node sees the sending node, not the sending user.
                         self.nodes[to].observed.node_to_user.insert((from, *r));
+                        self.nodes[to].observed.sizes.insert(e.body.len());
                         self.nodes[to].observed.received += 1;
                     }
                 }
@@ -769,6 +805,12 @@ impl Sim {
                 }
             }
             Ev::Compose(u) => self.compose(u),
+            Ev::Cover(u) => self.cover(u),
+            Ev::Submit { user, ids, out } => {
+                if self.nodes[self.devices[user].node].core.is_some() {
+                    self.client_request(user, Kind::Send(ids), ClientOp::Send(vec![out]));
+                }
+            }
             Ev::Toggle(u) => {
                 let online = !self.devices[u].online;
                 self.devices[u].online = online;
@@ -811,15 +853,7 @@ impl Sim {
         }
         let r = self.pick_recipient(u);
         self.all_conversations.insert((u, r));
-        let mut id = [0u8; 16];
-        self.rng.fill_bytes(&mut id);
-        let envelope = Envelope {
-            version: ENVELOPE_VERSION,
-            id: EnvelopeId(id),
-            recipient: self.devices[r].key.user_id(),
-            expires_at: self.now + ms(self.sc.ttl_s),
-            body: vec![0; PADDING_BUCKETS[0] + seal::OVERHEAD],
-        };
+        let envelope = self.envelope_for(r);
         self.msgs.insert(
             envelope.id,
             Msg {
@@ -831,11 +865,75 @@ impl Sim {
         );
         let to_node = self.nodes[self.devices[r].node].id.clone();
         let ids = vec![envelope.id];
-        self.client_request(
-            u,
-            Kind::Send(ids),
-            ClientOp::Send(vec![Outgoing { to_node, envelope }]),
-        );
+        self.submit(u, ids, Outgoing { to_node, envelope });
+    }
+
+    /// A dummy envelope to a uniformly random other user, while online: the same size
+    /// distribution as messages, so no operator tells the two apart by size or by route.
+    fn cover(&mut self, u: usize) {
+        let next = self.cover_gap();
+        if self.now + next <= EPOCH_MS + ms(self.sc.duration_s) {
+            self.schedule(self.now + next, Ev::Cover(u));
+        }
+        let n = self.devices.len();
+        if !self.devices[u].online || self.nodes[self.devices[u].node].core.is_none() || n < 2 {
+            return;
+        }
+        let r = loop {
+            let r = self.rng.random_range(0..n);
+            if r != u {
+                break r;
+            }
+        };
+        self.cover_sent += 1;
+        let envelope = self.envelope_for(r);
+        let to_node = self.nodes[self.devices[r].node].id.clone();
+        self.submit(u, Vec::new(), Outgoing { to_node, envelope });
+    }
+
+    fn cover_gap(&mut self) -> Millis {
+        self.exp(3_600_000.0 / self.sc.cover_messages_per_user_per_hour)
+    }
+
+    /// An envelope for `r` whose body has the size a message of a drawn text length would have
+    /// (padded to its bucket, or exact when padding is off).
+    fn envelope_for(&mut self, r: usize) -> Envelope {
+        let mut id = [0u8; 16];
+        self.rng.fill_bytes(&mut id);
+        let body_len = if self.sc.mean_text_bytes <= 0.0 {
+            PADDING_BUCKETS[0] + seal::OVERHEAD
+        } else {
+            let text = (self.exp(self.sc.mean_text_bytes) as usize).min(MAX_TEXT_BYTES);
+            // The sealed box holds `len (4) ‖ sealed-sender bytes`, padded or not.
+            let inner = 4 + self.session_overhead + text;
+            let padded = if self.sc.padding {
+                PADDING_BUCKETS
+                    .iter()
+                    .copied()
+                    .find(|b| *b >= inner)
+                    .unwrap_or(PADDING_BUCKETS[PADDING_BUCKETS.len() - 1])
+            } else {
+                inner
+            };
+            padded + seal::OVERHEAD
+        };
+        Envelope {
+            version: ENVELOPE_VERSION,
+            id: EnvelopeId(id),
+            recipient: self.devices[r].key.user_id(),
+            expires_at: self.now + ms(self.sc.ttl_s),
+            body: vec![0; body_len],
+        }
+    }
+
+    /// Hands an envelope to the home node now, or after the batching delay.
+    fn submit(&mut self, u: usize, ids: Vec<EnvelopeId>, out: Outgoing) {
+        if self.sc.batching_delay_ms == 0 {
+            self.client_request(u, Kind::Send(ids), ClientOp::Send(vec![out]));
+        } else {
+            let d = self.rng.random_range(0..=self.sc.batching_delay_ms);
+            self.schedule(self.now + d, Ev::Submit { user: u, ids, out });
+        }
     }
 
     fn device_answer(&mut self, u: usize, kind: Kind, resp: ClientResponse) {
@@ -998,6 +1096,58 @@ impl Sim {
         self.finish()
     }
 
+    /// Mean over conversations of the sender's home node's posterior that the pair is real.
+    /// Each envelope it saw from s to r is a dummy with probability q = (c / (N - 1)) /
+    /// (c / (N - 1) + m · p_r), where c and m are the cover and message rates, N the users and
+    /// p_r the chance a message goes to r; so after k envelopes the pair is real with
+    /// probability 1 - q^k. Summed in sorted order, so the figure does not depend on hashing.
+    fn linkability(&self) -> f64 {
+        if self.all_conversations.is_empty() {
+            return 0.0;
+        }
+        let n = self.devices.len().max(2) as f64;
+        let c = self.sc.cover_messages_per_user_per_hour;
+        let m = self.sc.messages_per_user_per_hour;
+        let total_weight = self.recipient_weights.last().copied().unwrap_or(0.0);
+        let p_r = |r: usize| {
+            if self.recipient_weights.is_empty() {
+                1.0 / (n - 1.0)
+            } else {
+                let prev = if r == 0 {
+                    0.0
+                } else {
+                    self.recipient_weights[r - 1]
+                };
+                (self.recipient_weights[r] - prev) / total_weight
+            }
+        };
+        let mut pairs: Vec<(usize, usize)> = self.all_conversations.iter().copied().collect();
+        pairs.sort_unstable();
+        let sum: f64 = pairs
+            .iter()
+            .map(|&(s, r)| {
+                let home = self.devices[s].node;
+                let k = self.nodes[home]
+                    .observed
+                    .user_to_recipient
+                    .get(&(s, r))
+                    .copied()
+                    .unwrap_or(0);
+                if k == 0 {
+                    return 0.0; // never reached the node (it was down): nothing observed
+                }
+                let cover = c / (n - 1.0);
+                let q = if cover <= 0.0 {
+                    0.0
+                } else {
+                    cover / (cover + m * p_r(r))
+                };
+                1.0 - q.powi(k as i32)
+            })
+            .sum();
+        sum / pairs.len() as f64
+    }
+
     fn finish(self) -> Outcome {
         let pct = |mut v: Vec<f64>| {
             v.sort_by(|a, b| a.total_cmp(b));
@@ -1044,13 +1194,7 @@ impl Sim {
         let sent = self.msgs.len() as u64;
         let (node_p, _) = pct(to_node);
         let (device_p, device_sorted) = pct(to_device);
-        // A user has one home node, so the operators' sets of linked pairs are disjoint: the
-        // pairs linkable by one operator are their sum.
-        let linked: usize = self
-            .nodes
-            .iter()
-            .map(|n| n.observed.user_to_recipient.len())
-            .sum();
+        let linkable = self.linkability();
         let summary = Summary {
             scenario: self.sc.name.clone(),
             interrupted: self.interrupted,
@@ -1095,11 +1239,9 @@ impl Sim {
             bytes_fed_requests: self.bytes_fed_req,
             bytes_fed_responses: self.bytes_fed_resp,
             conversations: self.all_conversations.len(),
-            linkable_by_one_operator: if self.all_conversations.is_empty() {
-                0.0
-            } else {
-                linked as f64 / self.all_conversations.len() as f64
-            },
+            cover_envelopes_sent: self.cover_sent,
+            linkable_by_one_operator: linkable,
+            linkable_by_two_colluding_operators: linkable,
         };
         let operators = self
             .nodes
@@ -1111,8 +1253,9 @@ impl Sim {
                 user_to_node_pairs: n.observed.user_to_node.len(),
                 user_to_recipient_pairs: n.observed.user_to_recipient.len(),
                 node_to_user_pairs: n.observed.node_to_user.len(),
-                messages_from_local_users: n.observed.sent,
+                envelopes_from_local_users: n.observed.sent,
                 envelopes_for_local_users: n.observed.received,
+                distinct_body_sizes: n.observed.sizes.len(),
             })
             .collect();
         Outcome {
@@ -1122,4 +1265,28 @@ impl Sim {
             device_latencies: device_sorted,
         }
     }
+}
+
+/// Bytes a steady-state session message adds to its text inside the sealed box: the sealed
+/// sender's identity, the encrypted ratchet header, the AEAD tag and the letter's fields (a
+/// 52-character node id, an 8-character name), measured with the real types and codec.
+fn session_overhead() -> usize {
+    use hestia_protocol::envelope::{Content, Letter, SealedSender};
+    use hestia_protocol::session::ratchet::{ENC_HEADER_LEN, RatchetMessage};
+    let letter = Letter {
+        sender_node: "N".repeat(52),
+        sender_name: "user0000".into(),
+        sent_at: EPOCH_MS,
+        content: Content::Text(String::new()),
+    };
+    let letter_len = codec::encoded_len(&letter).expect("a letter encodes");
+    let sealed = SealedSender {
+        sender: UserId([0; 32]),
+        message: RatchetMessage {
+            prekey: None,
+            header: vec![0; ENC_HEADER_LEN],
+            ciphertext: vec![0; letter_len + 16],
+        },
+    };
+    codec::encoded_len(&sealed).expect("a sealed sender encodes")
 }
