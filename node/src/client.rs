@@ -268,6 +268,9 @@ pub struct Device {
     home_node: String,
     home_addr: Multiaddr,
     last_prekey_check: Option<u64>,
+    /// True once a scan found no message waiting for prekeys; a new waiting message clears it.
+    /// (RocksDB lets one process at a time open the database, so no one else adds any.)
+    none_waiting: bool,
 }
 
 pub fn check_name(name: &str) -> Result<(), ClientLibError> {
@@ -338,6 +341,7 @@ impl Device {
             home_node: conn.node_id(),
             home_addr: node_addr.clone(),
             last_prekey_check: None,
+            none_waiting: false,
         };
         device.maintain_prekeys(&mut conn).await?;
         Ok(device)
@@ -372,6 +376,7 @@ impl Device {
             home_addr,
             db,
             last_prekey_check: None,
+            none_waiting: false,
         })
     }
 
@@ -424,7 +429,11 @@ impl Device {
             return Ok(());
         }
         let rng = &mut rand::rng();
+        let before = self.prekeys.signed_count();
         let rotated = self.prekeys.maintain(rng, &self.key, now);
+        // Retired signed prekeys past their grace period were dropped: that is a change to
+        // store even when nothing is published.
+        let forgot = self.prekeys.signed_count() < before + rotated as usize;
         let (held, low) = match conn.call(&self.key, ClientOp::PrekeyStatus).await? {
             ClientResponse::Prekeys { one_time, low } => (one_time as usize, low),
             other => return Err(unexpected(other)),
@@ -445,7 +454,7 @@ impl Device {
                 ClientResponse::Prekeys { .. } => {}
                 other => return Err(unexpected(other)),
             }
-        } else if self.prekeys.signed_count() > 0 {
+        } else if forgot {
             self.db
                 .commit(&[ClientWrite::Prekeys(self.prekeys.to_stored())])?;
         }
@@ -640,6 +649,7 @@ impl Device {
                 // send it when their node answers (next send, inbox or status).
                 msg.state = MessageState::WaitingForKeys;
                 self.db.commit(&[ClientWrite::Message(msg.clone())])?;
+                self.none_waiting = false;
                 return Ok(msg);
             }
             Err(e) => return Err(e),
@@ -682,6 +692,9 @@ impl Device {
     /// first, under the ids and expiries they were given. A node that still does not answer
     /// is asked once per pass.
     pub async fn retry_waiting(&mut self, conn: &mut Connection) -> Result<(), ClientLibError> {
+        if self.none_waiting {
+            return Ok(());
+        }
         let waiting: Vec<StoredMessage> = self
             .db
             .messages()?
@@ -691,6 +704,7 @@ impl Device {
             })
             .collect();
         let mut down: Vec<String> = Vec::new();
+        let mut still_waiting = false;
         for mut m in waiting {
             let now = now_millis();
             if m.expires_at <= now {
@@ -698,6 +712,7 @@ impl Device {
                 continue;
             }
             if down.contains(&m.peer_node) {
+                still_waiting = true;
                 continue;
             }
             let sealed = self
@@ -718,7 +733,10 @@ impl Device {
                     let state = self.submit(conn, &m.peer_node, env).await?;
                     self.db.set_state(&m.envelope_id, state)?;
                 }
-                Err(ClientLibError::ContactNodeUnreachable(node)) => down.push(node),
+                Err(ClientLibError::ContactNodeUnreachable(node)) => {
+                    still_waiting = true;
+                    down.push(node);
+                }
                 Err(ClientLibError::NoBundle) => {
                     self.db
                         .set_state(&m.envelope_id, MessageState::NoSuchUser)?;
@@ -726,6 +744,7 @@ impl Device {
                 Err(e) => return Err(e),
             }
         }
+        self.none_waiting = !still_waiting;
         Ok(())
     }
 
