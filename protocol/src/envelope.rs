@@ -189,8 +189,14 @@ fn header_aad(id: &EnvelopeId, recipient: &UserId, expires_at: Millis) -> Vec<u8
     aad
 }
 
-fn pad(bytes: &[u8]) -> Option<Vec<u8>> {
-    let need = bytes.len() + 4;
+/// Bytes an X3DH header adds to a session message (`Some(PrekeyHeader)` with a one-time
+/// prekey, against `None`). Every session message is padded as if it carried one, so the first
+/// messages of a session do not stand out by size.
+pub const PREKEY_HEADER_RESERVE: usize = 32 + 32 + 32 + 1 + 32;
+
+/// `len (4) ‖ bytes ‖ zeros` up to the smallest bucket that holds `bytes` plus `reserve`.
+fn pad(bytes: &[u8], reserve: usize) -> Option<Vec<u8>> {
+    let need = bytes.len() + 4 + reserve;
     let bucket = *PADDING_BUCKETS.iter().find(|b| **b >= need)?;
     let mut out = Vec::with_capacity(bucket);
     out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
@@ -228,8 +234,21 @@ impl Envelope {
         now: Millis,
         ttl: Millis,
     ) -> Result<Envelope, EnvelopeError> {
+        Envelope::seal_padded(rng, id, recipient, inner, 0, now, ttl)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn seal_padded(
+        rng: &mut impl CryptoRng,
+        id: EnvelopeId,
+        recipient: &UserId,
+        inner: &[u8],
+        reserve: usize,
+        now: Millis,
+        ttl: Millis,
+    ) -> Result<Envelope, EnvelopeError> {
         let expires_at = now.saturating_add(ttl.min(MAX_TTL_MS));
-        let padded = pad(inner).ok_or(EnvelopeError::TextTooLong(inner.len()))?;
+        let padded = pad(inner, reserve).ok_or(EnvelopeError::TextTooLong(inner.len()))?;
         let body = seal::seal(
             rng,
             recipient,
@@ -255,12 +274,17 @@ impl Envelope {
         now: Millis,
         ttl: Millis,
     ) -> Result<Envelope, EnvelopeError> {
+        let reserve = if message.prekey.is_some() {
+            0
+        } else {
+            PREKEY_HEADER_RESERVE
+        };
         let inner = codec::encode(&SealedSender {
             sender: *sender,
             message,
         })
         .map_err(|_| EnvelopeError::MalformedLetter)?;
-        Envelope::seal_body_as(rng, id, recipient, &inner, now, ttl)
+        Envelope::seal_padded(rng, id, recipient, &inner, reserve, now, ttl)
     }
 
     pub fn check_header(&self, now: Millis) -> Result<(), EnvelopeError> {
@@ -371,6 +395,54 @@ mod tests {
         let opened = e.open_message(&bob).unwrap();
         assert_eq!(opened.sender, alice.user_id());
         assert_eq!(opened.message, msg);
+    }
+
+    #[test]
+    fn first_messages_of_a_session_do_not_stand_out_by_size() {
+        use crate::session::x3dh::PrekeyHeader;
+        let (mut rng, alice, bob) = setup();
+        // For every text length, a message with an X3DH header and one without land in the
+        // same bucket, and the reserve is exactly what the header adds.
+        let header = PrekeyHeader {
+            identity: alice.user_id(),
+            ephemeral: [1; 32],
+            signed_prekey: [2; 32],
+            one_time: Some([3; 32]),
+        };
+        for len in (0..2000).step_by(7) {
+            let plain = RatchetMessage {
+                prekey: None,
+                header: vec![0; 80],
+                ciphertext: vec![0; len],
+            };
+            let first = RatchetMessage {
+                prekey: Some(header.clone()),
+                ..plain.clone()
+            };
+            assert_eq!(
+                codec::encoded_len(&first).unwrap() - codec::encoded_len(&plain).unwrap(),
+                PREKEY_HEADER_RESERVE
+            );
+            let seal = |rng: &mut rand::rngs::StdRng, m: RatchetMessage| {
+                Envelope::seal_message(
+                    rng,
+                    EnvelopeId([0; 16]),
+                    &bob.user_id(),
+                    &alice.user_id(),
+                    m,
+                    0,
+                    10,
+                )
+                .unwrap()
+                .body
+                .len()
+            };
+            assert_eq!(
+                seal(&mut rng, plain),
+                seal(&mut rng, first),
+                "text length {len}"
+            );
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use hestia_node::relay::{self, BatchId, FedFailure, Output, Token};
 use hestia_protocol::Millis;
 use hestia_protocol::codec;
 use hestia_protocol::envelope::{
-    ENVELOPE_VERSION, Envelope, EnvelopeId, MAX_TEXT_BYTES, PADDING_BUCKETS,
+    ENVELOPE_VERSION, Envelope, EnvelopeId, MAX_TEXT_BYTES, PADDING_BUCKETS, PREKEY_HEADER_RESERVE,
 };
 use hestia_protocol::identity::{IdentityKey, UserId};
 use hestia_protocol::seal;
@@ -906,11 +906,12 @@ impl Sim {
             let text = (self.exp(self.sc.mean_text_bytes) as usize).min(MAX_TEXT_BYTES);
             // The sealed box holds `len (4) ‖ sealed-sender bytes`, padded or not.
             let inner = 4 + self.session_overhead + text;
+            // Padding picks the bucket as if an X3DH header were present, as the protocol does.
             let padded = if self.sc.padding {
                 PADDING_BUCKETS
                     .iter()
                     .copied()
-                    .find(|b| *b >= inner)
+                    .find(|b| *b >= inner + PREKEY_HEADER_RESERVE)
                     .unwrap_or(PADDING_BUCKETS[PADDING_BUCKETS.len() - 1])
             } else {
                 inner
