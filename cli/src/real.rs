@@ -69,6 +69,17 @@ fn check(sc: &Scenario) -> Result<()> {
             "--real runs fault-free scenarios only: no crashes, partitions, link_loss or offline users"
         );
     }
+    if sc.regions > 1
+        || sc.link_bandwidth_mbps > 0.0
+        || sc.diurnal_amplitude > 0.0
+        || sc.cover_messages_per_user_per_hour > 0.0
+        || sc.batching_delay_ms > 0
+    {
+        bail!(
+            "--real does not reproduce regions, bandwidth limits, diurnal rates, cover traffic or \
+             batching delays yet; run those in the model only"
+        );
+    }
     Ok(())
 }
 

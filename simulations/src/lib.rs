@@ -364,6 +364,87 @@ mod privacy_tests {
 }
 
 #[cfg(test)]
+mod network_tests {
+    use super::*;
+
+    fn flat() -> Scenario {
+        Scenario {
+            name: "network".into(),
+            nodes: 10,
+            users_per_node: 10,
+            duration_s: 1200.0,
+            drain_s: 600.0,
+            messages_per_user_per_hour: 12.0,
+            online_fraction: 1.0,
+            link_loss: 0.0,
+            link_latency_ms: (10, 10),
+            crashes: vec![],
+            partitions: vec![],
+            ..Scenario::default()
+        }
+    }
+
+    #[test]
+    fn regions_and_bandwidth_add_latency() {
+        let base = run(flat(), 5, |_, _| true).summary.latency_send_to_node;
+        let regions = run(
+            Scenario {
+                regions: 2,
+                inter_region_latency_ms: (300, 300),
+                ..flat()
+            },
+            5,
+            |_, _| true,
+        )
+        .summary
+        .latency_send_to_node;
+        // About half the messages cross regions: the upper percentiles pay the long link.
+        assert!(
+            regions.p90_ms >= base.p90_ms + 290.0,
+            "{base:?} {regions:?}"
+        );
+        let slow = run(
+            Scenario {
+                link_bandwidth_mbps: 0.01,
+                ..flat()
+            },
+            5,
+            |_, _| true,
+        )
+        .summary
+        .latency_send_to_node;
+        // A 328-byte body alone takes 263 ms at 10 kbit/s.
+        assert!(slow.p50_ms > base.p50_ms + 250.0, "{base:?} {slow:?}");
+    }
+
+    #[test]
+    fn a_diurnal_pattern_moves_sending_between_the_halves_of_a_day() {
+        let day = Scenario {
+            duration_s: 3600.0,
+            diurnal_amplitude: 1.0,
+            diurnal_period_s: 3600.0,
+            sample_every_s: 1800.0,
+            ..flat()
+        };
+        let o = run(day, 6, |_, _| true);
+        // sin > 0 in the first half of the period, < 0 in the second.
+        let at = |t: f64| {
+            o.series
+                .iter()
+                .find(|s| s.t_s >= t)
+                .map(|s| s.sent)
+                .unwrap()
+        };
+        let first = at(1800.0);
+        let second = at(3600.0) - first;
+        assert!(
+            first > 3 * second,
+            "first half {first}, second half {second}"
+        );
+    }
+}
+
+#[cfg(test)]
 mod interrupt_tests {
     use super::*;
 

@@ -20,14 +20,25 @@ pub struct Scenario {
     pub drain_s: f64,
     /// Messages each user sends per hour while online (Poisson).
     pub messages_per_user_per_hour: f64,
+    /// Diurnal pattern: the sending rate is multiplied by 1 + amplitude · sin(2π t / period),
+    /// t from the start of the run (amplitude 0..=1; 0 is a flat rate).
+    pub diurnal_amplitude: f64,
+    pub diurnal_period_s: f64,
     /// `uniform`: any user is equally likely to be a recipient; `power_law`: recipients drawn with
     /// weight 1/rank^`power_law_exponent` (a few popular users receive most).
     pub social_graph: SocialGraph,
     pub power_law_exponent: f64,
     /// One-way latency between a device and its home node.
     pub client_latency_ms: u64,
-    /// One-way latency between two nodes, uniform in this range.
+    /// One-way latency between two nodes (of one region), uniform in this range.
     pub link_latency_ms: (u64, u64),
+    /// Regions the nodes are spread over (node i is in region i mod `regions`). With more than
+    /// one, links between regions take `inter_region_latency_ms` instead.
+    pub regions: usize,
+    pub inter_region_latency_ms: (u64, u64),
+    /// Link bandwidth in megabits per second (0: unlimited): a message of B bytes takes
+    /// B·8 / (1000·mbps) ms more to cross a link. No queueing between messages.
+    pub link_bandwidth_mbps: f64,
     /// Probability that a federation request or its answer is lost.
     pub link_loss: f64,
     /// Fraction of time a user is online; sessions and absences are exponential with these means.
@@ -89,10 +100,15 @@ impl Default for Scenario {
             duration_s: 3600.0,
             drain_s: 3600.0,
             messages_per_user_per_hour: 6.0,
+            diurnal_amplitude: 0.0,
+            diurnal_period_s: 24.0 * 3600.0,
             social_graph: SocialGraph::Uniform,
             power_law_exponent: 1.0,
             client_latency_ms: 20,
             link_latency_ms: (5, 80),
+            regions: 1,
+            inter_region_latency_ms: (60, 150),
+            link_bandwidth_mbps: 0.0,
             link_loss: 0.01,
             online_fraction: 0.5,
             session_mean_s: 900.0,
@@ -158,8 +174,22 @@ impl Scenario {
         if !(0.0..=1.0).contains(&self.link_loss) || !(0.0..=1.0).contains(&self.online_fraction) {
             return bad("link_loss and online_fraction are probabilities (0..=1)".into());
         }
-        if self.link_latency_ms.0 > self.link_latency_ms.1 {
-            return bad("link_latency_ms is (min, max)".into());
+        if self.link_latency_ms.0 > self.link_latency_ms.1
+            || self.inter_region_latency_ms.0 > self.inter_region_latency_ms.1
+        {
+            return bad("link_latency_ms and inter_region_latency_ms are (min, max)".into());
+        }
+        if self.regions == 0 || self.regions > self.nodes {
+            return bad("regions must be 1..=nodes".into());
+        }
+        if self.link_bandwidth_mbps < 0.0
+            || !(0.0..=1.0).contains(&self.diurnal_amplitude)
+            || self.diurnal_period_s <= 0.0
+        {
+            return bad(
+                "link_bandwidth_mbps must be >= 0, diurnal_amplitude 0..=1, diurnal_period_s > 0"
+                    .into(),
+            );
         }
         if self.messages_per_user_per_hour < 0.0 || self.session_mean_s <= 0.0 {
             return bad("rates and means must be positive".into());

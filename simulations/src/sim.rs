@@ -486,11 +486,14 @@ impl Sim {
         (-u.ln() * mean_ms).max(1.0) as Millis
     }
 
+    /// Gaps between a user's send opportunities: Poisson at the peak rate (the diurnal
+    /// pattern's maximum); `compose` thins them to the rate at that time of day.
     fn compose_gap(&mut self) -> Millis {
         if self.sc.messages_per_user_per_hour <= 0.0 {
             return Millis::MAX / 4;
         }
-        self.exp(3_600_000.0 / self.sc.messages_per_user_per_hour)
+        let peak = self.sc.messages_per_user_per_hour * (1.0 + self.sc.diurnal_amplitude);
+        self.exp(3_600_000.0 / peak)
     }
 
     fn offline_span(&mut self) -> Millis {
@@ -498,13 +501,26 @@ impl Sim {
         self.exp(self.sc.session_mean_s * 1000.0 * (1.0 - f) / f)
     }
 
-    fn link_latency(&mut self) -> Millis {
-        let (lo, hi) = self.sc.link_latency_ms;
-        lo + if hi > lo {
-            self.rng.random_range(0..=hi - lo)
+    /// One-way time for `bytes` from node `a` to node `b`: the latency of their region pair,
+    /// plus transmission time when bandwidth is limited.
+    fn link_latency(&mut self, a: usize, b: usize, bytes: u64) -> Millis {
+        let (lo, hi) = if self.sc.regions > 1 && a % self.sc.regions != b % self.sc.regions {
+            self.sc.inter_region_latency_ms
+        } else {
+            self.sc.link_latency_ms
+        };
+        let latency = lo
+            + if hi > lo {
+                self.rng.random_range(0..=hi - lo)
+            } else {
+                0
+            };
+        let transmission = if self.sc.link_bandwidth_mbps > 0.0 {
+            (bytes as f64 * 8.0 / (self.sc.link_bandwidth_mbps * 1000.0)).ceil() as Millis
         } else {
             0
-        }
+        };
+        latency + transmission
     }
 
     fn partitioned(&self, a: usize, b: usize) -> bool {
@@ -617,10 +633,11 @@ impl Sim {
                             }
                         }
                     }
-                    self.bytes_fed_resp += codec::encoded_len(&response).map_or(0, |n| n as u64);
+                    let bytes = codec::encoded_len(&response).map_or(0, |n| n as u64);
+                    self.bytes_fed_resp += bytes;
                     let lost = self.rng.random::<f64>() < self.sc.link_loss;
                     if !lost && !self.partitioned(n, from) {
-                        let at = self.now + self.link_latency();
+                        let at = self.now + self.link_latency(n, from, bytes);
                         self.schedule(
                             at,
                             Ev::FedResp {
@@ -639,12 +656,13 @@ impl Sim {
                     self.nodes[n].pending.insert(batch);
                     let timeout = self.now + FED_TIMEOUT_MS;
                     self.schedule(timeout, Ev::FedTimeout { node: n, batch });
-                    self.bytes_fed_req += codec::encoded_len(&request).map_or(0, |n| n as u64);
+                    let bytes = codec::encoded_len(&request).map_or(0, |n| n as u64);
+                    self.bytes_fed_req += bytes;
                     let Some(to) = Self::node_index(&to_node).filter(|t| *t < self.nodes.len())
                     else {
                         continue;
                     };
-                    let lat = self.link_latency();
+                    let lat = self.link_latency(n, to, bytes);
                     if self.partitioned(n, to) || self.rng.random::<f64>() < self.sc.link_loss {
                         continue; // lost: the sender times out
                     }
@@ -845,6 +863,14 @@ impl Sim {
         }
         if !self.devices[u].online {
             return; // people send while they are online
+        }
+        if self.sc.diurnal_amplitude > 0.0 {
+            let a = self.sc.diurnal_amplitude;
+            let t = (self.now - EPOCH_MS) as f64 / 1000.0;
+            let rate = 1.0 + a * (2.0 * std::f64::consts::PI * t / self.sc.diurnal_period_s).sin();
+            if self.rng.random::<f64>() * (1.0 + a) > rate {
+                return; // a quiet hour: this opportunity passes
+            }
         }
         let home = self.devices[u].node;
         if self.nodes[home].core.is_none() {
