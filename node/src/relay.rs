@@ -30,7 +30,14 @@ use hestia_protocol::wire::{
     SendResult,
 };
 use hestia_store::node::{AccountRecord, NodeSnapshot, NodeWrite, OutboxRecord, StatusRecord};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// The core's hash maps use foldhash (the hasher hashbrown itself defaults to): several times
+/// faster than SipHash on these short keys, and seeded at random per process, so keys a peer
+/// chooses (user ids, peer ids, envelope ids) cannot be aimed at one bucket without the seed.
+/// Nothing the core outputs depends on a map's iteration order.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// Envelopes held per user. A user who never comes online cannot fill the node's disk.
 pub const MAX_MAILBOX_ENVELOPES: usize = 10_000;
@@ -227,29 +234,29 @@ impl Core {
             config,
             now,
             accounts: snapshot.accounts.into_iter().collect(),
-            mailboxes: HashMap::new(),
-            mailbox_index: HashMap::new(),
+            mailboxes: HashMap::default(),
+            mailbox_index: HashMap::default(),
             next_arrival: 0,
             outboxes: BTreeMap::new(),
-            in_flight: HashMap::new(),
-            queued: HashMap::new(),
+            in_flight: HashMap::default(),
+            queued: HashMap::default(),
             next_batch: 0,
-            status: HashMap::new(),
-            seen: HashSet::new(),
+            status: HashMap::default(),
+            seen: HashSet::default(),
             seen_order: VecDeque::new(),
             parked: Vec::new(),
-            sessions: HashMap::new(),
+            sessions: HashMap::default(),
             session_order: VecDeque::new(),
             expiries: BTreeSet::new(),
             writes: Vec::new(),
             outputs: VecDeque::new(),
             rng,
             signed_prekeys: snapshot.signed_prekeys.into_iter().collect(),
-            one_time_prekeys: HashMap::new(),
-            bundle_fetches: HashMap::new(),
-            handouts: HashMap::new(),
+            one_time_prekeys: HashMap::default(),
+            bundle_fetches: HashMap::default(),
+            handouts: HashMap::default(),
             handout_window: now,
-            send_budget: HashMap::new(),
+            send_budget: HashMap::default(),
         };
         for (user, key) in snapshot.one_time_prekeys {
             core.one_time_prekeys.entry(user).or_default().insert(key);

@@ -698,9 +698,12 @@ impl Sim {
         let Some(core) = self.nodes[n].core.as_ref() else {
             return;
         };
+        // Only an earlier deadline needs a new timer event: a pending later one is kept (it
+        // finds nothing due, or what became due, when it fires), so the queue is not filled
+        // with superseded timers as deadlines move later.
         let next = core.poll_timeout().map(|t| t.max(self.now));
-        if next != self.nodes[n].timer_at
-            && let Some(t) = next
+        if let Some(t) = next
+            && self.nodes[n].timer_at.is_none_or(|cur| t < cur)
         {
             self.nodes[n].timer_at = Some(t);
             self.schedule(t, Ev::Timer(n));
