@@ -387,8 +387,7 @@ impl Core {
                 {
                     ClientResponse::Error(ClientError::Overloaded)
                 } else {
-                    let batch = BatchId(self.next_batch);
-                    self.next_batch += 1;
+                    let batch = self.new_batch_id();
                     self.bundle_fetches.insert(batch, (token, target));
                     self.outputs.push_back(Output::FedRequest {
                         batch,
@@ -594,6 +593,13 @@ impl Core {
     }
 
     // ---- internals ----
+
+    /// The id of the next outbound federation request (deliveries and bundle fetches alike).
+    fn new_batch_id(&mut self) -> BatchId {
+        let batch = BatchId(self.next_batch);
+        self.next_batch += 1;
+        batch
+    }
 
     fn respond_client(&mut self, token: Token, response: ClientResponse) {
         self.outputs.push_back(Output::Client { token, response });
@@ -1009,9 +1015,8 @@ impl Core {
         if ids.is_empty() {
             return false;
         }
-        let batch = BatchId(self.next_batch);
-        self.next_batch += 1;
         o.in_flight += 1;
+        let batch = self.new_batch_id();
         self.in_flight.insert(batch, (node.to_string(), ids));
         self.outputs.push_back(Output::FedRequest {
             batch,

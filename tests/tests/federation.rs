@@ -4,6 +4,13 @@ use hestia_tests::{Net, files_containing};
 
 const TEXT: &str = "the plaintext canary: 7f3a9c lighthouse at nine";
 
+/// Alice on node 0, with Bob (on node 1) as her contact.
+fn alice_adds_bob(net: &Net) {
+    net.account("alice", 0);
+    let bob = net.account("bob", 1);
+    net.ok("alice", &["contact", "add", "bob", &bob]);
+}
+
 #[test]
 fn offline_recipient_gets_message_once_and_nodes_never_see_plaintext() {
     let net = Net::start(2);
@@ -40,9 +47,7 @@ fn offline_recipient_gets_message_once_and_nodes_never_see_plaintext() {
 #[test]
 fn node_down_and_kill9_after_ack_lose_nothing() {
     let mut net = Net::start(2);
-    net.account("alice", 0);
-    let bob = net.account("bob", 1);
-    net.ok("alice", &["contact", "add", "bob", &bob]);
+    alice_adds_bob(&net);
     // The first message starts the session (it needs Bob's prekeys from his node).
     net.ok("alice", &["send", "bob", "first contact"]);
 
@@ -77,9 +82,7 @@ fn node_down_and_kill9_after_ack_lose_nothing() {
 #[test]
 fn a_first_message_to_a_node_that_is_down_waits_on_the_device_then_goes() {
     let mut net = Net::start(2);
-    net.account("alice", 0);
-    let bob = net.account("bob", 1);
-    net.ok("alice", &["contact", "add", "bob", &bob]);
+    alice_adds_bob(&net);
     // Bob's node is down: Alice's device cannot fetch his prekeys to start a session, so the
     // message waits on her device (and only there: no node holds anything for it).
     net.kill9(1);
@@ -100,9 +103,7 @@ fn a_first_message_to_a_node_that_is_down_waits_on_the_device_then_goes() {
 #[test]
 fn expired_envelopes_are_dropped_and_reported() {
     let mut net = Net::start(2);
-    net.account("alice", 0);
-    let bob = net.account("bob", 1);
-    net.ok("alice", &["contact", "add", "bob", &bob]);
+    alice_adds_bob(&net);
     net.ok("alice", &["send", "bob", "first contact"]);
     net.kill9(1);
     let sent = net.ok("alice", &["send", "bob", TEXT, "--wait", "0", "--ttl", "1"]);
@@ -302,9 +303,7 @@ fn a_device_can_reach_its_node_over_quic_and_local_delivery_works() {
 #[test]
 fn inbox_follow_prints_live_and_survives_its_node_restarting() {
     let mut net = Net::start(2);
-    net.account("alice", 0);
-    let bob = net.account("bob", 1);
-    net.ok("alice", &["contact", "add", "bob", &bob]);
+    alice_adds_bob(&net);
     let (mut follow, out) = net.spawn_client("bob", &["inbox", "--follow"]);
     net.ok("alice", &["send", "bob", "live: before the restart"]);
     hestia_tests::wait_for_text(&out, "alice: live: before the restart");
