@@ -36,6 +36,39 @@ pub const PRESENCE_INTERVAL: Duration = Duration::from_secs(20);
 pub const MAX_PRESENCE_BYTES: usize = 4096;
 /// Connections stay open this long without traffic, so clients and peers avoid re-handshakes.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
+/// A failed dial starts a Kademlia lookup of the peer at most this often per peer. Without it a
+/// node that is down turned every lookup's own failed dial into another lookup: ~300 dials a
+/// second from each node with mail for it, and every node's latency climbing (found by
+/// `hestia sim run --real` with a crash; docs/simulations.md).
+pub const LOOKUP_INTERVAL_MS: Millis = 30_000;
+/// Peers whose last lookup time is remembered.
+pub const MAX_LOOKUP_RECORDS: usize = 1024;
+
+/// Decides whether a failed dial may start a lookup of the peer: once per
+/// [`LOOKUP_INTERVAL_MS`] per peer, for at most [`MAX_LOOKUP_RECORDS`] peers at a time.
+#[derive(Default)]
+pub struct LookupThrottle {
+    last: HashMap<PeerId, Millis>,
+}
+
+impl LookupThrottle {
+    pub fn allow(&mut self, peer: PeerId, now: Millis) -> bool {
+        if let Some(at) = self.last.get(&peer)
+            && now.saturating_sub(*at) < LOOKUP_INTERVAL_MS
+        {
+            return false;
+        }
+        if self.last.len() >= MAX_LOOKUP_RECORDS && !self.last.contains_key(&peer) {
+            self.last
+                .retain(|_, at| now.saturating_sub(*at) < LOOKUP_INTERVAL_MS);
+            if self.last.len() >= MAX_LOOKUP_RECORDS {
+                return false; // many peers failing at once: their retries will look again
+            }
+        }
+        self.last.insert(peer, now);
+        true
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -230,6 +263,7 @@ pub struct Node {
     batches: HashMap<OutboundRequestId, BatchId>,
     presence_topic: gossipsub::IdentTopic,
     has_bootstrap: bool,
+    lookups: LookupThrottle,
 }
 
 impl Node {
@@ -288,6 +322,7 @@ impl Node {
             client_channels: HashMap::new(),
             fed_channels: HashMap::new(),
             batches: HashMap::new(),
+            lookups: LookupThrottle::default(),
             presence_topic,
             has_bootstrap: !config.bootstrap.is_empty(),
         })
@@ -444,8 +479,12 @@ impl Node {
                 error,
                 ..
             } => {
-                tracing::debug!(%peer, %error, "dial failed; looking the peer up");
-                self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                if self.lookups.allow(peer, now_millis()) {
+                    tracing::debug!(%peer, %error, "dial failed; looking the peer up");
+                    self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                } else {
+                    tracing::trace!(%peer, %error, "dial failed");
+                }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -573,5 +612,33 @@ impl Node {
             }
             Err(e) => tracing::debug!(error = %e, "presence not published"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_peer_is_looked_up_once_per_interval() {
+        let mut t = LookupThrottle::default();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        assert!(t.allow(a, 1_000));
+        // The lookup's own failed dials do not start more lookups.
+        assert!(!t.allow(a, 1_001));
+        assert!(!t.allow(a, 1_000 + LOOKUP_INTERVAL_MS - 1));
+        assert!(t.allow(b, 1_001), "other peers are independent");
+        assert!(t.allow(a, 1_000 + LOOKUP_INTERVAL_MS));
+    }
+
+    #[test]
+    fn lookup_records_are_bounded() {
+        let mut t = LookupThrottle::default();
+        for _ in 0..MAX_LOOKUP_RECORDS {
+            assert!(t.allow(PeerId::random(), 0));
+        }
+        assert!(!t.allow(PeerId::random(), 1), "full of fresh records");
+        assert!(t.allow(PeerId::random(), LOOKUP_INTERVAL_MS), "stale ones make room");
+        assert!(t.last.len() <= MAX_LOOKUP_RECORDS);
     }
 }
