@@ -8,6 +8,8 @@ need=()
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v c++ >/dev/null 2>&1 || need+=(g++)
 command -v clang >/dev/null 2>&1 || need+=(clang)
+# `sim run --real` builds network namespaces for partitions with ip (iproute2).
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # bindgen loads libclang at build time.
 if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1; then
   need+=(libclang-dev)

@@ -137,8 +137,9 @@ enum SimCmd {
         seed: u64,
         #[arg(long, default_value = "results")]
         out: PathBuf,
-        /// Also run the scenario on real nodes (libp2p on loopback, RocksDB) in real time and
-        /// compare with the model; writes real.json. Fault-free, small scenarios only.
+        /// Also run the scenario on real node processes (libp2p, RocksDB) in real time, crashes
+        /// and partitions included, and compare with the model; writes real.json. Small
+        /// scenarios only; partitions need root (one network namespace per node).
         #[arg(long)]
         real: bool,
     },
@@ -297,11 +298,18 @@ async fn run(cli: Cli) -> Result<()> {
         }) => {
             let sc = load_scenario(&scenario)?;
             let c = real::run(sc, seed, &out).await?;
-            println!("                 sent  delivered  ratio   p50 ms   p90 ms   p99 ms");
+            println!(
+                "network: {}, {} crashes, {} partitions",
+                c.network, c.crashes, c.partitions
+            );
+            println!(
+                "                 sent  not sent  delivered  ratio   p50 ms   p90 ms   p99 ms"
+            );
             for (name, s) in [("real stack", &c.real), ("model", &c.model)] {
                 println!(
-                    "{name:<12} {:>9} {:>10} {:>6.3} {:>8.1} {:>8.1} {:>8.1}",
+                    "{name:<12} {:>9} {:>9} {:>10} {:>6.3} {:>8.1} {:>8.1} {:>8.1}",
                     s.messages_sent,
+                    s.not_sent_home_node_down,
                     s.delivered_to_device,
                     s.delivery_ratio,
                     s.p50_ms,
@@ -310,10 +318,15 @@ async fn run(cli: Cli) -> Result<()> {
                 );
             }
             println!(
-                "agree within ±{} delivery ratio and ±{} ms at p50 and p90: {}",
+                "messages with the same fate on both sides (latency within ±{slack} ms): {:.3}\n\
+                 latency CDFs apart by {:.3} (with ±{slack} ms of slack)\n\
+                 agree within ±{} delivery ratio and {} of CDF: {}",
+                c.paired_within_slack,
+                c.cdf_gap,
                 c.ratio_tolerance,
-                c.latency_tolerance_ms,
-                if c.agree { "yes" } else { "NO" }
+                c.cdf_tolerance,
+                if c.agree { "yes" } else { "NO" },
+                slack = c.latency_tolerance_ms,
             );
             Ok(())
         }
@@ -521,11 +534,13 @@ fn simulate(scenario: Option<PathBuf>, seed: u64, out: &Path) -> Result<()> {
         s.scenario, s.nodes, s.users, s.simulated_s
     );
     println!(
-        "messages {}: delivered to device {:.1}%, expired {}, lost with a disk {}, pending {}",
+        "messages {}: delivered to device {:.1}%, expired {}, lost with a disk {}, \
+         refused (user unknown after a disk loss) {}, pending {}",
         s.messages_sent,
         s.delivery_ratio * 100.0,
         s.undelivered_expired,
         s.undelivered_lost_with_disk,
+        s.undelivered_refused_unknown_user,
         s.undelivered_pending
     );
     println!(

@@ -1,40 +1,63 @@
-//! `hestia sim run --real`: the same scenario on the real stack, to check the model. Real nodes
-//! (libp2p over loopback TCP, RocksDB in temporary directories) run in this process; each user
-//! has two real client connections (one keeps a long-poll fetch open, one sends) and sends on
-//! the scenario's Poisson schedule in real time. The model then runs the same scenario and seed,
-//! and the two are compared: delivery ratio, and send-to-device latency percentiles.
+//! `hestia sim run --real`: the same scenario on the real stack, to check the model. Every node
+//! is a real `hestia node run` process (libp2p over TCP, RocksDB in a temporary directory); each
+//! user has two real client connections in this process (one keeps a long-poll fetch open, one
+//! sends) and sends on the scenario's Poisson schedule in real time. The model then runs the
+//! same scenario and seed, and the two are compared: delivery ratio, and the send-to-device
+//! latency distribution (p50, p90, and the largest gap between the two CDFs).
 //!
-//! Real mode runs fault-free scenarios only (no crashes, partitions, loss or offline users),
-//! at small scale, and in real time: a scenario's `duration_s` is spent waiting.
+//! Faults are real too. A crash is SIGKILL of the node's process; it is started again on the
+//! same data directory after `down_s`. With `disk_loss` the database is deleted before the
+//! restart and only the node key is put back (an operator restoring the key from a backup, as
+//! the model keeps the node's identity). A partition needs network namespaces (so root): each
+//! node then runs in its own namespace, linked to a router namespace (addresses in
+//! 198.18.0.0/15, the range RFC 2544 sets aside for benchmarks; no packet leaves the machine),
+//! and for the partition's span the router silently drops packets between the two sides, as a
+//! cut in the middle of a network does. Devices stay reachable from their home node.
+//!
+//! Not reproduced (refused with a message): link loss, offline users, regions, bandwidth,
+//! diurnal rates, cover traffic and batching. Bounded: at most 50 nodes, 200 users and 300 s.
 
-use crate::demo::start_local_node;
+use crate::demo::listen_addr;
 use anyhow::{Context, Result, bail};
-use hestia_node::client::Connection;
-use hestia_node::driver::now_millis;
+use hestia_node::client::{ClientLibError, Connection};
+use hestia_node::driver::{now_millis, peer_of};
 use hestia_protocol::envelope::{Envelope, EnvelopeId};
 use hestia_protocol::identity::IdentityKey;
-use hestia_protocol::wire::{ClientOp, ClientResponse, Outgoing};
+use hestia_protocol::wire::{ClientError, ClientOp, ClientResponse, Outgoing};
 use hestia_simulations::Scenario;
-use rand::{Rng, RngExt, SeedableRng};
+use libp2p::Multiaddr;
+use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
-/// Real mode's bounds: it runs every node and two connections per user in this process.
+/// Real mode's bounds: every node is a process on this machine and every user two connections.
 pub const MAX_REAL_NODES: usize = 50;
 pub const MAX_REAL_USERS: usize = 200;
 pub const MAX_REAL_SECONDS: f64 = 300.0;
-/// Agreement: delivery ratios within this, and p50/p90 latencies within this many ms. Loopback
-/// has no configured latency and the model counts no processing time, so the latencies are
-/// compared in absolute terms.
+/// Agreement: delivery ratios within this, and the send-to-device latency CDFs within
+/// `LATENCY_TOLERANCE_MS` horizontally and `CDF_TOLERANCE` vertically (see [`cdf_gap`]). The
+/// model counts no processing time and loopback has none of the configured latency, so
+/// latencies are compared in absolute terms.
 pub const RATIO_TOLERANCE: f64 = 0.02;
 pub const LATENCY_TOLERANCE_MS: f64 = 25.0;
+pub const CDF_TOLERANCE: f64 = 0.05;
+/// A device whose home node does not take a message within this (reconnecting meanwhile)
+/// counts it as not sent, as the model does while the home node is down.
+const SEND_GIVE_UP: Duration = Duration::from_secs(2);
+const RECONNECT_EVERY: Duration =
+    Duration::from_millis(hestia_simulations::sim::DEVICE_RECONNECT_MS);
+/// The port every node listens on inside its own network namespace.
+const NAMESPACE_PORT: u16 = 4001;
 
 #[derive(Serialize)]
 pub struct Side {
     pub messages_sent: u64,
+    pub not_sent_home_node_down: u64,
     pub delivered_to_device: u64,
     pub delivery_ratio: f64,
     pub p50_ms: f64,
@@ -46,10 +69,22 @@ pub struct Side {
 pub struct Comparison {
     pub scenario: String,
     pub seed: u64,
+    /// `loopback` or `namespaces` (one network namespace per node, for partitions).
+    pub network: &'static str,
+    pub crashes: usize,
+    pub partitions: usize,
     pub real: Side,
     pub model: Side,
+    /// Of the messages both sides sent, the fraction whose fates match: both delivered with
+    /// latencies within `latency_tolerance_ms` of each other, or both undelivered. Reported,
+    /// not judged: it shows where single messages differ (real_messages.csv lists them).
+    pub paired_within_slack: f64,
+    /// How far the two send-to-device latency CDFs are apart, given `latency_tolerance_ms` of
+    /// horizontal slack (0..=1; see `cdf_gap` and docs/simulations.md).
+    pub cdf_gap: f64,
     pub ratio_tolerance: f64,
     pub latency_tolerance_ms: f64,
+    pub cdf_tolerance: f64,
     pub agree: bool,
 }
 
@@ -60,13 +95,10 @@ fn check(sc: &Scenario) -> Result<()> {
     if sc.duration_s + sc.drain_s > MAX_REAL_SECONDS {
         bail!("--real runs in real time: duration_s + drain_s must be at most {MAX_REAL_SECONDS}");
     }
-    if !sc.crashes.is_empty()
-        || !sc.partitions.is_empty()
-        || sc.link_loss > 0.0
-        || sc.online_fraction < 1.0
-    {
+    if sc.link_loss > 0.0 || sc.online_fraction < 1.0 {
         bail!(
-            "--real runs fault-free scenarios only: no crashes, partitions, link_loss or offline users"
+            "--real reproduces crashes and partitions but not link_loss or offline users: set \
+             link_loss = 0.0 and online_fraction = 1.0, or run the model only"
         );
     }
     if sc.regions > 1
@@ -90,152 +122,630 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// How far apart two latency distributions are, allowing `slack_ms` of horizontal shift: the
+/// largest vertical gap by which either empirical CDF falls below the other shifted right by
+/// the slack (the Lévy distance's construction, with the slack fixed). 0 when every quantile of
+/// each sample is within the slack of the other's; 1 when the samples are far apart. Samples
+/// are sorted.
+fn cdf_gap(a: &[f64], b: &[f64], slack_ms: f64) -> f64 {
+    if a.is_empty() || b.is_empty() {
+        return if a.len() == b.len() { 0.0 } else { 1.0 };
+    }
+    let cdf = |s: &[f64], x: f64| s.partition_point(|v| *v <= x) as f64 / s.len() as f64;
+    let mut gap = 0.0f64;
+    for &x in a.iter().chain(b) {
+        for t in [x, x + slack_ms] {
+            gap = gap
+                .max(cdf(b, t - slack_ms) - cdf(a, t))
+                .max(cdf(a, t - slack_ms) - cdf(b, t));
+        }
+    }
+    gap.max(0.0)
+}
+
+/// Both send-to-device latency CDFs at log-spaced latencies from 0.5 ms to 5 minutes.
+fn cdf_table(real: &[f64], model: &[f64]) -> String {
+    let cdf = |s: &[f64], x: f64| {
+        if s.is_empty() {
+            return 0.0;
+        }
+        s.partition_point(|v| *v <= x) as f64 / s.len() as f64
+    };
+    let mut csv = String::from("latency_ms,real_cdf,model_cdf\n");
+    let mut x = 0.5f64;
+    while x <= 300_000.0 {
+        csv += &format!("{x:.1},{:.4},{:.4}\n", cdf(real, x), cdf(model, x));
+        x *= 10f64.powf(0.1);
+    }
+    csv
+}
+
+/// One network namespace per node, each linked to a router namespace that forwards between them
+/// and to this process's devices. A partition is a set of blackhole rules in the router: packets
+/// between the two sides vanish in the middle of the network, as in a real partition (dials and
+/// requests time out rather than fail at once). Torn down on drop.
+struct Namespaces {
+    tag: String,
+    subnet: u8,
+    nodes: usize,
+}
+
+fn ip(args: &[&str], batch: Option<&str>) -> Result<()> {
+    use std::io::Write;
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().context(
+        "--real with partitions runs each node in a network namespace: it needs `ip` (iproute2)",
+    )?;
+    if let Some(b) = batch {
+        child.stdin.take().expect("piped").write_all(b.as_bytes())?;
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {} (--real with partitions needs root to build network namespaces)",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+impl Namespaces {
+    fn create(nodes: usize) -> Result<Namespaces> {
+        Self::remove_stale();
+        let pid = std::process::id();
+        let ns = Namespaces {
+            tag: format!("hsim{pid}"),
+            subnet: (pid % 250) as u8,
+            nodes,
+        };
+        let (router, host, net) = (ns.router(), format!("{}h", ns.tag), ns.subnet);
+        let mut batch = format!(
+            "netns add {router}\nlink add {host} type veth peer name host netns {router}\n\
+             addr add 198.18.{net}.254/32 dev {host}\nlink set {host} up\n\
+             route add 198.18.{net}.0/24 dev {host}\n"
+        );
+        for i in 0..nodes {
+            let name = ns.name(i);
+            batch += &format!(
+                "netns add {name}\nlink add v{i} netns {router} type veth peer name eth0 netns {name}\n"
+            );
+        }
+        ip(&["-batch", "-"], Some(&batch))?;
+        // The router forwards, and answers ARP for the addresses behind it.
+        let sysctl = std::process::Command::new("ip")
+            .args(["netns", "exec", &router, "sh", "-c"])
+            .arg(
+                "echo 1 > /proc/sys/net/ipv4/ip_forward && \
+                 echo 1 > /proc/sys/net/ipv4/conf/all/proxy_arp",
+            )
+            .status()?;
+        if !sysctl.success() {
+            bail!("could not turn on forwarding in the simulation's router namespace");
+        }
+        let mut batch = format!(
+            "link set lo up\nlink set host up\naddr add 198.18.{net}.253/32 dev host\n\
+             route add 198.18.{net}.254/32 dev host\n"
+        );
+        for i in 0..nodes {
+            batch += &format!(
+                "link set v{i} up\naddr add 198.18.{net}.253/32 dev v{i}\nroute add {}/32 dev v{i}\n",
+                ns.ip(i)
+            );
+        }
+        ip(&["-n", &router, "-batch", "-"], Some(&batch))?;
+        for i in 0..nodes {
+            let b = format!(
+                "addr add {}/32 dev eth0\nlink set eth0 up\nlink set lo up\nroute add default dev eth0\n",
+                ns.ip(i)
+            );
+            ip(&["-n", &ns.name(i), "-batch", "-"], Some(&b))?;
+        }
+        Ok(ns)
+    }
+
+    fn router(&self) -> String {
+        format!("{}r", self.tag)
+    }
+    fn name(&self, i: usize) -> String {
+        format!("{}n{i}", self.tag)
+    }
+    fn ip(&self, i: usize) -> String {
+        format!("198.18.{}.{}", self.subnet, i + 1)
+    }
+
+    /// Adds (or removes) the router's blackhole rules between nodes below `split` and the rest.
+    async fn cut(&self, split: usize, on: bool) -> Result<()> {
+        let verb = if on { "add" } else { "del" };
+        let split = split.min(self.nodes);
+        let mut batch = String::new();
+        for a in 0..split {
+            for b in split..self.nodes {
+                let (x, y) = (self.ip(a), self.ip(b));
+                batch += &format!("rule {verb} from {x} to {y} blackhole\n");
+                batch += &format!("rule {verb} from {y} to {x} blackhole\n");
+            }
+        }
+        let router = self.router();
+        tokio::task::spawn_blocking(move || ip(&["-n", &router, "-batch", "-"], Some(&batch)))
+            .await?
+    }
+
+    /// Namespaces left by a run that was killed (its process is gone). Deleting a run's router
+    /// namespace also deletes its link to this one.
+    fn remove_stale() {
+        let Ok(out) = std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+        else {
+            return;
+        };
+        let dead = |name: &str| -> bool {
+            let Some(rest) = name.strip_prefix("hsim") else {
+                return false;
+            };
+            let pid: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+            !pid.is_empty() && !Path::new(&format!("/proc/{pid}")).exists()
+        };
+        let list = String::from_utf8_lossy(&out.stdout).to_string();
+        for name in list.split_whitespace().filter(|n| dead(n)) {
+            let _ = ip(&["netns", "del", name], None);
+        }
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        let mut batch = format!("netns del {}\n", self.router());
+        for i in 0..self.nodes {
+            batch += &format!("netns del {}\n", self.name(i));
+        }
+        if let Err(e) = ip(&["-force", "-batch", "-"], Some(&batch)) {
+            tracing::warn!(error = %e, "could not remove the simulation's network namespaces");
+        }
+    }
+}
+
+/// One node process and where it lives.
+struct NodeProc {
+    dir: PathBuf,
+    listen: Multiaddr,
+    namespace: Option<String>,
+    /// Its address with `/p2p/<peer id>`, known once it first listened (fixed across restarts).
+    addr: Option<Multiaddr>,
+    child: Option<tokio::process::Child>,
+}
+
+struct Fleet {
+    exe: PathBuf,
+    nodes: Vec<NodeProc>,
+    namespaces: Option<Namespaces>,
+}
+
+impl Fleet {
+    async fn spawn(&mut self, i: usize, bootstrap: &[Multiaddr]) -> Result<Multiaddr> {
+        let n = &mut self.nodes[i];
+        // A stale record from the previous run must not be read as this run's address.
+        let _ = std::fs::remove_file(n.dir.join("listen.addr"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(n.dir.with_extension("log"))?;
+        let mut cmd = match &n.namespace {
+            Some(ns) => {
+                let mut c = tokio::process::Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.exe);
+                c
+            }
+            None => tokio::process::Command::new(&self.exe),
+        };
+        cmd.args(["node", "run", "--data-dir"])
+            .arg(&n.dir)
+            .args(["--listen", &n.listen.to_string()])
+            .args([
+                "--send-burst",
+                "100000000",
+                "--sends-per-second",
+                "100000000",
+            ])
+            .env(
+                "RUST_LOG",
+                std::env::var("HESTIA_REAL_NODE_LOG").unwrap_or("warn,libp2p=error".into()),
+            )
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        for b in bootstrap {
+            cmd.args(["--bootstrap", &b.to_string()]);
+        }
+        n.child = Some(cmd.spawn().context("starting a node process")?);
+        let addr = listen_addr(&n.dir).await.with_context(|| {
+            format!(
+                "node {i} did not start; its log: {}",
+                n.dir.with_extension("log").display()
+            )
+        })?;
+        n.addr = Some(addr.clone());
+        Ok(addr)
+    }
+
+    async fn kill(&mut self, i: usize) -> Result<()> {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            c.start_kill()?;
+            c.wait().await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes a stopped node's database, keeping only its key.
+    async fn lose_disk(&self, i: usize) -> Result<()> {
+        let db = self.nodes[i].dir.join("db");
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let key = hestia_store::node::NodeDb::open(&db)?.node_key()?;
+            std::fs::remove_dir_all(&db)?;
+            let fresh = hestia_store::node::NodeDb::open(&db)?;
+            if let Some(k) = key {
+                fresh.set_node_key(&k)?;
+            }
+            Ok(())
+        })
+        .await?
+    }
+
+    fn others(&self, i: usize) -> Vec<Multiaddr> {
+        (0..self.nodes.len())
+            .filter(|j| *j != i)
+            .filter_map(|j| self.nodes[j].addr.clone())
+            .collect()
+    }
+}
+
+fn free_loopback_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+enum Fault {
+    Crash(usize),
+    Restart(usize),
+    Cut(usize),
+    Heal(usize),
+}
+
+/// The scenario's faults in time order, in seconds from the start of sending.
+fn fault_plan(sc: &Scenario) -> Vec<(f64, Fault)> {
+    let mut plan = Vec::new();
+    for (i, c) in sc.crashes.iter().enumerate() {
+        plan.push((c.at_s, Fault::Crash(i)));
+        plan.push((c.at_s + c.down_s, Fault::Restart(i)));
+    }
+    for (i, p) in sc.partitions.iter().enumerate() {
+        plan.push((p.start_s, Fault::Cut(i)));
+        plan.push((p.end_s, Fault::Heal(i)));
+    }
+    plan.sort_by(|a, b| a.0.total_cmp(&b.0));
+    plan
+}
+
+/// What devices share: send times, measured latencies, and which home nodes are down.
+struct Tally {
+    sent_at: Mutex<HashMap<EnvelopeId, Instant>>,
+    /// Every message handed to a node: its index in the model's trace, and its send-to-device
+    /// latency once delivered.
+    log: Mutex<HashMap<EnvelopeId, (usize, Option<f64>)>>,
+    latencies: Mutex<Vec<f64>>,
+    down: Vec<AtomicBool>,
+    sent: AtomicU64,
+    not_sent: AtomicU64,
+}
+
+/// A connection to `addr`, opened again if it was lost; None while the node does not answer.
+async fn connected<'a>(
+    conn: &'a mut Option<Connection>,
+    addr: &Multiaddr,
+) -> Option<&'a mut Connection> {
+    if conn.is_none() {
+        *conn = Connection::open(addr).await.ok();
+    }
+    conn.as_mut()
+}
+
+/// One device's receiving side: a long-poll fetch, acknowledged, reconnecting across crashes and
+/// registering again after a disk loss.
+async fn receive(
+    key: Arc<IdentityKey>,
+    addr: Multiaddr,
+    tally: Arc<Tally>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut conn: Option<Connection> = None;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let Some(c) = connected(&mut conn, &addr).await else {
+            tokio::select! {
+                _ = tokio::time::sleep(RECONNECT_EVERY) => continue,
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        };
+        let op = ClientOp::Fetch {
+            limit: 256,
+            wait_ms: 1_000,
+        };
+        let answer = tokio::select! {
+            a = c.call(&key, op) => a,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let envs = match answer {
+            Ok(ClientResponse::Envelopes(envs)) => envs,
+            Err(ClientLibError::Refused(ClientError::NotRegistered)) => {
+                let _ = c.call(&key, ClientOp::Register).await;
+                continue;
+            }
+            Ok(_) => continue,
+            Err(_) => {
+                conn = None;
+                continue;
+            }
+        };
+        if envs.is_empty() {
+            continue;
+        }
+        let now = Instant::now();
+        let ids: Vec<EnvelopeId> = envs.iter().map(|e| e.id).collect();
+        for id in &ids {
+            let t0 = tally.sent_at.lock().expect("map").remove(id);
+            if let Some(t0) = t0 {
+                let ms = (now - t0).as_secs_f64() * 1000.0;
+                tally.latencies.lock().expect("list").push(ms);
+                if let Some(entry) = tally.log.lock().expect("log").get_mut(id) {
+                    entry.1 = Some(ms);
+                }
+            }
+        }
+        if c.call(&key, ClientOp::Ack(ids)).await.is_err() {
+            conn = None;
+        }
+    }
+}
+
+/// Hands one envelope to the home node, reconnecting and registering again as needed; false if
+/// the node did not take it within `SEND_GIVE_UP`.
+async fn send_one(
+    conn: &mut Option<Connection>,
+    addr: &Multiaddr,
+    key: &IdentityKey,
+    out: Outgoing,
+) -> bool {
+    let give_up = Instant::now() + SEND_GIVE_UP;
+    while Instant::now() < give_up {
+        if let Some(c) = connected(conn, addr).await {
+            match c.call(key, ClientOp::Send(vec![out.clone()])).await {
+                Ok(ClientResponse::Sent(_)) => return true,
+                Err(ClientLibError::Refused(ClientError::NotRegistered)) => {
+                    let _ = c.call(key, ClientOp::Register).await;
+                    continue;
+                }
+                Ok(_) => {}
+                Err(_) => *conn = None,
+            }
+        }
+        tokio::time::sleep(RECONNECT_EVERY).await;
+    }
+    false
+}
+
 pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Comparison> {
     check(&sc)?;
+    // The model runs first: its trace is the workload the real devices replay.
+    let model_run = hestia_simulations::Sim::new(sc.clone(), seed)
+        .traced()
+        .run(|_, _| true);
     let tmp = tempfile::tempdir()?;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut addrs = Vec::new();
-    let mut peers = Vec::new();
+    let tmp_keep = std::env::var_os("HESTIA_REAL_KEEP").is_some();
+    let namespaces = if sc.partitions.is_empty() {
+        None
+    } else {
+        Some(Namespaces::create(sc.nodes)?)
+    };
+    let mut nodes = Vec::new();
     for i in 0..sc.nodes {
-        let dir = tmp.path().join(format!("node{i}"));
-        // Every node knows the first one; it introduces the rest (Kademlia, presence).
-        let bootstrap = addrs.first().cloned().into_iter().collect();
-        let node = start_local_node(
-            &dir,
-            bootstrap,
-            hestia_node::relay::SendLimit::UNLIMITED,
-            stopped.clone(),
-        )
-        .await?;
-        peers.push(node.peer);
-        addrs.push(node.addr);
+        let (listen, namespace) = match &namespaces {
+            Some(ns) => (
+                format!("/ip4/{}/tcp/{NAMESPACE_PORT}", ns.ip(i)),
+                Some(ns.name(i)),
+            ),
+            None => (
+                format!("/ip4/127.0.0.1/tcp/{}", free_loopback_port()?),
+                None,
+            ),
+        };
+        nodes.push(NodeProc {
+            dir: tmp.path().join(format!("node{i}")),
+            listen: listen.parse()?,
+            namespace,
+            addr: None,
+            child: None,
+        });
     }
+    let mut fleet = Fleet {
+        exe: std::env::current_exe().context("finding the hestia binary")?,
+        nodes,
+        namespaces,
+    };
+    for i in 0..sc.nodes {
+        // Each node knows the ones started before it; Kademlia and presence introduce the rest.
+        let bootstrap = fleet.others(i);
+        fleet.spawn(i, &bootstrap).await?;
+    }
+    let addrs: Vec<Multiaddr> = fleet
+        .nodes
+        .iter()
+        .map(|n| n.addr.clone().expect("started"))
+        .collect();
+    let peers: Vec<String> = addrs
+        .iter()
+        .map(|a| peer_of(a).map(|p| p.to_string()).context("node address"))
+        .collect::<Result<_>>()?;
+
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let users = sc.nodes * sc.users_per_node;
     let keys: Vec<Arc<IdentityKey>> = (0..users)
         .map(|_| Arc::new(IdentityKey::generate(&mut rng)))
         .collect();
     let home = |u: usize| u / sc.users_per_node;
-    let sent_at: Arc<Mutex<HashMap<EnvelopeId, Instant>>> = Arc::default();
-    let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let tally = Arc::new(Tally {
+        sent_at: Mutex::default(),
+        log: Mutex::default(),
+        latencies: Mutex::default(),
+        down: (0..sc.nodes).map(|_| AtomicBool::new(false)).collect(),
+        sent: AtomicU64::new(0),
+        not_sent: AtomicU64::new(0),
+    });
     // Devices stop before nodes, so no request is cut off by a node shutting down.
-    let (stop_devices, devices_stopped) = tokio::sync::watch::channel(false);
+    let (stop_devices, devices_stopped) = watch::channel(false);
     let mut receivers = Vec::new();
     let mut senders = Vec::new();
     for (u, key) in keys.iter().enumerate() {
-        let mut fetch = Connection::open(&addrs[home(u)]).await?;
-        fetch
-            .call(key, ClientOp::Register)
+        let addr = &addrs[home(u)];
+        let mut c = Connection::open(addr).await?;
+        c.call(key, ClientOp::Register)
             .await
             .context("registering")?;
-        let send = Connection::open(&addrs[home(u)]).await?;
-        senders.push(send);
-        let (key, sent_at, latencies, mut stop) = (
+        senders.push(Connection::open(addr).await?);
+        receivers.push(tokio::spawn(receive(
             key.clone(),
-            sent_at.clone(),
-            latencies.clone(),
+            addr.clone(),
+            tally.clone(),
             devices_stopped.clone(),
-        );
-        receivers.push(tokio::spawn(async move {
-            loop {
-                let op = ClientOp::Fetch {
-                    limit: 256,
-                    wait_ms: 1_000,
-                };
-                let answer = tokio::select! {
-                    a = fetch.call(&key, op) => a?,
-                    _ = stop.wait_for(|s| *s) => return Ok::<(), anyhow::Error>(()),
-                };
-                let ClientResponse::Envelopes(envs) = answer else {
-                    continue;
-                };
-                if envs.is_empty() {
-                    continue;
-                }
-                let now = Instant::now();
-                let ids: Vec<EnvelopeId> = envs.iter().map(|e| e.id).collect();
-                for id in &ids {
-                    let t0 = sent_at.lock().expect("map").remove(id);
-                    if let Some(t0) = t0 {
-                        latencies
-                            .lock()
-                            .expect("list")
-                            .push((now - t0).as_secs_f64() * 1000.0);
+        )));
+    }
+
+    let start = Instant::now();
+    // Faults run on their own task, on the scenario's schedule; it hands the fleet back.
+    let plan = fault_plan(&sc);
+    let faults = {
+        let (sc, tally) = (sc.clone(), tally.clone());
+        tokio::spawn(async move {
+            for (at, fault) in plan {
+                tokio::time::sleep_until((start + Duration::from_secs_f64(at)).into()).await;
+                match fault {
+                    Fault::Crash(c) => {
+                        let n = sc.crashes[c].node;
+                        tally.down[n].store(true, Ordering::SeqCst);
+                        fleet.kill(n).await?;
+                        if sc.crashes[c].disk_loss {
+                            fleet.lose_disk(n).await?;
+                        }
+                    }
+                    Fault::Restart(c) => {
+                        let n = sc.crashes[c].node;
+                        let others = fleet.others(n);
+                        fleet.spawn(n, &others).await?;
+                        tally.down[n].store(false, Ordering::SeqCst);
+                    }
+                    Fault::Cut(p) | Fault::Heal(p) => {
+                        let on = matches!(fault, Fault::Cut(_));
+                        let ns = fleet.namespaces.as_ref().expect("made for partitions");
+                        ns.cut(sc.partitions[p].split, on).await?;
                     }
                 }
-                fetch.call(&key, ClientOp::Ack(ids)).await?;
             }
-        }));
+            Ok::<Fleet, anyhow::Error>(fleet)
+        })
+    };
+
+    // Each user sends exactly what the model's users sent, when they sent it, so the two
+    // sides differ only in how the messages travel.
+    let mut schedules: Vec<Vec<usize>> = vec![Vec::new(); users];
+    for (i, m) in model_run.messages.iter().enumerate() {
+        schedules[m.from_user].push(i);
     }
-    // Each user sends on its own Poisson schedule for duration_s.
-    let mean_gap_s = 3600.0 / sc.messages_per_user_per_hour.max(1e-9);
+    let plan = Arc::new(model_run.messages.clone());
     let mut send_tasks = Vec::new();
-    let start = Instant::now();
-    let duration = Duration::from_secs_f64(sc.duration_s);
-    let sent_total = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    for (u, mut conn) in senders.into_iter().enumerate() {
+    for ((u, conn), schedule) in senders.into_iter().enumerate().zip(schedules) {
         let key = keys[u].clone();
         let all_keys = keys.clone();
         let peers = peers.clone();
         let per_node = sc.users_per_node;
-        let sent_at = sent_at.clone();
-        let total = sent_total.clone();
+        let addr = addrs[home(u)].clone();
+        let tally = tally.clone();
+        let plan = plan.clone();
         let mut urng = rand::rngs::StdRng::seed_from_u64(rng.next_u64());
         send_tasks.push(tokio::spawn(async move {
-            let mut t = Duration::ZERO;
-            loop {
-                let gap = -urng.random::<f64>().max(1e-12).ln() * mean_gap_s;
-                t += Duration::from_secs_f64(gap);
-                if t >= duration {
-                    return Ok::<(), anyhow::Error>(());
+            let mut conn = Some(conn);
+            for i in schedule {
+                let m = &plan[i];
+                let at = start + Duration::from_millis(m.sent_ms);
+                tokio::time::sleep_until(at.into()).await;
+                if tally.down[u / per_node].load(Ordering::SeqCst) {
+                    tally.not_sent.fetch_add(1, Ordering::Relaxed);
+                    continue;
                 }
-                tokio::time::sleep_until((start + t).into()).await;
-                let r = loop {
-                    let r = urng.random_range(0..all_keys.len());
-                    if r != u || all_keys.len() == 1 {
-                        break r;
-                    }
-                };
+                let r = m.to_user;
                 // As in the model, the body is opaque to everything measured here.
-                let env = Envelope::seal_body(
+                let envelope = Envelope::seal_body(
                     &mut urng,
                     &all_keys[r].user_id(),
                     b"",
                     now_millis(),
                     hestia_protocol::envelope::DEFAULT_TTL_MS,
                 )?;
-                sent_at.lock().expect("map").insert(env.id, Instant::now());
-                total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let id = envelope.id;
+                tally
+                    .sent_at
+                    .lock()
+                    .expect("map")
+                    .insert(id, Instant::now());
+                tally.log.lock().expect("log").insert(id, (i, None));
                 let to_node = peers[r / per_node].clone();
-                conn.call(
-                    &key,
-                    ClientOp::Send(vec![Outgoing {
-                        to_node,
-                        envelope: env,
-                    }]),
-                )
-                .await?;
+                let out = Outgoing { to_node, envelope };
+                if send_one(&mut conn, &addr, &key, out).await {
+                    tally.sent.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    tally.sent_at.lock().expect("map").remove(&id);
+                    tally.log.lock().expect("log").remove(&id);
+                    tally.not_sent.fetch_add(1, Ordering::Relaxed);
+                }
             }
+            Ok::<(), anyhow::Error>(())
         }));
     }
     for t in send_tasks {
         t.await??;
     }
+    let mut fleet = faults.await??;
     // Drain: until every message arrived or drain_s passes.
     let deadline = Instant::now() + Duration::from_secs_f64(sc.drain_s);
-    while !sent_at.lock().expect("map").is_empty() && Instant::now() < deadline {
+    while !tally.sent_at.lock().expect("map").is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = stop_devices.send(true);
     for r in receivers {
-        r.await??;
+        r.await?;
     }
-    let _ = stop.send(true);
-    let sent = sent_total.load(std::sync::atomic::Ordering::Relaxed);
-    let mut lat = latencies.lock().expect("list").clone();
+    for i in 0..fleet.nodes.len() {
+        fleet.kill(i).await?;
+    }
+    drop(fleet); // removes the namespaces
+    if tmp_keep {
+        eprintln!("node directories and logs kept in {}", tmp.keep().display());
+    }
+
+    let sent = tally.sent.load(Ordering::Relaxed);
+    let mut lat = tally.latencies.lock().expect("list").clone();
     lat.sort_by(|a, b| a.total_cmp(b));
     let real = Side {
         messages_sent: sent,
+        not_sent_home_node_down: tally.not_sent.load(Ordering::Relaxed),
         delivered_to_device: lat.len() as u64,
         delivery_ratio: if sent == 0 {
             1.0
@@ -246,26 +756,56 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Comparison> {
         p90_ms: percentile(&lat, 0.9),
         p99_ms: percentile(&lat, 0.99),
     };
-    let o = hestia_simulations::run(sc.clone(), seed, |_, _| true);
+    let o = model_run;
     let m = &o.summary;
     let model = Side {
         messages_sent: m.messages_sent,
+        not_sent_home_node_down: m.not_sent_home_node_down,
         delivered_to_device: m.delivered_to_device,
         delivery_ratio: m.delivery_ratio,
         p50_ms: m.latency_send_to_device.p50_ms,
         p90_ms: m.latency_send_to_device.p90_ms,
         p99_ms: m.latency_send_to_device.p99_ms,
     };
+    let mut real_latency: Vec<Option<Option<f64>>> = vec![None; o.messages.len()];
+    for (i, lat) in tally.log.lock().expect("log").values() {
+        real_latency[*i] = Some(*lat);
+    }
+    let (mut both, mut matching) = (0u64, 0u64);
+    for (m, real) in o.messages.iter().zip(&real_latency) {
+        if let Some(real) = real {
+            both += 1;
+            matching += match (real, m.latency_ms) {
+                (Some(r), Some(l)) => u64::from((r - l as f64).abs() <= LATENCY_TOLERANCE_MS),
+                (None, None) => 1,
+                _ => 0,
+            };
+        }
+    }
+    let gap = cdf_gap(&lat, &o.device_latencies, LATENCY_TOLERANCE_MS);
     let agree = (real.delivery_ratio - model.delivery_ratio).abs() <= RATIO_TOLERANCE
-        && (real.p50_ms - model.p50_ms).abs() <= LATENCY_TOLERANCE_MS
-        && (real.p90_ms - model.p90_ms).abs() <= LATENCY_TOLERANCE_MS;
+        && gap <= CDF_TOLERANCE;
     let c = Comparison {
         scenario: sc.name.clone(),
         seed,
+        network: if sc.partitions.is_empty() {
+            "loopback"
+        } else {
+            "namespaces"
+        },
+        crashes: sc.crashes.len(),
+        partitions: sc.partitions.len(),
+        cdf_gap: gap,
+        paired_within_slack: if both == 0 {
+            1.0
+        } else {
+            matching as f64 / both as f64
+        },
         real,
         model,
         ratio_tolerance: RATIO_TOLERANCE,
         latency_tolerance_ms: LATENCY_TOLERANCE_MS,
+        cdf_tolerance: CDF_TOLERANCE,
         agree,
     };
     std::fs::create_dir_all(out)?;
@@ -273,6 +813,61 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Comparison> {
         out.join("real.json"),
         serde_json::to_string_pretty(&c)? + "\n",
     )?;
+    let mut csv = String::from(
+        "sent_ms,from_user,to_user,from_node,to_node,real_latency_ms,model_latency_ms\n",
+    );
+    let fmt = |l: Option<f64>| l.map(|l| format!("{l:.1}")).unwrap_or_default();
+    for (m, real) in o.messages.iter().zip(&real_latency) {
+        let real = match real {
+            None => "not sent".to_string(),
+            Some(l) => fmt(*l),
+        };
+        let model = fmt(m.latency_ms.map(|l| l as f64));
+        let (from, to) = (
+            m.from_user / sc.users_per_node,
+            m.to_user / sc.users_per_node,
+        );
+        csv += &format!(
+            "{},{},{},{from},{to},{real},{model}\n",
+            m.sent_ms, m.from_user, m.to_user
+        );
+    }
+    std::fs::write(out.join("real_messages.csv"), csv)?;
+    std::fs::write(
+        out.join("real_vs_model_cdf.csv"),
+        cdf_table(&lat, &o.device_latencies),
+    )?;
     hestia_simulations::write_results(out, &o)?;
     Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cdf_gap_allows_the_slack_and_catches_what_exceeds_it() {
+        let a = [1.0, 2.0, 3.0, 4.0];
+        assert_eq!(cdf_gap(&a, &a, 0.0), 0.0);
+        assert_eq!(cdf_gap(&a, &[10.0, 11.0], 0.0), 1.0);
+        // Shifted by 2: half apart without slack, together with 2 of slack.
+        let b = [3.0, 4.0, 5.0, 6.0];
+        assert!((cdf_gap(&a, &b, 0.0) - 0.5).abs() < 1e-9);
+        assert_eq!(cdf_gap(&a, &b, 2.0), 0.0);
+        assert_eq!(cdf_gap(&b, &a, 2.0), 0.0);
+        // A tail the other lacks: a quarter of one sample is 1000 later.
+        let c = [1.0, 2.0, 3.0, 1004.0];
+        assert!((cdf_gap(&a, &c, 25.0) - 0.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn faults_are_planned_in_time_order() {
+        let sc: Scenario = toml::from_str(
+            "crashes = [{ node = 1, at_s = 5.0, down_s = 10.0 }]\n\
+             partitions = [{ start_s = 7.0, end_s = 9.0, split = 1 }]\n",
+        )
+        .unwrap();
+        let times: Vec<f64> = fault_plan(&sc).iter().map(|f| f.0).collect();
+        assert_eq!(times, vec![5.0, 7.0, 9.0, 15.0]);
+    }
 }

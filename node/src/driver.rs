@@ -638,7 +638,10 @@ mod tests {
             assert!(t.allow(PeerId::random(), 0));
         }
         assert!(!t.allow(PeerId::random(), 1), "full of fresh records");
-        assert!(t.allow(PeerId::random(), LOOKUP_INTERVAL_MS), "stale ones make room");
+        assert!(
+            t.allow(PeerId::random(), LOOKUP_INTERVAL_MS),
+            "stale ones make room"
+        );
         assert!(t.last.len() <= MAX_LOOKUP_RECORDS);
     }
 }

@@ -225,6 +225,7 @@ mod tests {
             s.delivered_to_device
                 + s.undelivered_expired
                 + s.undelivered_lost_with_disk
+                + s.undelivered_refused_unknown_user
                 + s.undelivered_pending,
             s.messages_sent
         );
@@ -242,6 +243,64 @@ mod tests {
         assert!(sent >= s.messages_sent, "{sent} < {}", s.messages_sent);
         let linked: usize = o.operators.iter().map(|v| v.user_to_recipient_pairs).sum();
         assert_eq!(linked, s.conversations);
+    }
+
+    /// Two nodes, one user each, all traffic crossing a partition from 1 s to `end_s`.
+    fn partitioned_pair(end_s: f64) -> Summary {
+        let sc = Scenario {
+            nodes: 2,
+            users_per_node: 1,
+            duration_s: 8.0,
+            drain_s: 120.0,
+            messages_per_user_per_hour: 7200.0,
+            crashes: vec![],
+            partitions: vec![crate::scenario::Partition {
+                start_s: 1.0,
+                end_s,
+                split: 1,
+            }],
+            link_loss: 0.0,
+            online_fraction: 1.0,
+            session_mean_s: 1e9,
+            client_latency_ms: 0,
+            link_latency_ms: (1, 1),
+            ..small()
+        };
+        run(sc, 4, |_, _| true).summary
+    }
+
+    #[test]
+    fn connections_recover_at_the_first_tcp_retransmission_after_the_partition() {
+        let p = |start_s, end_s| crate::scenario::Partition {
+            start_s,
+            end_s,
+            split: 1,
+        };
+        let at = |ms: u64| sim::EPOCH_MS + ms;
+        // 18 s + 0.2 + 0.4 + 0.8 + 1.6 + 3.2 = 24.2 s, the first retransmission after 24 s.
+        assert_eq!(sim::tcp_release(at(18_000), &p(18.0, 24.0)), at(24_200));
+        // A first loss 0.1 s later: 18.1 + 6.2 = 24.3 s.
+        assert_eq!(sim::tcp_release(at(18_100), &p(18.0, 24.0)), at(24_300));
+        assert_eq!(sim::tcp_release(at(1_000), &p(1.0, 4.0)), at(4_000));
+        // Doubling stops at Linux's 120 s maximum (204.6 s in), then steps of 120 s.
+        assert_eq!(sim::tcp_release(at(0), &p(0.0, 1000.0)), at(1_044_600));
+    }
+
+    #[test]
+    fn a_short_partition_holds_requests_until_tcp_retransmits_a_long_one_times_them_out() {
+        // Healed after 3 s: what was sent into it arrives at a TCP retransmission soon after,
+        // well before the 10 s request timeout (as on the real stack).
+        let short = partitioned_pair(4.0);
+        assert_eq!(short.delivered_to_device, short.messages_sent);
+        let p99 = short.latency_send_to_device.p99_ms;
+        assert!(
+            p99 > 1_000.0 && p99 < sim::FED_TIMEOUT_MS as f64,
+            "{short:?}"
+        );
+        // 20 s: requests time out and are retried with backoff after the partition.
+        let long = partitioned_pair(21.0);
+        assert_eq!(long.delivered_to_device, long.messages_sent);
+        assert!(long.latency_send_to_device.max_ms > 20_000.0, "{long:?}");
     }
 
     #[test]

@@ -52,6 +52,15 @@ impl std::hash::Hasher for FxHasher {
 }
 
 type Fx = std::hash::BuildHasherDefault<FxHasher>;
+
+/// SplitMix64's finaliser: a well-mixed 64-bit value from any 64-bit input (for draws that must
+/// not depend on event order).
+fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
 type FxMap<K, V> = HashMap<K, V, Fx>;
 type FxSet<K> = HashSet<K, Fx>;
 
@@ -60,6 +69,40 @@ type FxSet<K> = HashSet<K, Fx>;
 pub const EPOCH_MS: Millis = 1_800_000_000_000;
 /// How long a node waits for a federation answer before it counts the request failed.
 pub const FED_TIMEOUT_MS: Millis = 10_000;
+/// Linux's minimum and maximum TCP retransmission timeouts: a segment lost in a partition is
+/// sent again after the minimum, then after twice as long each time, up to the maximum.
+pub const TCP_MIN_RTO_MS: Millis = 200;
+pub const TCP_MAX_RTO_MS: Millis = 120_000;
+
+/// Connections between nodes carry background traffic (gossip, pings, Kademlia), so each loses
+/// its first segment soon after a partition starts: uniformly within this, calibrated on the
+/// real stack (`sim run --real` showed first losses 0.7 to 1.7 s after the start).
+pub const BACKGROUND_GAP_MS: Millis = 2_000;
+
+/// When a connection whose first segment was lost at `first_loss` in partition `p` carries
+/// traffic again: at TCP's first retransmission after the partition ends (retransmissions after
+/// `TCP_MIN_RTO_MS`, doubling up to `TCP_MAX_RTO_MS`). Everything sent on the connection in the
+/// meantime queues behind that segment (head-of-line blocking), messages sent just after the
+/// end included. The real stack showed this (`sim run --real`): a request sent into a
+/// six-second partition is answered within seconds of its end, not retried after the 10 s
+/// timeout, and requests sent just after the end wait too. Constant time, so partitions of
+/// days cost nothing per packet.
+pub fn tcp_release(first_loss: Millis, p: &crate::scenario::Partition) -> Millis {
+    let end = EPOCH_MS + ms(p.end_s);
+    let (mut t, mut rto) = (first_loss, TCP_MIN_RTO_MS);
+    while t < end && rto < TCP_MAX_RTO_MS {
+        t += rto;
+        rto = (rto * 2).min(TCP_MAX_RTO_MS);
+    }
+    if t < end {
+        t += (end - t).div_ceil(TCP_MAX_RTO_MS) * TCP_MAX_RTO_MS;
+    }
+    t
+}
+/// A device whose home node went away tries to reconnect this often, so it finds a restarted
+/// node within this (uniformly). Until then a node that lost its disk does not know the user and
+/// refuses mail for them. `sim run --real`'s devices use the same interval.
+pub const DEVICE_RECONNECT_MS: Millis = 250;
 /// How long a device's fetch waits for mail.
 pub const FETCH_WAIT_MS: u32 = 30_000;
 /// Bound on processed events, so a scenario cannot run forever.
@@ -113,6 +156,11 @@ enum Ev {
     Toggle(usize),
     Crash(usize),
     Restart(usize),
+    /// A device finds its restarted home node again (and registers again if it lost its disk).
+    Reconnect {
+        user: usize,
+        register: bool,
+    },
     Sample,
 }
 
@@ -215,6 +263,9 @@ struct Msg {
     node_at: Option<Millis>,
     device_at: Option<Millis>,
     lost_disk: bool,
+    /// The recipient's node refused it: it did not know the user (it lost its disk and the user
+    /// had not registered again yet). The sender's node reports the failure to the sender.
+    refused: bool,
 }
 
 /// One row of the time series.
@@ -256,6 +307,9 @@ pub struct Summary {
     pub delivery_ratio: f64,
     pub undelivered_expired: u64,
     pub undelivered_lost_with_disk: u64,
+    /// Refused by the recipient's node because it did not know the user: it had lost its disk
+    /// and the user's device had not registered again yet. The sender is told.
+    pub undelivered_refused_unknown_user: u64,
     pub undelivered_pending: u64,
     pub latency_send_to_node: Percentiles,
     pub latency_send_to_device: Percentiles,
@@ -320,6 +374,20 @@ pub struct Outcome {
     pub operators: Vec<OperatorView>,
     /// Send-to-device latencies in ms, sorted.
     pub device_latencies: Vec<f64>,
+    /// Every message sent, in sending order, when the run was traced ([`Sim::traced`]); empty
+    /// otherwise (a million-message run need not keep them).
+    pub messages: Vec<TracedMessage>,
+}
+
+/// One message of a traced run: who sent it to whom when, and what became of it.
+#[derive(Clone, Debug, Serialize)]
+pub struct TracedMessage {
+    /// Milliseconds after the start of the run.
+    pub sent_ms: Millis,
+    pub from_user: usize,
+    pub to_user: usize,
+    /// Send-to-device latency; None if it never arrived.
+    pub latency_ms: Option<Millis>,
 }
 
 pub struct Sim {
@@ -348,10 +416,16 @@ pub struct Sim {
     /// Every (sender, recipient) pair a user sent to: the ground truth that operators'
     /// observations are measured against. Only counted, so results do not depend on its order.
     all_conversations: FxSet<(usize, usize)>,
+    /// For each partition, a time by which every connection across it gets through again (see
+    /// [`tcp_release`]): after that the partition delays nothing.
+    partition_release: Vec<Millis>,
+    /// (sender, recipient, envelope id) of every message, in sending order, if traced.
+    trace: Option<Vec<(usize, usize, EnvelopeId)>>,
     /// Messages that reached a node / a device / were lost with a disk (and not delivered).
     count_node: u64,
     count_device: u64,
     count_lost: u64,
+    count_refused: u64,
     series: Vec<Sample>,
     end: Millis,
     interrupted: bool,
@@ -362,6 +436,12 @@ fn ms(s: f64) -> Millis {
 }
 
 impl Sim {
+    /// Keeps every message's sender, recipient, time and fate for [`Outcome::messages`].
+    pub fn traced(mut self) -> Sim {
+        self.trace = Some(Vec::new());
+        self
+    }
+
     pub fn new(sc: Scenario, seed: u64) -> Sim {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let nodes: Vec<Node> = (0..sc.nodes)
@@ -397,9 +477,22 @@ impl Sim {
             bytes_fed_req: 0,
             bytes_fed_resp: 0,
             all_conversations: FxSet::default(),
+            partition_release: sc
+                .partitions
+                .iter()
+                .map(|p| {
+                    // A bound on every connection's release: the retransmission that crosses
+                    // the end comes at most one interval later, and an interval is at most the
+                    // time since the first loss plus the minimum (or the maximum RTO).
+                    let (start, end) = (EPOCH_MS + ms(p.start_s), EPOCH_MS + ms(p.end_s));
+                    end + (end.saturating_sub(start) + TCP_MIN_RTO_MS).min(TCP_MAX_RTO_MS)
+                })
+                .collect(),
+            trace: None,
             count_node: 0,
             count_device: 0,
             count_lost: 0,
+            count_refused: 0,
             series: Vec::new(),
             interrupted: false,
             rng: rand::rngs::StdRng::seed_from_u64(0),
@@ -523,13 +616,31 @@ impl Sim {
         latency + transmission
     }
 
-    fn partitioned(&self, a: usize, b: usize) -> bool {
-        let t = self.now;
-        self.sc.partitions.iter().any(|p| {
-            t >= EPOCH_MS + ms(p.start_s)
-                && t < EPOCH_MS + ms(p.end_s)
-                && (a < p.split) != (b < p.split)
-        })
+    /// When a packet sent now from node `a` to node `b` gets through: now, unless a partition
+    /// separates them and their connection has not recovered from it (see [`tcp_release`]),
+    /// then at that recovery; `None` if that is after the sender gives up (`FED_TIMEOUT_MS`).
+    fn gets_through_at(&self, a: usize, b: usize) -> Option<Millis> {
+        let mut t = self.now;
+        // Overlapping partitions can hand a packet from one release to the next.
+        for _ in 0..self.sc.partitions.len() {
+            let before = t;
+            for (i, p) in self.sc.partitions.iter().enumerate() {
+                let start = EPOCH_MS + ms(p.start_s);
+                if (a < p.split) == (b < p.split) || t < start || t >= self.partition_release[i] {
+                    continue;
+                }
+                // The connection's first lost segment: background traffic soon after the start
+                // (a per-link, per-partition draw), or this packet if earlier.
+                let draw =
+                    mix64(self.seed ^ mix64(((a as u64) << 40) ^ ((b as u64) << 16) ^ i as u64));
+                let background = start + draw % BACKGROUND_GAP_MS;
+                t = t.max(tcp_release(t.min(background), p));
+            }
+            if t == before {
+                break;
+            }
+        }
+        (t < self.now + FED_TIMEOUT_MS).then_some(t)
     }
 
     fn node_index(id: &str) -> Option<usize> {
@@ -628,16 +739,20 @@ impl Sim {
                     };
                     if let FedResponse::Delivered(results) = &response {
                         for (id, r) in ids.iter().zip(results) {
-                            if matches!(r, DeliverResult::Accepted | DeliverResult::Duplicate) {
-                                self.reached_node(id);
+                            match r {
+                                DeliverResult::Accepted | DeliverResult::Duplicate => {
+                                    self.reached_node(id)
+                                }
+                                DeliverResult::NoSuchUser => self.refused(id),
+                                _ => {}
                             }
                         }
                     }
                     let bytes = codec::encoded_len(&response).map_or(0, |n| n as u64);
                     self.bytes_fed_resp += bytes;
                     let lost = self.rng.random::<f64>() < self.sc.link_loss;
-                    if !lost && !self.partitioned(n, from) {
-                        let at = self.now + self.link_latency(n, from, bytes);
+                    if !lost && let Some(through) = self.gets_through_at(n, from) {
+                        let at = through + self.link_latency(n, from, bytes);
                         self.schedule(
                             at,
                             Ev::FedResp {
@@ -663,14 +778,17 @@ impl Sim {
                         continue;
                     };
                     let lat = self.link_latency(n, to, bytes);
-                    if self.partitioned(n, to) || self.rng.random::<f64>() < self.sc.link_loss {
+                    let Some(through) = self.gets_through_at(n, to) else {
+                        continue; // held up by a partition: the sender times out
+                    };
+                    if self.rng.random::<f64>() < self.sc.link_loss {
                         continue; // lost: the sender times out
                     }
                     if self.nodes[to].core.is_none() {
                         // Connection refused: the sender learns it after a round trip.
                         let result = Err(FedFailure::Unreachable);
                         self.schedule(
-                            self.now + 2 * lat,
+                            through + 2 * lat,
                             Ev::FedResp {
                                 node: n,
                                 batch,
@@ -680,7 +798,7 @@ impl Sim {
                         continue;
                     }
                     self.schedule(
-                        self.now + lat,
+                        through + lat,
                         Ev::FedReq {
                             from: n,
                             to,
@@ -707,6 +825,16 @@ impl Sim {
         {
             self.nodes[n].timer_at = Some(t);
             self.schedule(t, Ev::Timer(n));
+        }
+    }
+
+    fn refused(&mut self, id: &EnvelopeId) {
+        if let Some(m) = self.msgs.get_mut(id)
+            && m.device_at.is_none()
+            && !m.refused
+        {
+            m.refused = true;
+            self.count_refused += 1;
         }
     }
 
@@ -849,6 +977,15 @@ impl Sim {
             }
             Ev::Crash(i) => self.crash(i),
             Ev::Restart(i) => self.restart(i),
+            Ev::Reconnect { user, register } => {
+                if self.nodes[self.devices[user].node].core.is_some() {
+                    if register {
+                        self.client_request(user, Kind::Register, ClientOp::Register);
+                    } else {
+                        self.start_fetch(user);
+                    }
+                }
+            }
             Ev::Sample => {
                 self.sample();
                 let next = self.now + ms(self.sc.sample_every_s);
@@ -890,8 +1027,12 @@ impl Sim {
                 node_at: None,
                 device_at: None,
                 lost_disk: false,
+                refused: false,
             },
         );
+        if let Some(trace) = self.trace.as_mut() {
+            trace.push((u, r, envelope.id));
+        }
         let to_node = self.nodes[self.devices[r].node].id.clone();
         let ids = vec![envelope.id];
         self.submit(u, ids, Outgoing { to_node, envelope });
@@ -999,6 +1140,11 @@ impl Sim {
                                 m.lost_disk = false;
                                 self.count_lost -= 1;
                             }
+                            if m.refused {
+                                // Refused once, accepted on a retry.
+                                m.refused = false;
+                                self.count_refused -= 1;
+                            }
                         }
                     }
                     self.client_request(u, Kind::Ack, ClientOp::Ack(ids));
@@ -1062,12 +1208,10 @@ impl Sim {
             .expect("just set")
             .handle_timeout(now);
         self.drive(n);
-        for u in self.nodes[n].users.clone() {
-            if self.sc.crashes[i].disk_loss {
-                self.client_request(u, Kind::Register, ClientOp::Register);
-            } else {
-                self.start_fetch(u);
-            }
+        let register = self.sc.crashes[i].disk_loss;
+        for user in self.nodes[n].users.clone() {
+            let at = self.now + self.rng.random_range(0..=DEVICE_RECONNECT_MS);
+            self.schedule(at, Ev::Reconnect { user, register });
         }
     }
 
@@ -1118,7 +1262,10 @@ impl Sim {
             }
             self.step(*s.ev);
             let sending_done = self.now > EPOCH_MS + ms(self.sc.duration_s);
-            if sending_done && self.count_device + self.count_lost == self.msgs.len() as u64 {
+            if sending_done
+                && self.count_device + self.count_lost + self.count_refused
+                    == self.msgs.len() as u64
+            {
                 break; // drained
             }
         }
@@ -1211,10 +1358,12 @@ impl Sim {
             .collect();
         let ttl = ms(self.sc.ttl_s);
         let undelivered = self.msgs.values().filter(|m| m.device_at.is_none());
-        let (mut expired, mut lost, mut pending) = (0, 0, 0);
+        let (mut expired, mut lost, mut refused, mut pending) = (0, 0, 0, 0);
         for m in undelivered {
             if m.lost_disk {
                 lost += 1;
+            } else if m.refused {
+                refused += 1;
             } else if m.sent_at + ttl <= self.now {
                 expired += 1;
             } else {
@@ -1244,6 +1393,7 @@ impl Sim {
             },
             undelivered_expired: expired,
             undelivered_lost_with_disk: lost,
+            undelivered_refused_unknown_user: refused,
             undelivered_pending: pending,
             latency_send_to_node: node_p,
             latency_send_to_device: device_p,
@@ -1288,11 +1438,26 @@ impl Sim {
                 distinct_body_sizes: n.observed.sizes.len(),
             })
             .collect();
+        let messages = self
+            .trace
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(from_user, to_user, id)| {
+                let m = &self.msgs[&id];
+                TracedMessage {
+                    sent_ms: m.sent_at - EPOCH_MS,
+                    from_user,
+                    to_user,
+                    latency_ms: m.device_at.map(|d| d - m.sent_at),
+                }
+            })
+            .collect();
         Outcome {
             summary,
             series: self.series,
             operators,
             device_latencies: device_sorted,
+            messages,
         }
     }
 }
