@@ -477,6 +477,30 @@ mod network_tests {
     }
 
     #[test]
+    fn messages_queue_behind_each_other_on_a_busy_link() {
+        // Two nodes, 40 users each sending to the other node's users (and their own): about 11
+        // federation messages a second each way, each taking ~26 ms to transmit at 0.1 Mbit/s
+        // (a 328-byte body plus framing): the link is busy most of the time.
+        let busy = |mbps| {
+            let sc = Scenario {
+                nodes: 2,
+                users_per_node: 40,
+                duration_s: 120.0,
+                messages_per_user_per_hour: 1800.0,
+                link_bandwidth_mbps: mbps,
+                ..flat()
+            };
+            run(sc, 5, |_, _| true).summary.latency_send_to_node
+        };
+        let (fast, slow) = (busy(0.0), busy(0.1));
+        // Alone a message takes its own transmission time more (p50 and, without queueing, p99
+        // too: +32 ms); queued, the tail also waits for others' transmissions.
+        assert!(slow.p50_ms >= fast.p50_ms + 26.0, "{fast:?} {slow:?}");
+        assert!(slow.p99_ms >= fast.p99_ms + 3.0 * 26.0, "{fast:?} {slow:?}");
+        assert!(slow.max_ms >= fast.max_ms + 4.0 * 26.0, "{fast:?} {slow:?}");
+    }
+
+    #[test]
     fn a_diurnal_pattern_moves_sending_between_the_halves_of_a_day() {
         let day = Scenario {
             duration_s: 3600.0,

@@ -37,7 +37,8 @@ pub struct Scenario {
     pub regions: usize,
     pub inter_region_latency_ms: (u64, u64),
     /// Link bandwidth in megabits per second (0: unlimited): a message of B bytes takes
-    /// B·8 / (1000·mbps) ms more to cross a link. No queueing between messages.
+    /// B·8 / (1000·mbps) ms to transmit, after whatever that directed link is still sending
+    /// (first in, first out).
     pub link_bandwidth_mbps: f64,
     /// Probability that a federation request or its answer is lost.
     pub link_loss: f64,

@@ -416,6 +416,9 @@ pub struct Sim {
     /// Every (sender, recipient) pair a user sent to: the ground truth that operators'
     /// observations are measured against. Only counted, so results do not depend on its order.
     all_conversations: FxSet<(usize, usize)>,
+    /// When each directed link finishes sending what it has queued, in microseconds (only with
+    /// limited bandwidth).
+    link_free_us: FxMap<(usize, usize), u64>,
     /// For each partition, a time by which every connection across it gets through again (see
     /// [`tcp_release`]): after that the partition delays nothing.
     partition_release: Vec<Millis>,
@@ -489,6 +492,7 @@ impl Sim {
                 })
                 .collect(),
             trace: None,
+            link_free_us: FxMap::default(),
             count_node: 0,
             count_device: 0,
             count_lost: 0,
@@ -594,8 +598,9 @@ impl Sim {
         self.exp(self.sc.session_mean_s * 1000.0 * (1.0 - f) / f)
     }
 
-    /// One-way time for `bytes` from node `a` to node `b`: the latency of their region pair,
-    /// plus transmission time when bandwidth is limited.
+    /// One-way time for `bytes` from node `a` to node `b`: the latency of their region pair, plus,
+    /// when bandwidth is limited, the wait behind what the link is still sending (a FIFO per
+    /// directed link) and the message's own transmission time.
     fn link_latency(&mut self, a: usize, b: usize, bytes: u64) -> Millis {
         let (lo, hi) = if self.sc.regions > 1 && a % self.sc.regions != b % self.sc.regions {
             self.sc.inter_region_latency_ms
@@ -608,12 +613,16 @@ impl Sim {
             } else {
                 0
             };
-        let transmission = if self.sc.link_bandwidth_mbps > 0.0 {
-            (bytes as f64 * 8.0 / (self.sc.link_bandwidth_mbps * 1000.0)).ceil() as Millis
-        } else {
-            0
-        };
-        latency + transmission
+        if self.sc.link_bandwidth_mbps <= 0.0 {
+            return latency;
+        }
+        // In microseconds, so that sub-millisecond transmissions add up as they should.
+        let tx_us = (bytes as f64 * 8.0 / self.sc.link_bandwidth_mbps).ceil() as u64;
+        let now_us = self.now * 1000;
+        let free_us = self.link_free_us.entry((a, b)).or_insert(0);
+        let done_us = (*free_us).max(now_us) + tx_us;
+        *free_us = done_us;
+        done_us.div_ceil(1000) - self.now + latency
     }
 
     /// When a packet sent now from node `a` to node `b` gets through: now, unless a partition
