@@ -597,11 +597,19 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Comparison> {
         .collect::<Result<_>>()?;
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let users = sc.nodes * sc.users_per_node;
+    // Users are numbered node by node, as in the model.
+    let homes: Arc<Vec<usize>> = Arc::new(
+        sc.node_sizes()
+            .iter()
+            .enumerate()
+            .flat_map(|(n, size)| std::iter::repeat_n(n, *size))
+            .collect(),
+    );
+    let users = homes.len();
     let keys: Vec<Arc<IdentityKey>> = (0..users)
         .map(|_| Arc::new(IdentityKey::generate(&mut rng)))
         .collect();
-    let home = |u: usize| u / sc.users_per_node;
+    let home = |u: usize| homes[u];
     let tally = Arc::new(Tally {
         sent_at: Mutex::default(),
         log: Mutex::default(),
@@ -675,7 +683,7 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Comparison> {
         let key = keys[u].clone();
         let all_keys = keys.clone();
         let peers = peers.clone();
-        let per_node = sc.users_per_node;
+        let homes = homes.clone();
         let addr = addrs[home(u)].clone();
         let tally = tally.clone();
         let plan = plan.clone();
@@ -686,7 +694,7 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Comparison> {
                 let m = &plan[i];
                 let at = start + Duration::from_millis(m.sent_ms);
                 tokio::time::sleep_until(at.into()).await;
-                if tally.down[u / per_node].load(Ordering::SeqCst) {
+                if tally.down[homes[u]].load(Ordering::SeqCst) {
                     tally.not_sent.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
@@ -706,7 +714,7 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Comparison> {
                     .expect("map")
                     .insert(id, Instant::now());
                 tally.log.lock().expect("log").insert(id, (i, None));
-                let to_node = peers[r / per_node].clone();
+                let to_node = peers[homes[r]].clone();
                 let out = Outgoing { to_node, envelope };
                 if send_one(&mut conn, &addr, &key, out).await {
                     tally.sent.fetch_add(1, Ordering::Relaxed);
@@ -823,10 +831,7 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Comparison> {
             Some(l) => fmt(*l),
         };
         let model = fmt(m.latency_ms.map(|l| l as f64));
-        let (from, to) = (
-            m.from_user / sc.users_per_node,
-            m.to_user / sc.users_per_node,
-        );
+        let (from, to) = (homes[m.from_user], homes[m.to_user]);
         csv += &format!(
             "{},{},{},{from},{to},{real},{model}\n",
             m.sent_ms, m.from_user, m.to_user

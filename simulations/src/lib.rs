@@ -477,6 +477,31 @@ mod network_tests {
     }
 
     #[test]
+    fn power_law_node_sizes_put_most_users_on_a_few_nodes() {
+        let sc = Scenario {
+            nodes: 20,
+            users_per_node: 10,
+            node_sizes: crate::scenario::NodeSizes::PowerLaw,
+            node_size_exponent: 1.2,
+            ..flat()
+        };
+        let sizes = sc.node_sizes();
+        assert_eq!(sizes.iter().sum::<usize>(), 200);
+        assert!(sizes.iter().all(|s| *s >= 1));
+        assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{sizes:?}");
+        assert!(sizes[0] >= 50 && sizes[19] <= 3, "{sizes:?}");
+        assert_eq!(flat().node_sizes(), vec![10; 10]);
+        // The biggest node's operator sees its many users' traffic; the smallest sees little.
+        let o = run(sc, 3, |_, _| true);
+        assert_eq!(o.summary.users, 200);
+        let (big, small) = (&o.operators[0], &o.operators[19]);
+        assert!(
+            big.envelopes_from_local_users > 10 * small.envelopes_from_local_users.max(1),
+            "{big:?} {small:?}"
+        );
+    }
+
+    #[test]
     fn messages_queue_behind_each_other_on_a_busy_link() {
         // Two nodes, 40 users each sending to the other node's users (and their own): about 11
         // federation messages a second each way, each taking ~26 ms to transmit at 0.1 Mbit/s

@@ -13,7 +13,13 @@ pub const MAX_DURATION_S: f64 = 7.0 * 24.0 * 3600.0;
 pub struct Scenario {
     pub name: String,
     pub nodes: usize,
+    /// Users per node: exactly, or on average when `node_sizes` is `power_law`.
     pub users_per_node: usize,
+    /// `equal`: every node has `users_per_node` users. `power_law`: the node of rank r (from 1)
+    /// gets a share of the nodes × users_per_node users proportional to 1/r^`node_size_exponent`
+    /// (a few large community nodes, many small ones), every node at least one.
+    pub node_sizes: NodeSizes,
+    pub node_size_exponent: f64,
     /// Simulated seconds during which users send; the run continues until the network drains or
     /// `drain_s` more seconds pass.
     pub duration_s: f64,
@@ -67,6 +73,13 @@ pub struct Scenario {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+pub enum NodeSizes {
+    Equal,
+    PowerLaw,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SocialGraph {
     Uniform,
     PowerLaw,
@@ -98,6 +111,8 @@ impl Default for Scenario {
             name: "default".into(),
             nodes: 50,
             users_per_node: 20,
+            node_sizes: NodeSizes::Equal,
+            node_size_exponent: 1.0,
             duration_s: 3600.0,
             drain_s: 3600.0,
             messages_per_user_per_hour: 6.0,
@@ -151,6 +166,39 @@ pub enum ScenarioError {
 }
 
 impl Scenario {
+    /// How many users each node has, in node order (see `node_sizes`). Deterministic: no draw.
+    pub fn node_sizes(&self) -> Vec<usize> {
+        let total = self.nodes * self.users_per_node;
+        match self.node_sizes {
+            NodeSizes::Equal => vec![self.users_per_node; self.nodes],
+            NodeSizes::PowerLaw => {
+                // One user each, the rest by largest remainder of the power-law shares.
+                let spare = total - self.nodes;
+                let w: Vec<f64> = (1..=self.nodes)
+                    .map(|r| (r as f64).powf(-self.node_size_exponent))
+                    .collect();
+                let sum: f64 = w.iter().sum();
+                let exact: Vec<f64> = w.iter().map(|x| x / sum * spare as f64).collect();
+                let mut sizes: Vec<usize> = exact.iter().map(|x| 1 + *x as usize).collect();
+                let mut left = total - sizes.iter().sum::<usize>();
+                let mut order: Vec<usize> = (0..self.nodes).collect();
+                order.sort_by(|a, b| {
+                    let fa = exact[*a] - exact[*a].floor();
+                    let fb = exact[*b] - exact[*b].floor();
+                    fb.total_cmp(&fa).then(a.cmp(b))
+                });
+                for i in order {
+                    if left == 0 {
+                        break;
+                    }
+                    sizes[i] += 1;
+                    left -= 1;
+                }
+                sizes
+            }
+        }
+    }
+
     pub fn from_toml(text: &str) -> Result<Scenario, ScenarioError> {
         let s: Scenario = toml::from_str(text)?;
         s.check()?;
@@ -207,6 +255,9 @@ impl Scenario {
                  batching_delay_ms <= 3600000"
                     .into(),
             );
+        }
+        if !(0.0..=4.0).contains(&self.node_size_exponent) || self.node_size_exponent.is_nan() {
+            return bad("node_size_exponent must be 0..=4".into());
         }
         if let Some(c) = self.crashes.iter().find(|c| c.node >= self.nodes) {
             return bad(format!("crash names node {} of {}", c.node, self.nodes));

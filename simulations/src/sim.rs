@@ -502,6 +502,7 @@ impl Sim {
             rng: rand::rngs::StdRng::seed_from_u64(0),
             sc,
         };
+        let sizes = sim.sc.node_sizes();
         for n in 0..sim.sc.nodes {
             let core = relay::Core::new(
                 relay::Config {
@@ -514,7 +515,7 @@ impl Sim {
                 EPOCH_MS,
             );
             sim.nodes[n].core = Some(core);
-            for _ in 0..sim.sc.users_per_node {
+            for _ in 0..sizes[n] {
                 let u = sim.devices.len();
                 let key = IdentityKey::generate(&mut rng);
                 sim.by_key.insert(key.user_id(), u);
