@@ -502,8 +502,7 @@ impl Sim {
             rng: rand::rngs::StdRng::seed_from_u64(0),
             sc,
         };
-        let sizes = sim.sc.node_sizes();
-        for n in 0..sim.sc.nodes {
+        for (n, size) in sim.sc.node_sizes().into_iter().enumerate() {
             let core = relay::Core::new(
                 relay::Config {
                     node_id: sim.nodes[n].id.clone(),
@@ -515,7 +514,7 @@ impl Sim {
                 EPOCH_MS,
             );
             sim.nodes[n].core = Some(core);
-            for _ in 0..sizes[n] {
+            for _ in 0..size {
                 let u = sim.devices.len();
                 let key = IdentityKey::generate(&mut rng);
                 sim.by_key.insert(key.user_id(), u);
