@@ -1,9 +1,11 @@
-//! `hestia sim run --real`: the same scenario on the real stack, to check the model. Every node
-//! is a real `hestia node run` process (libp2p over TCP, RocksDB in a temporary directory); each
-//! user has two real client connections in this process (one keeps a long-poll fetch open, one
-//! sends) and sends on the scenario's Poisson schedule in real time. The model then runs the
-//! same scenario and seed, and the two are compared: delivery ratio, and the send-to-device
-//! latency distribution (p50, p90, and the largest gap between the two CDFs).
+//! `hestia sim run --real`: the same scenario on the real stack, to check the model. The model
+//! runs first, keeping every message it sent (a traced run). Then every node is a real
+//! `hestia node run` process (libp2p over TCP, RocksDB in a temporary directory); each user has
+//! two real client connections in this process (one keeps a long-poll fetch open, one sends) and
+//! replays exactly the messages the model's user sent, at the same times, to the same
+//! recipients, in real time. The two are compared: delivery ratio, and the send-to-device
+//! latency distributions (see [`cdf_gap`]), with every message's two fates in
+//! real_messages.csv.
 //!
 //! Faults are real too. A crash is SIGKILL of the node's process; it is started again on the
 //! same data directory after `down_s`. With `disk_loss` the database is deleted before the
@@ -13,6 +15,9 @@
 //! 198.18.0.0/15, the range RFC 2544 sets aside for benchmarks; no packet leaves the machine),
 //! and for the partition's span the router silently drops packets between the two sides, as a
 //! cut in the middle of a network does. Devices stay reachable from their home node.
+//!
+//! `HESTIA_REAL_KEEP=1` keeps the nodes' directories and logs (the path is printed);
+//! `HESTIA_REAL_NODE_LOG` sets the nodes' `RUST_LOG` (default `warn,libp2p=error`).
 //!
 //! Not reproduced (refused with a message): link loss, offline users, regions, bandwidth,
 //! diurnal rates, cover traffic and batching. Bounded: at most 50 nodes, 200 users and 300 s.

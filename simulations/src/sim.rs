@@ -52,6 +52,8 @@ impl std::hash::Hasher for FxHasher {
 }
 
 type Fx = std::hash::BuildHasherDefault<FxHasher>;
+type FxMap<K, V> = HashMap<K, V, Fx>;
+type FxSet<K> = HashSet<K, Fx>;
 
 /// SplitMix64's finaliser: a well-mixed 64-bit value from any 64-bit input (for draws that must
 /// not depend on event order).
@@ -61,8 +63,6 @@ fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
-type FxMap<K, V> = HashMap<K, V, Fx>;
-type FxSet<K> = HashSet<K, Fx>;
 
 /// Virtual time at which the run starts (a fixed wall-clock instant, so envelope expiry checks
 /// behave as in production and runs replay).
@@ -99,6 +99,7 @@ pub fn tcp_release(first_loss: Millis, p: &crate::scenario::Partition) -> Millis
     }
     t
 }
+
 /// A device whose home node went away tries to reconnect this often, so it finds a restarted
 /// node within this (uniformly). Until then a node that lost its disk does not know the user and
 /// refuses mail for them. `sim run --real`'s devices use the same interval.
