@@ -55,6 +55,27 @@ type Fx = std::hash::BuildHasherDefault<FxHasher>;
 type FxMap<K, V> = HashMap<K, V, Fx>;
 type FxSet<K> = HashSet<K, Fx>;
 
+/// `f` over `items` on every available core, results in order. For pure, costly set-up work
+/// (key derivation, signatures), so the result is the same as a sequential map.
+fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads < 2 || items.len() < 1024 {
+        return items.iter().map(f).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let f = &f;
+        let parts: Vec<_> = items
+            .chunks(chunk)
+            .map(|c| s.spawn(move || c.iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|p| p.join().expect("set-up worker"))
+            .collect()
+    })
+}
+
 /// SplitMix64's finaliser: a well-mixed 64-bit value from any 64-bit input (for draws that must
 /// not depend on event order).
 fn mix64(mut z: u64) -> u64 {
@@ -503,6 +524,9 @@ impl Sim {
             rng: rand::rngs::StdRng::seed_from_u64(0),
             sc,
         };
+        // Key seeds are drawn in order from the one RNG; the keys (a scalar multiplication each)
+        // are then derived on every core: the same keys as drawing them one by one.
+        let mut seeds = Vec::new();
         for (n, size) in sim.sc.node_sizes().into_iter().enumerate() {
             let core = relay::Core::new(
                 relay::Config {
@@ -516,19 +540,24 @@ impl Sim {
             );
             sim.nodes[n].core = Some(core);
             for _ in 0..size {
-                let u = sim.devices.len();
-                let key = IdentityKey::generate(&mut rng);
-                sim.by_key.insert(key.user_id(), u);
-                sim.devices.push(Device {
-                    key,
-                    node: n,
-                    peer: format!("D{u}"),
-                    online: false,
-                    fetching: false,
-                    session: false,
-                });
-                sim.nodes[n].users.push(u);
+                let mut seed = [0u8; 32];
+                rng.fill_bytes(&mut seed);
+                seeds.push((n, seed));
             }
+        }
+        let keys = par_map(&seeds, |(_, seed)| IdentityKey::from_seed(seed));
+        for ((n, _), key) in seeds.iter().zip(keys) {
+            let u = sim.devices.len();
+            sim.by_key.insert(key.user_id(), u);
+            sim.devices.push(Device {
+                key,
+                node: *n,
+                peer: format!("D{u}"),
+                online: false,
+                fetching: false,
+                session: false,
+            });
+            sim.nodes[*n].users.push(u);
         }
         let users = sim.devices.len();
         sim.recipient_weights = match sim.sc.social_graph {
@@ -544,9 +573,17 @@ impl Sim {
             }
         };
         sim.rng = rng;
-        // Registration, then each user's first toggle and first message.
-        for u in 0..users {
-            sim.client_request(u, Kind::Register, ClientOp::Register);
+        // Registration, then each user's first toggle and first message. The registrations'
+        // signatures do not depend on one another, so they are made on every core first.
+        let registrations = {
+            let (devices, nodes, now) = (&sim.devices, &sim.nodes, sim.now);
+            par_map(devices, |d| {
+                ClientAuth::sign(&d.key, &nodes[d.node].id, &d.peer, now, &ClientOp::Register)
+                    .expect("client operations encode")
+            })
+        };
+        for (u, auth) in registrations.into_iter().enumerate() {
+            sim.send_client_request(u, Kind::Register, ClientOp::Register, Some(auth));
             let online = sim.rng.random::<f64>() < sim.sc.online_fraction;
             let t = sim.now + 1;
             if online {
@@ -659,13 +696,25 @@ impl Sim {
 
     /// A device signs and sends a request to its home node.
     fn client_request(&mut self, u: usize, kind: Kind, op: ClientOp) {
+        self.send_client_request(u, kind, op, None);
+    }
+
+    /// `signed`: the request's signature, made beforehand for this device, op and `now`.
+    fn send_client_request(
+        &mut self,
+        u: usize,
+        kind: Kind,
+        op: ClientOp,
+        signed: Option<ClientAuth>,
+    ) {
         let d = &self.devices[u];
         let auth = if d.session {
             Auth::Session(d.key.user_id())
         } else {
-            let node_id = &self.nodes[d.node].id;
-            let signed = ClientAuth::sign(&d.key, node_id, &d.peer, self.now, &op)
-                .expect("client operations encode");
+            let signed = signed.unwrap_or_else(|| {
+                ClientAuth::sign(&d.key, &self.nodes[d.node].id, &d.peer, self.now, &op)
+                    .expect("client operations encode")
+            });
             Auth::Signed(Box::new(signed))
         };
         // Requests of one device arrive in order, so the ones after a signed one find the session.
