@@ -199,17 +199,20 @@ impl Scheduled {
     }
 }
 
-/// The event queue: a 4-ary min-heap on (time, sequence number). The sequence number makes the
-/// order total, so runs replay exactly. Four children per node halve the depth of a binary
-/// heap; at scale the queue holds a few hundred thousand events and each level of a pop is a
-/// likely cache miss, so fewer levels is what counts (measured: docs/benchmarks.md).
+/// A 4-ary min-heap on (time, sequence number), for events beyond the calendar's window. Four
+/// children per node halve the depth of a binary heap; each level of a pop is a likely cache
+/// miss, so fewer levels is what counts.
 #[derive(Default)]
-struct EventQueue {
+struct Heap {
     heap: Vec<Scheduled>,
 }
 
-impl EventQueue {
+impl Heap {
     const D: usize = 4;
+
+    fn peek_at(&self) -> Option<Millis> {
+        self.heap.first().map(|s| s.at)
+    }
 
     fn push(&mut self, item: Scheduled) {
         self.heap.push(item);
@@ -251,6 +254,80 @@ impl EventQueue {
             i = min;
         }
         Some(top)
+    }
+}
+
+/// The event queue, ordered by (time, sequence number); the sequence number makes the order
+/// total, so runs replay exactly. A calendar of one bucket per millisecond covers the next
+/// [`EventQueue::WINDOW`] ms (most events: request and answer hops, long-poll expiries); later
+/// events wait in a heap and move into their bucket when the window reaches them. A bucket is
+/// first in, first out, and events enter it in sequence order: those from the heap move in (in
+/// heap order) the moment the window first covers their millisecond, before anything can be
+/// scheduled there directly. Push and pop are O(1) inside the window.
+struct EventQueue {
+    buckets: Vec<std::collections::VecDeque<Scheduled>>,
+    /// The millisecond being drained: every bucketed event is in [cursor, cursor + WINDOW).
+    cursor: Millis,
+    in_buckets: usize,
+    far: Heap,
+}
+
+impl Default for EventQueue {
+    fn default() -> Self {
+        EventQueue {
+            buckets: (0..Self::WINDOW)
+                .map(|_| std::collections::VecDeque::new())
+                .collect(),
+            cursor: 0,
+            in_buckets: 0,
+            far: Heap::default(),
+        }
+    }
+}
+
+impl EventQueue {
+    const WINDOW: u64 = 1 << 16;
+
+    fn slot(at: Millis) -> usize {
+        (at % Self::WINDOW) as usize
+    }
+
+    fn push(&mut self, item: Scheduled) {
+        // The simulator schedules at now + a delay, never in the past.
+        debug_assert!(item.at >= self.cursor, "event scheduled in the past");
+        if item.at < self.cursor + Self::WINDOW {
+            self.buckets[Self::slot(item.at)].push_back(item);
+            self.in_buckets += 1;
+        } else {
+            self.far.push(item);
+        }
+    }
+
+    fn pop(&mut self) -> Option<Scheduled> {
+        loop {
+            if self.in_buckets == 0 {
+                // Nothing in the window: jump to the next far event.
+                let next = self.far.peek_at()?;
+                self.advance(next.max(self.cursor));
+            }
+            if let Some(item) = self.buckets[Self::slot(self.cursor)].pop_front() {
+                self.in_buckets -= 1;
+                return Some(item);
+            }
+            self.advance(self.cursor + 1);
+        }
+    }
+
+    /// Moves the window to start at `t`, taking in the far events it now covers.
+    fn advance(&mut self, t: Millis) {
+        self.cursor = t;
+        while let Some(at) = self.far.peek_at()
+            && at < self.cursor + Self::WINDOW
+        {
+            let item = self.far.pop().expect("peeked");
+            self.buckets[Self::slot(item.at)].push_back(item);
+            self.in_buckets += 1;
+        }
     }
 }
 
