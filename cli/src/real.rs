@@ -127,6 +127,14 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// The fraction of a sorted sample at or below `x` (0 for an empty sample).
+fn ecdf(sorted: &[f64], x: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted.partition_point(|v| *v <= x) as f64 / sorted.len() as f64
+}
+
 /// How far apart two latency distributions are, allowing `slack_ms` of horizontal shift: the
 /// largest vertical gap by which either empirical CDF falls below the other shifted right by
 /// the slack (the Lévy distance's construction, with the slack fixed). 0 when every quantile of
@@ -136,13 +144,12 @@ fn cdf_gap(a: &[f64], b: &[f64], slack_ms: f64) -> f64 {
     if a.is_empty() || b.is_empty() {
         return if a.len() == b.len() { 0.0 } else { 1.0 };
     }
-    let cdf = |s: &[f64], x: f64| s.partition_point(|v| *v <= x) as f64 / s.len() as f64;
     let mut gap = 0.0f64;
     for &x in a.iter().chain(b) {
         for t in [x, x + slack_ms] {
             gap = gap
-                .max(cdf(b, t - slack_ms) - cdf(a, t))
-                .max(cdf(a, t - slack_ms) - cdf(b, t));
+                .max(ecdf(b, t - slack_ms) - ecdf(a, t))
+                .max(ecdf(a, t - slack_ms) - ecdf(b, t));
         }
     }
     gap.max(0.0)
@@ -150,16 +157,10 @@ fn cdf_gap(a: &[f64], b: &[f64], slack_ms: f64) -> f64 {
 
 /// Both send-to-device latency CDFs at log-spaced latencies from 0.5 ms to 5 minutes.
 fn cdf_table(real: &[f64], model: &[f64]) -> String {
-    let cdf = |s: &[f64], x: f64| {
-        if s.is_empty() {
-            return 0.0;
-        }
-        s.partition_point(|v| *v <= x) as f64 / s.len() as f64
-    };
     let mut csv = String::from("latency_ms,real_cdf,model_cdf\n");
     let mut x = 0.5f64;
     while x <= 300_000.0 {
-        csv += &format!("{x:.1},{:.4},{:.4}\n", cdf(real, x), cdf(model, x));
+        csv += &format!("{x:.1},{:.4},{:.4}\n", ecdf(real, x), ecdf(model, x));
         x *= 10f64.powf(0.1);
     }
     csv
@@ -439,15 +440,19 @@ fn fault_plan(sc: &Scenario) -> Vec<(f64, Fault)> {
     plan
 }
 
-/// What devices share: send times, measured latencies, and which home nodes are down.
+/// One message a node took: its index in the model's trace, when it was sent, and its
+/// send-to-device latency once delivered.
+struct Sent {
+    index: usize,
+    at: Instant,
+    latency_ms: Option<f64>,
+}
+
+/// What devices share: the messages nodes took, which home nodes are down, and how many
+/// messages could not be sent.
 struct Tally {
-    sent_at: Mutex<HashMap<EnvelopeId, Instant>>,
-    /// Every message handed to a node: its index in the model's trace, and its send-to-device
-    /// latency once delivered.
-    log: Mutex<HashMap<EnvelopeId, (usize, Option<f64>)>>,
-    latencies: Mutex<Vec<f64>>,
+    sent: Mutex<HashMap<EnvelopeId, Sent>>,
     down: Vec<AtomicBool>,
-    sent: AtomicU64,
     not_sent: AtomicU64,
 }
 
@@ -506,13 +511,13 @@ async fn receive(
         }
         let now = Instant::now();
         let ids: Vec<EnvelopeId> = envs.iter().map(|e| e.id).collect();
-        for id in &ids {
-            let t0 = tally.sent_at.lock().expect("map").remove(id);
-            if let Some(t0) = t0 {
-                let ms = (now - t0).as_secs_f64() * 1000.0;
-                tally.latencies.lock().expect("list").push(ms);
-                if let Some(entry) = tally.log.lock().expect("log").get_mut(id) {
-                    entry.1 = Some(ms);
+        {
+            let mut sent = tally.sent.lock().expect("sent");
+            for id in &ids {
+                if let Some(m) = sent.get_mut(id)
+                    && m.latency_ms.is_none()
+                {
+                    m.latency_ms = Some((now - m.at).as_secs_f64() * 1000.0);
                 }
             }
         }
@@ -614,13 +619,9 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Comparison> {
     let keys: Vec<Arc<IdentityKey>> = (0..users)
         .map(|_| Arc::new(IdentityKey::generate(&mut rng)))
         .collect();
-    let home = |u: usize| homes[u];
     let tally = Arc::new(Tally {
-        sent_at: Mutex::default(),
-        log: Mutex::default(),
-        latencies: Mutex::default(),
+        sent: Mutex::default(),
         down: (0..sc.nodes).map(|_| AtomicBool::new(false)).collect(),
-        sent: AtomicU64::new(0),
         not_sent: AtomicU64::new(0),
     });
     // Devices stop before nodes, so no request is cut off by a node shutting down.
@@ -628,7 +629,7 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Comparison> {
     let mut receivers = Vec::new();
     let mut senders = Vec::new();
     for (u, key) in keys.iter().enumerate() {
-        let addr = &addrs[home(u)];
+        let addr = &addrs[homes[u]];
         let mut c = Connection::open(addr).await?;
         c.call(key, ClientOp::Register)
             .await
@@ -689,7 +690,7 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Comparison> {
         let all_keys = keys.clone();
         let peers = peers.clone();
         let homes = homes.clone();
-        let addr = addrs[home(u)].clone();
+        let addr = addrs[homes[u]].clone();
         let tally = tally.clone();
         let plan = plan.clone();
         let mut urng = rand::rngs::StdRng::seed_from_u64(rng.next_u64());
@@ -713,19 +714,17 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Comparison> {
                     hestia_protocol::envelope::DEFAULT_TTL_MS,
                 )?;
                 let id = envelope.id;
-                tally
-                    .sent_at
-                    .lock()
-                    .expect("map")
-                    .insert(id, Instant::now());
-                tally.log.lock().expect("log").insert(id, (i, None));
+                // Recorded before sending: the recipient may fetch it before the answer comes.
+                let record = Sent {
+                    index: i,
+                    at: Instant::now(),
+                    latency_ms: None,
+                };
+                tally.sent.lock().expect("sent").insert(id, record);
                 let to_node = peers[homes[r]].clone();
                 let out = Outgoing { to_node, envelope };
-                if send_one(&mut conn, &addr, &key, out).await {
-                    tally.sent.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    tally.sent_at.lock().expect("map").remove(&id);
-                    tally.log.lock().expect("log").remove(&id);
+                if !send_one(&mut conn, &addr, &key, out).await {
+                    tally.sent.lock().expect("sent").remove(&id);
                     tally.not_sent.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -738,7 +737,11 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Comparison> {
     let mut fleet = faults.await??;
     // Drain: until every message arrived or drain_s passes.
     let deadline = Instant::now() + Duration::from_secs_f64(sc.drain_s);
-    while !tally.sent_at.lock().expect("map").is_empty() && Instant::now() < deadline {
+    let undelivered = || {
+        let sent = tally.sent.lock().expect("sent");
+        sent.values().any(|m| m.latency_ms.is_none())
+    };
+    while undelivered() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = stop_devices.send(true);
@@ -753,8 +756,13 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Comparison> {
         eprintln!("node directories and logs kept in {}", tmp.keep().display());
     }
 
-    let sent = tally.sent.load(Ordering::Relaxed);
-    let mut lat = tally.latencies.lock().expect("list").clone();
+    // Each message the nodes took, by its index in the model's trace: Some(latency if delivered).
+    let mut real_latency: Vec<Option<Option<f64>>> = vec![None; model_run.messages.len()];
+    for m in tally.sent.lock().expect("sent").values() {
+        real_latency[m.index] = Some(m.latency_ms);
+    }
+    let sent = real_latency.iter().flatten().count() as u64;
+    let mut lat: Vec<f64> = real_latency.iter().flatten().flatten().copied().collect();
     lat.sort_by(|a, b| a.total_cmp(b));
     let real = Side {
         messages_sent: sent,
@@ -780,10 +788,6 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Comparison> {
         p90_ms: m.latency_send_to_device.p90_ms,
         p99_ms: m.latency_send_to_device.p99_ms,
     };
-    let mut real_latency: Vec<Option<Option<f64>>> = vec![None; o.messages.len()];
-    for (i, lat) in tally.log.lock().expect("log").values() {
-        real_latency[*i] = Some(*lat);
-    }
     let (mut both, mut matching) = (0u64, 0u64);
     for (m, real) in o.messages.iter().zip(&real_latency) {
         if let Some(real) = real {
