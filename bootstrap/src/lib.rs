@@ -34,13 +34,14 @@ fn load_or_create_key(dir: &Path) -> Result<identity::Keypair, BootstrapError> {
         path: path.display().to_string(),
         reason,
     };
-    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    // Owner only: the key is the bootstrap node's identity.
+    hestia_store::secure_dir(dir).map_err(|e| err(e.to_string()))?;
     if let Ok(bytes) = std::fs::read(&path) {
         return identity::Keypair::from_protobuf_encoding(&bytes).map_err(|e| err(e.to_string()));
     }
     let key = identity::Keypair::generate_ed25519();
     let bytes = key.to_protobuf_encoding().map_err(|e| err(e.to_string()))?;
-    std::fs::write(&path, bytes).map_err(|e| err(e.to_string()))?;
+    hestia_store::write_secret_file(&path, &bytes).map_err(|e| err(e.to_string()))?;
     Ok(key)
 }
 

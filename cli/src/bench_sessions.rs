@@ -37,7 +37,7 @@ fn pair(rng: &mut StdRng) -> (Session, Session) {
     let alice = IdentityKey::generate(rng);
     let bob = IdentityKey::generate(rng);
     let mut pk = PrekeySecrets::new(rng, &bob, NOW);
-    let otk = pk.generate_one_time(rng, 1)[0];
+    let otk = pk.generate_one_time(rng, 1, 0)[0];
     let bundle = PrekeyBundle {
         identity: bob.user_id(),
         signed_prekey: pk.current_signed().clone(),
@@ -143,7 +143,7 @@ pub fn run() -> Result<()> {
     let alice = IdentityKey::generate(&mut rng);
     let bob = IdentityKey::generate(&mut rng);
     let mut pk = PrekeySecrets::new(&mut rng, &bob, NOW);
-    let otk = pk.generate_one_time(&mut rng, 1)[0];
+    let otk = pk.generate_one_time(&mut rng, 1, 0)[0];
     let bundle = PrekeyBundle {
         identity: bob.user_id(),
         signed_prekey: pk.current_signed().clone(),

@@ -16,6 +16,8 @@ use std::time::Duration;
 const TEXT: &str = "Meet me at the old lighthouse at nine. Bring the blue notebook.";
 /// Bound on every wait in the demo, so it never hangs.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The demo's longest receipt delay: long enough to show, short enough to wait for.
+const DEMO_RECEIPT_DELAY_MS: u64 = 2_000;
 
 fn step(s: &str) {
     println!("\n== {s}");
@@ -164,23 +166,35 @@ pub async fn run() -> Result<()> {
     print!("{}", inspect::render(&inspect::snapshot(&node_dirs[1])?));
 
     step("Bob comes online and reads his inbox");
+    // A short receipt delay for the demo; the default is 30-60 s.
+    bob.set_receipts_policy(hestia_node::client::receipts::Policy {
+        enabled: true,
+        max_delay_ms: DEMO_RECEIPT_DELAY_MS,
+    })?;
     let mut bc = bob.connect().await?;
     for ev in bob.sync(&mut bc, 0).await? {
         match ev {
+            InboxEvent::NewContact { contact, message } => println!(
+                "bob's inbox: {} says {:?} (a new contact: key {} pinned on first use, unverified)",
+                contact.name,
+                message.text,
+                contact.address.user.fingerprint()
+            ),
             InboxEvent::Message(m) => {
-                println!(
-                    "bob's inbox: {} says {:?} (new contact, key pinned on first use)",
-                    m.peer_name, m.text
-                )
+                println!("bob's inbox: {} says {:?}", m.peer_name, m.text)
             }
             other => println!("bob's inbox: {other:?}"),
         }
     }
 
-    step("Bob's device sent an end-to-end receipt; Alice sees it");
+    step(
+        "Bob's device owes Alice an end-to-end receipt. It waits a random delay (here 1-2 s) so \
+         his node cannot pair it with her message by timing, then goes out; Alice sees it",
+    );
     let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
     'receipt: loop {
-        for ev in alice.sync(&mut ac, 1_000).await? {
+        bob.sync(&mut bc, 500).await?;
+        for ev in alice.sync(&mut ac, 500).await? {
             if let InboxEvent::Delivered(ids) = ev
                 && ids.contains(&sent.envelope_id)
             {

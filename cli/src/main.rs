@@ -173,6 +173,19 @@ enum AccountCmd {
         #[arg(long)]
         address: bool,
     },
+    /// Show or set delivery receipts (whether your device tells senders it got their messages)
+    ///
+    /// Receipts leave after a random delay, batched per contact, so your node cannot pair a
+    /// receipt with the message it answers by timing alone; see docs/threat-model.md.
+    Receipts {
+        /// Turn receipts on or off.
+        #[arg(value_parser = ["on", "off"])]
+        state: Option<String>,
+        /// Longest delay before a batch of receipts leaves, in seconds (a batch leaves between
+        /// half of this and this after its first message).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(0..=3600))]
+        max_delay: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -199,13 +212,39 @@ enum ContactCmd {
         #[arg(long)]
         code: Option<String>,
     },
-    /// Accept a contact's changed key and show the messages held under it.
-    Accept { name: String },
+    /// Accept a contact that claims to be another as that contact's new key
+    ///
+    /// Only after comparing the claimant's safety number (`hestia contact verify <claimant>`
+    /// shows the new key's number): --confirm says it matched, --code checks their code.
+    #[command(group = clap::ArgGroup::new("compared").required(true).args(["confirm", "code"]))]
+    Accept {
+        /// The contact that claims to be another (`contact list` shows it), such as bob-1a2b3c4d.
+        claimant: String,
+        /// You compared the claimant's safety number with the person, and it matches.
+        #[arg(long)]
+        confirm: bool,
+        /// The person's safety code for the new key (`hestia-safety:1:...`, or the 60 digits).
+        #[arg(long)]
+        code: Option<String>,
+    },
+    /// Reject a contact's key: remove the contact and drop everything that key sends from now on.
+    Reject {
+        /// The contact to reject (history with it stays).
+        name: String,
+    },
+    /// Remove a contact and its sessions (history stays; a new message from it adds it again).
+    Remove {
+        /// The contact to remove.
+        name: String,
+    },
 }
 
 /// Reconnection backoff for `inbox --follow`.
 const FOLLOW_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(500);
 const FOLLOW_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+/// Backoff for `inbox --follow` when the node answers a long poll empty at once.
+const FOLLOW_IDLE_MIN: std::time::Duration = std::time::Duration::from_millis(200);
+const FOLLOW_IDLE_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn default_dir(sub: &str) -> Result<PathBuf> {
     let dirs = directories::ProjectDirs::from("org", "hestia", "hestia")
@@ -221,6 +260,13 @@ fn home(cli_home: &Option<PathBuf>) -> Result<PathBuf> {
 }
 
 fn main() {
+    // Everything this process creates (device and node databases, keys, logs it writes) is
+    // for its owner only: identity seeds, sessions and history must not be readable by other
+    // local users. Set before any file is opened, so RocksDB's files are 0600 from birth.
+    // SAFETY: umask only sets the process's file mode mask; no memory is involved.
+    unsafe {
+        libc::umask(0o077);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -379,6 +425,29 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Account(AccountCmd::Receipts { state, max_delay }) => {
+            let mut d = Device::open(&home(&cli.home)?)?;
+            let mut p = d.receipts_policy();
+            if state.is_some() || max_delay.is_some() {
+                if let Some(s) = state {
+                    p.enabled = s == "on";
+                }
+                if let Some(secs) = max_delay {
+                    p.max_delay_ms = secs * 1000;
+                }
+                d.set_receipts_policy(p)?;
+            }
+            if p.enabled {
+                println!(
+                    "delivery receipts: on, sent {:.0}-{:.0} s after a message arrives, batched per contact",
+                    p.max_delay_ms as f64 / 2000.0,
+                    p.max_delay_ms as f64 / 1000.0
+                );
+            } else {
+                println!("delivery receipts: off");
+            }
+            Ok(())
+        }
         Command::Contact(cmd) => contact(cmd, &home(&cli.home)?),
         Command::Send {
             contact,
@@ -402,7 +471,7 @@ async fn run(cli: Cli) -> Result<()> {
             println!(
                 "{} to {}: {}",
                 m.envelope_id,
-                m.peer_name,
+                safe(&m.peer_name),
                 describe(&m.state)
             );
             if m.state == MessageState::NoSuchUser {
@@ -431,13 +500,24 @@ async fn run(cli: Cli) -> Result<()> {
             // Follow: stay connected; if the home node goes away, say so and reconnect with
             // backoff. Nothing is lost meanwhile: the node holds the mail until it is acknowledged.
             let mut backoff = FOLLOW_RETRY_MIN;
+            let mut idle = FOLLOW_IDLE_MIN;
             loop {
+                let started = tokio::time::Instant::now();
                 match d
                     .sync(&mut conn, hestia_protocol::wire::MAX_FETCH_WAIT_MS)
                     .await
                 {
                     Ok(events) => {
                         backoff = FOLLOW_RETRY_MIN;
+                        // A wait that came back empty at once (the node's table of waiting
+                        // fetches is full, or another of our windows took our place): back off
+                        // instead of asking again in a tight loop.
+                        if events.is_empty() && started.elapsed() < FOLLOW_IDLE_MIN {
+                            tokio::time::sleep(idle).await;
+                            idle = (idle * 2).min(FOLLOW_IDLE_MAX);
+                        } else {
+                            idle = FOLLOW_IDLE_MIN;
+                        }
                         for ev in events {
                             print_event(&ev);
                         }
@@ -476,11 +556,11 @@ async fn run(cli: Cli) -> Result<()> {
             }
             for m in d.refresh_status(&mut conn).await? {
                 println!(
-                    "{} to {}: {}  {:?}",
+                    "{} to {}: {}  \"{}\"",
                     m.envelope_id,
-                    m.peer_name,
+                    safe(&m.peer_name),
                     describe(&m.state),
-                    m.text
+                    hestia_protocol::display::line(&m.text)
                 );
             }
             Ok(())
@@ -621,7 +701,7 @@ fn node_config(args: NodeRunArgs) -> Result<NodeConfig> {
 }
 
 fn contact(cmd: ContactCmd, home: &Path) -> Result<()> {
-    let d = Device::open(home)?;
+    let mut d = Device::open(home)?;
     match cmd {
         ContactCmd::Add { name, address } => {
             let text = if address == "-" {
@@ -640,17 +720,30 @@ fn contact(cmd: ContactCmd, home: &Path) -> Result<()> {
             );
         }
         ContactCmd::List => {
-            for c in d.contacts()? {
-                let trust = match &c.trust {
+            let contacts = d.contacts()?;
+            for c in &contacts {
+                let mut trust = match &c.trust {
                     Trust::Unverified => "unverified (trusted on first use)".to_string(),
                     Trust::Verified => "verified".to_string(),
-                    Trust::Changed { new_key } => format!(
-                        "KEY CHANGED: pinned {} but now {}",
-                        c.address.user.fingerprint(),
-                        new_key.fingerprint()
-                    ),
                 };
-                println!("{}  {}  {}", c.name, c.address.user.fingerprint(), trust);
+                if let Some(claims) = &c.claims {
+                    let theirs = contacts
+                        .iter()
+                        .find(|o| &o.name == claims)
+                        .map(|o| o.address.user.fingerprint().to_string())
+                        .unwrap_or_else(|| "unknown (no longer a contact)".into());
+                    trust = format!(
+                        "{trust}; CLAIMS TO BE {claims}, but {claims}'s key is {theirs}: compare \
+                         safety numbers (`hestia contact verify {}`)",
+                        c.name
+                    );
+                }
+                println!(
+                    "{}  {}  {}",
+                    safe(&c.name),
+                    c.address.user.fingerprint(),
+                    trust
+                );
             }
         }
         ContactCmd::Verify {
@@ -670,19 +763,55 @@ fn contact(cmd: ContactCmd, home: &Path) -> Result<()> {
                 println!("{name} marked verified");
                 return Ok(());
             }
-            println!("Safety number with {name} (the same on both devices):\n");
+            let c = d.contact(&name)?;
+            println!(
+                "Safety number with {name}, over its key {} (the same on both devices):\n",
+                c.address.user.fingerprint()
+            );
             println!("{number}\n");
             println!("{}", qr(&number.code())?);
             println!("As text, to paste on their device: {}\n", number.code());
+            if let Some(claims) = &c.claims {
+                println!(
+                    "{name} claims to be {claims}. This is the number of {name}'s key, not of the key \
+                     you knew as {claims}. If it matches on their device, run\n  hestia contact \
+                     accept {name} --confirm      to make it {claims}'s new key, or\n  hestia contact \
+                     reject {name}                if it does not.\n"
+                );
+            }
             println!("Compare it with {name} in person or on a call, or scan their code. Then run");
             println!("  hestia contact verify {name} --confirm          if the numbers match, or");
             println!(
                 "  hestia contact verify {name} --code '<code>'    with the code from their device."
             );
         }
-        ContactCmd::Accept { name } => {
-            let c = d.accept_key_change(&name)?;
-            println!("{} now pinned to {}", c.name, c.address.user.fingerprint());
+        ContactCmd::Accept {
+            claimant,
+            confirm: _,
+            code,
+        } => {
+            // The number over the claimant's (the new) key, never the old one's.
+            if let Some(code) = code {
+                d.safety_number(&claimant)?.check(&code)?;
+            }
+            let c = d.accept_new_key(&claimant)?;
+            println!(
+                "{} is now pinned to {} (verified); {claimant} was merged into it",
+                c.name,
+                c.address.user.fingerprint()
+            );
+        }
+        ContactCmd::Reject { name } => {
+            let c = d.reject_contact(&name)?;
+            println!(
+                "{} removed; everything key {} sends is dropped from now on",
+                c.name,
+                c.address.user.fingerprint()
+            );
+        }
+        ContactCmd::Remove { name } => {
+            let c = d.remove_contact(&name)?;
+            println!("{} removed (history kept)", c.name);
         }
     }
     Ok(())
@@ -708,68 +837,98 @@ fn describe(s: &MessageState) -> String {
         MessageState::NoSuchUser => "failed: no such user on that node".into(),
         MessageState::Failed(why) => format!("failed: {why}"),
         MessageState::Received => "received".into(),
-        MessageState::HeldKeyChanged => "HELD: sender's key changed".into(),
+        MessageState::HeldKeyChanged => "held: sender's key changed (from an older version)".into(),
         MessageState::WaitingForKeys => "waiting on this device: their node did not answer, and \
             a first message needs their prekeys; it goes out on your next send, inbox or status"
             .into(),
     }
 }
 
+/// Text from other users, as one inert line (see [`hestia_protocol::display`]).
+fn safe(s: &str) -> std::borrow::Cow<'_, str> {
+    hestia_protocol::display::line(s)
+}
+
 fn print_message(m: &StoredMessage) {
+    let text = hestia_protocol::display::block(&m.text);
+    let peer = safe(&m.peer_name);
     match m.direction {
         Direction::Incoming if m.state == MessageState::HeldKeyChanged => {
-            println!("[held: key changed] {}: {}", m.peer_name, m.text)
+            println!("[held: key changed] {peer}: {text}")
         }
-        Direction::Incoming => println!("{}: {}", m.peer_name, m.text),
-        Direction::Outgoing => println!(
-            "me -> {}: {}  ({})",
-            m.peer_name,
-            m.text,
-            describe(&m.state)
-        ),
+        Direction::Incoming => println!("{peer}: {text}"),
+        Direction::Outgoing => println!("me -> {peer}: {text}  ({})", describe(&m.state)),
     }
 }
 
 fn print_event(ev: &InboxEvent) {
     match ev {
         InboxEvent::Message(m) => print_message(m),
-        InboxEvent::KeyChanged {
-            contact,
-            old,
-            new,
-            held: true,
-            message,
-        } => {
+        InboxEvent::NewContact { contact, message } => {
             println!(
-                "WARNING: the key of {contact} changed (pinned {old}, now {new}). You had verified \
-                 {contact}, so this message is held:"
+                "new contact {} (unverified, key {}; compare safety numbers with \
+                 `hestia contact verify {}`):",
+                safe(&contact.name),
+                contact.address.user.fingerprint(),
+                safe(&contact.name)
             );
             print_message(message);
-            println!(
-                "Compare safety numbers with {contact} (`hestia contact verify {contact}`), then \
-                 run `hestia contact accept {contact}`."
-            );
         }
-        InboxEvent::KeyChanged {
+        InboxEvent::Claimed {
             contact,
-            old,
-            new,
-            held: false,
+            key,
+            claims,
+            claimed_key,
+            claimed_verified,
+            first,
             message,
         } => {
+            let (contact, claims) = (safe(contact), safe(claims));
+            let theirs = claimed_key
+                .map(|k| format!("{claims}'s key is {k}"))
+                .unwrap_or_else(|| format!("{claims} is no longer a contact"));
+            let verified = if *claimed_verified {
+                format!(" (you verified {claims})")
+            } else {
+                String::new()
+            };
             println!(
-                "WARNING: the key of {contact} changed (was {old}, now {new}). The new key is now \
-                 pinned; check it with `hestia contact verify {contact}`."
+                "WARNING: {contact} claims to be {claims}, but {theirs}{verified} and this message \
+                 is signed by another key, {key}. It is shown as {contact}, not as {claims}; \
+                 nothing you send to {claims} goes to it."
             );
             print_message(message);
+            if *first {
+                println!(
+                    "If {claims} really has a new key, compare safety numbers \
+                     (`hestia contact verify {contact}`, the new key's number) and run \
+                     `hestia contact accept {contact} --confirm`; otherwise \
+                     `hestia contact reject {contact}`."
+                );
+            }
         }
         InboxEvent::Delivered(ids) => {
             for id in ids {
                 println!("{id}: delivered to their device");
             }
         }
+        InboxEvent::SessionRestarted { contact, lost } => println!(
+            "{} message(s) from {} could not be decrypted (their session with this device broke); \
+             a new session has started and {} was told, so they can send again",
+            lost.len(),
+            safe(contact),
+            safe(contact)
+        ),
+        InboxEvent::PeerLostMessages { contact, lost } => {
+            for id in lost {
+                println!(
+                    "{id}: {}'s device could not decrypt it; a new session has started: send it again",
+                    safe(contact)
+                );
+            }
+        }
         InboxEvent::Undecryptable { id, reason } => {
-            println!("{id}: dropped, could not open: {reason}")
+            println!("{id}: dropped, could not open: {}", safe(reason))
         }
     }
 }

@@ -268,9 +268,10 @@ pub struct Node {
 
 impl Node {
     pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
-            path: config.data_dir.clone(),
-            source,
+        // Owner only (0700): the node key and every user's mail are in here.
+        hestia_store::secure_dir(&config.data_dir).map_err(|e| match e {
+            hestia_store::StoreError::Io { path, source } => NodeError::DataDir { path, source },
+            other => other.into(),
         })?;
         let store = NodeDb::open(&config.data_dir.join("db"))?;
         // Listen addresses are recorded afresh each run (ports may differ).

@@ -49,6 +49,9 @@ pub const MAX_OUTBOX_PER_NODE: usize = 50_000;
 pub const MAX_OUTBOX_DESTINATIONS: usize = 10_000;
 /// Fetches held open (long poll) at once; beyond this a fetch is answered at once, empty.
 pub const MAX_PARKED_FETCHES: usize = 4_096;
+/// Fetches one user may hold open at once (a few devices or windows). A further one answers
+/// the user's oldest empty, so no user can take the node-wide table from the others.
+pub const MAX_PARKED_PER_USER: usize = 4;
 /// Ids of envelopes already handed to a device and acknowledged, remembered so a retransmission
 /// from a sender's node is answered `Duplicate` instead of being delivered twice. Memory only:
 /// after a restart the device's own dedupe by envelope id is what holds.
@@ -70,14 +73,18 @@ pub const STATUS_GRACE_MS: Millis = 24 * 3600 * 1000;
 /// refused as overloaded: each holds a client request open until the remote answers or the
 /// request-response timeout fails it.
 pub const MAX_PENDING_BUNDLE_FETCHES: usize = 1024;
+/// Of those, at most this many from one local user: a person starts a few sessions at a time.
+pub const MAX_PENDING_BUNDLE_FETCHES_PER_USER: usize = 16;
 
 /// One-time prekeys of one user handed out to one requesting node per hour. Beyond it bundles
 /// still go out, without a one-time prekey (X3DH then runs without DH4): a node (or a local
 /// user) fetching bundles in a loop cannot drain a user's pool for everyone else.
 pub const ONE_TIME_PREKEYS_PER_NODE_PER_HOUR: u32 = 10;
-/// Bound on the (requesting node, user) counters behind that limit; when full, no further
-/// one-time prekeys go to new pairs until the hour turns.
-pub const MAX_HANDOUT_RECORDS: usize = 100_000;
+/// One-time prekeys of one user handed out per hour in all, whoever asks. A requesting "node" is
+/// only a peer id, and a peer id is a free key pair: without this bound, fetches from fresh peer
+/// ids drain any pool. Fifty new correspondents an hour is far beyond a person's need; beyond it
+/// bundles go out without one. It also bounds the per-requester counters to fifty per user.
+pub const ONE_TIME_PREKEYS_PER_USER_PER_HOUR: u32 = 50;
 const HOUR_MS: Millis = 3600 * 1000;
 /// Envelopes (and bundle fetches) one local user may send in a burst, by default. The home node
 /// knows who sends (it authenticated them), so it can stop a user flooding the federation:
@@ -86,6 +93,13 @@ const HOUR_MS: Millis = 3600 * 1000;
 pub const SEND_BURST: u64 = 10_000;
 /// Sustained sends per second per local user once the burst is spent, by default.
 pub const SENDS_PER_SECOND: u64 = 100;
+
+/// One user's one-time prekey hand-outs in the current hour.
+#[derive(Default)]
+struct Handouts {
+    total: u32,
+    by_node: HashMap<String, u32>,
+}
 
 /// The per-user send allowance: a token bucket of `burst` refilled at `per_second`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,6 +200,8 @@ struct Outbox {
 struct Parked {
     token: Token,
     user: UserId,
+    /// The connection it came on: dropped when that closes.
+    client_peer: String,
     until: Millis,
     limit: usize,
 }
@@ -217,9 +233,11 @@ pub struct Core {
     signed_prekeys: HashMap<UserId, SignedPrekey>,
     one_time_prekeys: HashMap<UserId, BTreeSet<[u8; 32]>>,
     /// Bundle fetches forwarded to another node: the client request waiting, and for whom.
-    bundle_fetches: HashMap<BatchId, (Token, UserId)>,
+    /// Bundle fetches waiting on another node: the client's token, whose bundle, who asked.
+    bundle_fetches: HashMap<BatchId, (Token, UserId, UserId)>,
     /// One-time prekeys handed out this hour, per (requesting node, user).
-    handouts: HashMap<(String, UserId), u32>,
+    /// Per local user, this hour: one-time prekeys handed out, in all and per requester.
+    handouts: HashMap<UserId, Handouts>,
     handout_window: Millis,
     /// Per local user: send allowance left (in thousandths of a send) and when it was counted.
     send_budget: HashMap<UserId, (u64, Millis)>,
@@ -344,15 +362,30 @@ impl Core {
             ClientOp::Fetch { limit, wait_ms } => {
                 let limit = (limit as usize).clamp(1, MAX_BATCH_ENVELOPES);
                 let batch = self.mailbox_batch(&user, limit);
-                if batch.is_empty() && wait_ms > 0 && self.parked.len() < MAX_PARKED_FETCHES {
-                    let until = now.saturating_add(wait_ms.min(MAX_FETCH_WAIT_MS) as Millis);
-                    self.parked.push(Parked {
-                        token,
-                        user,
-                        until,
-                        limit,
-                    });
-                    return;
+                if batch.is_empty() && wait_ms > 0 {
+                    let mine: Vec<usize> = (0..self.parked.len())
+                        .filter(|i| self.parked[*i].user == user)
+                        .collect();
+                    if mine.len() >= MAX_PARKED_PER_USER {
+                        // The user's oldest wait ends (empty) to make room for this one.
+                        let oldest = *mine
+                            .iter()
+                            .min_by_key(|i| self.parked[**i].until)
+                            .expect("at least MAX_PARKED_PER_USER");
+                        let p = self.parked.swap_remove(oldest);
+                        self.respond_client(p.token, ClientResponse::Envelopes(Vec::new()));
+                    }
+                    if self.parked.len() < MAX_PARKED_FETCHES {
+                        let until = now.saturating_add(wait_ms.min(MAX_FETCH_WAIT_MS) as Millis);
+                        self.parked.push(Parked {
+                            token,
+                            user,
+                            client_peer: client_peer.to_string(),
+                            until,
+                            limit,
+                        });
+                        return;
+                    }
                 }
                 ClientResponse::Envelopes(batch)
             }
@@ -384,11 +417,13 @@ impl Core {
                     }
                 } else if node.len() > MAX_NODE_ID_LEN
                     || self.bundle_fetches.len() >= MAX_PENDING_BUNDLE_FETCHES
+                    || self.bundle_fetches.values().filter(|f| f.2 == user).count()
+                        >= MAX_PENDING_BUNDLE_FETCHES_PER_USER
                 {
                     ClientResponse::Error(ClientError::Overloaded)
                 } else {
                     let batch = self.new_batch_id();
-                    self.bundle_fetches.insert(batch, (token, target));
+                    self.bundle_fetches.insert(batch, (token, target, user));
                     self.outputs.push_back(Output::FedRequest {
                         batch,
                         to_node: node,
@@ -401,9 +436,19 @@ impl Core {
         self.respond_client(token, response);
     }
 
-    /// The last connection of `client_peer` closed: its session ends.
+    /// The last connection of `client_peer` closed: its session ends, and its parked fetches
+    /// are answered (empty, to a closed channel) so they hold no place in the table.
     pub fn handle_client_disconnected(&mut self, client_peer: &str) {
         self.sessions.remove(client_peer);
+        let mut i = 0;
+        while i < self.parked.len() {
+            if self.parked[i].client_peer == client_peer {
+                let p = self.parked.swap_remove(i);
+                self.respond_client(p.token, ClientResponse::Envelopes(Vec::new()));
+            } else {
+                i += 1;
+            }
+        }
     }
 
     /// A federation request from another node (already authenticated as `from_node` by Noise).
@@ -441,7 +486,7 @@ impl Core {
         result: Result<FedResponse, FedFailure>,
     ) {
         let now = self.advance(now);
-        if let Some((token, user)) = self.bundle_fetches.remove(&batch) {
+        if let Some((token, user, _)) = self.bundle_fetches.remove(&batch) {
             let response = match result {
                 Ok(FedResponse::Bundle(Some(b))) if b.identity == user => ClientResponse::Bundle(b),
                 Ok(FedResponse::Bundle(_)) => ClientResponse::Error(ClientError::NoBundle),
@@ -704,11 +749,13 @@ impl Core {
             self.handouts.clear();
             self.handout_window = now;
         }
-        let key = (from_node.to_string(), *user);
-        let allowed = match self.handouts.get(&key) {
-            Some(n) => *n < ONE_TIME_PREKEYS_PER_NODE_PER_HOUR,
-            None => self.handouts.len() < MAX_HANDOUT_RECORDS,
-        };
+        let h = self.handouts.get(user);
+        let allowed = h.is_none_or(|h| {
+            h.total < ONE_TIME_PREKEYS_PER_USER_PER_HOUR
+                && h.by_node
+                    .get(from_node)
+                    .is_none_or(|n| *n < ONE_TIME_PREKEYS_PER_NODE_PER_HOUR)
+        });
         let one_time = if allowed {
             self.one_time_prekeys
                 .get_mut(user)
@@ -717,9 +764,12 @@ impl Core {
             None
         };
         if one_time.is_some() {
-            *self.handouts.entry(key).or_insert(0) += 1;
+            // At most ONE_TIME_PREKEYS_PER_USER_PER_HOUR entries per user: each is a hand-out.
+            let h = self.handouts.entry(*user).or_default();
+            h.total += 1;
+            *h.by_node.entry(from_node.to_string()).or_insert(0) += 1;
         } else if !allowed {
-            tracing::debug!(from = from_node, user = %redact::User(user), "one-time prekey allowance spent");
+            tracing::debug!(user = %redact::User(user), "one-time prekey allowance spent");
         }
         if let Some(k) = one_time {
             self.writes.push(NodeWrite::DeleteOneTimePrekey(*user, k));
@@ -1335,6 +1385,29 @@ mod tests {
     }
 
     #[test]
+    fn one_user_cannot_hold_the_parked_fetch_table_and_closed_connections_free_theirs() {
+        let mut h = Harness::new();
+        let wait = ClientOp::Fetch {
+            limit: 10,
+            wait_ms: 30_000,
+        };
+        for i in 0..MAX_PARKED_PER_USER {
+            assert!(h.client(false, T0 + i as u64, wait.clone()).is_empty());
+        }
+        assert_eq!(h.b.stats().parked_fetches, MAX_PARKED_PER_USER);
+        // One more: the user's oldest wait ends empty, the new one is held; the table does not
+        // grow past the user's share.
+        let answered = h.client(false, T0 + 10, wait.clone());
+        assert_eq!(answered, vec![ClientResponse::Envelopes(vec![])]);
+        assert_eq!(h.b.stats().parked_fetches, MAX_PARKED_PER_USER);
+        // The connection closes: its waits go with it.
+        h.b.handle_client_disconnected("device");
+        let (_, _, cl) = h.drain(false);
+        assert_eq!(cl.len(), MAX_PARKED_PER_USER);
+        assert_eq!(h.b.stats().parked_fetches, 0);
+    }
+
+    #[test]
     fn parked_fetch_wakes_on_arrival_and_times_out_empty() {
         let mut h = Harness::new();
         let r = h.client(
@@ -1436,7 +1509,7 @@ mod tests {
         use hestia_protocol::session::prekeys::PrekeySecrets;
         let mut h = Harness::new();
         let mut secrets = PrekeySecrets::new(&mut h.rng, &h.bob, T0);
-        let otks = secrets.generate_one_time(&mut h.rng, 2);
+        let otks = secrets.generate_one_time(&mut h.rng, 2, 0);
         let publish = ClientOp::PublishPrekeys {
             signed: Box::new(secrets.current_signed().clone()),
             one_time: otks.clone(),
@@ -1495,7 +1568,7 @@ mod tests {
         assert_eq!(snap.signed_prekeys.len(), 1);
         // A node fetching in a loop gets bundles without one-time prekeys once its hourly
         // allowance for this user is spent; the rest of the pool stays for others.
-        let more = secrets.generate_one_time(&mut h.rng, 20);
+        let more = secrets.generate_one_time(&mut h.rng, 20, 0);
         let publish = ClientOp::PublishPrekeys {
             signed: Box::new(secrets.current_signed().clone()),
             one_time: more,
@@ -1520,6 +1593,31 @@ mod tests {
         assert!(
             matches!(answers.as_slice(), [FedResponse::Bundle(Some(b))] if b.one_time.is_some()),
             "a new hour, a new allowance"
+        );
+        // A drain from many fresh peer ids (each a free key pair) stops at the per-user bound
+        // for the hour; everyone still gets a bundle, and the rest of the pool stays.
+        let pool = secrets.generate_one_time(&mut h.rng, 150, 0);
+        let publish = ClientOp::PublishPrekeys {
+            signed: Box::new(secrets.current_signed().clone()),
+            one_time: pool,
+        };
+        h.client(false, T0 + HOUR_MS, publish);
+        let t = T0 + 2 * HOUR_MS;
+        let mut with_otk = 0;
+        for i in 0..500u64 {
+            let fresh = format!("NodeFresh{i}");
+            h.b.handle_fed_request(t, Token(1000 + i), &fresh, FedRequest::FetchBundle(bob));
+            let (_, answers, _) = h.drain(false);
+            let [FedResponse::Bundle(Some(b))] = answers.as_slice() else {
+                panic!("every requester gets a bundle: {answers:?}")
+            };
+            with_otk += b.one_time.is_some() as u32;
+        }
+        assert_eq!(with_otk, ONE_TIME_PREKEYS_PER_USER_PER_HOUR);
+        assert!(
+            h.b.handouts
+                .get(&bob)
+                .is_some_and(|x| x.by_node.len() <= 50)
         );
         // An unreachable node and an unknown user get typed answers.
         assert!(h.client(true, T0, fetch).is_empty());

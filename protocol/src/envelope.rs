@@ -33,6 +33,9 @@ pub const MAX_TEXT_BYTES: usize = 12 * 1024;
 pub const MAX_RECEIPT_IDS: usize = 64;
 /// Longest account handle, in bytes.
 pub const MAX_NAME_BYTES: usize = 64;
+/// Longest node id (a libp2p peer id in base58: 52 characters for an ed25519 key; room for
+/// longer key types).
+pub const MAX_NODE_ID_BYTES: usize = 128;
 /// Bound on a decoded letter.
 const MAX_LETTER_BYTES: usize = PADDING_BUCKETS[PADDING_BUCKETS.len() - 1];
 
@@ -116,33 +119,64 @@ impl Letter {
         content: Content,
         now: Millis,
     ) -> Result<Letter, EnvelopeError> {
-        match &content {
-            Content::Text(t) if t.len() > MAX_TEXT_BYTES => {
-                return Err(EnvelopeError::TextTooLong(t.len()));
-            }
-            Content::Receipt(ids) if ids.len() > MAX_RECEIPT_IDS => {
-                return Err(EnvelopeError::ReceiptTooLong);
-            }
-            _ => {}
-        }
-        if sender_name.len() > MAX_NAME_BYTES {
-            return Err(EnvelopeError::NameTooLong);
-        }
-        Ok(Letter {
+        let l = Letter {
             sender_node: sender_node.to_string(),
             sender_name: sender_name.to_string(),
             sent_at: now,
             content,
-        })
+        };
+        l.check()?;
+        Ok(l)
+    }
+
+    /// The limits every letter keeps, checked when one is made and again when one is received
+    /// (a modified client may send anything the codec can carry).
+    pub fn check(&self) -> Result<(), EnvelopeError> {
+        match &self.content {
+            Content::Text(t) if t.len() > MAX_TEXT_BYTES => {
+                return Err(EnvelopeError::TextTooLong(t.len()));
+            }
+            Content::Receipt(ids) | Content::SessionReset(ids) if ids.len() > MAX_RECEIPT_IDS => {
+                return Err(EnvelopeError::ReceiptTooLong);
+            }
+            _ => {}
+        }
+        if !valid_name(&self.sender_name) {
+            return Err(EnvelopeError::BadName);
+        }
+        if !valid_node_id(&self.sender_node) {
+            return Err(EnvelopeError::BadNodeId);
+        }
+        Ok(())
     }
 
     pub fn to_bytes(&self) -> Result<Vec<u8>, EnvelopeError> {
         codec::encode(self).map_err(|_| EnvelopeError::MalformedLetter)
     }
 
+    /// Decodes and checks a received letter: one that breaks a limit is refused whole.
     pub fn from_bytes(bytes: &[u8]) -> Result<Letter, EnvelopeError> {
-        codec::decode(bytes, MAX_LETTER_BYTES).map_err(|_| EnvelopeError::MalformedLetter)
+        let l: Letter =
+            codec::decode(bytes, MAX_LETTER_BYTES).map_err(|_| EnvelopeError::MalformedLetter)?;
+        l.check()?;
+        Ok(l)
     }
+}
+
+/// An account handle: 1 to [`MAX_NAME_BYTES`] bytes of ASCII letters, digits, `-`, `_`, `.`.
+/// Nothing a terminal could interpret and nothing that looks like another character.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_BYTES
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+}
+
+/// A node id as peer ids print: 1 to [`MAX_NODE_ID_BYTES`] characters of base58.
+pub fn valid_node_id(node: &str) -> bool {
+    const BASE58: &[u8] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+    !node.is_empty() && node.len() <= MAX_NODE_ID_BYTES && node.bytes().all(|c| BASE58.contains(&c))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,6 +185,10 @@ pub enum Content {
     /// End-to-end delivery receipt: these envelopes reached the recipient's device. Sent as an
     /// ordinary sealed envelope, so nodes cannot tell receipts from messages.
     Receipt(Vec<EnvelopeId>),
+    /// The recipient could not decrypt these envelopes (its session with the sender broke: a
+    /// lost or substituted prekey, a restored device). Sent in a *new* session the recipient
+    /// started from the sender's bundle, so the next messages go on a working one.
+    SessionReset(Vec<EnvelopeId>),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -167,8 +205,10 @@ pub enum EnvelopeError {
     TextTooLong(usize),
     #[error("too many ids in one receipt")]
     ReceiptTooLong,
-    #[error("account name longer than {MAX_NAME_BYTES} bytes")]
-    NameTooLong,
+    #[error("account name is not 1 to {MAX_NAME_BYTES} bytes of letters, digits, '-', '_' or '.'")]
+    BadName,
+    #[error("node id is not 1 to {MAX_NODE_ID_BYTES} characters of base58")]
+    BadNodeId,
     #[error("envelope is for another recipient")]
     WrongRecipient,
     #[error(transparent)]
@@ -478,5 +518,52 @@ mod tests {
             Letter::from_bytes(&[0xff; 8]),
             Err(EnvelopeError::MalformedLetter)
         );
+    }
+
+    #[test]
+    fn a_received_letter_keeps_the_sending_limits() {
+        // A modified client builds letters by hand: each broken limit is refused on receipt.
+        let good = Letter::new("12D3KooW", "bob", Content::Text("hi".into()), 5).unwrap();
+        let refused = |l: Letter| Letter::from_bytes(&codec::encode(&l).unwrap()).unwrap_err();
+        let with = |f: &dyn Fn(&mut Letter)| {
+            let mut l = good.clone();
+            f(&mut l);
+            l
+        };
+        assert_eq!(
+            refused(with(&|l| l.sender_name = "bob\u{1b}[2K".into())),
+            EnvelopeError::BadName
+        );
+        assert_eq!(
+            refused(with(&|l| l.sender_name = String::new())),
+            EnvelopeError::BadName
+        );
+        assert_eq!(
+            refused(with(&|l| l.sender_name = "b".repeat(MAX_NAME_BYTES + 1))),
+            EnvelopeError::BadName
+        );
+        assert_eq!(
+            refused(with(&|l| l.sender_node = "node\n".into())),
+            EnvelopeError::BadNodeId
+        );
+        assert_eq!(
+            refused(with(&|l| l.sender_node = "1".repeat(MAX_NODE_ID_BYTES + 1))),
+            EnvelopeError::BadNodeId
+        );
+        assert_eq!(
+            refused(with(
+                &|l| l.content = Content::Text("x".repeat(MAX_TEXT_BYTES + 1))
+            )),
+            EnvelopeError::TextTooLong(MAX_TEXT_BYTES + 1)
+        );
+        assert_eq!(
+            refused(with(&|l| l.content =
+                Content::Receipt(vec![
+                    EnvelopeId([0; 16]);
+                    MAX_RECEIPT_IDS + 1
+                ]))),
+            EnvelopeError::ReceiptTooLong
+        );
+        assert!(Letter::new("12D3KooW", "b\u{202e}ob", Content::Text("x".into()), 0).is_err());
     }
 }

@@ -6,7 +6,7 @@
 //! as one printable string. It carries the whole key, not only its fingerprint, so adding a
 //! contact needs no lookup that a node could answer falsely.
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use rand::CryptoRng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -49,9 +49,14 @@ impl UserId {
         Ok(x25519_dalek::PublicKey::from(vk.to_montgomery().to_bytes()))
     }
 
+    /// Strict verification: refuses small-order keys and non-canonical signatures, for which
+    /// the plain check accepts forgeries (the identity point "signs" every message).
     pub fn verify(&self, message: &[u8], signature: &Sig) -> Result<(), IdentityError> {
         let vk = self.verifying_key()?;
-        vk.verify(message, &signature.to_dalek())
+        if vk.is_weak() {
+            return Err(IdentityError::InvalidKey);
+        }
+        vk.verify_strict(message, &signature.to_dalek())
             .map_err(|_| IdentityError::BadSignature)
     }
 
@@ -290,6 +295,21 @@ mod tests {
         let ab = a.x25519().diffie_hellman(&b.user_id().x25519().unwrap());
         let ba = b.x25519().diffie_hellman(&a.user_id().x25519().unwrap());
         assert_eq!(ab.as_bytes(), ba.as_bytes());
+    }
+
+    #[test]
+    fn a_small_order_key_verifies_nothing() {
+        // The identity point, with R = identity and s = 0, passes the non-strict equation for
+        // every message; registration once accepted it.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let forged = Sig::from_bytes(&{
+            let mut b = [0u8; 64];
+            b[0] = 1;
+            b
+        });
+        let weak = UserId(identity);
+        assert!(weak.verify(b"register me", &forged).is_err());
     }
 
     #[test]

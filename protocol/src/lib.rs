@@ -16,8 +16,10 @@
 //! - [`wire`]: requests and responses of `/hestia/fed/1` and `/hestia/client/1`, and presence.
 //! - [`safety`]: safety numbers two people compare to verify each other.
 //! - [`redact`]: the one wrapper through which user ids reach a log.
+//! - [`display`]: the only way text from other users reaches a screen (controls neutralised).
 
 pub mod codec;
+pub mod display;
 pub mod envelope;
 pub mod identity;
 pub mod redact;

@@ -20,7 +20,7 @@ fn pair(seed: u64) -> (StdRng, Session, Session) {
     let alice = IdentityKey::generate(&mut rng);
     let bob = IdentityKey::generate(&mut rng);
     let mut prekeys = PrekeySecrets::new(&mut rng, &bob, NOW);
-    let otk = prekeys.generate_one_time(&mut rng, 1)[0];
+    let otk = prekeys.generate_one_time(&mut rng, 1, 0)[0];
     let bundle = PrekeyBundle {
         identity: bob.user_id(),
         signed_prekey: prekeys.current_signed().clone(),

@@ -20,26 +20,44 @@ pub struct StoredIdentity {
     pub home_addr: String,
 }
 
+/// How far the user trusts that a contact's key is the person they think it is. A contact *is*
+/// its key: nothing a message says moves a contact to another key; only the user does, after
+/// comparing the safety number of the new key ([`crate::client::ClientWrite::Merge`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Trust {
     /// Key pinned on first use, not compared out of band.
     Unverified,
     /// The user compared fingerprints or safety numbers.
     Verified,
-    /// Someone using this contact's name and node presented another key. Messages under the new
-    /// key are held until the user accepts it.
-    Changed { new_key: UserId },
+}
+
+/// How a contact came to be on this device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Origin {
+    /// The user added it (an address or a card).
+    Added,
+    /// A message from a key no contact had.
+    FirstMessage,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Contact {
     /// The local name the user calls this contact by.
     pub name: String,
-    /// The account handle the contact goes by on their node (from their card or letters).
+    /// The account handle the contact goes by on their node (from their card or first letter).
+    /// Self-asserted: shown, compared for name clashes, never trusted.
     pub handle: Option<String>,
     pub address: Address,
     pub trust: Trust,
     pub added_at: Millis,
+    pub origin: Origin,
+    /// Set when this key's first message used the name of another contact (another key): the
+    /// local name of the contact it claims to be. It stays until the user accepts this key as
+    /// that contact's new key (after comparing its safety number) or rejects it.
+    pub claims: Option<String>,
+    /// When this device last asked the contact for a new session after failing to decrypt
+    /// (at most once an hour: a forged sealed envelope must not make it ask in a loop).
+    pub reset_asked_at: Option<Millis>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,7 +77,8 @@ pub enum MessageState {
     Failed(String),
     /// Incoming, read.
     Received,
-    /// Incoming under a key that differs from the pinned one: not shown as trusted.
+    /// Schema 2 only (incoming under a key that claimed a verified contact's name, held): no
+    /// longer written; the schema 3 migration makes these `Received` from their own contact.
     HeldKeyChanged,
     /// Outgoing, a first message to a contact whose node did not answer the prekey fetch: kept
     /// on the device (only) and sent once their node answers.
@@ -95,6 +114,29 @@ pub enum ClientWrite {
     /// Replace the prekey secrets (stored form).
     Prekeys(zeroize::Zeroizing<Vec<u8>>),
     Contact(Contact),
+    /// Delete a contact (by local name); its history stays.
+    RemoveContact(String),
+    /// Delete the sessions with this user.
+    RemoveSessions(UserId),
+    /// Refuse everything this key sends from now on (`contact reject`).
+    Block(UserId),
+    /// Replace the stored messages' shown contact name (after a merge).
+    RenamePeer {
+        user: UserId,
+        name: String,
+    },
+    /// Replace the pending delivery receipts for this user (none: delete them).
+    Receipts(UserId, Option<PendingReceipts>),
+}
+
+/// Delivery receipts owed to one contact, sent together once `due_at` passes (a random delay
+/// after the first of them, so the recipient's node cannot pair a receipt with the message it
+/// answers by timing alone).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingReceipts {
+    pub node: String,
+    pub due_at: Millis,
+    pub ids: Vec<EnvelopeId>,
 }
 
 pub struct ClientDb {
@@ -104,7 +146,7 @@ pub struct ClientDb {
 
 impl ClientDb {
     pub fn open(path: &Path) -> Result<Self> {
-        let db = crate::open_db(path, CLIENT_CFS, "client")?;
+        let db = crate::open_db(path, CLIENT_CFS, "client", migrate)?;
         let next_seq = {
             let cf = db.cf_handle(SEQ_MESSAGE).expect("created at open");
             let mut it = db.iterator_cf(&cf, rocksdb::IteratorMode::End);
@@ -171,6 +213,47 @@ impl ClientDb {
             c.name.as_bytes(),
             &encode_value(NAME_CONTACT, c)?,
         )
+    }
+
+    /// Whether the user rejected this key (`contact reject`): its envelopes are dropped unread.
+    pub fn is_blocked(&self, user: &UserId) -> Result<bool> {
+        Ok(self
+            .db
+            .get_cf(self.cf(USERID_BLOCKED), user.as_bytes())?
+            .is_some())
+    }
+
+    /// The delivery receipts owed to `user`, if any.
+    pub fn receipts(&self, user: &UserId) -> Result<Option<PendingReceipts>> {
+        self.db
+            .get_cf(self.cf(USERID_RECEIPTS), user.as_bytes())?
+            .map(|v| decode_value(USERID_RECEIPTS, &v))
+            .transpose()
+    }
+
+    /// Every contact's pending delivery receipts.
+    pub fn pending_receipts(&self) -> Result<Vec<(UserId, PendingReceipts)>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(USERID_RECEIPTS), rocksdb::IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            out.push((
+                user_key(USERID_RECEIPTS, &k)?,
+                decode_value(USERID_RECEIPTS, &v)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// A stored setting's value, if it was ever set.
+    pub fn setting(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(NAME_SETTING), name.as_bytes())?)
+    }
+
+    pub fn set_setting(&self, name: &str, value: &[u8]) -> Result<()> {
+        self.put_synced(NAME_SETTING, name.as_bytes(), value)
     }
 
     /// Stores a message unless one with the same envelope id is already stored (dedupe).
@@ -256,17 +339,11 @@ impl ClientDb {
             .iterator_cf(self.cf(USERID_SESSIONS), rocksdb::IteratorMode::Start)
         {
             let (k, mut v) = item?;
-            let user: [u8; 32] = k
-                .as_ref()
-                .try_into()
-                .map_err(|_| crate::StoreError::Corrupt {
-                    cf: USERID_SESSIONS,
-                    reason: "bad key length".into(),
-                })?;
+            let user = user_key(USERID_SESSIONS, &k)?;
             let list: Result<Vec<Vec<u8>>> = decode_value(USERID_SESSIONS, &v);
             v.zeroize();
             out.push((
-                UserId(user),
+                user,
                 list?.into_iter().map(zeroize::Zeroizing::new).collect(),
             ));
         }
@@ -315,6 +392,38 @@ impl ClientDb {
                         encode_value(NAME_CONTACT, c)?,
                     );
                 }
+                ClientWrite::RemoveContact(name) => {
+                    b.delete_cf(self.cf(NAME_CONTACT), name.as_bytes());
+                }
+                ClientWrite::RemoveSessions(user) => {
+                    b.delete_cf(self.cf(USERID_SESSIONS), user.as_bytes());
+                }
+                ClientWrite::Block(user) => {
+                    b.put_cf(self.cf(USERID_BLOCKED), user.as_bytes(), []);
+                }
+                ClientWrite::RenamePeer { user, name } => {
+                    for item in self
+                        .db
+                        .iterator_cf(self.cf(SEQ_MESSAGE), rocksdb::IteratorMode::Start)
+                    {
+                        let (k, v) = item?;
+                        let mut m: StoredMessage = decode_value(SEQ_MESSAGE, &v)?;
+                        if m.peer == *user && m.peer_name != *name {
+                            m.peer_name = name.clone();
+                            b.put_cf(self.cf(SEQ_MESSAGE), k, encode_value(SEQ_MESSAGE, &m)?);
+                        }
+                    }
+                }
+                ClientWrite::Receipts(user, Some(r)) => {
+                    b.put_cf(
+                        self.cf(USERID_RECEIPTS),
+                        user.as_bytes(),
+                        encode_value(USERID_RECEIPTS, r)?,
+                    );
+                }
+                ClientWrite::Receipts(user, None) => {
+                    b.delete_cf(self.cf(USERID_RECEIPTS), user.as_bytes());
+                }
             }
         }
         let mut wo = rocksdb::WriteOptions::default();
@@ -334,6 +443,163 @@ impl ClientDb {
             out.push(decode_value(SEQ_MESSAGE, &item?.1)?);
         }
         Ok(out)
+    }
+}
+
+fn user_key(cf: &'static str, k: &[u8]) -> Result<UserId> {
+    let user: [u8; 32] = k.try_into().map_err(|_| crate::StoreError::Corrupt {
+        cf,
+        reason: "bad key length".into(),
+    })?;
+    Ok(UserId(user))
+}
+
+/// The client's migration steps (see [`crate::open_db`]).
+fn migrate(db: &rocksdb::DB, from: u32) -> Result<()> {
+    if from < 3 {
+        v2::contacts_to_v3(db)?;
+    }
+    Ok(())
+}
+
+/// Schema 2's contact form and its one-step migration.
+mod v2 {
+    use super::*;
+
+    #[derive(Deserialize)]
+    enum Trust {
+        Unverified,
+        Verified,
+        Changed { new_key: UserId },
+    }
+
+    #[derive(Deserialize)]
+    struct Contact {
+        name: String,
+        handle: Option<String>,
+        address: Address,
+        trust: Trust,
+        added_at: Millis,
+    }
+
+    /// Schema 2 let a message re-pin a contact (unverified) or mark it `Changed` (verified,
+    /// messages held). Schema 3 keeps a contact on its key: a `Changed` contact goes back to
+    /// its verified key, and the key that claimed it becomes a contact of its own, claiming
+    /// that name, with its held messages shown under it. (A re-pin that already happened
+    /// cannot be told from a first use and stays as it is.)
+    pub(super) fn contacts_to_v3(db: &rocksdb::DB) -> Result<()> {
+        let cf = |n: &str| db.cf_handle(n).expect("created at open");
+        let mut b = rocksdb::WriteBatch::default();
+        let mut claimants = Vec::new();
+        for item in db.iterator_cf(cf(NAME_CONTACT), rocksdb::IteratorMode::Start) {
+            let (k, v) = item?;
+            let old: Contact = decode_value(NAME_CONTACT, &v)?;
+            let (trust, claimant) = match old.trust {
+                Trust::Unverified => (super::Trust::Unverified, None),
+                Trust::Verified => (super::Trust::Verified, None),
+                Trust::Changed { new_key } => (super::Trust::Verified, Some(new_key)),
+            };
+            let origin = if old.handle.is_some() {
+                Origin::Added
+            } else {
+                Origin::FirstMessage
+            };
+            let new = super::Contact {
+                name: old.name.clone(),
+                handle: old.handle,
+                address: old.address.clone(),
+                trust,
+                added_at: old.added_at,
+                origin,
+                claims: None,
+                reset_asked_at: None,
+            };
+            b.put_cf(cf(NAME_CONTACT), k, encode_value(NAME_CONTACT, &new)?);
+            if let Some(key) = claimant {
+                let name = format!("{}-{}", old.name, &key.to_hex()[..8]);
+                claimants.push((key, name.clone()));
+                let c = super::Contact {
+                    name: name.clone(),
+                    handle: Some(old.name.clone()),
+                    address: Address {
+                        user: key,
+                        node: old.address.node.clone(),
+                    },
+                    trust: super::Trust::Unverified,
+                    added_at: old.added_at,
+                    origin: Origin::FirstMessage,
+                    claims: Some(old.name),
+                    reset_asked_at: None,
+                };
+                b.put_cf(
+                    cf(NAME_CONTACT),
+                    name.as_bytes(),
+                    encode_value(NAME_CONTACT, &c)?,
+                );
+            }
+        }
+        if !claimants.is_empty() {
+            for item in db.iterator_cf(cf(SEQ_MESSAGE), rocksdb::IteratorMode::Start) {
+                let (k, v) = item?;
+                let mut m: StoredMessage = decode_value(SEQ_MESSAGE, &v)?;
+                if let Some((_, name)) = claimants.iter().find(|(u, _)| *u == m.peer) {
+                    m.peer_name = name.clone();
+                    if m.state == MessageState::HeldKeyChanged {
+                        m.state = MessageState::Received;
+                    }
+                    b.put_cf(cf(SEQ_MESSAGE), k, encode_value(SEQ_MESSAGE, &m)?);
+                }
+            }
+        }
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(true);
+        Ok(db.write_opt(b, &wo)?)
+    }
+
+    #[cfg(test)]
+    pub(super) fn write_v2_contact(
+        db: &rocksdb::DB,
+        name: &str,
+        user: UserId,
+        changed_to: Option<UserId>,
+    ) {
+        #[derive(Serialize)]
+        enum TrustOut {
+            #[allow(dead_code)]
+            Unverified,
+            Verified,
+            Changed {
+                new_key: UserId,
+            },
+        }
+        #[derive(Serialize)]
+        struct ContactOut {
+            name: String,
+            handle: Option<String>,
+            address: Address,
+            trust: TrustOut,
+            added_at: Millis,
+        }
+        let c = ContactOut {
+            name: name.into(),
+            handle: Some(name.into()),
+            address: Address {
+                user,
+                node: "12D3KooW".into(),
+            },
+            trust: match changed_to {
+                Some(new_key) => TrustOut::Changed { new_key },
+                None => TrustOut::Verified,
+            },
+            added_at: 1,
+        };
+        let cf = db.cf_handle(NAME_CONTACT).unwrap();
+        db.put_cf(
+            &cf,
+            name.as_bytes(),
+            encode_value(NAME_CONTACT, &c).unwrap(),
+        )
+        .unwrap();
     }
 }
 
@@ -376,5 +642,67 @@ mod tests {
             db.message(&EnvelopeId([2; 16])).unwrap().unwrap().1.state,
             MessageState::HeldKeyChanged
         );
+    }
+
+    #[test]
+    fn schema_2_key_change_becomes_a_separate_claiming_contact() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bob, mallory) = (UserId([1; 32]), UserId([9; 32]));
+        {
+            let mut db = ClientDb::open(dir.path()).unwrap();
+            v2::write_v2_contact(&db.db, "bob", bob, Some(mallory));
+            let mut held = msg(1);
+            held.peer = mallory;
+            held.state = MessageState::HeldKeyChanged;
+            assert!(db.record_message(&held).unwrap());
+            let meta = db.db.cf_handle(META).unwrap();
+            db.db
+                .put_cf(&meta, b"schema_version", 2u32.to_be_bytes())
+                .unwrap();
+        }
+        let db = ClientDb::open(dir.path()).unwrap();
+        let bob_c = db.contact("bob").unwrap().unwrap();
+        assert_eq!(bob_c.address.user, bob, "the verified key stays");
+        assert_eq!(bob_c.trust, Trust::Verified);
+        let name = format!("bob-{}", &mallory.to_hex()[..8]);
+        let claimant = db.contact(&name).unwrap().unwrap();
+        assert_eq!(claimant.address.user, mallory);
+        assert_eq!(claimant.claims.as_deref(), Some("bob"));
+        assert_eq!(claimant.trust, Trust::Unverified);
+        let m = &db.messages().unwrap()[0];
+        assert_eq!(
+            (m.peer_name.as_str(), &m.state),
+            (name.as_str(), &MessageState::Received)
+        );
+    }
+
+    #[test]
+    fn contact_writes_block_remove_and_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = ClientDb::open(dir.path()).unwrap();
+        let u = UserId([1; 32]);
+        assert!(db.record_message(&msg(1)).unwrap());
+        db.commit(&[
+            ClientWrite::Block(UserId([2; 32])),
+            ClientWrite::RenamePeer {
+                user: u,
+                name: "robert".into(),
+            },
+            ClientWrite::Receipts(
+                u,
+                Some(PendingReceipts {
+                    node: "n".into(),
+                    due_at: 5,
+                    ids: vec![EnvelopeId([1; 16])],
+                }),
+            ),
+        ])
+        .unwrap();
+        assert!(db.is_blocked(&UserId([2; 32])).unwrap());
+        assert!(!db.is_blocked(&u).unwrap());
+        assert_eq!(db.messages().unwrap()[0].peer_name, "robert");
+        assert_eq!(db.pending_receipts().unwrap()[0].1.due_at, 5);
+        db.commit(&[ClientWrite::Receipts(u, None)]).unwrap();
+        assert!(db.pending_receipts().unwrap().is_empty());
     }
 }

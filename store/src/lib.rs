@@ -31,17 +31,26 @@ pub enum StoreError {
     SchemaTooNew { found: u32, supported: u32 },
     #[error("database at {0} is not a {1} database")]
     WrongKind(PathBuf, &'static str),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// Opens (or creates) a database with the given column families, checks its kind and schema
-/// version, and writes both on first open.
+/// version, and writes both on first open. `migrate(db, from)` runs the kind's own migration
+/// steps from version `from` (older than [`schema::SCHEMA_VERSION`]); the version is recorded
+/// as current only after it succeeds, so an interrupted migration runs again.
 pub(crate) fn open_db(
     path: &std::path::Path,
     cfs: &[&str],
     kind: &'static str,
+    migrate: impl FnOnce(&rocksdb::DB, u32) -> Result<()>,
 ) -> Result<rocksdb::DB> {
+    secure_dir(path)?;
     let mut opts = rocksdb::Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
@@ -93,14 +102,63 @@ pub(crate) fn open_db(
             supported: schema::SCHEMA_VERSION,
         });
     }
-    // Migrations, one step per version. 1 → 2 added the prekey and session column families,
-    // which `create_missing_column_families` has just created empty.
-    if version < 2 {
+    // Migrations, one step per version, the kind's own in `migrate`. 1 → 2 added the prekey
+    // and session column families, which `create_missing_column_families` has just created
+    // empty; 2 → 3 added the client's blocked, receipt and setting families the same way.
+    if version < schema::SCHEMA_VERSION {
+        migrate(&db, version)?;
         let mut wo = rocksdb::WriteOptions::default();
         wo.set_sync(true);
-        db.put_cf_opt(&meta, b"schema_version", 2u32.to_be_bytes(), &wo)?;
+        db.put_cf_opt(
+            &meta,
+            b"schema_version",
+            schema::SCHEMA_VERSION.to_be_bytes(),
+            &wo,
+        )?;
     }
     Ok(db)
+}
+
+/// Creates a data directory readable by its owner only (0700), or narrows an existing one:
+/// it holds identity seeds, session state and history (device) or the node key and mail.
+/// With the directory closed, the files' own modes no longer matter to other local users.
+pub fn secure_dir(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let io = |source: std::io::Error| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if !path.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(io)?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(io)
+}
+
+/// Writes a secret file (a node key) readable by its owner only, created with mode 0600 so
+/// it is never readable by others, not even between creation and a later chmod, and synced.
+pub fn write_secret_file(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |source: std::io::Error| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    // An existing file keeps its old mode through open(): narrow it too.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)
 }
 
 pub(crate) fn decode_value<T: serde::de::DeserializeOwned>(

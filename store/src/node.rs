@@ -75,7 +75,8 @@ pub struct NodeDb {
 impl NodeDb {
     pub fn open(path: &Path) -> Result<Self> {
         Ok(NodeDb {
-            db: crate::open_db(path, NODE_CFS, "node")?,
+            // Nothing of the node's changed form in schema 3 (a client migration).
+            db: crate::open_db(path, NODE_CFS, "node", |_, _| Ok(()))?,
         })
     }
 

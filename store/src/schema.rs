@@ -7,7 +7,7 @@ use hestia_protocol::identity::UserId;
 
 /// Bumped with every change to a stored form; [`crate::node::NodeDb::open`] and
 /// [`crate::client::ClientDb::open`] refuse a newer database and migrate an older one step by step.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// `meta`: `"schema_version"` → u32 BE; `"kind"` → `node` | `client`; `"node_key"` → the node's
 /// libp2p key (protobuf encoding) in the node database.
@@ -43,7 +43,8 @@ pub const NODE_CFS: &[&str] = &[
 /// `key_identity`: `"identity"` → stored identity (secret seed, handle, home node);
 /// `"prekeys"` → the prekey secrets' versioned stored form (schema 2).
 pub const KEY_IDENTITY: &str = "key_identity";
-/// `name_contact`: contact name (UTF-8) → stored contact.
+/// `name_contact`: contact name (UTF-8) → stored contact (schema 3: a contact is its key, with
+/// origin and name claim; schema 2 had a `Changed` trust state that the migration resolves).
 pub const NAME_CONTACT: &str = "name_contact";
 /// `seq_message`: sequence number (8, BE) → stored message.
 pub const SEQ_MESSAGE: &str = "seq_message";
@@ -54,6 +55,15 @@ pub const ENVELOPEID_SEQ: &str = "envelopeid_seq";
 /// ratchet's versioned stored form (schema 2).
 pub const USERID_SESSIONS: &str = "userid_sessions";
 
+/// `userid_blocked`: user id (32) → empty; everything that key sends is dropped unread
+/// (`contact reject`, schema 3).
+pub const USERID_BLOCKED: &str = "userid_blocked";
+/// `userid_receipts`: user id (32) → the delivery receipts owed to them and when they go
+/// (schema 3).
+pub const USERID_RECEIPTS: &str = "userid_receipts";
+/// `name_setting`: setting name (UTF-8) → value (schema 3): `"receipts"` → 0 off, 1 on.
+pub const NAME_SETTING: &str = "name_setting";
+
 pub const CLIENT_CFS: &[&str] = &[
     META,
     KEY_IDENTITY,
@@ -61,6 +71,9 @@ pub const CLIENT_CFS: &[&str] = &[
     SEQ_MESSAGE,
     ENVELOPEID_SEQ,
     USERID_SESSIONS,
+    USERID_BLOCKED,
+    USERID_RECEIPTS,
+    NAME_SETTING,
 ];
 
 pub fn mailbox_key(user: &UserId, id: &EnvelopeId) -> [u8; 48] {

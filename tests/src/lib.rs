@@ -294,6 +294,24 @@ impl Net {
             .to_string()
     }
 
+    /// Waits for `reader`'s device receipt to reach `sender`: sets the reader's receipt delay to
+    /// its shortest (a batch leaves 0.5-1 s after the message), then lets the reader's device
+    /// run (receipts leave only while it runs) until the sender's status shows it.
+    pub fn until_receipt(&self, reader: &str, sender: &str) {
+        self.ok(reader, &["account", "receipts", "on", "--max-delay", "1"]);
+        let start = Instant::now();
+        let mut seen = String::new();
+        while start.elapsed() < WAIT {
+            self.ok(reader, &["inbox"]);
+            seen = self.ok(sender, &["status"]);
+            if seen.contains("delivered to their device") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        panic!("{reader}'s receipt never reached {sender}; last status:\n{seen}");
+    }
+
     /// Repeats `args` as `user` until its output contains `needle`; returns that output.
     pub fn until(&self, user: &str, args: &[&str], needle: &str) -> String {
         let start = Instant::now();
@@ -308,6 +326,17 @@ impl Net {
         }
         panic!("`hestia {args:?}` as {user} never printed {needle:?}; last output:\n{seen}");
     }
+}
+
+/// The `hestia-safety:1:…` code in the output of `hestia contact verify`.
+pub fn safety_code(out: &str) -> String {
+    out.lines()
+        .find_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.starts_with("hestia-safety:1:"))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no safety code in {out}"))
 }
 
 /// Waits until the file at `path` contains `needle`; returns its text.

@@ -78,6 +78,8 @@ pub enum SessionError {
     StoredVersion(u16),
     #[error("stored session is corrupt")]
     StoredCorrupt,
+    #[error("state too large to store (a bound was not kept)")]
+    StoredTooLarge,
     #[error("chain counter exhausted; start a new session")]
     ChainExhausted,
 }

@@ -29,8 +29,17 @@ pub const ONE_TIME_PREKEY_LOW: usize = 25;
 pub const MAX_ONE_TIME_PREKEYS: usize = 200;
 /// Consumed one-time prekeys remembered, so a reuse is reported as a reuse, not as unknown.
 pub const USED_ONE_TIME_REMEMBERED: usize = 1024;
+/// Most one-time prekey secrets a device keeps. The home node hands out keys the device never
+/// hears of again (the requester may never write), and a stranger can make it hand out many
+/// (from fresh peer ids, within the node's per-user hourly bound); beyond this the oldest
+/// secrets are dropped. 20 × the published pool: a key handed out is used within days or not
+/// at all. (Each costs ~80 bytes stored, so the stored form stays far below the codec limit.)
+pub const MAX_ONE_TIME_SECRETS: usize = 20 * ONE_TIME_PREKEY_TARGET;
+/// How long an unused one-time prekey secret is kept: as long as a retired signed prekey, since
+/// a first message naming it may wait in a mailbox for up to the longest TTL.
+pub const ONE_TIME_SECRET_MAX_AGE_MS: Millis = SIGNED_PREKEY_GRACE_MS;
 /// Stored-form version of [`PrekeySecrets`].
-pub const PREKEYS_STORED_VERSION: u16 = 1;
+pub const PREKEYS_STORED_VERSION: u16 = 2;
 
 /// A signed prekey as published: the X25519 public key and the identity key's ed25519 signature
 /// over `Encode(key)` = `0x05 || key`.
@@ -69,10 +78,24 @@ struct SignedPrekeySecret {
     retired_at: Option<Millis>,
 }
 
+#[derive(Clone, Serialize, Deserialize)]
+struct OneTimeSecret {
+    secret: Secret32,
+    created_at: Millis,
+}
+
 /// The device's secret prekey state. Not `Debug`: it is all secrets.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct PrekeySecrets {
     /// Newest (current) first.
+    signed: Vec<SignedPrekeySecret>,
+    one_time: BTreeMap<[u8; 32], OneTimeSecret>,
+    used_one_time: VecDeque<[u8; 32]>,
+}
+
+/// Version 1's form: one-time secrets without their age. (Serialize only so the enum derives.)
+#[derive(Serialize, Deserialize)]
+struct PrekeySecretsV1 {
     signed: Vec<SignedPrekeySecret>,
     one_time: BTreeMap<[u8; 32], Secret32>,
     used_one_time: VecDeque<[u8; 32]>,
@@ -80,7 +103,8 @@ pub struct PrekeySecrets {
 
 #[derive(Serialize, Deserialize)]
 enum StoredPrekeys {
-    V1(PrekeySecrets),
+    V1(PrekeySecretsV1),
+    V2(PrekeySecrets),
 }
 
 impl PrekeySecrets {
@@ -136,6 +160,8 @@ impl PrekeySecrets {
             None => true,
             Some(at) => now.saturating_sub(at) < SIGNED_PREKEY_GRACE_MS,
         });
+        self.one_time
+            .retain(|_, k| now.saturating_sub(k.created_at) < ONE_TIME_SECRET_MAX_AGE_MS);
         rotated
     }
 
@@ -144,16 +170,44 @@ impl PrekeySecrets {
         self.signed.len()
     }
 
-    /// Generates `n` one-time prekeys and returns their public halves for publication.
-    pub fn generate_one_time(&mut self, rng: &mut impl CryptoRng, n: usize) -> Vec<[u8; 32]> {
-        (0..n)
+    /// Generates `n` one-time prekeys and returns their public halves for publication. Keeps
+    /// at most [`MAX_ONE_TIME_SECRETS`], dropping the oldest (ones handed out long ago and
+    /// never used).
+    pub fn generate_one_time(
+        &mut self,
+        rng: &mut impl CryptoRng,
+        n: usize,
+        now: Millis,
+    ) -> Vec<[u8; 32]> {
+        let n = n.min(MAX_ONE_TIME_SECRETS);
+        let fresh: Vec<[u8; 32]> = (0..n)
             .map(|_| {
                 let secret = Secret32::random(rng);
                 let public = secret.x25519_public();
-                self.one_time.insert(public, secret);
+                self.one_time.insert(
+                    public,
+                    OneTimeSecret {
+                        secret,
+                        created_at: now,
+                    },
+                );
                 public
             })
-            .collect()
+            .collect();
+        let excess = self.one_time.len().saturating_sub(MAX_ONE_TIME_SECRETS);
+        if excess > 0 {
+            let mut by_age: Vec<([u8; 32], Millis)> = self
+                .one_time
+                .iter()
+                .filter(|(k, _)| !fresh.contains(k))
+                .map(|(k, v)| (*k, v.created_at))
+                .collect();
+            by_age.sort_by_key(|(_, at)| *at);
+            for (k, _) in by_age.into_iter().take(excess) {
+                self.one_time.remove(&k);
+            }
+        }
+        fresh
     }
 
     pub fn one_time_count(&self) -> usize {
@@ -170,7 +224,7 @@ impl PrekeySecrets {
 
     pub(crate) fn one_time_secret(&self, public: &[u8; 32]) -> Result<&Secret32, SessionError> {
         match self.one_time.get(public) {
-            Some(s) => Ok(s),
+            Some(s) => Ok(&s.secret),
             None if self.used_one_time.contains(public) => Err(SessionError::OneTimePrekeyReused),
             None => Err(SessionError::UnknownOneTimePrekey),
         }
@@ -186,16 +240,31 @@ impl PrekeySecrets {
         }
     }
 
-    pub fn to_stored(&self) -> zeroize::Zeroizing<Vec<u8>> {
+    /// The versioned stored form. Fallible, though the bounds above keep it far below the
+    /// codec's limit: a device must never panic on its own state.
+    pub fn to_stored(&self) -> Result<zeroize::Zeroizing<Vec<u8>>, SessionError> {
         // Serialising borrows; the enum needs an owned value, so clone (secrets zeroize on drop).
-        zeroize::Zeroizing::new(
-            codec::encode(&StoredPrekeys::V1(self.clone())).expect("prekey state is small"),
-        )
+        codec::encode(&StoredPrekeys::V2(self.clone()))
+            .map(zeroize::Zeroizing::new)
+            .map_err(|_| SessionError::StoredTooLarge)
     }
 
     pub fn from_stored(bytes: &[u8]) -> Result<Self, SessionError> {
         match codec::decode::<StoredPrekeys>(bytes, codec::MAX_FRAME_BYTES) {
-            Ok(StoredPrekeys::V1(s)) if !s.signed.is_empty() => Ok(s),
+            Ok(StoredPrekeys::V2(s)) if !s.signed.is_empty() => Ok(s),
+            // Version 1 kept no ages: count them from the current signed prekey's creation.
+            Ok(StoredPrekeys::V1(v1)) if !v1.signed.is_empty() => {
+                let created_at = v1.signed[0].created_at;
+                Ok(PrekeySecrets {
+                    one_time: v1
+                        .one_time
+                        .into_iter()
+                        .map(|(k, secret)| (k, OneTimeSecret { secret, created_at }))
+                        .collect(),
+                    signed: v1.signed,
+                    used_one_time: v1.used_one_time,
+                })
+            }
             _ => Err(SessionError::StoredCorrupt),
         }
     }
@@ -236,7 +305,7 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(2);
         let id = IdentityKey::generate(&mut rng);
         let mut p = PrekeySecrets::new(&mut rng, &id, 0);
-        let pubs = p.generate_one_time(&mut rng, 3);
+        let pubs = p.generate_one_time(&mut rng, 3, 0);
         assert_eq!(p.one_time_count(), 3);
         p.one_time_secret(&pubs[0]).unwrap();
         p.consume_one_time(&pubs[0]);
@@ -248,8 +317,69 @@ mod tests {
             p.one_time_secret(&[9u8; 32]).err(),
             Some(SessionError::UnknownOneTimePrekey)
         );
-        let back = PrekeySecrets::from_stored(&p.to_stored()).unwrap();
+        let back = PrekeySecrets::from_stored(&p.to_stored().unwrap()).unwrap();
         assert_eq!(back.one_time_count(), 2);
+    }
+
+    #[test]
+    fn a_drained_pool_leaves_the_device_bounded_and_working() {
+        // A stranger makes the home node hand out keys from many fresh peer ids; the device
+        // tops the pool up every time it is told it is low. It never hears of those keys again.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let id = IdentityKey::generate(&mut rng);
+        let mut p = PrekeySecrets::new(&mut rng, &id, 0);
+        let first = p.generate_one_time(&mut rng, ONE_TIME_PREKEY_TARGET, 0);
+        let mut now = 0;
+        for _ in 0..500 {
+            now += 60_000;
+            p.generate_one_time(&mut rng, ONE_TIME_PREKEY_TARGET - ONE_TIME_PREKEY_LOW, now);
+            assert!(p.one_time_count() <= MAX_ONE_TIME_SECRETS);
+        }
+        let stored = p.to_stored().unwrap();
+        assert!(
+            stored.len() < codec::MAX_FRAME_BYTES / 8,
+            "{} bytes",
+            stored.len()
+        );
+        let mut back = PrekeySecrets::from_stored(&stored).unwrap();
+        // The oldest went first; the newest are all there.
+        assert_eq!(
+            back.one_time_secret(&first[0]).err(),
+            Some(SessionError::UnknownOneTimePrekey)
+        );
+        let newest = back.generate_one_time(&mut rng, 1, now)[0];
+        back.one_time_secret(&newest).unwrap();
+        // And age alone expires them.
+        back.maintain(&mut rng, &id, now + ONE_TIME_SECRET_MAX_AGE_MS + 1);
+        assert_eq!(back.one_time_count(), 0);
+    }
+
+    #[test]
+    fn version_1_stored_form_still_loads() {
+        #[derive(Serialize)]
+        enum Out<'a> {
+            V1 {
+                signed: &'a Vec<SignedPrekeySecret>,
+                one_time: BTreeMap<[u8; 32], Secret32>,
+                used_one_time: &'a VecDeque<[u8; 32]>,
+            },
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let id = IdentityKey::generate(&mut rng);
+        let mut p = PrekeySecrets::new(&mut rng, &id, 77);
+        let k = p.generate_one_time(&mut rng, 2, 77);
+        let v1 = Out::V1 {
+            signed: &p.signed,
+            one_time: p
+                .one_time
+                .iter()
+                .map(|(k, v)| (*k, v.secret.clone()))
+                .collect(),
+            used_one_time: &p.used_one_time,
+        };
+        let back = PrekeySecrets::from_stored(&codec::encode(&v1).unwrap()).unwrap();
+        assert_eq!(back.one_time_count(), 2);
+        assert_eq!(back.one_time[&k[0]].created_at, 77);
     }
 
     #[test]

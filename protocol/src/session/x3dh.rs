@@ -139,7 +139,7 @@ mod tests {
     #[test]
     fn both_halves_agree_with_and_without_one_time_prekey() {
         let (mut rng, alice, bob, mut pk) = setup(1);
-        let otk = pk.generate_one_time(&mut rng, 1)[0];
+        let otk = pk.generate_one_time(&mut rng, 1, 0)[0];
         for one_time in [Some(otk), None] {
             let bundle = PrekeyBundle {
                 identity: bob.user_id(),

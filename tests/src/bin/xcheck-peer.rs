@@ -48,7 +48,7 @@ fn main() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x4e57_1a00);
     let me = IdentityKey::generate(&mut rng);
     let mut prekeys = PrekeySecrets::new(&mut rng, &me, now);
-    let otk = prekeys.generate_one_time(&mut rng, 1)[0];
+    let otk = prekeys.generate_one_time(&mut rng, 1, 0)[0];
     let mut session: Option<Session> = None;
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();

@@ -7,12 +7,16 @@
 //!   contact, history in the local [`ClientDb`], sealed-sender envelopes, delivery receipts.
 //!   Plaintext exists only here.
 
-use crate::driver::{self, NodeError, build_swarm, now_millis, peer_of};
-use crate::frame::FrameCodec;
-use futures::StreamExt;
+mod connection;
+pub mod receipts;
+pub mod trust;
+
+pub use connection::{CONNECT_TIMEOUT, Connection};
+
+use crate::driver::{NodeError, now_millis};
 use hestia_protocol::envelope::{
     Content, DEFAULT_TTL_MS, Envelope, EnvelopeError, EnvelopeId, Letter, MAX_NAME_BYTES,
-    MAX_RECEIPT_IDS, MAX_TTL_MS,
+    MAX_RECEIPT_IDS, MAX_TTL_MS, valid_name,
 };
 use hestia_protocol::identity::{Address, Fingerprint, IdentityError, IdentityKey, UserId};
 use hestia_protocol::safety::SafetyNumber;
@@ -21,22 +25,17 @@ use hestia_protocol::session::prekeys::{ONE_TIME_PREKEY_TARGET, PrekeySecrets};
 use hestia_protocol::session::ratchet::{MAX_SKIPPED_TOTAL, Session, bound_skipped_total};
 use hestia_protocol::session::x3dh;
 use hestia_protocol::wire::{
-    self, Auth, ClientAuth, ClientError, ClientOp, ClientRequest, ClientResponse, DeliveryState,
-    MAX_BATCH_ENVELOPES, Outgoing, SendResult,
+    ClientError, ClientOp, ClientResponse, DeliveryState, MAX_BATCH_ENVELOPES, Outgoing, SendResult,
 };
 use hestia_store::client::{
-    ClientDb, ClientWrite, Contact, Direction, MessageState, StoredIdentity, StoredMessage, Trust,
+    ClientDb, ClientWrite, Contact, Direction, MessageState, Origin, PendingReceipts,
+    StoredIdentity, StoredMessage, Trust,
 };
-use libp2p::request_response::{self, ProtocolSupport};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identity};
+use libp2p::{Multiaddr, PeerId};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 use zeroize::Zeroizing;
 
-/// How long to wait for the home node to accept a connection.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Envelopes fetched per request.
 pub const FETCH_LIMIT: u32 = 128;
 
@@ -88,174 +87,67 @@ pub enum ClientLibError {
         offered: Fingerprint,
     },
     #[error(
-        "the key of {name:?} changed (pinned {old}, now {new}); compare fingerprints with them, \
-         then run `hestia contact accept {name}`"
+        "{0:?} does not claim to be another contact; to trust its key, compare safety numbers \
+         with `hestia contact verify {0}`"
     )]
-    KeyChanged {
-        name: String,
-        old: Fingerprint,
-        new: Fingerprint,
-    },
-    #[error("{0:?} has no pending key change")]
-    NoKeyChange(String),
+    NotAClaim(String),
+    #[error("that key is already your contact {0:?}")]
+    KeyAlreadyContact(String),
+    #[error(
+        "{claimant:?} claims to be {claims:?}, but there is no contact {claims:?} any more; \
+         verify {claimant:?} as a contact of its own"
+    )]
+    ClaimedContactGone { claimant: String, claims: String },
     #[error("invalid name {0:?}: 1 to {MAX_NAME_BYTES} bytes, letters, digits, '-', '_' or '.'")]
     BadName(String),
-}
-
-#[derive(NetworkBehaviour)]
-struct ClientBehaviour {
-    rr: request_response::Behaviour<FrameCodec<ClientRequest, ClientResponse>>,
-}
-
-/// A connection to the home node.
-pub struct Connection {
-    swarm: Swarm<ClientBehaviour>,
-    node: PeerId,
-    /// The user this connection has a session for (after one signed request succeeded).
-    session: Option<UserId>,
-}
-
-impl Connection {
-    pub async fn open(addr: &Multiaddr) -> Result<Connection, ClientLibError> {
-        let node =
-            peer_of(addr).ok_or_else(|| ClientLibError::AddressWithoutPeerId(addr.clone()))?;
-        // A fresh device key per connection: the node learns nothing linking connections except
-        // the user id they authenticate as.
-        let mut swarm = build_swarm(identity::Keypair::generate_ed25519(), |_| {
-            Ok(ClientBehaviour {
-                rr: request_response::Behaviour::new(
-                    [(
-                        StreamProtocol::new(wire::CLIENT_PROTOCOL),
-                        ProtocolSupport::Outbound,
-                    )],
-                    request_response::Config::default()
-                        .with_request_timeout(driver::CLIENT_REQUEST_TIMEOUT),
-                ),
-            })
-        })?;
-        let unreachable = |reason: String| ClientLibError::Unreachable {
-            addr: addr.clone(),
-            reason,
-        };
-        swarm
-            .dial(addr.clone())
-            .map_err(|e| unreachable(e.to_string()))?;
-        let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            loop {
-                match swarm.select_next_some().await {
-                    SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == node => {
-                        return Ok(());
-                    }
-                    SwarmEvent::OutgoingConnectionError { error, .. } => {
-                        return Err(unreachable(error.to_string()));
-                    }
-                    _ => {}
-                }
-            }
-        })
-        .await;
-        match connected {
-            Ok(r) => r?,
-            Err(_) => return Err(unreachable("timed out".into())),
-        }
-        Ok(Connection {
-            swarm,
-            node,
-            session: None,
-        })
-    }
-
-    pub fn node_id(&self) -> String {
-        self.node.to_string()
-    }
-
-    /// Sends `op` as `key`'s user and waits for the answer. The first request on a connection
-    /// is signed and opens a session; later ones name the session (and are signed again if the
-    /// node has forgotten it).
-    pub async fn call(
-        &mut self,
-        key: &IdentityKey,
-        op: ClientOp,
-    ) -> Result<ClientResponse, ClientLibError> {
-        let user = key.user_id();
-        if self.session == Some(user) {
-            match self.send(Auth::Session(user), op.clone()).await {
-                Err(ClientLibError::Refused(ClientError::SessionUnknown)) => self.session = None,
-                other => return other,
-            }
-        }
-        let me = self.swarm.local_peer_id().to_string();
-        let auth = ClientAuth::sign(key, &self.node.to_string(), &me, now_millis(), &op)
-            .map_err(|e| ClientLibError::Unexpected(e.to_string()))?;
-        let answer = self.send(Auth::Signed(Box::new(auth)), op).await;
-        if answer.is_ok() {
-            self.session = Some(user);
-        }
-        answer
-    }
-
-    async fn send(&mut self, auth: Auth, op: ClientOp) -> Result<ClientResponse, ClientLibError> {
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .rr
-            .send_request(&self.node, ClientRequest { auth, op });
-        loop {
-            if let SwarmEvent::Behaviour(ClientBehaviourEvent::Rr(ev)) =
-                self.swarm.select_next_some().await
-            {
-                match ev {
-                    request_response::Event::Message {
-                        message:
-                            request_response::Message::Response {
-                                request_id,
-                                response,
-                            },
-                        ..
-                    } if request_id == id => {
-                        return match response {
-                            ClientResponse::Error(e) => Err(ClientLibError::Refused(e)),
-                            r => Ok(r),
-                        };
-                    }
-                    request_response::Event::OutboundFailure {
-                        request_id, error, ..
-                    } if request_id == id => {
-                        return Err(ClientLibError::RequestFailed(error.to_string()));
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
 }
 
 /// Something that happened while reading the inbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InboxEvent {
+    /// A message from a contact.
     Message(StoredMessage),
-    /// A message from someone using a known contact's name and node under a different key.
-    /// If the contact was verified the message is held until the user accepts the new key;
-    /// otherwise it is shown, with this warning, and the new key is pinned.
-    KeyChanged {
+    /// The first message from a key no contact had: `contact` is new and unverified.
+    NewContact {
+        contact: Contact,
+        message: StoredMessage,
+    },
+    /// A message from a key that wrote under the name of another contact, `claims` (whose key is
+    /// `claimed_key`, if that contact still exists). It is shown under its own contact
+    /// (`contact`, key `key`), never as `claims`; sent for every message from it until the user
+    /// accepts it as `claims`'s new key or rejects it.
+    Claimed {
         contact: String,
-        old: Fingerprint,
-        new: Fingerprint,
-        held: bool,
+        key: Fingerprint,
+        claims: String,
+        claimed_key: Option<Fingerprint>,
+        claimed_verified: bool,
+        first: bool,
         message: StoredMessage,
     },
     /// A contact's device confirmed these of our messages.
     Delivered(Vec<EnvelopeId>),
-    /// An envelope that did not open or decrypt (not for us, tampered, no session). Dropped.
-    Undecryptable {
-        id: EnvelopeId,
-        reason: String,
+    /// Envelopes from `contact` did not decrypt in a way a new session cures (`lost`): this
+    /// device started a new session with them and told them which.
+    SessionRestarted {
+        contact: String,
+        lost: Vec<EnvelopeId>,
     },
+    /// `contact`'s device could not decrypt these of our messages and started a new session;
+    /// they are marked failed, to be sent again.
+    PeerLostMessages {
+        contact: String,
+        lost: Vec<EnvelopeId>,
+    },
+    /// An envelope that did not open or decrypt (not for us, tampered, no session). Dropped.
+    Undecryptable { id: EnvelopeId, reason: String },
 }
 
 /// Sessions kept per contact: the one in use and older ones, so messages that cross a
 /// simultaneous session start (both sides initiating) or a peer's reinstall still decrypt.
 pub const MAX_SESSIONS_PER_CONTACT: usize = 3;
+/// The stored setting that holds the [`receipts::Policy`].
+const RECEIPTS_SETTING: &str = "receipts";
 /// How often a long-running device checks its prekeys with the home node.
 pub const PREKEY_CHECK_INTERVAL_MS: u64 = 10 * 60 * 1000;
 
@@ -271,15 +163,11 @@ pub struct Device {
     /// True once a scan found no message waiting for prekeys; a new waiting message clears it.
     /// (RocksDB lets one process at a time open the database, so no one else adds any.)
     none_waiting: bool,
+    receipts: receipts::Policy,
 }
 
 pub fn check_name(name: &str) -> Result<(), ClientLibError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME_BYTES
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if ok {
+    if valid_name(name) {
         Ok(())
     } else {
         Err(ClientLibError::BadName(name.to_string()))
@@ -332,7 +220,7 @@ impl Device {
         };
         db.set_identity(&stored_id)?;
         let prekeys = PrekeySecrets::new(rng, &key, now_millis());
-        db.commit(&[ClientWrite::Prekeys(prekeys.to_stored())])?;
+        db.commit(&[ClientWrite::Prekeys(prekeys.to_stored()?)])?;
         let mut device = Device {
             db,
             key,
@@ -342,6 +230,7 @@ impl Device {
             home_addr: node_addr.clone(),
             last_prekey_check: None,
             none_waiting: false,
+            receipts: receipts::Policy::default(),
         };
         device.maintain_prekeys(&mut conn).await?;
         Ok(device)
@@ -364,7 +253,7 @@ impl Device {
                 // An account from before sessions existed: make prekeys now; the next
                 // connection publishes them.
                 let p = PrekeySecrets::new(&mut rand::rng(), &key, now_millis());
-                db.commit(&[ClientWrite::Prekeys(p.to_stored())])?;
+                db.commit(&[ClientWrite::Prekeys(p.to_stored()?)])?;
                 p
             }
         };
@@ -374,6 +263,11 @@ impl Device {
             name: id.name.clone(),
             home_node: id.home_node.clone(),
             home_addr,
+            receipts: db
+                .setting(RECEIPTS_SETTING)?
+                .map_or_else(receipts::Policy::default, |b| {
+                    receipts::Policy::from_bytes(&b)
+                }),
             db,
             last_prekey_check: None,
             none_waiting: false,
@@ -441,11 +335,13 @@ impl Device {
         // A node that holds no one-time prekeys may hold no signed prekey either (a new or
         // migrated account): publishing the signed one again is harmless.
         if rotated || low || held == 0 {
-            let fresh = self
-                .prekeys
-                .generate_one_time(rng, ONE_TIME_PREKEY_TARGET.saturating_sub(held));
+            let fresh = self.prekeys.generate_one_time(
+                rng,
+                ONE_TIME_PREKEY_TARGET.saturating_sub(held),
+                now,
+            );
             self.db
-                .commit(&[ClientWrite::Prekeys(self.prekeys.to_stored())])?;
+                .commit(&[ClientWrite::Prekeys(self.prekeys.to_stored()?)])?;
             let op = ClientOp::PublishPrekeys {
                 signed: Box::new(self.prekeys.current_signed().clone()),
                 one_time: fresh,
@@ -456,7 +352,7 @@ impl Device {
             }
         } else if forgot {
             self.db
-                .commit(&[ClientWrite::Prekeys(self.prekeys.to_stored())])?;
+                .commit(&[ClientWrite::Prekeys(self.prekeys.to_stored()?)])?;
         }
         self.last_prekey_check = Some(now);
         Ok(())
@@ -490,52 +386,142 @@ impl Device {
                 offered: address.user.fingerprint(),
             });
         }
+        // A contact is its key: one key, one contact.
+        if let Some(same) = self
+            .db
+            .contacts()?
+            .into_iter()
+            .find(|c| c.address.user == address.user)
+        {
+            return Err(ClientLibError::KeyAlreadyContact(same.name));
+        }
         let c = Contact {
             name,
             handle: card_name,
             address,
             trust: Trust::Unverified,
             added_at: now_millis(),
+            origin: Origin::Added,
+            claims: None,
+            reset_asked_at: None,
         };
         self.db.put_contact(&c)?;
         Ok(c)
     }
 
-    /// The safety number shared with a contact: the same digits on both devices.
+    /// The safety number shared with a contact, over the contact's own key: the same digits on
+    /// both devices. For a contact that claims to be another, this is the *new* key's number.
     pub fn safety_number(&self, name: &str) -> Result<SafetyNumber, ClientLibError> {
         let c = self.contact(name)?;
         Ok(SafetyNumber::new(&self.address(), &c.address))
     }
 
+    /// Marks a contact verified: the user compared its safety number.
     pub fn verify_contact(&self, name: &str) -> Result<Contact, ClientLibError> {
         let mut c = self.contact(name)?;
-        if let Trust::Changed { new_key } = c.trust {
-            return Err(ClientLibError::KeyChanged {
-                name: name.into(),
-                old: c.address.user.fingerprint(),
-                new: new_key.fingerprint(),
-            });
-        }
         c.trust = Trust::Verified;
         self.db.put_contact(&c)?;
         Ok(c)
     }
 
-    /// Accepts a contact's new key and releases the messages held under it.
-    pub fn accept_key_change(&self, name: &str) -> Result<Contact, ClientLibError> {
-        let mut c = self.contact(name)?;
-        let Trust::Changed { new_key } = c.trust else {
-            return Err(ClientLibError::NoKeyChange(name.into()));
+    /// Accepts `claimant`, a contact whose key wrote under another contact's name, as that
+    /// contact's new key: the claimed contact now has the claimant's key and is verified (the
+    /// caller has had the user compare `safety_number(claimant)`, the new key's number), the
+    /// claimant's messages show under the claimed name, and the old key's sessions go. The only
+    /// way a contact ever moves to another key.
+    pub fn accept_new_key(&mut self, claimant: &str) -> Result<Contact, ClientLibError> {
+        let new = self.contact(claimant)?;
+        let claims = new
+            .claims
+            .clone()
+            .ok_or_else(|| ClientLibError::NotAClaim(claimant.into()))?;
+        let old = self
+            .db
+            .contact(&claims)?
+            .ok_or_else(|| ClientLibError::ClaimedContactGone {
+                claimant: claimant.into(),
+                claims: claims.clone(),
+            })?;
+        let merged = Contact {
+            name: old.name.clone(),
+            handle: new.handle.clone().or(old.handle.clone()),
+            address: new.address.clone(),
+            trust: Trust::Verified,
+            added_at: old.added_at,
+            origin: old.origin,
+            claims: None,
+            reset_asked_at: None,
         };
-        c.address.user = new_key;
-        c.trust = Trust::Unverified;
-        self.db.put_contact(&c)?;
-        for m in self.db.messages()? {
-            if m.peer == new_key && m.state == MessageState::HeldKeyChanged {
-                self.db.set_state(&m.envelope_id, MessageState::Received)?;
-            }
-        }
+        let writes = [
+            ClientWrite::RemoveContact(new.name.clone()),
+            ClientWrite::Contact(merged.clone()),
+            ClientWrite::RenamePeer {
+                user: new.address.user,
+                name: old.name.clone(),
+            },
+            ClientWrite::RemoveSessions(old.address.user),
+            ClientWrite::Receipts(old.address.user, None),
+        ];
+        // Other keys that claimed the old name still claim it: the claim is about the name.
+        self.db.commit(&writes)?;
+        Ok(merged)
+    }
+
+    /// Rejects a contact's key: the contact is removed, with its sessions and owed receipts,
+    /// and everything that key sends from now on is dropped unread. History stays.
+    pub fn reject_contact(&mut self, name: &str) -> Result<Contact, ClientLibError> {
+        let c = self.contact(name)?;
+        self.db.commit(&[
+            ClientWrite::RemoveContact(c.name.clone()),
+            ClientWrite::RemoveSessions(c.address.user),
+            ClientWrite::Receipts(c.address.user, None),
+            ClientWrite::Block(c.address.user),
+        ])?;
         Ok(c)
+    }
+
+    /// Removes a contact, with its sessions and owed receipts; history stays. A later message
+    /// from its key makes it a new contact again.
+    pub fn remove_contact(&mut self, name: &str) -> Result<Contact, ClientLibError> {
+        let c = self.contact(name)?;
+        self.db.commit(&[
+            ClientWrite::RemoveContact(c.name.clone()),
+            ClientWrite::RemoveSessions(c.address.user),
+            ClientWrite::Receipts(c.address.user, None),
+        ])?;
+        Ok(c)
+    }
+
+    pub fn receipts_policy(&self) -> receipts::Policy {
+        self.receipts
+    }
+
+    /// Turns delivery receipts on or off and sets their longest delay. Turning them off also
+    /// drops the ones still owed.
+    pub fn set_receipts_policy(&mut self, p: receipts::Policy) -> Result<(), ClientLibError> {
+        let p = receipts::Policy {
+            max_delay_ms: p.max_delay_ms.min(receipts::MAX_MAX_DELAY_MS),
+            ..p
+        };
+        self.db.set_setting(RECEIPTS_SETTING, &p.to_bytes())?;
+        // Receipts already owed keep their times, but none waits longer than the new bound.
+        let latest = now_millis().saturating_add(p.max_delay_ms);
+        let writes: Vec<ClientWrite> = self
+            .db
+            .pending_receipts()?
+            .into_iter()
+            .filter(|(_, r)| !p.enabled || r.due_at > latest)
+            .map(|(u, r)| {
+                let r = p.enabled.then_some(PendingReceipts {
+                    due_at: latest,
+                    ..r
+                });
+                ClientWrite::Receipts(u, r)
+            })
+            .collect();
+        self.db.commit(&writes)?;
+        self.receipts = p;
+        Ok(())
     }
 
     fn load_sessions(&self, user: &UserId) -> Result<Vec<Session>, ClientLibError> {
@@ -549,6 +535,7 @@ impl Device {
     /// Encrypts `content` for `to` (whose home node is `node`) in the current session, starting
     /// one from a fetched prekey bundle if there is none. Returns the envelope and the session
     /// state to store with it; the caller commits that before the envelope leaves.
+    #[allow(clippy::too_many_arguments)]
     async fn seal_for(
         &mut self,
         conn: &mut Connection,
@@ -557,12 +544,13 @@ impl Device {
         node: &str,
         content: Content,
         ttl_ms: u64,
+        fresh: Fresh,
     ) -> Result<(Envelope, ClientWrite), ClientLibError> {
         let rng = &mut rand::rng();
         let now = now_millis();
         let letter = Letter::new(&self.home_node, &self.name, content, now)?;
         let mut sessions = self.load_sessions(to)?;
-        if !sessions.first().is_some_and(Session::can_send) {
+        if fresh == Fresh::Always || !sessions.first().is_some_and(Session::can_send) {
             let op = ClientOp::FetchBundle {
                 user: *to,
                 node: node.to_string(),
@@ -609,13 +597,6 @@ impl Device {
         ttl_ms: u64,
     ) -> Result<StoredMessage, ClientLibError> {
         let c = self.contact(contact)?;
-        if let Trust::Changed { new_key } = c.trust {
-            return Err(ClientLibError::KeyChanged {
-                name: c.name,
-                old: c.address.user.fingerprint(),
-                new: new_key.fingerprint(),
-            });
-        }
         self.maintain_prekeys(conn).await?;
         // Earlier first messages still waiting for their recipient's prekeys go first.
         self.retry_waiting(conn).await?;
@@ -640,6 +621,7 @@ impl Device {
                 &c.address.node,
                 Content::Text(text.to_string()),
                 ttl_ms,
+                Fresh::IfNone,
             )
             .await;
         let (env, session_write) = match sealed {
@@ -723,6 +705,7 @@ impl Device {
                     &m.peer_node,
                     Content::Text(m.text.clone()),
                     m.expires_at - now,
+                    Fresh::IfNone,
                 )
                 .await;
             match sealed {
@@ -797,9 +780,10 @@ impl Device {
             .collect())
     }
 
-    /// Fetches held envelopes (waiting up to `wait_ms` if there are none), decrypts and stores
-    /// what they contain, acknowledges them, and sends delivery receipts. Safe to repeat: an
-    /// envelope seen before (same id) is acknowledged again but not decrypted or shown twice.
+    /// Fetches held envelopes (waiting up to `wait_ms` if there are none, less if a delivery
+    /// receipt falls due sooner), decrypts and stores what they contain, acknowledges them, and
+    /// sends the delivery receipts that are due. Safe to repeat: an envelope seen before (same
+    /// id) is acknowledged again but not decrypted or shown twice.
     pub async fn sync(
         &mut self,
         conn: &mut Connection,
@@ -807,8 +791,13 @@ impl Device {
     ) -> Result<Vec<InboxEvent>, ClientLibError> {
         self.maintain_prekeys(conn).await?;
         self.retry_waiting(conn).await?;
+        self.send_due_receipts(conn).await?;
         let mut events = Vec::new();
-        let mut wait = wait_ms;
+        let mut wait = match receipts::next_due(self.db.pending_receipts()?.iter().map(|(_, p)| p))
+        {
+            Some(at) => wait_ms.min(at.saturating_sub(now_millis()).min(u32::MAX as u64) as u32),
+            None => wait_ms,
+        };
         loop {
             let envs = match conn
                 .call(
@@ -829,26 +818,34 @@ impl Device {
             wait = 0;
             let full = envs.len() as u32 >= FETCH_LIMIT;
             let mut acks = Vec::new();
-            let mut receipts: BTreeMap<(UserId, String), Vec<EnvelopeId>> = BTreeMap::new();
             let mut skipped_grew = false;
+            let mut broken: BTreeMap<UserId, Vec<EnvelopeId>> = BTreeMap::new();
             for env in envs {
                 acks.push(env.id);
                 if self.db.has_message(&env.id)? {
                     continue; // stored before a lost acknowledgement: already shown once
                 }
                 match self.open_envelope(&env) {
-                    Ok(opened) => {
+                    Ok(None) => {} // from a rejected key: dropped unread
+                    Ok(Some(opened)) => {
                         skipped_grew |= opened.skipped_grew;
-                        if let Some(ev) = self.receive(&env, opened, &mut receipts)? {
+                        if let Some(ev) = self.receive(&env, opened)? {
                             events.push(ev);
                         }
                     }
                     // A receipt fetched again after a lost acknowledgement: nothing to show.
-                    Err(ClientLibError::Session(SessionError::Replay)) => {}
-                    Err(e) => events.push(InboxEvent::Undecryptable {
-                        id: env.id,
-                        reason: e.to_string(),
-                    }),
+                    Err((_, ClientLibError::Session(SessionError::Replay))) => {}
+                    Err((sender, e)) => {
+                        if let Some(sender) = sender
+                            && breaks_session(&e)
+                        {
+                            broken.entry(sender).or_default().push(env.id);
+                        }
+                        events.push(InboxEvent::Undecryptable {
+                            id: env.id,
+                            reason: e.to_string(),
+                        });
+                    }
                 }
             }
             if skipped_grew {
@@ -856,40 +853,155 @@ impl Device {
             }
             // Everything above is synced to the local store; only now may the node delete it.
             conn.call(&self.key, ClientOp::Ack(acks)).await?;
-            for ((user, node), ids) in receipts {
-                for chunk in ids.chunks(MAX_RECEIPT_IDS) {
-                    let id = EnvelopeId::random(&mut rand::rng());
-                    let (env, session_write) = self
-                        .seal_for(
-                            conn,
-                            id,
-                            &user,
-                            &node,
-                            Content::Receipt(chunk.to_vec()),
-                            DEFAULT_TTL_MS,
-                        )
-                        .await?;
-                    self.db.commit(&[session_write])?;
-                    let op = ClientOp::Send(vec![Outgoing {
-                        to_node: node.clone(),
-                        envelope: env,
-                    }]);
-                    conn.call(&self.key, op).await?;
+            for (sender, ids) in broken {
+                if let Some(ev) = self.ask_for_new_session(conn, sender, ids).await? {
+                    events.push(ev);
                 }
             }
             if !full {
                 break;
             }
         }
+        self.send_due_receipts(conn).await?;
         Ok(events)
+    }
+
+    /// Sends every batch of delivery receipts whose time has come (see [`receipts`]). Each batch
+    /// is removed in the same local commit as the session state that sealed it.
+    async fn send_due_receipts(&mut self, conn: &mut Connection) -> Result<(), ClientLibError> {
+        let now = now_millis();
+        for (user, batch) in self.db.pending_receipts()? {
+            if !receipts::due(&batch, now) {
+                continue;
+            }
+            // A contact removed or rejected since: its receipts were dropped with it, but be
+            // safe against any left behind.
+            if !self.receipts.enabled || self.db.is_blocked(&user)? {
+                self.db.commit(&[ClientWrite::Receipts(user, None)])?;
+                continue;
+            }
+            let mut rest = batch.ids.as_slice();
+            while !rest.is_empty() {
+                let (chunk, tail) = rest.split_at(rest.len().min(MAX_RECEIPT_IDS));
+                rest = tail;
+                let id = EnvelopeId::random(&mut rand::rng());
+                let content = Content::Receipt(chunk.to_vec());
+                let (env, session_write) = self
+                    .seal_for(
+                        conn,
+                        id,
+                        &user,
+                        &batch.node,
+                        content,
+                        DEFAULT_TTL_MS,
+                        Fresh::IfNone,
+                    )
+                    .await?;
+                let left = (!rest.is_empty()).then(|| PendingReceipts {
+                    ids: rest.to_vec(),
+                    ..batch.clone()
+                });
+                self.db
+                    .commit(&[session_write, ClientWrite::Receipts(user, left)])?;
+                let op = ClientOp::Send(vec![Outgoing {
+                    to_node: batch.node.clone(),
+                    envelope: env,
+                }]);
+                conn.call(&self.key, op).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After envelopes from `sender` failed to decrypt in a way a new session cures: if the
+    /// sender is a contact (not a key that claims another's name) and was not asked within
+    /// [`SESSION_RESET_INTERVAL_MS`], starts a new session from their bundle and tells them, in
+    /// it, which envelopes were lost. Their next messages then go on the new session.
+    async fn ask_for_new_session(
+        &mut self,
+        conn: &mut Connection,
+        sender: UserId,
+        ids: Vec<EnvelopeId>,
+    ) -> Result<Option<InboxEvent>, ClientLibError> {
+        let now = now_millis();
+        let Some(mut c) = self
+            .db
+            .contacts()?
+            .into_iter()
+            .find(|c| c.address.user == sender)
+        else {
+            return Ok(None);
+        };
+        let recent = c
+            .reset_asked_at
+            .is_some_and(|at| now.saturating_sub(at) < SESSION_RESET_INTERVAL_MS);
+        if c.claims.is_some() || recent {
+            return Ok(None);
+        }
+        let mut ids = ids;
+        ids.truncate(MAX_RECEIPT_IDS);
+        let id = EnvelopeId::random(&mut rand::rng());
+        let content = Content::SessionReset(ids.clone());
+        let sealed = self
+            .seal_for(
+                conn,
+                id,
+                &sender,
+                &c.address.node,
+                content,
+                DEFAULT_TTL_MS,
+                Fresh::Always,
+            )
+            .await;
+        let (env, session_write) = match sealed {
+            Ok(s) => s,
+            // Their node is down or has no prekeys now: the next failure asks again.
+            Err(ClientLibError::NoBundle | ClientLibError::ContactNodeUnreachable(_)) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        c.reset_asked_at = Some(now);
+        self.db
+            .commit(&[session_write, ClientWrite::Contact(c.clone())])?;
+        let op = ClientOp::Send(vec![Outgoing {
+            to_node: c.address.node.clone(),
+            envelope: env,
+        }]);
+        conn.call(&self.key, op).await?;
+        Ok(Some(InboxEvent::SessionRestarted {
+            contact: c.name,
+            lost: ids,
+        }))
     }
 
     /// Opens the sealed-sender layer and decrypts the session message: in a stored session, or
     /// in a new one from the X3DH header it carries. Returns what to store; stores nothing.
-    fn open_envelope(&mut self, env: &Envelope) -> Result<Opened, ClientLibError> {
+    /// `None` for an envelope from a rejected key: it is not decrypted, so it costs no session.
+    /// A failure says who the sealed layer named as sender, if it opened.
+    fn open_envelope(
+        &mut self,
+        env: &Envelope,
+    ) -> Result<Option<Opened>, (Option<UserId>, ClientLibError)> {
+        let sealed = env.open_message(&self.key).map_err(|e| (None, e.into()))?;
+        let sender = sealed.sender;
+        match self.db.is_blocked(&sender) {
+            Ok(true) => return Ok(None),
+            Ok(false) => {}
+            Err(e) => return Err((Some(sender), e.into())),
+        }
+        self.open_session(sealed)
+            .map(Some)
+            .map_err(|e| (Some(sender), e))
+    }
+
+    /// Decrypts the session message inside an opened sealed-sender layer.
+    fn open_session(
+        &mut self,
+        sealed: hestia_protocol::envelope::SealedSender,
+    ) -> Result<Opened, ClientLibError> {
         let rng = &mut rand::rng();
         let now = now_millis();
-        let sealed = env.open_message(&self.key)?;
         let sender = sealed.sender;
         let msg = &sealed.message;
         let mut sessions = self.load_sessions(&sender)?;
@@ -986,20 +1098,19 @@ impl Device {
         &mut self,
         env: &Envelope,
         opened: Opened,
-        receipts: &mut BTreeMap<(UserId, String), Vec<EnvelopeId>>,
     ) -> Result<Option<InboxEvent>, ClientLibError> {
         let Opened {
             sender,
-            letter,
+            mut letter,
             sessions,
             prekeys,
             ..
         } = opened;
         let mut writes = vec![sessions];
         if let Some(p) = &prekeys {
-            writes.push(ClientWrite::Prekeys(p.to_stored()));
+            writes.push(ClientWrite::Prekeys(p.to_stored()?));
         }
-        let text = match letter.content {
+        let text = match std::mem::replace(&mut letter.content, Content::Text(String::new())) {
             Content::Receipt(ids) => {
                 self.db.commit(&writes)?;
                 self.commit_prekeys(prekeys);
@@ -1016,100 +1127,102 @@ impl Device {
                 }
                 return Ok((!confirmed.is_empty()).then_some(InboxEvent::Delivered(confirmed)));
             }
+            Content::SessionReset(ids) => {
+                // The session this message came in (new, from our bundle) is now first, so our
+                // next messages go on it. What it lost is marked, for the user to send again.
+                self.db.commit(&writes)?;
+                self.commit_prekeys(prekeys);
+                let mut lost = Vec::new();
+                for id in ids {
+                    if let Some((_, m)) = self.db.message(&id)?
+                        && m.direction == Direction::Outgoing
+                        && m.peer == sender
+                        && self.db.set_state(
+                            &id,
+                            MessageState::Failed(
+                                "their device could not decrypt it; a new session has started, \
+                                 so send it again"
+                                    .into(),
+                            ),
+                        )?
+                    {
+                        lost.push(id);
+                    }
+                }
+                let Some(c) = self
+                    .db
+                    .contacts()?
+                    .into_iter()
+                    .find(|c| c.address.user == sender)
+                else {
+                    return Ok(None);
+                };
+                return Ok((!lost.is_empty()).then_some(InboxEvent::PeerLostMessages {
+                    contact: c.name,
+                    lost,
+                }));
+            }
             Content::Text(t) => t,
         };
+        let now = now_millis();
         let contacts = self.db.contacts()?;
-        let by_key = contacts.iter().find(|c| c.address.user == sender);
-        let by_account = contacts.iter().find(|c| {
-            c.address.user != sender
-                && c.address.node == letter.sender_node
-                && c.handle.as_deref() == Some(letter.sender_name.as_str())
-        });
-        let (contact, state, change) = match (by_key, by_account) {
-            (Some(c), _) => {
-                let mut c = c.clone();
-                if c.handle.is_none() && check_name(&letter.sender_name).is_ok() {
-                    c.handle = Some(letter.sender_name.clone());
-                    writes.push(ClientWrite::Contact(c.clone()));
-                }
-                (c, MessageState::Received, None)
-            }
-            (None, Some(c)) => {
-                let mut c = c.clone();
-                let old = c.address.user.fingerprint();
-                let held = c.trust == Trust::Verified || matches!(c.trust, Trust::Changed { .. });
-                if held {
-                    // Verified before: hold everything under the new key until the user decides.
-                    c.trust = Trust::Changed { new_key: sender };
-                } else {
-                    // Only ever trusted on first use: pin the new key, and say so loudly.
-                    c.address.user = sender;
-                    c.trust = Trust::Unverified;
-                }
+        let (contact, first) = match trust::classify(&contacts, &sender, &letter, now) {
+            trust::Sender::Known(c) => (c, false),
+            trust::Sender::New(c) => {
                 writes.push(ClientWrite::Contact(c.clone()));
-                let state = if held {
-                    MessageState::HeldKeyChanged
-                } else {
-                    MessageState::Received
-                };
-                (c, state, Some((old, sender.fingerprint(), held)))
-            }
-            (None, None) => {
-                // First contact: pin this key (trust on first use).
-                let base = if check_name(&letter.sender_name).is_ok() {
-                    letter.sender_name.clone()
-                } else {
-                    "unknown".to_string()
-                };
-                let mut name = base.clone();
-                if self.db.contact(&name)?.is_some() {
-                    name = format!("{base}-{}", &sender.to_hex()[..8]);
-                }
-                let c = Contact {
-                    name,
-                    handle: Some(letter.sender_name.clone()),
-                    address: Address {
-                        user: sender,
-                        node: letter.sender_node.clone(),
-                    },
-                    trust: Trust::Unverified,
-                    added_at: now_millis(),
-                };
-                writes.push(ClientWrite::Contact(c.clone()));
-                (c, MessageState::Received, None)
+                (c, true)
             }
         };
         let msg = StoredMessage {
             envelope_id: env.id,
             direction: Direction::Incoming,
             peer: sender,
-            peer_node: letter.sender_node.clone(),
+            // Where replies go is the contact's, not what this letter claims.
+            peer_node: contact.address.node.clone(),
             peer_name: contact.name.clone(),
             text,
             at: letter.sent_at,
             expires_at: env.expires_at,
-            state,
+            state: MessageState::Received,
         };
         writes.push(ClientWrite::Message(msg.clone()));
-        // The message, the session that decrypted it and the consumed prekey: one batch.
+        // A key that claims another contact's name gets no receipts until the user decides:
+        // they would tell it that the impersonation reached a device.
+        if contact.claims.is_none() {
+            let batch = receipts::owe(
+                self.db.receipts(&sender)?,
+                &contact.address.node,
+                &[env.id],
+                self.receipts,
+                now,
+                &mut rand::rng(),
+            );
+            if batch.is_some() {
+                writes.push(ClientWrite::Receipts(sender, batch));
+            }
+        }
+        // The message, the session that decrypted it, the consumed prekey, a new contact and
+        // the receipt owed: one batch.
         self.db.commit(&writes)?;
         self.commit_prekeys(prekeys);
-        let held = matches!(change, Some((_, _, true)));
-        if !held {
-            receipts
-                .entry((sender, letter.sender_node))
-                .or_default()
-                .push(env.id);
-        }
-        Ok(Some(match change {
-            Some((old, new, held)) => InboxEvent::KeyChanged {
-                contact: contact.name,
-                old,
-                new,
-                held,
+        Ok(Some(match (&contact.claims, first) {
+            (Some(claims), _) => {
+                let claimed = contacts.iter().find(|c| &c.name == claims);
+                InboxEvent::Claimed {
+                    contact: contact.name.clone(),
+                    key: sender.fingerprint(),
+                    claims: claims.clone(),
+                    claimed_key: claimed.map(|c| c.address.user.fingerprint()),
+                    claimed_verified: claimed.is_some_and(|c| c.trust == Trust::Verified),
+                    first,
+                    message: msg,
+                }
+            }
+            (None, true) => InboxEvent::NewContact {
+                contact,
                 message: msg,
             },
-            None => InboxEvent::Message(msg),
+            (None, false) => InboxEvent::Message(msg),
         }))
     }
 
@@ -1119,6 +1232,33 @@ impl Device {
         }
     }
 }
+
+/// Whether [`Device::seal_for`] starts a new session even when one can send.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fresh {
+    IfNone,
+    Always,
+}
+
+/// Session failures a new session cures: the recipient has no state that opens the message (a
+/// restored or reinstalled device), or the prekeys it names are gone or were handed out twice.
+/// Not tampering (`Unauthentic`) or replays: a new session would not help.
+fn breaks_session(e: &ClientLibError) -> bool {
+    matches!(
+        e,
+        ClientLibError::Session(
+            SessionError::UnknownHeaderKey
+                | SessionError::UnknownSignedPrekey
+                | SessionError::UnknownOneTimePrekey
+                | SessionError::OneTimePrekeyReused
+        )
+    )
+}
+
+/// How often a device asks one contact for a new session. Anyone can seal an envelope to a user
+/// naming any sender (the sealed box is not signed), so a forged one must not make the device
+/// fetch bundles and write to that contact in a loop.
+pub const SESSION_RESET_INTERVAL_MS: u64 = 3600 * 1000;
 
 /// A decrypted envelope and the state to store with it.
 struct Opened {

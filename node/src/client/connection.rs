@@ -1,0 +1,145 @@
+//! One libp2p connection from a device to its home node, speaking `/hestia/client/1`.
+
+use super::ClientLibError;
+use crate::driver::{self, build_swarm, now_millis, peer_of};
+use crate::frame::FrameCodec;
+use futures::StreamExt;
+use hestia_protocol::identity::{IdentityKey, UserId};
+use hestia_protocol::wire::{
+    self, Auth, ClientAuth, ClientError, ClientOp, ClientRequest, ClientResponse,
+};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identity};
+use std::time::Duration;
+
+/// How long to wait for the home node to accept a connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(NetworkBehaviour)]
+struct ClientBehaviour {
+    rr: request_response::Behaviour<FrameCodec<ClientRequest, ClientResponse>>,
+}
+
+/// A connection to the home node.
+pub struct Connection {
+    swarm: Swarm<ClientBehaviour>,
+    node: PeerId,
+    /// The user this connection has a session for (after one signed request succeeded).
+    session: Option<UserId>,
+}
+
+impl Connection {
+    pub async fn open(addr: &Multiaddr) -> Result<Connection, ClientLibError> {
+        let node =
+            peer_of(addr).ok_or_else(|| ClientLibError::AddressWithoutPeerId(addr.clone()))?;
+        // A fresh device key per connection: the node learns nothing linking connections except
+        // the user id they authenticate as.
+        let mut swarm = build_swarm(identity::Keypair::generate_ed25519(), |_| {
+            Ok(ClientBehaviour {
+                rr: request_response::Behaviour::new(
+                    [(
+                        StreamProtocol::new(wire::CLIENT_PROTOCOL),
+                        ProtocolSupport::Outbound,
+                    )],
+                    request_response::Config::default()
+                        .with_request_timeout(driver::CLIENT_REQUEST_TIMEOUT),
+                ),
+            })
+        })?;
+        let unreachable = |reason: String| ClientLibError::Unreachable {
+            addr: addr.clone(),
+            reason,
+        };
+        swarm
+            .dial(addr.clone())
+            .map_err(|e| unreachable(e.to_string()))?;
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            loop {
+                match swarm.select_next_some().await {
+                    SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == node => {
+                        return Ok(());
+                    }
+                    SwarmEvent::OutgoingConnectionError { error, .. } => {
+                        return Err(unreachable(error.to_string()));
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        match connected {
+            Ok(r) => r?,
+            Err(_) => return Err(unreachable("timed out".into())),
+        }
+        Ok(Connection {
+            swarm,
+            node,
+            session: None,
+        })
+    }
+
+    pub fn node_id(&self) -> String {
+        self.node.to_string()
+    }
+
+    /// Sends `op` as `key`'s user and waits for the answer. The first request on a connection
+    /// is signed and opens a session; later ones name the session (and are signed again if the
+    /// node has forgotten it).
+    pub async fn call(
+        &mut self,
+        key: &IdentityKey,
+        op: ClientOp,
+    ) -> Result<ClientResponse, ClientLibError> {
+        let user = key.user_id();
+        if self.session == Some(user) {
+            match self.send(Auth::Session(user), op.clone()).await {
+                Err(ClientLibError::Refused(ClientError::SessionUnknown)) => self.session = None,
+                other => return other,
+            }
+        }
+        let me = self.swarm.local_peer_id().to_string();
+        let auth = ClientAuth::sign(key, &self.node.to_string(), &me, now_millis(), &op)
+            .map_err(|e| ClientLibError::Unexpected(e.to_string()))?;
+        let answer = self.send(Auth::Signed(Box::new(auth)), op).await;
+        if answer.is_ok() {
+            self.session = Some(user);
+        }
+        answer
+    }
+
+    async fn send(&mut self, auth: Auth, op: ClientOp) -> Result<ClientResponse, ClientLibError> {
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .rr
+            .send_request(&self.node, ClientRequest { auth, op });
+        loop {
+            if let SwarmEvent::Behaviour(ClientBehaviourEvent::Rr(ev)) =
+                self.swarm.select_next_some().await
+            {
+                match ev {
+                    request_response::Event::Message {
+                        message:
+                            request_response::Message::Response {
+                                request_id,
+                                response,
+                            },
+                        ..
+                    } if request_id == id => {
+                        return match response {
+                            ClientResponse::Error(e) => Err(ClientLibError::Refused(e)),
+                            r => Ok(r),
+                        };
+                    }
+                    request_response::Event::OutboundFailure {
+                        request_id, error, ..
+                    } if request_id == id => {
+                        return Err(ClientLibError::RequestFailed(error.to_string()));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
