@@ -34,6 +34,8 @@ pub const MAX_CONCURRENT_STREAMS: usize = 128;
 pub const PRESENCE_INTERVAL: Duration = Duration::from_secs(20);
 /// Largest gossipsub message: presence is small.
 pub const MAX_PRESENCE_BYTES: usize = 4096;
+/// Nodes whose latest presence time is remembered (to refuse replays).
+pub const MAX_PRESENCE_RECORDS: usize = 4096;
 /// Connections stay open this long without traffic, so clients and peers avoid re-handshakes.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
 /// A failed dial starts a Kademlia lookup of the peer at most this often per peer. Without it a
@@ -140,12 +142,12 @@ pub fn gossip_behaviour(key: &identity::Keypair) -> Result<gossipsub::Behaviour,
         .validation_mode(gossipsub::ValidationMode::Strict)
         .max_transmit_size(MAX_PRESENCE_BYTES)
         .message_id_fn(|m: &gossipsub::Message| {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            m.source.hash(&mut h);
-            m.sequence_number.hash(&mut h);
-            m.data.hash(&mut h);
-            gossipsub::MessageId::from(h.finish().to_be_bytes().to_vec())
+            let source = m.source.map(|p| p.to_bytes());
+            gossipsub::MessageId::from(wire::gossip_message_id(
+                source.as_deref(),
+                m.sequence_number,
+                &m.data,
+            ))
         })
         .build()
         .map_err(|e| NodeError::Transport(e.to_string()))?;
@@ -264,6 +266,8 @@ pub struct Node {
     presence_topic: gossipsub::IdentTopic,
     has_bootstrap: bool,
     lookups: LookupThrottle,
+    /// The time of the last presence announcement acted on, per node.
+    presence_seen: HashMap<PeerId, Millis>,
 }
 
 impl Node {
@@ -325,6 +329,7 @@ impl Node {
             batches: HashMap::new(),
             lookups: LookupThrottle::default(),
             presence_topic,
+            presence_seen: HashMap::new(),
             has_bootstrap: !config.bootstrap.is_empty(),
         })
     }
@@ -580,6 +585,18 @@ impl Node {
             tracing::info!(%from, "presence announcement for another peer ignored");
             return;
         }
+        let now = now_millis();
+        if !p.is_fresh(now, self.presence_seen.get(&source).copied()) {
+            tracing::debug!(%from, "stale or replayed presence announcement ignored");
+            return;
+        }
+        if self.presence_seen.len() >= MAX_PRESENCE_RECORDS
+            && !self.presence_seen.contains_key(&source)
+        {
+            // Forgetting all only lets announcements younger than the age bound count again.
+            self.presence_seen.clear();
+        }
+        self.presence_seen.insert(source, p.at);
         for a in p.addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
             self.swarm.behaviour_mut().kad.add_address(&source, a);
         }

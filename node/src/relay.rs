@@ -66,6 +66,11 @@ pub const MAX_SESSIONS: usize = 200_000;
 /// Federation batches in flight to one destination at once. More than one keeps the link busy
 /// while the remote syncs the previous batch; a small number bounds what a retry resends.
 pub const MAX_IN_FLIGHT_PER_NODE: usize = 4;
+/// Delivery-state records one user's sends may hold at once (each lives until a day past its
+/// envelope's expiry). Sends are rate-limited, but a month of them is not small: beyond this a
+/// send is still relayed and answered, only its later state is not recorded (the device keeps
+/// the last state it learned).
+pub const MAX_STATUS_PER_USER: usize = 100_000;
 /// How long a sender's delivery-state record outlives its envelope's expiry.
 pub const STATUS_GRACE_MS: Millis = 24 * 3600 * 1000;
 
@@ -211,7 +216,9 @@ pub struct Core {
     now: Millis,
     accounts: HashMap<UserId, AccountRecord>,
     mailboxes: HashMap<UserId, BTreeMap<u64, Envelope>>,
-    mailbox_index: HashMap<EnvelopeId, (UserId, u64)>,
+    /// Keyed by recipient and id: ids are chosen by senders, so one recipient's envelope must
+    /// never shadow another's.
+    mailbox_index: HashMap<(UserId, EnvelopeId), u64>,
     next_arrival: u64,
     outboxes: BTreeMap<String, Outbox>,
     in_flight: HashMap<BatchId, (String, Vec<EnvelopeId>)>,
@@ -219,8 +226,10 @@ pub struct Core {
     queued: HashMap<EnvelopeId, String>,
     next_batch: u64,
     status: HashMap<EnvelopeId, StatusRecord>,
-    seen: HashSet<EnvelopeId>,
-    seen_order: VecDeque<EnvelopeId>,
+    /// Delivery-state records per sender, bounded by [`MAX_STATUS_PER_USER`].
+    status_per_owner: HashMap<UserId, usize>,
+    seen: HashSet<(UserId, EnvelopeId)>,
+    seen_order: VecDeque<(UserId, EnvelopeId)>,
     parked: Vec<Parked>,
     /// Connection peer id → the user it authenticated as.
     sessions: HashMap<String, UserId>,
@@ -260,6 +269,7 @@ impl Core {
             queued: HashMap::default(),
             next_batch: 0,
             status: HashMap::default(),
+            status_per_owner: HashMap::default(),
             seen: HashSet::default(),
             seen_order: VecDeque::new(),
             parked: Vec::new(),
@@ -290,6 +300,7 @@ impl Core {
                 rec.expires_at.saturating_add(STATUS_GRACE_MS),
                 Expiry::Status(id),
             ));
+            *core.status_per_owner.entry(rec.owner).or_default() += 1;
             core.status.insert(id, rec);
         }
         core
@@ -410,7 +421,9 @@ impl Core {
                 if let Err(e) = self.spend(&user, 1, now) {
                     ClientResponse::Error(e)
                 } else if node == self.config.node_id {
-                    let me = self.config.node_id.clone();
+                    // Each local user is its own requester: one must not spend the others'
+                    // allowance for a contact's one-time prekeys.
+                    let me = format!("local:{}", user.to_hex());
                     match self.take_bundle(&me, &target, now) {
                         Some(b) => ClientResponse::Bundle(Box::new(b)),
                         None => ClientResponse::Error(ClientError::NoBundle),
@@ -602,7 +615,13 @@ impl Core {
                     }
                 }
                 Expiry::Status(id) => {
-                    if self.status.remove(&id).is_some() {
+                    if let Some(rec) = self.status.remove(&id) {
+                        if let Some(n) = self.status_per_owner.get_mut(&rec.owner) {
+                            *n = n.saturating_sub(1);
+                            if *n == 0 {
+                                self.status_per_owner.remove(&rec.owner);
+                            }
+                        }
                         self.writes.push(NodeWrite::DeleteStatus(id));
                     }
                 }
@@ -808,12 +827,20 @@ impl Core {
             if full {
                 return SendResult::Full;
             }
-            if self
-                .outboxes
-                .get(&to_node)
-                .is_some_and(|o| o.records.contains_key(&id))
-            {
-                return SendResult::Queued;
+            // The same id queued already: a retry by its owner to the same node is a duplicate;
+            // anything else (another user's id, another node) would corrupt the bookkeeping.
+            if let Some(node) = self.queued.get(&id) {
+                let same = *node == to_node
+                    && self
+                        .outboxes
+                        .get(node)
+                        .and_then(|o| o.records.get(&id))
+                        .is_some_and(|r| r.owner == owner);
+                return if same {
+                    SendResult::Queued
+                } else {
+                    SendResult::Invalid
+                };
             }
             let rec = OutboxRecord {
                 owner,
@@ -828,11 +855,15 @@ impl Core {
             SendResult::Queued
         };
         // A queued envelope's state is its outbox record; a record is written when it leaves.
+        // A local "no such user" is answered now and needs no record: the device has it.
         let state = match result {
-            SendResult::Queued => return result,
             SendResult::DeliveredToNode => DeliveryState::DeliveredToNode { at: self.now },
-            SendResult::NoSuchUser => DeliveryState::NoSuchUser,
-            SendResult::Invalid | SendResult::Full => return result,
+            SendResult::Queued
+            | SendResult::NoSuchUser
+            | SendResult::Invalid
+            | SendResult::Full => {
+                return result;
+            }
         };
         self.set_status(
             id,
@@ -846,11 +877,22 @@ impl Core {
     }
 
     fn set_status(&mut self, id: EnvelopeId, rec: StatusRecord) {
-        if !self.status.contains_key(&id) {
-            self.expiries.insert((
-                rec.expires_at.saturating_add(STATUS_GRACE_MS),
-                Expiry::Status(id),
-            ));
+        match self.status.get(&id) {
+            // Ids are chosen by senders: another user's envelope under the same id must not
+            // overwrite this record.
+            Some(old) if old.owner != rec.owner => return,
+            Some(_) => {}
+            None => {
+                let n = self.status_per_owner.entry(rec.owner).or_default();
+                if *n >= MAX_STATUS_PER_USER {
+                    return;
+                }
+                *n += 1;
+                self.expiries.insert((
+                    rec.expires_at.saturating_add(STATUS_GRACE_MS),
+                    Expiry::Status(id),
+                ));
+            }
         }
         self.writes.push(NodeWrite::PutStatus(id, rec.clone()));
         self.status.insert(id, rec);
@@ -887,7 +929,8 @@ impl Core {
         if !self.accounts.contains_key(&user) {
             return DeliverResult::NoSuchUser;
         }
-        if self.mailbox_index.contains_key(&envelope.id) || self.seen.contains(&envelope.id) {
+        let key = (user, envelope.id);
+        if self.mailbox_index.contains_key(&key) || self.seen.contains(&key) {
             return DeliverResult::Duplicate;
         }
         if self
@@ -908,7 +951,7 @@ impl Core {
         self.next_arrival += 1;
         self.expiries
             .insert((e.expires_at, Expiry::Mailbox(e.recipient, e.id)));
-        self.mailbox_index.insert(e.id, (e.recipient, seq));
+        self.mailbox_index.insert((e.recipient, e.id), seq);
         self.mailboxes
             .entry(e.recipient)
             .or_default()
@@ -916,13 +959,9 @@ impl Core {
     }
 
     fn remove_mailbox(&mut self, user: &UserId, id: &EnvelopeId) -> bool {
-        let Some((owner, seq)) = self.mailbox_index.get(id).copied() else {
+        let Some(seq) = self.mailbox_index.remove(&(*user, *id)) else {
             return false;
         };
-        if owner != *user {
-            return false;
-        }
-        self.mailbox_index.remove(id);
         if let Some(m) = self.mailboxes.get_mut(user) {
             if let Some(e) = m.remove(&seq) {
                 self.expiries
@@ -966,8 +1005,8 @@ impl Core {
         if !self.remove_mailbox(user, id) {
             return false;
         }
-        if self.seen.insert(*id) {
-            self.seen_order.push_back(*id);
+        if self.seen.insert((*user, *id)) {
+            self.seen_order.push_back((*user, *id));
             if self.seen_order.len() > MAX_SEEN
                 && let Some(old) = self.seen_order.pop_front()
             {
@@ -1382,6 +1421,127 @@ mod tests {
         );
         let (_, _, cl) = h.drain(false);
         assert_eq!(cl, vec![ClientResponse::Error(ClientError::BadAuth)]);
+    }
+
+    /// A request to node A from another local user's device.
+    fn call_a(
+        h: &mut Harness,
+        key: &IdentityKey,
+        now: Millis,
+        op: ClientOp,
+    ) -> Vec<ClientResponse> {
+        let auth = ClientAuth::sign(key, "NodeA", "other-device", now, &op).unwrap();
+        h.next_token += 1;
+        let req = ClientRequest {
+            auth: Auth::Signed(Box::new(auth)),
+            op,
+        };
+        h.a.handle_client(now, Token(h.next_token), "other-device", req);
+        h.drain(true).2
+    }
+
+    fn send_op(to_node: &str, envelope: Envelope) -> ClientOp {
+        ClientOp::Send(vec![Outgoing {
+            to_node: to_node.into(),
+            envelope,
+        }])
+    }
+
+    #[test]
+    fn ids_chosen_by_one_user_never_touch_another_users_records() {
+        let mut h = Harness::new();
+        let mallory = IdentityKey::generate(&mut h.rng);
+        assert_eq!(
+            call_a(&mut h, &mallory, T0, ClientOp::Register),
+            vec![ClientResponse::Registered]
+        );
+        let (alice, m) = (h.alice.user_id(), mallory.user_id());
+        let to = |mut e: Envelope, user: UserId| {
+            e.recipient = user;
+            e
+        };
+        // Alice writes to Mallory (same node); Mallory reuses the id, writing to Alice.
+        let e = to(h.letter("x", T0, 60_000), m);
+        let sent = h.client(true, T0, send_op("NodeA", e.clone()));
+        assert_eq!(
+            sent,
+            vec![ClientResponse::Sent(vec![SendResult::DeliveredToNode])]
+        );
+        let reuse = to(e.clone(), alice);
+        let sent = call_a(&mut h, &mallory, T0, send_op("NodeA", reuse.clone()));
+        assert_eq!(
+            sent,
+            vec![ClientResponse::Sent(vec![SendResult::DeliveredToNode])]
+        );
+        // Both mailboxes hold their envelope: the id did not shadow the other recipient's.
+        let fetch = ClientOp::Fetch {
+            limit: 10,
+            wait_ms: 0,
+        };
+        assert_eq!(
+            h.client(true, T0, fetch.clone()),
+            vec![ClientResponse::Envelopes(vec![reuse])]
+        );
+        assert_eq!(
+            call_a(&mut h, &mallory, T0, fetch),
+            vec![ClientResponse::Envelopes(vec![e.clone()])]
+        );
+        // Alice's delivery record is still hers.
+        assert!(matches!(
+            h.client(true, T0, ClientOp::Status(vec![e.id])).as_slice(),
+            [ClientResponse::Status(s)] if matches!(s[..], [DeliveryState::DeliveredToNode { .. }])
+        ));
+        // An id Alice has queued (NodeC does not answer) cannot be queued by Mallory elsewhere.
+        let q = h.letter("q", T0, 60_000);
+        let sent = h.client(true, T0, send_op("NodeC", q.clone()));
+        assert_eq!(sent, vec![ClientResponse::Sent(vec![SendResult::Queued])]);
+        let sent = call_a(&mut h, &mallory, T0, send_op("NodeD", q.clone()));
+        assert_eq!(sent, vec![ClientResponse::Sent(vec![SendResult::Invalid])]);
+        let sent = call_a(&mut h, &mallory, T0, send_op("NodeC", q.clone()));
+        assert_eq!(sent, vec![ClientResponse::Sent(vec![SendResult::Invalid])]);
+        assert!(matches!(
+            h.client(true, T0, ClientOp::Status(vec![q.id])).as_slice(),
+            [ClientResponse::Status(s)] if matches!(s[..], [DeliveryState::Queued { .. }])
+        ));
+        // Alice's own retry is a duplicate, as before.
+        let sent = h.client(true, T0, send_op("NodeC", q));
+        assert_eq!(sent, vec![ClientResponse::Sent(vec![SendResult::Queued])]);
+    }
+
+    #[test]
+    fn each_local_user_has_its_own_allowance_for_a_local_contacts_one_time_prekeys() {
+        use hestia_protocol::session::prekeys::PrekeySecrets;
+        let mut h = Harness::new();
+        let mut secrets = PrekeySecrets::new(&mut h.rng, &h.alice, T0);
+        let publish = ClientOp::PublishPrekeys {
+            signed: Box::new(secrets.current_signed().clone()),
+            one_time: secrets.generate_one_time(&mut h.rng, 40, T0),
+        };
+        h.client(true, T0, publish);
+        let fetch = ClientOp::FetchBundle {
+            user: h.alice.user_id(),
+            node: "NodeA".into(),
+        };
+        let with_otk = |h: &mut Harness, key: &IdentityKey, n: usize| {
+            (0..n)
+                .filter(|_| {
+                    matches!(call_a(h, key, T0, fetch.clone()).as_slice(),
+                        [ClientResponse::Bundle(b)] if b.one_time.is_some())
+                })
+                .count() as u32
+        };
+        let (mallory, carol) = (
+            IdentityKey::generate(&mut h.rng),
+            IdentityKey::generate(&mut h.rng),
+        );
+        call_a(&mut h, &mallory, T0, ClientOp::Register);
+        call_a(&mut h, &carol, T0, ClientOp::Register);
+        // Mallory spends her own allowance, not Carol's.
+        assert_eq!(
+            with_otk(&mut h, &mallory, 15),
+            ONE_TIME_PREKEYS_PER_NODE_PER_HOUR
+        );
+        assert_eq!(with_otk(&mut h, &carol, 1), 1);
     }
 
     #[test]

@@ -220,6 +220,47 @@ pub struct Presence {
     pub at: Millis,
 }
 
+/// Oldest presence announcement a node acts on. Nodes announce every 20 s, so ten minutes is
+/// many announcements of slack; an older one is a replay (gossipsub signatures carry no time)
+/// and could point peers at addresses a node has left.
+pub const PRESENCE_MAX_AGE_MS: Millis = 10 * 60 * 1000;
+
+impl Presence {
+    /// Whether to act on this announcement at `now`: not older than [`PRESENCE_MAX_AGE_MS`],
+    /// not further ahead than [`MAX_AUTH_SKEW_MS`], and newer than `last`, the time of the last
+    /// announcement acted on from the same node.
+    pub fn is_fresh(&self, now: Millis, last: Option<Millis>) -> bool {
+        now.saturating_sub(self.at) <= PRESENCE_MAX_AGE_MS
+            && self.at <= now.saturating_add(MAX_AUTH_SKEW_MS)
+            && last.is_none_or(|l| self.at > l)
+    }
+}
+
+/// The gossipsub message id: a hash of the source, sequence number and data. Collision
+/// resistant (SHA-256), so no one can craft a message whose id shadows another's and makes
+/// peers drop the real one as a duplicate (a 64-bit fixed-key hash allowed that).
+pub fn gossip_message_id(source: Option<&[u8]>, sequence: Option<u64>, data: &[u8]) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(b"hestia/gossip-id/v1");
+    match source {
+        Some(s) => {
+            h.update([1]);
+            h.update((s.len() as u32).to_be_bytes());
+            h.update(s);
+        }
+        None => h.update([0]),
+    }
+    match sequence {
+        Some(n) => {
+            h.update([1]);
+            h.update(n.to_be_bytes());
+        }
+        None => h.update([0]),
+    }
+    h.update(data);
+    h.finalize()[..20].to_vec()
+}
+
 impl ClientAuth {
     fn signed_bytes(
         node: &str,
@@ -307,5 +348,33 @@ mod tests {
             a.verify("node", "peer", 1_000_000 + MAX_AUTH_SKEW_MS + 1, &op),
             Err(ClientError::StaleTimestamp)
         );
+    }
+
+    #[test]
+    fn presence_is_acted_on_only_when_fresh_and_newer() {
+        let p = Presence {
+            peer_id: "12D3KooW".into(),
+            addrs: vec![],
+            protocol_version: PROTOCOL_VERSION,
+            at: 1_000_000_000,
+        };
+        let now = p.at + 1000;
+        assert!(p.is_fresh(now, None));
+        assert!(p.is_fresh(now, Some(p.at - 1)));
+        assert!(!p.is_fresh(now, Some(p.at)), "a replay of the last one");
+        assert!(!p.is_fresh(p.at + PRESENCE_MAX_AGE_MS + 1, None), "too old");
+        assert!(
+            !p.is_fresh(p.at - MAX_AUTH_SKEW_MS - 1, None),
+            "from the future"
+        );
+    }
+
+    #[test]
+    fn gossip_ids_separate_their_fields() {
+        let a = gossip_message_id(Some(b"ab"), Some(1), b"c");
+        assert_ne!(a, gossip_message_id(Some(b"a"), Some(1), b"bc"));
+        assert_ne!(a, gossip_message_id(Some(b"ab"), Some(2), b"c"));
+        assert_ne!(a, gossip_message_id(None, Some(1), b"c"));
+        assert_eq!(a, gossip_message_id(Some(b"ab"), Some(1), b"c"));
     }
 }
