@@ -726,6 +726,11 @@ fn contact(cmd: ContactCmd, home: &Path) -> Result<()> {
                     Trust::Unverified => "unverified (trusted on first use)".to_string(),
                     Trust::Verified => "verified".to_string(),
                 };
+                if c.origin == hestia_store::client::Origin::Request {
+                    trust.push_str(
+                        "; MESSAGE REQUEST (wrote first; reply, verify, or `contact reject` it)",
+                    );
+                }
                 if let Some(claims) = &c.claims {
                     let theirs = contacts
                         .iter()

@@ -36,8 +36,12 @@ pub enum Trust {
 pub enum Origin {
     /// The user added it (an address or a card).
     Added,
-    /// A message from a key no contact had.
-    FirstMessage,
+    /// A message request: a key no contact had wrote first, and the user has not answered,
+    /// verified or accepted it. Requests are bounded apart from contacts, so strangers cannot
+    /// crowd out the people the user talks to.
+    Request,
+    /// A request the user answered (sent to it), verified or accepted.
+    Accepted,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,8 +113,9 @@ pub enum ClientWrite {
     Message(StoredMessage),
     /// Replace a stored message (same envelope id); ignored if there is none.
     UpdateMessage(StoredMessage),
-    /// Replace the sessions with this user (stored forms, newest first).
-    Sessions(UserId, StoredSessions),
+    /// Replace the sessions with this user (stored forms, newest first) and the number of
+    /// skipped message keys they hold.
+    Sessions(UserId, StoredSessions, u32),
     /// Replace the prekey secrets (stored form).
     Prekeys(zeroize::Zeroizing<Vec<u8>>),
     Contact(Contact),
@@ -331,6 +336,37 @@ impl ClientDb {
         Ok(list?.into_iter().map(zeroize::Zeroizing::new).collect())
     }
 
+    /// Skipped message keys held per remote user (as last stored with their sessions).
+    pub fn skipped_counts(&self) -> Result<Vec<(UserId, u32)>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(USERID_SKIPPED), rocksdb::IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            let n = v.as_ref().try_into().map(u32::from_be_bytes).map_err(|_| {
+                crate::StoreError::Corrupt {
+                    cf: USERID_SKIPPED,
+                    reason: "bad count".into(),
+                }
+            })?;
+            out.push((user_key(USERID_SKIPPED, &k)?, n));
+        }
+        Ok(out)
+    }
+
+    /// The remote users this device holds sessions with (keys only: nothing is decoded).
+    pub fn session_users(&self) -> Result<Vec<UserId>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(USERID_SESSIONS), rocksdb::IteratorMode::Start)
+        {
+            out.push(user_key(USERID_SESSIONS, &item?.0)?);
+        }
+        Ok(out)
+    }
+
     /// Every stored session, by remote user (for the device-wide bound on skipped keys).
     pub fn all_sessions(&self) -> Result<Vec<(UserId, StoredSessions)>> {
         let mut out = Vec::new();
@@ -376,11 +412,16 @@ impl ClientDb {
                         );
                     }
                 }
-                ClientWrite::Sessions(user, sessions) => {
+                ClientWrite::Sessions(user, sessions, skipped) => {
                     let plain: Vec<&[u8]> = sessions.iter().map(|s| s.as_slice()).collect();
                     let mut v = encode_value(USERID_SESSIONS, &plain)?;
                     b.put_cf(self.cf(USERID_SESSIONS), user.as_bytes(), &v);
                     v.zeroize();
+                    b.put_cf(
+                        self.cf(USERID_SKIPPED),
+                        user.as_bytes(),
+                        skipped.to_be_bytes(),
+                    );
                 }
                 ClientWrite::Prekeys(bytes) => {
                     b.put_cf(self.cf(KEY_IDENTITY), b"prekeys", bytes.as_slice());
@@ -397,6 +438,7 @@ impl ClientDb {
                 }
                 ClientWrite::RemoveSessions(user) => {
                     b.delete_cf(self.cf(USERID_SESSIONS), user.as_bytes());
+                    b.delete_cf(self.cf(USERID_SKIPPED), user.as_bytes());
                 }
                 ClientWrite::Block(user) => {
                     b.put_cf(self.cf(USERID_BLOCKED), user.as_bytes(), []);
@@ -499,11 +541,8 @@ mod v2 {
                 Trust::Verified => (super::Trust::Verified, None),
                 Trust::Changed { new_key } => (super::Trust::Verified, Some(new_key)),
             };
-            let origin = if old.handle.is_some() {
-                Origin::Added
-            } else {
-                Origin::FirstMessage
-            };
+            // Contacts the user has lived with: not requests.
+            let origin = Origin::Accepted;
             let new = super::Contact {
                 name: old.name.clone(),
                 handle: old.handle,
@@ -527,7 +566,7 @@ mod v2 {
                     },
                     trust: super::Trust::Unverified,
                     added_at: old.added_at,
-                    origin: Origin::FirstMessage,
+                    origin: Origin::Request,
                     claims: Some(old.name),
                     reset_asked_at: None,
                 };

@@ -61,7 +61,10 @@ pub const USERID_BLOCKED: &str = "userid_blocked";
 /// `userid_receipts`: user id (32) → the delivery receipts owed to them and when they go
 /// (schema 3).
 pub const USERID_RECEIPTS: &str = "userid_receipts";
-/// `name_setting`: setting name (UTF-8) → value (schema 3): `"receipts"` → 0 off, 1 on.
+/// `userid_skipped`: remote user id (32) → skipped message keys held in the sessions with them
+/// (u32 BE), so the device-wide bound is checked without decoding every session (schema 3).
+pub const USERID_SKIPPED: &str = "userid_skipped";
+/// `name_setting`: setting name (UTF-8) → value (schema 3): `"receipts"` → the receipt policy.
 pub const NAME_SETTING: &str = "name_setting";
 
 pub const CLIENT_CFS: &[&str] = &[
@@ -73,6 +76,7 @@ pub const CLIENT_CFS: &[&str] = &[
     USERID_SESSIONS,
     USERID_BLOCKED,
     USERID_RECEIPTS,
+    USERID_SKIPPED,
     NAME_SETTING,
 ];
 

@@ -23,6 +23,15 @@ use hestia_protocol::safety::SafetyNumber;
 use hestia_protocol::session::SessionError;
 use hestia_protocol::session::prekeys::{ONE_TIME_PREKEY_TARGET, PrekeySecrets};
 use hestia_protocol::session::ratchet::{MAX_SKIPPED_TOTAL, Session, bound_skipped_total};
+
+/// Skipped message keys kept across all sessions with strangers (message requests and keys
+/// with no contact): one session's worth ([`hestia_protocol::session::ratchet`] keeps 2000
+/// per session), apart from the device-wide bound for contacts.
+pub const MAX_SKIPPED_STRANGERS: usize = 2000;
+/// Unanswered message requests kept. A further stranger's message is dropped unread (and
+/// said so) until the user answers, accepts or rejects some: strangers cost bounded storage
+/// and sessions, however many keys write.
+pub const MAX_MESSAGE_REQUESTS: usize = 100;
 use hestia_protocol::session::x3dh;
 use hestia_protocol::wire::{
     ClientError, ClientOp, ClientResponse, DeliveryState, MAX_BATCH_ENVELOPES, Outgoing, SendResult,
@@ -32,9 +41,8 @@ use hestia_store::client::{
     StoredIdentity, StoredMessage, Trust,
 };
 use libp2p::{Multiaddr, PeerId};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use zeroize::Zeroizing;
 
 /// Envelopes fetched per request.
 pub const FETCH_LIMIT: u32 = 128;
@@ -93,6 +101,11 @@ pub enum ClientLibError {
     NotAClaim(String),
     #[error("that key is already your contact {0:?}")]
     KeyAlreadyContact(String),
+    #[error(
+        "from a stranger, dropped unread: {MAX_MESSAGE_REQUESTS} message requests are waiting; \
+         answer, accept or reject some (`hestia contact list`)"
+    )]
+    TooManyRequests,
     #[error(
         "{claimant:?} claims to be {claims:?}, but there is no contact {claims:?} any more; \
          verify {claimant:?} as a contact of its own"
@@ -188,8 +201,14 @@ fn unexpected(r: ClientResponse) -> ClientLibError {
     ClientLibError::Unexpected(format!("{r:?}"))
 }
 
-fn stored(sessions: &[Session]) -> Vec<Zeroizing<Vec<u8>>> {
-    sessions.iter().map(Session::to_stored).collect()
+/// The write that stores the sessions with `user` and how many skipped keys they hold.
+fn sessions_write(user: UserId, sessions: &[Session]) -> ClientWrite {
+    let skipped: usize = sessions.iter().map(Session::skipped_len).sum();
+    ClientWrite::Sessions(
+        user,
+        sessions.iter().map(Session::to_stored).collect(),
+        skipped.min(u32::MAX as usize) as u32,
+    )
 }
 
 impl Device {
@@ -420,6 +439,9 @@ impl Device {
     pub fn verify_contact(&self, name: &str) -> Result<Contact, ClientLibError> {
         let mut c = self.contact(name)?;
         c.trust = Trust::Verified;
+        if c.origin == Origin::Request {
+            c.origin = Origin::Accepted;
+        }
         self.db.put_contact(&c)?;
         Ok(c)
     }
@@ -573,7 +595,7 @@ impl Device {
         }
         let message = sessions[0].encrypt(rng, &letter.to_bytes()?)?;
         let env = Envelope::seal_message(rng, id, to, &self.key.user_id(), message, now, ttl_ms)?;
-        Ok((env, ClientWrite::Sessions(*to, stored(&sessions))))
+        Ok((env, sessions_write(*to, &sessions)))
     }
 
     /// Encrypts and sends a text. The message is in local history (as queued), together with
@@ -637,8 +659,15 @@ impl Device {
             Err(e) => return Err(e),
         };
         msg.expires_at = env.expires_at;
-        self.db
-            .commit(&[ClientWrite::Message(msg.clone()), session_write])?;
+        let mut writes = vec![ClientWrite::Message(msg.clone()), session_write];
+        // Writing to a message request answers it: a contact from now on.
+        if c.origin == Origin::Request {
+            writes.push(ClientWrite::Contact(Contact {
+                origin: Origin::Accepted,
+                ..c.clone()
+            }));
+        }
+        self.db.commit(&writes)?;
         msg.state = self.submit(conn, &c.address.node, env).await?;
         self.db.set_state(&msg.envelope_id, msg.state.clone())?;
         Ok(msg)
@@ -985,14 +1014,22 @@ impl Device {
     ) -> Result<Option<Opened>, (Option<UserId>, ClientLibError)> {
         let sealed = env.open_message(&self.key).map_err(|e| (None, e.into()))?;
         let sender = sealed.sender;
-        match self.db.is_blocked(&sender) {
-            Ok(true) => return Ok(None),
-            Ok(false) => {}
-            Err(e) => return Err((Some(sender), e.into())),
+        let fail = |e: ClientLibError| (Some(sender), e);
+        if self.db.is_blocked(&sender).map_err(|e| fail(e.into()))? {
+            return Ok(None);
         }
-        self.open_session(sealed)
-            .map(Some)
-            .map_err(|e| (Some(sender), e))
+        // A stranger beyond the bound on message requests costs no decryption and no session.
+        let contacts = self.db.contacts().map_err(|e| fail(e.into()))?;
+        if !contacts.iter().any(|c| c.address.user == sender)
+            && contacts
+                .iter()
+                .filter(|c| c.origin == Origin::Request)
+                .count()
+                >= MAX_MESSAGE_REQUESTS
+        {
+            return Err(fail(ClientLibError::TooManyRequests));
+        }
+        self.open_session(sealed).map(Some).map_err(fail)
     }
 
     /// Decrypts the session message inside an opened sealed-sender layer.
@@ -1058,15 +1095,42 @@ impl Device {
         Ok(Opened {
             sender,
             letter,
-            sessions: ClientWrite::Sessions(sender, stored(&sessions)),
+            sessions: sessions_write(sender, &sessions),
             prekeys: prekeys_write,
             skipped_grew: skipped_after > skipped_before,
         })
     }
 
-    /// Keeps skipped message keys across all sessions within [`MAX_SKIPPED_TOTAL`], dropping
-    /// the oldest first. Runs only after a sync stored new skipped keys.
+    /// Keeps skipped message keys within [`MAX_SKIPPED_TOTAL`] across the sessions with
+    /// contacts and within [`MAX_SKIPPED_STRANGERS`] across the sessions with everyone else
+    /// (message requests, keys with no contact), dropping the oldest first in each: a stranger
+    /// cannot evict the keys of messages still on their way from the people the user talks to.
+    /// Runs after a sync stored new skipped keys; decodes sessions only when a bound is passed
+    /// (the stored per-user counts tell) or some sessions have no count yet.
     fn enforce_skipped_total(&mut self) -> Result<(), ClientLibError> {
+        let known: HashSet<UserId> = self
+            .db
+            .contacts()?
+            .into_iter()
+            .filter(|c| c.origin != Origin::Request)
+            .map(|c| c.address.user)
+            .collect();
+        let counts: HashMap<UserId, u32> = self.db.skipped_counts()?.into_iter().collect();
+        let uncounted = self
+            .db
+            .session_users()?
+            .iter()
+            .any(|u| !counts.contains_key(u));
+        let total = |contacts: bool| -> usize {
+            counts
+                .iter()
+                .filter(|(u, _)| known.contains(*u) == contacts)
+                .map(|(_, n)| *n as usize)
+                .sum()
+        };
+        if !uncounted && total(true) <= MAX_SKIPPED_TOTAL && total(false) <= MAX_SKIPPED_STRANGERS {
+            return Ok(());
+        }
         let mut all = Vec::new();
         for (user, blobs) in self.db.all_sessions()? {
             let sessions = blobs
@@ -1076,19 +1140,23 @@ impl Device {
             let before: Vec<usize> = sessions.iter().map(Session::skipped_len).collect();
             all.push((user, sessions, before));
         }
-        let mut refs: Vec<&mut Session> =
-            all.iter_mut().flat_map(|(_, s, _)| s.iter_mut()).collect();
-        if bound_skipped_total(&mut refs, MAX_SKIPPED_TOTAL) == 0 {
-            return Ok(());
+        for (contacts, max) in [(true, MAX_SKIPPED_TOTAL), (false, MAX_SKIPPED_STRANGERS)] {
+            let mut refs: Vec<&mut Session> = all
+                .iter_mut()
+                .filter(|(u, _, _)| known.contains(u) == contacts)
+                .flat_map(|(_, s, _)| s.iter_mut())
+                .collect();
+            bound_skipped_total(&mut refs, max);
         }
         let writes: Vec<ClientWrite> = all
             .into_iter()
-            .filter(|(_, s, before)| {
-                s.iter()
-                    .map(Session::skipped_len)
-                    .ne(before.iter().copied())
+            .filter(|(u, s, before)| {
+                !counts.contains_key(u)
+                    || s.iter()
+                        .map(Session::skipped_len)
+                        .ne(before.iter().copied())
             })
-            .map(|(u, s, _)| ClientWrite::Sessions(u, stored(&s)))
+            .map(|(u, s, _)| sessions_write(u, &s))
             .collect();
         self.db.commit(&writes)?;
         Ok(())
@@ -1106,6 +1174,14 @@ impl Device {
             prekeys,
             ..
         } = opened;
+        // Receipts and session resets concern our messages to a contact; from a key that is
+        // not one they mean nothing, and keeping their session would let any number of keys
+        // make sessions here without ever becoming a (bounded) message request.
+        if !matches!(letter.content, Content::Text(_))
+            && !self.db.contacts()?.iter().any(|c| c.address.user == sender)
+        {
+            return Ok(None);
+        }
         let mut writes = vec![sessions];
         if let Some(p) = &prekeys {
             writes.push(ClientWrite::Prekeys(p.to_stored()?));
@@ -1267,4 +1343,192 @@ struct Opened {
     sessions: ClientWrite,
     prekeys: Option<PrekeySecrets>,
     skipped_grew: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    //! The device fed sealed envelopes directly, without a node: what it keeps for strangers.
+    use super::*;
+    use hestia_protocol::session::prekeys::PrekeyBundle;
+
+    /// A device with an identity and prekeys but no node (nothing here connects).
+    fn offline_device(dir: &Path, name: &str) -> Device {
+        let mut db = ClientDb::open(dir).unwrap();
+        let key = IdentityKey::generate(&mut rand::rng());
+        let node = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        db.set_identity(&StoredIdentity {
+            seed: *key.seed(),
+            name: name.into(),
+            home_node: node.to_string(),
+            home_addr: format!("/ip4/127.0.0.1/tcp/1/p2p/{node}"),
+        })
+        .unwrap();
+        let prekeys = PrekeySecrets::new(&mut rand::rng(), &key, now_millis());
+        db.commit(&[ClientWrite::Prekeys(prekeys.to_stored().unwrap())])
+            .unwrap();
+        drop(db);
+        Device::open(dir).unwrap()
+    }
+
+    /// Someone who writes to `to` from their own key, in a session from `to`'s bundle.
+    struct Writer {
+        key: IdentityKey,
+        name: String,
+        session: Session,
+    }
+
+    impl Writer {
+        fn new(to: &Device, name: &str) -> Writer {
+            let rng = &mut rand::rng();
+            let key = IdentityKey::generate(rng);
+            let bundle = PrekeyBundle {
+                identity: to.user_id(),
+                signed_prekey: to.prekeys.current_signed().clone(),
+                one_time: None,
+            };
+            let (agreement, header) = x3dh::initiate(rng, &key, &bundle).unwrap();
+            let session = Session::initiate(
+                rng,
+                agreement,
+                to.user_id(),
+                bundle.signed_prekey.key,
+                header,
+            )
+            .unwrap();
+            Writer {
+                key,
+                name: name.into(),
+                session,
+            }
+        }
+
+        fn envelope(&mut self, to: &Device, content: Content) -> Envelope {
+            let rng = &mut rand::rng();
+            let letter = Letter::new("12D3KooWx", &self.name, content, now_millis()).unwrap();
+            let msg = self
+                .session
+                .encrypt(rng, &letter.to_bytes().unwrap())
+                .unwrap();
+            let id = EnvelopeId::random(rng);
+            let from = self.key.user_id();
+            Envelope::seal_message(rng, id, &to.user_id(), &from, msg, now_millis(), 60_000)
+                .unwrap()
+        }
+
+        fn text(&mut self, to: &Device, text: &str) -> Envelope {
+            self.envelope(to, Content::Text(text.into()))
+        }
+    }
+
+    /// What `sync` does with one envelope, minus the node.
+    fn deliver(d: &mut Device, env: &Envelope) -> Result<Option<InboxEvent>, ClientLibError> {
+        match d.open_envelope(env) {
+            Ok(Some(opened)) => {
+                let grew = opened.skipped_grew;
+                let ev = d.receive(env, opened)?;
+                if grew {
+                    d.enforce_skipped_total()?;
+                }
+                Ok(ev)
+            }
+            Ok(None) => Ok(None),
+            Err((_, e)) => Err(e),
+        }
+    }
+
+    #[test]
+    fn message_requests_are_bounded_and_strangers_receipts_leave_no_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bob = offline_device(dir.path(), "bob");
+        for i in 0..MAX_MESSAGE_REQUESTS {
+            let mut w = Writer::new(&bob, &format!("stranger{i}"));
+            let env = w.text(&bob, "hello");
+            assert!(matches!(
+                deliver(&mut bob, &env),
+                Ok(Some(InboxEvent::NewContact { .. }))
+            ));
+        }
+        // One more stranger: dropped unread, with a reason, and nothing stored for it.
+        let mut late = Writer::new(&bob, "late");
+        let env = late.text(&bob, "hello?");
+        assert!(matches!(
+            deliver(&mut bob, &env),
+            Err(ClientLibError::TooManyRequests)
+        ));
+        assert!(bob.db.sessions(&late.key.user_id()).unwrap().is_empty());
+        // Answering one request makes room.
+        let first = bob.contacts().unwrap().remove(0);
+        bob.verify_contact(&first.name).unwrap();
+        assert!(matches!(
+            deliver(&mut bob, &env),
+            Ok(Some(InboxEvent::NewContact { .. }))
+        ));
+        // A receipt from a key that is no contact is dropped with its session.
+        let mut r = Writer::new(&bob, "receipts");
+        let env = r.envelope(&bob, Content::Receipt(vec![EnvelopeId([1; 16])]));
+        let request = bob
+            .contacts()
+            .unwrap()
+            .into_iter()
+            .find(|c| c.origin == Origin::Request)
+            .unwrap();
+        bob.verify_contact(&request.name).unwrap();
+        assert!(matches!(deliver(&mut bob, &env), Ok(None)));
+        assert!(bob.db.sessions(&r.key.user_id()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn strangers_cannot_evict_a_contacts_skipped_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bob = offline_device(dir.path(), "bob");
+        // Alice is a contact with 500 messages still on their way (skipped keys).
+        let mut alice = Writer::new(&bob, "alice");
+        {
+            let e = alice.text(&bob, "first");
+            deliver(&mut bob, &e).unwrap();
+        }
+        let name = bob.contacts().unwrap()[0].name.clone();
+        bob.verify_contact(&name).unwrap();
+        for _ in 0..500 {
+            alice.text(&bob, "in flight");
+        }
+        {
+            let e = alice.text(&bob, "after the gap");
+            deliver(&mut bob, &e).unwrap();
+        }
+        // Three strangers each open a session and skip almost a chain's worth.
+        let mut strangers: Vec<Writer> = (0..3)
+            .map(|i| Writer::new(&bob, &format!("s{i}")))
+            .collect();
+        for w in &mut strangers {
+            {
+                let e = w.text(&bob, "hi");
+                deliver(&mut bob, &e).unwrap();
+            }
+            for _ in 0..900 {
+                w.text(&bob, "skip");
+            }
+            {
+                let e = w.text(&bob, "gap");
+                deliver(&mut bob, &e).unwrap();
+            }
+        }
+        let skipped = |u: &UserId| -> usize {
+            bob.load_sessions(u)
+                .unwrap()
+                .iter()
+                .map(Session::skipped_len)
+                .sum()
+        };
+        assert_eq!(skipped(&alice.key.user_id()), 500, "a contact's keys stay");
+        let strangers_total: usize = strangers.iter().map(|w| skipped(&w.key.user_id())).sum();
+        assert_eq!(strangers_total, MAX_SKIPPED_STRANGERS);
+        // The stored counts agree with the sessions, so the next check decodes nothing.
+        let counts: HashMap<UserId, u32> = bob.db.skipped_counts().unwrap().into_iter().collect();
+        for w in strangers.iter().chain([&alice]) {
+            assert_eq!(counts[&w.key.user_id()] as usize, skipped(&w.key.user_id()));
+        }
+    }
 }

@@ -52,7 +52,7 @@ pub fn classify(contacts: &[Contact], sender: &UserId, letter: &Letter, now: Mil
         },
         trust: Trust::Unverified,
         added_at: now,
-        origin: Origin::FirstMessage,
+        origin: Origin::Request,
         claims: clash.map(|c| c.name.clone()),
         reset_asked_at: None,
     })
@@ -155,7 +155,7 @@ mod tests {
             panic!()
         };
         assert_eq!((c.name.as_str(), c.claims), ("dave", None));
-        assert_eq!(c.origin, Origin::FirstMessage);
+        assert_eq!(c.origin, Origin::Request);
     }
 
     #[test]
