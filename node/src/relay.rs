@@ -539,7 +539,7 @@ impl Core {
                         DeliverResult::Invalid => DeliveryState::Refused,
                         DeliverResult::MailboxFull => {
                             if let Some(rec) = outbox.records.get_mut(id) {
-                                rec.attempts += 1;
+                                rec.attempts = rec.attempts.saturating_add(1);
                                 outbox.queue.push_back(*id);
                             }
                             continue;
@@ -553,7 +553,7 @@ impl Core {
                 // Put the batch back at the front, in order, for the next attempt.
                 for id in ids.iter().rev() {
                     if let Some(rec) = outbox.records.get_mut(id) {
-                        rec.attempts += 1;
+                        rec.attempts = rec.attempts.saturating_add(1);
                         outbox.queue.push_front(*id);
                     }
                 }

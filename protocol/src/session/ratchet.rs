@@ -424,10 +424,12 @@ impl Session {
             }
             if h.n == self.nr {
                 // The common case: the next message of the current chain. No copy of the state.
+                // The counter comes from the peer: checked before anything changes.
+                let next_nr = self.nr.checked_add(1).ok_or(SessionError::ChainExhausted)?;
                 let (next_ck, mk) = kdf_ck(ckr);
                 let plain = decrypt_with_message_key(&mk, &msg.ciphertext, &aad)?;
                 self.ckr = Some(next_ck);
-                self.nr += 1;
+                self.nr = next_nr;
                 self.received(now);
                 return Ok(plain);
             }
