@@ -279,12 +279,22 @@ fn main() {
             ) {
                 e.exit();
             }
-            // One line, like every other error here.
+            // One line, like every other error here: clap's message without its usage block
+            // (a message ending in ':' continues on the next lines, such as which arguments
+            // are missing).
             let text = e.to_string();
-            eprintln!(
-                "{} (see --help)",
-                text.lines().next().unwrap_or("invalid arguments")
-            );
+            let line: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .filter(|l| !l.is_empty())
+                .collect();
+            let line = if line.is_empty() {
+                "invalid arguments".to_string()
+            } else {
+                line.join(" ")
+            };
+            eprintln!("{line} (see --help)");
             std::process::exit(2);
         }
     };
