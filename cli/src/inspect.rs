@@ -64,7 +64,7 @@ pub fn render(s: &NodeSnapshot) -> String {
             "    envelope {}  for {}  {} bytes  expires {}\n",
             e.id,
             e.recipient.fingerprint(),
-            e.body.len(),
+            e.size,
             utc(e.expires_at)
         ));
     }
@@ -75,11 +75,11 @@ pub fn render(s: &NodeSnapshot) -> String {
     for r in &s.outbox {
         out.push_str(&format!(
             "    envelope {}  from {}  to node {}  {} bytes  expires {}\n",
-            r.envelope.id,
+            r.id,
             r.owner.fingerprint(),
             r.to_node,
-            r.envelope.body.len(),
-            utc(r.envelope.expires_at)
+            r.size,
+            utc(r.expires_at)
         ));
     }
     out.push_str(&format!(

@@ -4,7 +4,7 @@
 //! one synced batch (group commit), then sends the core's outputs.
 
 use crate::frame::FrameCodec;
-use crate::relay::{self, BatchId, FedFailure, Output, Token};
+use crate::relay::{self, BatchId, FedFailure, Ready, Token};
 use futures::{FutureExt, StreamExt};
 use hestia_protocol::Millis;
 use hestia_protocol::wire::{
@@ -401,8 +401,10 @@ impl Node {
             tokio::task::block_in_place(|| self.store.apply(&writes))?;
         }
         while let Some(out) = self.core.poll_output() {
-            match out {
-                Output::Client { token, response } => {
+            // Mail is named by id; its bodies come from the store here (bounded by a batch).
+            let ready = tokio::task::block_in_place(|| out.load(&self.store))?;
+            match ready {
+                Ready::Client { token, response } => {
                     if let Some(ch) = self.client_channels.remove(&token)
                         && self
                             .swarm
@@ -414,7 +416,7 @@ impl Node {
                         tracing::debug!("client went away before its response");
                     }
                 }
-                Output::FedResponse { token, response } => {
+                Ready::FedResponse { token, response } => {
                     if let Some(ch) = self.fed_channels.remove(&token)
                         && self
                             .swarm
@@ -426,7 +428,7 @@ impl Node {
                         tracing::debug!("peer node went away before its response");
                     }
                 }
-                Output::FedRequest {
+                Ready::FedRequest {
                     batch,
                     to_node,
                     request,

@@ -29,7 +29,11 @@ use hestia_protocol::wire::{
     FedRequest, FedResponse, MAX_BATCH_BYTES, MAX_BATCH_ENVELOPES, MAX_FETCH_WAIT_MS, Refusal,
     SendResult,
 };
-use hestia_store::node::{AccountRecord, NodeSnapshot, NodeWrite, OutboxRecord, StatusRecord};
+use hestia_store::StoreError;
+use hestia_store::node::{
+    AccountRecord, MailboxEntry, NodeSnapshot, NodeStore, NodeWrite, OutboxEntry, OutboxRecord,
+    StatusRecord,
+};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// The core's hash maps use foldhash (the hasher hashbrown itself defaults to): several times
@@ -148,8 +152,40 @@ pub struct Config {
     pub send_limit: SendLimit,
 }
 
+/// What the core asks the driver to do. Envelope bodies are not in the core: an output that
+/// carries mail names it by id, and [`Output::load`] reads the bodies from the store.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Output {
+    Client {
+        token: Token,
+        response: ClientResponse,
+    },
+    /// Answer a fetch with these envelopes of `user`'s mailbox, in this order.
+    ClientMail {
+        token: Token,
+        user: UserId,
+        ids: Vec<EnvelopeId>,
+    },
+    FedResponse {
+        token: Token,
+        response: FedResponse,
+    },
+    FedRequest {
+        batch: BatchId,
+        to_node: String,
+        request: FedRequest,
+    },
+    /// Deliver these envelopes of the outbox for `to_node` as one batch, in this order.
+    FedDeliver {
+        batch: BatchId,
+        to_node: String,
+        ids: Vec<EnvelopeId>,
+    },
+}
+
+/// An [`Output`] with its envelope bodies read from the store: what goes on the wire.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ready {
     Client {
         token: Token,
         response: ClientResponse,
@@ -163,6 +199,53 @@ pub enum Output {
         to_node: String,
         request: FedRequest,
     },
+}
+
+impl Output {
+    /// Reads the bodies an output names from `store` (which holds every write taken before
+    /// it). A mailbox envelope acknowledged or expired since is left out of a fetch answer; an
+    /// outbox envelope cannot be (the core deletes none while its batch is in flight).
+    pub fn load(self, store: &impl NodeStore) -> Result<Ready, StoreError> {
+        Ok(match self {
+            Output::Client { token, response } => Ready::Client { token, response },
+            Output::ClientMail { token, user, ids } => Ready::Client {
+                token,
+                response: ClientResponse::Envelopes(store.mailbox_envelopes(&user, &ids)?),
+            },
+            Output::FedResponse { token, response } => Ready::FedResponse { token, response },
+            Output::FedRequest {
+                batch,
+                to_node,
+                request,
+            } => Ready::FedRequest {
+                batch,
+                to_node,
+                request,
+            },
+            Output::FedDeliver {
+                batch,
+                to_node,
+                ids,
+            } => {
+                let envs = store.outbox_envelopes(&to_node, &ids)?;
+                if envs.len() != ids.len() {
+                    return Err(StoreError::Corrupt {
+                        cf: hestia_store::schema::NODEID_ENVELOPEID_OUTBOX,
+                        reason: format!(
+                            "{} of {} bodies missing",
+                            ids.len() - envs.len(),
+                            ids.len()
+                        ),
+                    });
+                }
+                Ready::FedRequest {
+                    batch,
+                    to_node,
+                    request: FedRequest::Deliver(envs),
+                }
+            }
+        })
+    }
 }
 
 /// Why an outbound federation request got no answer. After `Timeout` the remote may or may not
@@ -192,10 +275,26 @@ enum Expiry {
     Status(EnvelopeId),
 }
 
+/// What the core keeps of an envelope in a mailbox: no body.
+#[derive(Clone, Copy)]
+struct MailRef {
+    id: EnvelopeId,
+    expires_at: Millis,
+    size: u32,
+}
+
+/// What the core keeps of an envelope in an outbox: no body.
+struct OutRef {
+    owner: UserId,
+    expires_at: Millis,
+    size: u32,
+    attempts: u32,
+}
+
 #[derive(Default)]
 struct Outbox {
     queue: VecDeque<EnvelopeId>,
-    records: HashMap<EnvelopeId, OutboxRecord>,
+    records: HashMap<EnvelopeId, OutRef>,
     /// Batches to this destination awaiting an answer (ids in `Core::in_flight`).
     in_flight: usize,
     failures: u32,
@@ -215,7 +314,7 @@ pub struct Core {
     config: Config,
     now: Millis,
     accounts: HashMap<UserId, AccountRecord>,
-    mailboxes: HashMap<UserId, BTreeMap<u64, Envelope>>,
+    mailboxes: HashMap<UserId, BTreeMap<u64, MailRef>>,
     /// Keyed by recipient and id: ids are chosen by senders, so one recipient's envelope must
     /// never shadow another's.
     mailbox_index: HashMap<(UserId, EnvelopeId), u64>,
@@ -293,7 +392,7 @@ impl Core {
             core.insert_mailbox(e);
         }
         for rec in snapshot.outbox {
-            core.insert_outbox(rec);
+            core.insert_outbox(rec, 0);
         }
         for (id, rec) in snapshot.status {
             core.expiries.insert((
@@ -373,7 +472,10 @@ impl Core {
             ClientOp::Fetch { limit, wait_ms } => {
                 let limit = (limit as usize).clamp(1, MAX_BATCH_ENVELOPES);
                 let batch = self.mailbox_batch(&user, limit);
-                if batch.is_empty() && wait_ms > 0 {
+                if !batch.is_empty() {
+                    return self.respond_mail(token, user, batch);
+                }
+                if wait_ms > 0 {
                     let mine: Vec<usize> = (0..self.parked.len())
                         .filter(|i| self.parked[*i].user == user)
                         .collect();
@@ -398,7 +500,7 @@ impl Core {
                         return;
                     }
                 }
-                ClientResponse::Envelopes(batch)
+                ClientResponse::Envelopes(Vec::new())
             }
             ClientOp::Ack(ids) if ids.len() > MAX_BATCH_ENVELOPES => {
                 ClientResponse::Error(ClientError::TooMany)
@@ -848,9 +950,11 @@ impl Core {
                 envelope,
                 attempts: 0,
             };
-            self.writes.push(NodeWrite::PutOutbox(rec.clone()));
-            let node = rec.to_node.clone();
-            self.insert_outbox(rec);
+            // The body goes to the store with this write; the core keeps only its entry.
+            let entry = OutboxEntry::of(&rec);
+            self.writes.push(NodeWrite::PutOutbox(rec));
+            let node = entry.to_node.clone();
+            self.insert_outbox(entry, 0);
             self.flush_outbox(&node, self.now);
             SendResult::Queued
         };
@@ -940,22 +1044,28 @@ impl Core {
         {
             return DeliverResult::MailboxFull;
         }
-        self.writes.push(NodeWrite::PutMailbox(envelope.clone()));
-        self.insert_mailbox(envelope);
+        // The body goes to the store with this write; the core keeps only its entry.
+        let entry = MailboxEntry::of(&envelope);
+        self.writes.push(NodeWrite::PutMailbox(envelope));
+        self.insert_mailbox(entry);
         self.wake_parked(&user);
         DeliverResult::Accepted
     }
 
-    fn insert_mailbox(&mut self, e: Envelope) {
+    fn insert_mailbox(&mut self, e: MailboxEntry) {
         let seq = self.next_arrival;
         self.next_arrival += 1;
         self.expiries
             .insert((e.expires_at, Expiry::Mailbox(e.recipient, e.id)));
         self.mailbox_index.insert((e.recipient, e.id), seq);
-        self.mailboxes
-            .entry(e.recipient)
-            .or_default()
-            .insert(seq, e);
+        self.mailboxes.entry(e.recipient).or_default().insert(
+            seq,
+            MailRef {
+                id: e.id,
+                expires_at: e.expires_at,
+                size: e.size,
+            },
+        );
     }
 
     fn remove_mailbox(&mut self, user: &UserId, id: &EnvelopeId) -> bool {
@@ -975,8 +1085,9 @@ impl Core {
         true
     }
 
-    fn mailbox_batch(&self, user: &UserId, limit: usize) -> Vec<Envelope> {
-        let mut bytes = 0;
+    /// The oldest envelopes of `user`'s mailbox that fit one answer, by id.
+    fn mailbox_batch(&self, user: &UserId, limit: usize) -> Vec<EnvelopeId> {
+        let mut bytes = 0usize;
         let mut out = Vec::new();
         for e in self
             .mailboxes
@@ -984,20 +1095,26 @@ impl Core {
             .into_iter()
             .flat_map(|m| m.values())
         {
-            if out.len() >= limit || bytes + e.body.len() > MAX_BATCH_BYTES {
+            let size = e.size as usize;
+            if out.len() >= limit || bytes.saturating_add(size) > MAX_BATCH_BYTES {
                 break;
             }
-            bytes += e.body.len();
-            out.push(e.clone());
+            bytes += size;
+            out.push(e.id);
         }
         out
+    }
+
+    fn respond_mail(&mut self, token: Token, user: UserId, ids: Vec<EnvelopeId>) {
+        self.outputs
+            .push_back(Output::ClientMail { token, user, ids });
     }
 
     fn wake_parked(&mut self, user: &UserId) {
         if let Some(i) = self.parked.iter().position(|p| p.user == *user) {
             let p = self.parked.swap_remove(i);
             let batch = self.mailbox_batch(user, p.limit);
-            self.respond_client(p.token, ClientResponse::Envelopes(batch));
+            self.respond_mail(p.token, *user, batch);
         }
     }
 
@@ -1016,14 +1133,21 @@ impl Core {
         true
     }
 
-    fn insert_outbox(&mut self, rec: OutboxRecord) {
-        let id = rec.envelope.id;
-        self.expiries
-            .insert((rec.envelope.expires_at, Expiry::Outbox(id)));
-        self.queued.insert(id, rec.to_node.clone());
-        let o = self.outboxes.entry(rec.to_node.clone()).or_default();
+    fn insert_outbox(&mut self, e: OutboxEntry, attempts: u32) {
+        let id = e.id;
+        self.expiries.insert((e.expires_at, Expiry::Outbox(id)));
+        self.queued.insert(id, e.to_node.clone());
+        let o = self.outboxes.entry(e.to_node).or_default();
         o.queue.push_back(id);
-        o.records.insert(id, rec);
+        o.records.insert(
+            id,
+            OutRef {
+                owner: e.owner,
+                expires_at: e.expires_at,
+                size: e.size,
+                attempts,
+            },
+        );
     }
 
     fn finish_outbox(&mut self, node: &str, id: &EnvelopeId, state: DeliveryState) {
@@ -1038,12 +1162,11 @@ impl Core {
         if o.records.is_empty() && o.in_flight == 0 {
             self.outboxes.remove(node);
         }
-        self.expiries
-            .remove(&(rec.envelope.expires_at, Expiry::Outbox(*id)));
+        self.expiries.remove(&(rec.expires_at, Expiry::Outbox(*id)));
         self.queued.remove(id);
         self.writes
             .push(NodeWrite::DeleteOutbox(node.to_string(), *id));
-        let expires_at = rec.envelope.expires_at;
+        let expires_at = rec.expires_at;
         self.set_status(
             *id,
             StatusRecord {
@@ -1082,35 +1205,34 @@ impl Core {
             return false;
         }
         let mut ids = Vec::new();
-        let mut envs = Vec::new();
-        let mut bytes = 0;
+        let mut bytes = 0usize;
         while let Some(id) = o.queue.front().copied() {
             let Some(rec) = o.records.get(&id) else {
                 o.queue.pop_front();
                 continue;
             };
-            if ids.len() >= MAX_BATCH_ENVELOPES || bytes + rec.envelope.body.len() > MAX_BATCH_BYTES
-            {
+            let size = rec.size as usize;
+            if ids.len() >= MAX_BATCH_ENVELOPES || bytes.saturating_add(size) > MAX_BATCH_BYTES {
                 break;
             }
             o.queue.pop_front();
-            if rec.envelope.expires_at <= now {
+            if rec.expires_at <= now {
                 continue; // the expiry timer removes it and records the state
             }
-            bytes += rec.envelope.body.len();
+            bytes += size;
             ids.push(id);
-            envs.push(rec.envelope.clone());
         }
         if ids.is_empty() {
             return false;
         }
         o.in_flight += 1;
         let batch = self.new_batch_id();
-        self.in_flight.insert(batch, (node.to_string(), ids));
-        self.outputs.push_back(Output::FedRequest {
+        self.in_flight
+            .insert(batch, (node.to_string(), ids.clone()));
+        self.outputs.push_back(Output::FedDeliver {
             batch,
             to_node: node.to_string(),
-            request: FedRequest::Deliver(envs),
+            ids,
         });
         true
     }
@@ -1236,10 +1358,10 @@ mod tests {
             let mut fed = Vec::new();
             let mut cl = Vec::new();
             while let Some(o) = core.poll_output() {
-                match o {
-                    Output::Client { response, .. } => cl.push(response),
-                    Output::FedResponse { response, .. } => fed.push(response),
-                    Output::FedRequest {
+                match o.load(&*store).unwrap() {
+                    Ready::Client { response, .. } => cl.push(response),
+                    Ready::FedResponse { response, .. } => fed.push(response),
+                    Ready::FedRequest {
                         batch,
                         to_node,
                         request,
@@ -1291,7 +1413,10 @@ mod tests {
             ])]
         );
         assert!(h.store_a.load().unwrap().outbox.is_empty());
-        assert_eq!(h.store_b.load().unwrap().mailbox, vec![e.clone()]);
+        assert_eq!(
+            h.store_b.load().unwrap().mailbox,
+            vec![MailboxEntry::of(&e)]
+        );
         let got = h.client(
             false,
             T0 + 5,

@@ -9,7 +9,7 @@
 //! inside, and the simulation measures the relay, not the crypto.
 
 use crate::scenario::{Scenario, SocialGraph};
-use hestia_node::relay::{self, BatchId, FedFailure, Output, Token};
+use hestia_node::relay::{self, BatchId, FedFailure, Ready, Token};
 use hestia_protocol::Millis;
 use hestia_protocol::codec;
 use hestia_protocol::envelope::{
@@ -844,11 +844,15 @@ impl Sim {
             .expect("the memory store does not fail");
         let mut outputs = Vec::new();
         while let Some(o) = self.nodes[n].core.as_mut().expect("checked").poll_output() {
-            outputs.push(o);
+            // Bodies from the node's store, as the real driver reads them.
+            outputs.push(
+                o.load(&self.nodes[n].store)
+                    .expect("the memory store does not fail"),
+            );
         }
         for o in outputs {
             match o {
-                Output::Client { token, response } => {
+                Ready::Client { token, response } => {
                     if let Some((user, kind)) = self.nodes[n].client_tokens.remove(&token) {
                         if let (Kind::Send(ids), ClientResponse::Sent(results)) = (&kind, &response)
                         {
@@ -869,7 +873,7 @@ impl Sim {
                         );
                     }
                 }
-                Output::FedResponse { token, response } => {
+                Ready::FedResponse { token, response } => {
                     let Some((from, batch, ids)) = self.nodes[n].fed_tokens.remove(&token) else {
                         continue;
                     };
@@ -899,7 +903,7 @@ impl Sim {
                         );
                     }
                 }
-                Output::FedRequest {
+                Ready::FedRequest {
                     batch,
                     to_node,
                     request,
@@ -1307,7 +1311,7 @@ impl Sim {
                 .mailbox
                 .iter()
                 .map(|e| e.id)
-                .chain(snap.outbox.iter().map(|r| r.envelope.id));
+                .chain(snap.outbox.iter().map(|r| r.id));
             for id in lost.collect::<Vec<_>>() {
                 if let Some(m) = self.msgs.get_mut(&id)
                     && m.device_at.is_none()

@@ -501,6 +501,7 @@ fn migrate(db: &rocksdb::DB, from: u32) -> Result<()> {
     if from < 3 {
         v2::contacts_to_v3(db)?;
     }
+    // 3 → 4 changed node families only.
     Ok(())
 }
 

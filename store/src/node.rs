@@ -49,12 +49,72 @@ pub enum NodeWrite {
     DeleteOneTimePrekey(UserId, [u8; 32]),
 }
 
-/// Everything the relay core needs to resume after a restart.
+/// What the relay core keeps of an envelope held for a local user: enough to decide (order,
+/// expiry, batch sizes), never the body, which stays in the store until a fetch reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MailboxEntry {
+    pub recipient: UserId,
+    pub id: EnvelopeId,
+    pub expires_at: Millis,
+    /// Body length in bytes.
+    pub size: u32,
+}
+
+impl MailboxEntry {
+    pub fn of(e: &Envelope) -> MailboxEntry {
+        MailboxEntry {
+            recipient: e.recipient,
+            id: e.id,
+            expires_at: e.expires_at,
+            size: e.body.len().min(u32::MAX as usize) as u32,
+        }
+    }
+}
+
+/// What the relay core keeps of an envelope waiting in the outbox for another node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub owner: UserId,
+    pub to_node: String,
+    pub id: EnvelopeId,
+    pub expires_at: Millis,
+    pub size: u32,
+}
+
+impl OutboxEntry {
+    pub fn of(r: &OutboxRecord) -> OutboxEntry {
+        OutboxEntry {
+            owner: r.owner,
+            to_node: r.to_node.clone(),
+            id: r.envelope.id,
+            expires_at: r.envelope.expires_at,
+            size: r.envelope.body.len().min(u32::MAX as usize) as u32,
+        }
+    }
+}
+
+/// Stored beside each mailbox body (schema 4), so a restart reads these and not the bodies.
+#[derive(Serialize, Deserialize)]
+struct MailboxMeta {
+    expires_at: Millis,
+    size: u32,
+}
+
+/// Stored beside each outbox body (schema 4).
+#[derive(Serialize, Deserialize)]
+struct OutboxMeta {
+    owner: UserId,
+    expires_at: Millis,
+    size: u32,
+}
+
+/// Everything the relay core needs to resume after a restart: metadata of the held mail, not
+/// its bodies.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeSnapshot {
     pub accounts: Vec<(UserId, AccountRecord)>,
-    pub mailbox: Vec<Envelope>,
-    pub outbox: Vec<OutboxRecord>,
+    pub mailbox: Vec<MailboxEntry>,
+    pub outbox: Vec<OutboxEntry>,
     pub status: Vec<(EnvelopeId, StatusRecord)>,
     pub signed_prekeys: Vec<(UserId, SignedPrekey)>,
     pub one_time_prekeys: Vec<(UserId, [u8; 32])>,
@@ -65,6 +125,12 @@ pub struct NodeSnapshot {
 pub trait NodeStore {
     fn load(&self) -> Result<NodeSnapshot>;
     fn apply(&mut self, writes: &[NodeWrite]) -> Result<()>;
+    /// The bodies of these envelopes in `user`'s mailbox, in the order asked; any no longer
+    /// held is left out.
+    fn mailbox_envelopes(&self, user: &UserId, ids: &[EnvelopeId]) -> Result<Vec<Envelope>>;
+    /// The envelopes of these outbox records for `node`, in the order asked; any no longer
+    /// held is left out.
+    fn outbox_envelopes(&self, node: &str, ids: &[EnvelopeId]) -> Result<Vec<Envelope>>;
 }
 
 /// The RocksDB node database.
@@ -75,8 +141,7 @@ pub struct NodeDb {
 impl NodeDb {
     pub fn open(path: &Path) -> Result<Self> {
         Ok(NodeDb {
-            // Nothing of the node's changed form in schema 3 (a client migration).
-            db: crate::open_db(path, NODE_CFS, "node", |_, _| Ok(()))?,
+            db: crate::open_db(path, NODE_CFS, "node", migrate)?,
         })
     }
 
@@ -134,16 +199,36 @@ impl NodeStore for NodeDb {
                 Ok((UserId(id), v))
             })
             .collect::<Result<_>>()?;
+        // The metadata families only: bodies stay on disk until a fetch or a batch reads them.
         let mailbox = self
-            .scan(USERID_ENVELOPEID_MAILBOX)?
+            .scan::<MailboxMeta>(USERID_ENVELOPEID_MAILBOXMETA)?
             .into_iter()
-            .map(|(_, v)| v)
-            .collect();
+            .map(|(k, m)| {
+                let (recipient, id) = schema::decode_mailbox_key(&k)
+                    .ok_or_else(|| corrupt(USERID_ENVELOPEID_MAILBOXMETA))?;
+                Ok(MailboxEntry {
+                    recipient,
+                    id,
+                    expires_at: m.expires_at,
+                    size: m.size,
+                })
+            })
+            .collect::<Result<_>>()?;
         let outbox = self
-            .scan(NODEID_ENVELOPEID_OUTBOX)?
+            .scan::<OutboxMeta>(NODEID_ENVELOPEID_OUTBOXMETA)?
             .into_iter()
-            .map(|(_, v)| v)
-            .collect();
+            .map(|(k, m)| {
+                let (to_node, id) = schema::decode_outbox_key(&k)
+                    .ok_or_else(|| corrupt(NODEID_ENVELOPEID_OUTBOXMETA))?;
+                Ok(OutboxEntry {
+                    owner: m.owner,
+                    to_node,
+                    id,
+                    expires_at: m.expires_at,
+                    size: m.size,
+                })
+            })
+            .collect::<Result<_>>()?;
         let status = self
             .scan::<StatusRecord>(ENVELOPEID_STATUS)?
             .into_iter()
@@ -201,24 +286,39 @@ impl NodeStore for NodeDb {
                     u.as_bytes(),
                     encode_value(USERID_ACCOUNT, rec)?,
                 ),
-                NodeWrite::PutMailbox(e) => batch.put_cf(
-                    self.cf(USERID_ENVELOPEID_MAILBOX),
-                    schema::mailbox_key(&e.recipient, &e.id),
-                    encode_value(USERID_ENVELOPEID_MAILBOX, e)?,
-                ),
-                NodeWrite::DeleteMailbox(u, id) => batch.delete_cf(
-                    self.cf(USERID_ENVELOPEID_MAILBOX),
-                    schema::mailbox_key(u, id),
-                ),
-                NodeWrite::PutOutbox(rec) => batch.put_cf(
-                    self.cf(NODEID_ENVELOPEID_OUTBOX),
-                    schema::outbox_key(&rec.to_node, &rec.envelope.id),
-                    encode_value(NODEID_ENVELOPEID_OUTBOX, rec)?,
-                ),
-                NodeWrite::DeleteOutbox(node, id) => batch.delete_cf(
-                    self.cf(NODEID_ENVELOPEID_OUTBOX),
-                    schema::outbox_key(node, id),
-                ),
+                NodeWrite::PutMailbox(e) => {
+                    let k = schema::mailbox_key(&e.recipient, &e.id);
+                    let m = MailboxEntry::of(e);
+                    batch.put_cf(
+                        self.cf(USERID_ENVELOPEID_MAILBOX),
+                        k,
+                        encode_value(USERID_ENVELOPEID_MAILBOX, e)?,
+                    );
+                    batch.put_cf(self.cf(USERID_ENVELOPEID_MAILBOXMETA), k, mailbox_meta(&m)?);
+                }
+                NodeWrite::DeleteMailbox(u, id) => {
+                    let k = schema::mailbox_key(u, id);
+                    batch.delete_cf(self.cf(USERID_ENVELOPEID_MAILBOX), k);
+                    batch.delete_cf(self.cf(USERID_ENVELOPEID_MAILBOXMETA), k);
+                }
+                NodeWrite::PutOutbox(rec) => {
+                    let k = schema::outbox_key(&rec.to_node, &rec.envelope.id);
+                    batch.put_cf(
+                        self.cf(NODEID_ENVELOPEID_OUTBOX),
+                        &k,
+                        encode_value(NODEID_ENVELOPEID_OUTBOX, rec)?,
+                    );
+                    batch.put_cf(
+                        self.cf(NODEID_ENVELOPEID_OUTBOXMETA),
+                        &k,
+                        outbox_meta(&OutboxEntry::of(rec))?,
+                    );
+                }
+                NodeWrite::DeleteOutbox(node, id) => {
+                    let k = schema::outbox_key(node, id);
+                    batch.delete_cf(self.cf(NODEID_ENVELOPEID_OUTBOX), &k);
+                    batch.delete_cf(self.cf(NODEID_ENVELOPEID_OUTBOXMETA), &k);
+                }
                 NodeWrite::PutStatus(id, rec) => batch.put_cf(
                     self.cf(ENVELOPEID_STATUS),
                     id.0,
@@ -245,6 +345,83 @@ impl NodeStore for NodeDb {
         wo.set_sync(true);
         Ok(self.db.write_opt(batch, &wo)?)
     }
+
+    fn mailbox_envelopes(&self, user: &UserId, ids: &[EnvelopeId]) -> Result<Vec<Envelope>> {
+        let cf = self.cf(USERID_ENVELOPEID_MAILBOX);
+        let keys = ids.iter().map(|id| (cf, schema::mailbox_key(user, id)));
+        let mut out = Vec::with_capacity(ids.len());
+        for v in self.db.multi_get_cf(keys) {
+            if let Some(v) = v? {
+                out.push(decode_value(USERID_ENVELOPEID_MAILBOX, &v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn outbox_envelopes(&self, node: &str, ids: &[EnvelopeId]) -> Result<Vec<Envelope>> {
+        let cf = self.cf(NODEID_ENVELOPEID_OUTBOX);
+        let keys = ids.iter().map(|id| (cf, schema::outbox_key(node, id)));
+        let mut out = Vec::with_capacity(ids.len());
+        for v in self.db.multi_get_cf(keys) {
+            if let Some(v) = v? {
+                let r: OutboxRecord = decode_value(NODEID_ENVELOPEID_OUTBOX, &v)?;
+                out.push(r.envelope);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn mailbox_meta(m: &MailboxEntry) -> Result<Vec<u8>> {
+    encode_value(
+        USERID_ENVELOPEID_MAILBOXMETA,
+        &MailboxMeta {
+            expires_at: m.expires_at,
+            size: m.size,
+        },
+    )
+}
+
+fn outbox_meta(m: &OutboxEntry) -> Result<Vec<u8>> {
+    encode_value(
+        NODEID_ENVELOPEID_OUTBOXMETA,
+        &OutboxMeta {
+            owner: m.owner,
+            expires_at: m.expires_at,
+            size: m.size,
+        },
+    )
+}
+
+/// The node's migration steps (see [`crate::open_db`]). 3 → 4 writes the metadata families
+/// from the bodies held, once.
+pub(crate) fn migrate(db: &rocksdb::DB, from: u32) -> Result<()> {
+    if from >= 4 {
+        return Ok(());
+    }
+    let cf = |n: &str| db.cf_handle(n).expect("created at open");
+    let mut b = rocksdb::WriteBatch::default();
+    for item in db.iterator_cf(cf(USERID_ENVELOPEID_MAILBOX), rocksdb::IteratorMode::Start) {
+        let (k, v) = item?;
+        let e: Envelope = decode_value(USERID_ENVELOPEID_MAILBOX, &v)?;
+        b.put_cf(
+            cf(USERID_ENVELOPEID_MAILBOXMETA),
+            k,
+            mailbox_meta(&MailboxEntry::of(&e))?,
+        );
+    }
+    for item in db.iterator_cf(cf(NODEID_ENVELOPEID_OUTBOX), rocksdb::IteratorMode::Start) {
+        let (k, v) = item?;
+        let r: OutboxRecord = decode_value(NODEID_ENVELOPEID_OUTBOX, &v)?;
+        b.put_cf(
+            cf(NODEID_ENVELOPEID_OUTBOXMETA),
+            k,
+            outbox_meta(&OutboxEntry::of(&r))?,
+        );
+    }
+    let mut wo = rocksdb::WriteOptions::default();
+    wo.set_sync(true);
+    Ok(db.write_opt(b, &wo)?)
 }
 
 fn corrupt(cf: &'static str) -> crate::StoreError {
@@ -269,11 +446,28 @@ pub struct MemNodeStore {
 }
 
 impl NodeStore for MemNodeStore {
+    fn mailbox_envelopes(&self, user: &UserId, ids: &[EnvelopeId]) -> Result<Vec<Envelope>> {
+        Ok(ids
+            .iter()
+            .filter_map(|id| self.mailbox.get(&schema::mailbox_key(user, id)).cloned())
+            .collect())
+    }
+
+    fn outbox_envelopes(&self, node: &str, ids: &[EnvelopeId]) -> Result<Vec<Envelope>> {
+        Ok(ids
+            .iter()
+            .filter_map(|id| {
+                let r = self.outbox.get(&schema::outbox_key(node, id))?;
+                Some(r.envelope.clone())
+            })
+            .collect())
+    }
+
     fn load(&self) -> Result<NodeSnapshot> {
         Ok(NodeSnapshot {
             accounts: self.accounts.iter().map(|(k, v)| (*k, v.clone())).collect(),
-            mailbox: self.mailbox.values().cloned().collect(),
-            outbox: self.outbox.values().cloned().collect(),
+            mailbox: self.mailbox.values().map(MailboxEntry::of).collect(),
+            outbox: self.outbox.values().map(OutboxEntry::of).collect(),
             status: self.status.iter().map(|(k, v)| (*k, v.clone())).collect(),
             signed_prekeys: self
                 .signed_prekeys
@@ -372,8 +566,20 @@ mod tests {
             snap.accounts,
             vec![(UserId([1; 32]), AccountRecord { created_at: 3 })]
         );
-        assert_eq!(snap.mailbox, vec![env(1)]);
-        assert_eq!(snap.outbox, vec![out]);
+        assert_eq!(snap.mailbox, vec![MailboxEntry::of(&env(1))]);
+        assert_eq!(snap.outbox, vec![OutboxEntry::of(&out)]);
+        // Bodies come from the store on demand, in the order asked, the missing left out.
+        let ids = [EnvelopeId([3; 16]), EnvelopeId([1; 16])];
+        assert_eq!(
+            store.mailbox_envelopes(&UserId([1; 32]), &ids).unwrap(),
+            vec![env(1)]
+        );
+        assert_eq!(
+            store
+                .outbox_envelopes("peer", &[EnvelopeId([2; 16])])
+                .unwrap(),
+            vec![env(2)]
+        );
         assert_eq!(snap.status, vec![(EnvelopeId([2; 16]), st)]);
         store
             .apply(&[NodeWrite::DeleteOutbox("peer".into(), EnvelopeId([2; 16]))])
@@ -407,7 +613,7 @@ mod tests {
             exercise(&mut db);
         }
         let db = NodeDb::open(dir.path()).unwrap();
-        assert_eq!(db.load().unwrap().mailbox, vec![env(1)]);
+        assert_eq!(db.load().unwrap().mailbox, vec![MailboxEntry::of(&env(1))]);
         let mut mem = MemNodeStore::default();
         exercise(&mut mem);
         assert_eq!(mem.load().unwrap(), db.load().unwrap());

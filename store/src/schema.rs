@@ -7,7 +7,7 @@ use hestia_protocol::identity::UserId;
 
 /// Bumped with every change to a stored form; [`crate::node::NodeDb::open`] and
 /// [`crate::client::ClientDb::open`] refuse a newer database and migrate an older one step by step.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// `meta`: `"schema_version"` → u32 BE; `"kind"` → `node` | `client`; `"node_key"` → the node's
 /// libp2p key (protobuf encoding) in the node database.
@@ -20,6 +20,11 @@ pub const USERID_ACCOUNT: &str = "userid_account";
 pub const USERID_ENVELOPEID_MAILBOX: &str = "userid_envelopeid_mailbox";
 /// `nodeid_envelopeid_outbox`: len (1) ‖ node peer id ‖ envelope id (16) → outbox record.
 pub const NODEID_ENVELOPEID_OUTBOX: &str = "nodeid_envelopeid_outbox";
+/// `userid_envelopeid_mailboxmeta`: the mailbox key → expiry and body size (schema 4). What a
+/// restart reads: the relay core keeps no bodies.
+pub const USERID_ENVELOPEID_MAILBOXMETA: &str = "userid_envelopeid_mailboxmeta";
+/// `nodeid_envelopeid_outboxmeta`: the outbox key → owner, expiry and body size (schema 4).
+pub const NODEID_ENVELOPEID_OUTBOXMETA: &str = "nodeid_envelopeid_outboxmeta";
 /// `envelopeid_status`: envelope id (16) → delivery-state record of an envelope sent from here.
 pub const ENVELOPEID_STATUS: &str = "envelopeid_status";
 
@@ -34,6 +39,8 @@ pub const NODE_CFS: &[&str] = &[
     USERID_ACCOUNT,
     USERID_ENVELOPEID_MAILBOX,
     NODEID_ENVELOPEID_OUTBOX,
+    USERID_ENVELOPEID_MAILBOXMETA,
+    NODEID_ENVELOPEID_OUTBOXMETA,
     ENVELOPEID_STATUS,
     USERID_SIGNEDPREKEY,
     USERID_ONETIMEPREKEY,
@@ -97,6 +104,25 @@ pub fn outbox_key(node: &str, id: &EnvelopeId) -> Vec<u8> {
     k
 }
 
+pub fn decode_mailbox_key(k: &[u8]) -> Option<(UserId, EnvelopeId)> {
+    if k.len() != 48 {
+        return None;
+    }
+    Some((
+        UserId(k[..32].try_into().ok()?),
+        EnvelopeId(k[32..].try_into().ok()?),
+    ))
+}
+
+pub fn decode_outbox_key(k: &[u8]) -> Option<(String, EnvelopeId)> {
+    let len = *k.first()? as usize;
+    if k.len() != 1 + len + 16 {
+        return None;
+    }
+    let node = std::str::from_utf8(&k[1..1 + len]).ok()?.to_string();
+    Some((node, EnvelopeId(k[1 + len..].try_into().ok()?)))
+}
+
 pub fn one_time_prekey_key(user: &UserId, key: &[u8; 32]) -> [u8; 64] {
     let mut k = [0u8; 64];
     k[..32].copy_from_slice(user.as_bytes());
@@ -125,5 +151,12 @@ mod tests {
         assert_ne!(outbox_key("ab", &id)[..3], outbox_key("a", &id)[..3]);
         let u = UserId([1; 32]);
         assert_eq!(&mailbox_key(&u, &id)[32..], &id.0);
+        assert_eq!(decode_mailbox_key(&mailbox_key(&u, &id)), Some((u, id)));
+        assert_eq!(
+            decode_outbox_key(&outbox_key("ab", &id)),
+            Some(("ab".into(), id))
+        );
+        assert_eq!(decode_outbox_key(&outbox_key("ab", &id)[1..]), None);
+        assert_eq!(decode_mailbox_key(&[0; 47]), None);
     }
 }
