@@ -34,6 +34,8 @@ pub enum Only {
     Relay,
     /// Session crypto: ratchet encrypt/decrypt and set-up beside raw AEAD and X25519.
     Sessions,
+    /// A node holding mail for offline users: restart time and memory (`--stored`, `--users`).
+    Storage,
 }
 
 #[derive(Args)]
@@ -47,6 +49,12 @@ pub struct BenchArgs {
     /// Latency samples per load level.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(10..=10_000))]
     samples: u64,
+    /// Envelopes held in the storage run (1 KiB each).
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    stored: u64,
+    /// Offline users they are held for in the storage run.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    users: u64,
     /// Envelopes per client send request in the throughput run.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=256))]
     batch: u64,
@@ -433,6 +441,11 @@ fn rocksdb_baseline(writes: usize, batch: usize) -> Result<f64> {
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
+    if args.only == Some(Only::Storage) {
+        let (stored, users) = (args.stored as usize, args.users as usize);
+        return tokio::task::spawn_blocking(move || crate::bench_storage::run(stored, users))
+            .await?;
+    }
     if args.only != Some(Only::Relay) {
         eprintln!("sessions: ratchet and set-up beside raw AEAD and X25519…");
         tokio::task::spawn_blocking(crate::bench_sessions::run).await??;

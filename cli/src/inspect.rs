@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use hestia_protocol::Millis;
 use hestia_protocol::wire::DeliveryState;
-use hestia_store::node::{NodeDb, NodeSnapshot, NodeStore};
+use hestia_store::node::{MailboxEntry, NodeDb, NodeSnapshot, NodeStore};
 use std::path::Path;
 
 /// Unix milliseconds as `YYYY-MM-DD HH:MM:SS UTC` (civil date from days, after Howard Hinnant).
@@ -39,13 +39,25 @@ fn state(s: &DeliveryState) -> String {
     }
 }
 
-pub fn snapshot(data_dir: &Path) -> Result<NodeSnapshot> {
-    let db = NodeDb::open_read_only(&data_dir.join("db"))
-        .with_context(|| format!("opening the node database in {}", data_dir.display()))?;
-    Ok(db.load()?)
+/// What `node inspect` shows: the snapshot and the mailbox entries.
+pub struct Held {
+    snapshot: NodeSnapshot,
+    mailbox: Vec<MailboxEntry>,
 }
 
-pub fn render(s: &NodeSnapshot) -> String {
+pub fn snapshot(data_dir: &Path) -> Result<Held> {
+    let db = NodeDb::open_read_only(&data_dir.join("db"))
+        .with_context(|| format!("opening the node database in {}", data_dir.display()))?;
+    let mut mailbox = Vec::new();
+    db.for_each_mailbox(&mut |e| mailbox.push(e))?;
+    Ok(Held {
+        snapshot: db.load()?,
+        mailbox,
+    })
+}
+
+pub fn render(held: &Held) -> String {
+    let s = &held.snapshot;
     let mut out = String::new();
     out.push_str(&format!("  accounts: {}\n", s.accounts.len()));
     for (u, a) in &s.accounts {
@@ -57,9 +69,9 @@ pub fn render(s: &NodeSnapshot) -> String {
     }
     out.push_str(&format!(
         "  mailbox (held for offline users): {}\n",
-        s.mailbox.len()
+        held.mailbox.len()
     ));
-    for e in &s.mailbox {
+    for e in &held.mailbox {
         out.push_str(&format!(
             "    envelope {}  for {}  {} bytes  expires {}\n",
             e.id,

@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_sessions;
+mod bench_storage;
 mod demo;
 mod inspect;
 mod real;

@@ -305,18 +305,17 @@ impl Node {
                 tracing::warn!(%addr, error = %e, "could not dial bootstrap node");
             }
         }
-        let snapshot = store.load()?;
         let seed = rand::random::<u64>();
-        let core = relay::Core::new(
+        let core = relay::Core::from_store(
             relay::Config {
                 node_id: peer.to_string(),
                 registration_open: config.registration_open,
                 seed,
                 send_limit: config.send_limit,
             },
-            snapshot,
+            &store,
             now_millis(),
-        );
+        )?;
         tracing::info!(peer = %peer, stats = ?core.stats(), "node started");
         Ok(Node {
             swarm,

@@ -15,7 +15,7 @@
 //! driver group-commits. `now` must never go backwards; the core clamps it if it does.
 //!
 //! State held here is bounded by the constants below; the store holds the same state durably,
-//! and [`Core::new`] rebuilds the core from a [`NodeSnapshot`] after a restart.
+//! and [`Core::from_store`] rebuilds the core from the store after a restart.
 
 use hestia_protocol::Millis;
 use hestia_protocol::envelope::{Envelope, EnvelopeId};
@@ -269,18 +269,58 @@ pub struct Stats {
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Expiry {
-    Mailbox(UserId, EnvelopeId),
     /// The destination is found through `Core::queued`, so no node id is copied per envelope.
     Outbox(EnvelopeId),
     Status(EnvelopeId),
 }
 
-/// What the core keeps of an envelope in a mailbox: no body.
+/// Local users with mail, each by a small index: per-envelope state names the recipient by
+/// index, which keeps the core's memory per stored envelope to its id, expiry and size.
+/// Indexes are never reused (a node has at most [`MAX_ACCOUNTS`] accounts).
+#[derive(Default)]
+struct Users {
+    ix: HashMap<UserId, u32>,
+    ids: Vec<UserId>,
+}
+
+impl Users {
+    fn intern(&mut self, user: UserId) -> u32 {
+        if let Some(i) = self.ix.get(&user) {
+            return *i;
+        }
+        let i = self.ids.len() as u32;
+        self.ids.push(user);
+        self.ix.insert(user, i);
+        i
+    }
+
+    fn get(&self, user: &UserId) -> Option<u32> {
+        self.ix.get(user).copied()
+    }
+
+    fn id(&self, i: u32) -> UserId {
+        self.ids[i as usize]
+    }
+}
+
+/// What the core keeps of an envelope in a mailbox (keyed by its id): no body. With the
+/// recipient's index and its expiry entry this is the core's whole cost per stored envelope,
+/// about a hundred bytes (docs/benchmarks.md measures it).
 #[derive(Clone, Copy)]
 struct MailRef {
-    id: EnvelopeId,
+    /// Arrival order: a fetch answers oldest first.
+    seq: u64,
     expires_at: Millis,
     size: u32,
+}
+
+/// A mailbox entry's expiry, ordered by time: whole seconds rounded up, the recipient's
+/// [`Users`] index, the id. 24 bytes; a fetch never answers with an expired entry meanwhile.
+type MailExpiry = (u32, u32, EnvelopeId);
+
+fn mail_expiry(expires_at: Millis, ix: u32, id: EnvelopeId) -> MailExpiry {
+    let secs = expires_at.div_ceil(1000).min(u32::MAX as u64) as u32;
+    (secs, ix, id)
 }
 
 /// What the core keeps of an envelope in an outbox: no body.
@@ -314,10 +354,12 @@ pub struct Core {
     config: Config,
     now: Millis,
     accounts: HashMap<UserId, AccountRecord>,
-    mailboxes: HashMap<UserId, BTreeMap<u64, MailRef>>,
+    users: Users,
+    mailboxes: HashMap<u32, HashMap<EnvelopeId, MailRef>>,
+    mail_count: usize,
+    mail_expiries: BTreeSet<MailExpiry>,
     /// Keyed by recipient and id: ids are chosen by senders, so one recipient's envelope must
     /// never shadow another's.
-    mailbox_index: HashMap<(UserId, EnvelopeId), u64>,
     next_arrival: u64,
     outboxes: BTreeMap<String, Outbox>,
     in_flight: HashMap<BatchId, (String, Vec<EnvelopeId>)>,
@@ -360,8 +402,10 @@ impl Core {
             config,
             now,
             accounts: snapshot.accounts.into_iter().collect(),
+            users: Users::default(),
             mailboxes: HashMap::default(),
-            mailbox_index: HashMap::default(),
+            mail_count: 0,
+            mail_expiries: BTreeSet::new(),
             next_arrival: 0,
             outboxes: BTreeMap::new(),
             in_flight: HashMap::default(),
@@ -388,9 +432,6 @@ impl Core {
         for (user, key) in snapshot.one_time_prekeys {
             core.one_time_prekeys.entry(user).or_default().insert(key);
         }
-        for e in snapshot.mailbox {
-            core.insert_mailbox(e);
-        }
         for rec in snapshot.outbox {
             core.insert_outbox(rec, 0);
         }
@@ -405,6 +446,18 @@ impl Core {
         core
     }
 
+    /// Rebuilds the core from a store after a restart: the snapshot, then the mailbox entries
+    /// streamed one by one (metadata only; a node may hold millions).
+    pub fn from_store(
+        config: Config,
+        store: &impl NodeStore,
+        now: Millis,
+    ) -> Result<Core, StoreError> {
+        let mut core = Core::new(config, store.load()?, now);
+        store.for_each_mailbox(&mut |e| core.insert_mailbox(e))?;
+        Ok(core)
+    }
+
     // ---- getters ----
 
     pub fn node_id(&self) -> &str {
@@ -414,7 +467,7 @@ impl Core {
     pub fn stats(&self) -> Stats {
         Stats {
             accounts: self.accounts.len(),
-            mailbox_envelopes: self.mailbox_index.len(),
+            mailbox_envelopes: self.mail_count,
             outbox_envelopes: self.outboxes.values().map(|o| o.records.len()).sum(),
             parked_fetches: self.parked.len(),
             in_flight_batches: self.in_flight.len(),
@@ -693,17 +746,22 @@ impl Core {
                 i += 1;
             }
         }
+        while let Some((secs, _, _)) = self.mail_expiries.first() {
+            if *secs as Millis * 1000 > now {
+                break;
+            }
+            let (_, ix, id) = self.mail_expiries.pop_first().expect("first() was Some");
+            let user = self.users.id(ix);
+            if self.remove_mailbox(&user, &id) {
+                tracing::debug!(user = %redact::User(&user), "expired envelope dropped");
+            }
+        }
         while let Some((at, _)) = self.expiries.first() {
             if *at > now {
                 break;
             }
             let (_, what) = self.expiries.pop_first().expect("first() was Some");
             match what {
-                Expiry::Mailbox(user, id) => {
-                    if self.remove_mailbox(&user, &id) {
-                        tracing::debug!(user = %redact::User(&user), "expired envelope dropped");
-                    }
-                }
                 Expiry::Outbox(id) => {
                     let Some(node) = self.queued.get(&id).cloned() else {
                         continue;
@@ -755,7 +813,11 @@ impl Core {
             .min();
         let parked = self.parked.iter().map(|p| p.until).min();
         let expiry = self.expiries.first().map(|(at, _)| *at);
-        [retry, parked, expiry].into_iter().flatten().min()
+        let mail = self
+            .mail_expiries
+            .first()
+            .map(|(s, _, _)| *s as Millis * 1000);
+        [retry, parked, expiry, mail].into_iter().flatten().min()
     }
 
     // ---- internals ----
@@ -1033,13 +1095,18 @@ impl Core {
         if !self.accounts.contains_key(&user) {
             return DeliverResult::NoSuchUser;
         }
-        let key = (user, envelope.id);
-        if self.mailbox_index.contains_key(&key) || self.seen.contains(&key) {
+        let ix = self.users.intern(user);
+        if self
+            .mailboxes
+            .get(&ix)
+            .is_some_and(|m| m.contains_key(&envelope.id))
+            || self.seen.contains(&(user, envelope.id))
+        {
             return DeliverResult::Duplicate;
         }
         if self
             .mailboxes
-            .get(&user)
+            .get(&ix)
             .is_some_and(|m| m.len() >= MAX_MAILBOX_ENVELOPES)
         {
             return DeliverResult::MailboxFull;
@@ -1055,32 +1122,42 @@ impl Core {
     fn insert_mailbox(&mut self, e: MailboxEntry) {
         let seq = self.next_arrival;
         self.next_arrival += 1;
-        self.expiries
-            .insert((e.expires_at, Expiry::Mailbox(e.recipient, e.id)));
-        self.mailbox_index.insert((e.recipient, e.id), seq);
-        self.mailboxes.entry(e.recipient).or_default().insert(
-            seq,
+        let ix = self.users.intern(e.recipient);
+        let old = self.mailboxes.entry(ix).or_default().insert(
+            e.id,
             MailRef {
-                id: e.id,
+                seq,
                 expires_at: e.expires_at,
                 size: e.size,
             },
         );
+        match old {
+            Some(old) => {
+                self.mail_expiries
+                    .remove(&mail_expiry(old.expires_at, ix, e.id));
+            }
+            None => self.mail_count += 1,
+        }
+        self.mail_expiries
+            .insert(mail_expiry(e.expires_at, ix, e.id));
     }
 
     fn remove_mailbox(&mut self, user: &UserId, id: &EnvelopeId) -> bool {
-        let Some(seq) = self.mailbox_index.remove(&(*user, *id)) else {
+        let Some(ix) = self.users.get(user) else {
             return false;
         };
-        if let Some(m) = self.mailboxes.get_mut(user) {
-            if let Some(e) = m.remove(&seq) {
-                self.expiries
-                    .remove(&(e.expires_at, Expiry::Mailbox(*user, *id)));
-            }
-            if m.is_empty() {
-                self.mailboxes.remove(user);
-            }
+        let Some(m) = self.mailboxes.get_mut(&ix) else {
+            return false;
+        };
+        let Some(e) = m.remove(id) else {
+            return false;
+        };
+        if m.is_empty() {
+            self.mailboxes.remove(&ix);
         }
+        self.mail_count -= 1;
+        self.mail_expiries
+            .remove(&mail_expiry(e.expires_at, ix, *id));
         self.writes.push(NodeWrite::DeleteMailbox(*user, *id));
         true
     }
@@ -1089,18 +1166,27 @@ impl Core {
     fn mailbox_batch(&self, user: &UserId, limit: usize) -> Vec<EnvelopeId> {
         let mut bytes = 0usize;
         let mut out = Vec::new();
-        for e in self
-            .mailboxes
-            .get(user)
-            .into_iter()
-            .flat_map(|m| m.values())
-        {
-            let size = e.size as usize;
+        let Some(ix) = self.users.get(user) else {
+            return out;
+        };
+        let Some(m) = self.mailboxes.get(&ix) else {
+            return out;
+        };
+        // Oldest first. A mailbox holds at most MAX_MAILBOX_ENVELOPES, so ordering it here is
+        // cheaper than keeping a second, ordered index of every stored envelope.
+        let mut held: Vec<(u64, EnvelopeId, u32)> = m
+            .iter()
+            .filter(|(_, e)| e.expires_at > self.now)
+            .map(|(id, e)| (e.seq, *id, e.size))
+            .collect();
+        held.sort_unstable();
+        for (_, id, size) in held {
+            let size = size as usize;
             if out.len() >= limit || bytes.saturating_add(size) > MAX_BATCH_BYTES {
                 break;
             }
             bytes += size;
-            out.push(e.id);
+            out.push(id);
         }
         out
     }
@@ -1260,17 +1346,28 @@ mod tests {
         stash: Vec<(BatchId, String, FedRequest)>,
     }
 
+    fn config(id: &str) -> Config {
+        Config {
+            node_id: id.into(),
+            registration_open: true,
+            seed: 7,
+            send_limit: SendLimit::default(),
+        }
+    }
+
     fn core(id: &str, snap: NodeSnapshot, now: Millis) -> Core {
-        Core::new(
-            Config {
-                node_id: id.into(),
-                registration_open: true,
-                seed: 7,
-                send_limit: SendLimit::default(),
-            },
-            snap,
-            now,
-        )
+        Core::new(config(id), snap, now)
+    }
+
+    /// A core restarted from what `store` holds.
+    fn restarted(id: &str, store: &MemNodeStore, now: Millis) -> Core {
+        Core::from_store(config(id), store, now).unwrap()
+    }
+
+    fn mailbox_of(store: &MemNodeStore) -> Vec<MailboxEntry> {
+        let mut out = Vec::new();
+        store.for_each_mailbox(&mut |e| out.push(e)).unwrap();
+        out
     }
 
     impl Harness {
@@ -1413,10 +1510,7 @@ mod tests {
             ])]
         );
         assert!(h.store_a.load().unwrap().outbox.is_empty());
-        assert_eq!(
-            h.store_b.load().unwrap().mailbox,
-            vec![MailboxEntry::of(&e)]
-        );
+        assert_eq!(mailbox_of(&h.store_b), vec![MailboxEntry::of(&e)]);
         let got = h.client(
             false,
             T0 + 5,
@@ -1429,7 +1523,7 @@ mod tests {
         assert_eq!(e.open_body(&h.bob).unwrap(), b"hello");
         let acked = h.client(false, T0 + 6, ClientOp::Ack(vec![e.id]));
         assert_eq!(acked, vec![ClientResponse::Acked { removed: 1 }]);
-        assert!(h.store_b.load().unwrap().mailbox.is_empty());
+        assert!(mailbox_of(&h.store_b).is_empty());
         // A retransmission after the ack is a duplicate, not a second delivery.
         h.b.handle_fed_request(T0 + 7, Token(0), "NodeA", FedRequest::Deliver(vec![e]));
         let (_, fed, _) = h.drain(false);
@@ -1462,7 +1556,7 @@ mod tests {
         );
         h.a.handle_timeout(second);
         assert_eq!(h.pump(second), 1);
-        assert_eq!(h.store_b.load().unwrap().mailbox.len(), 1);
+        assert_eq!(mailbox_of(&h.store_b).len(), 1);
     }
 
     #[test]
@@ -1472,11 +1566,11 @@ mod tests {
         h.send_to_b(T0, e.clone());
         // Node A crashes with the batch in flight: rebuild it from its store.
         h.stash.clear();
-        h.a = core("NodeA", h.store_a.load().unwrap(), T0 + 10);
+        h.a = restarted("NodeA", &h.store_a, T0 + 10);
         h.a.handle_timeout(T0 + 10);
         assert_eq!(h.pump(T0 + 10), 1);
         // Node B crashes after storing: the envelope is still there.
-        h.b = core("NodeB", h.store_b.load().unwrap(), T0 + 20);
+        h.b = restarted("NodeB", &h.store_b, T0 + 20);
         let got = h.client(
             false,
             T0 + 20,
@@ -1503,7 +1597,7 @@ mod tests {
         h.drain(true);
         h.drain(false);
         assert!(h.store_a.load().unwrap().outbox.is_empty());
-        assert!(h.store_b.load().unwrap().mailbox.is_empty());
+        assert!(mailbox_of(&h.store_b).is_empty());
         let st = h.client(true, T0 + 1_001, ClientOp::Status(vec![e1.id]));
         assert_eq!(
             st,

@@ -1306,13 +1306,13 @@ impl Sim {
         node.pending.clear();
         if c.disk_loss {
             let snap = node.store.load().expect("memory store");
+            let mut lost: Vec<EnvelopeId> = Vec::new();
+            node.store
+                .for_each_mailbox(&mut |e| lost.push(e.id))
+                .expect("memory store");
+            lost.extend(snap.outbox.iter().map(|r| r.id));
             node.store = MemNodeStore::default();
-            let lost = snap
-                .mailbox
-                .iter()
-                .map(|e| e.id)
-                .chain(snap.outbox.iter().map(|r| r.id));
-            for id in lost.collect::<Vec<_>>() {
+            for id in lost {
                 if let Some(m) = self.msgs.get_mut(&id)
                     && m.device_at.is_none()
                     && !m.lost_disk
@@ -1332,7 +1332,6 @@ impl Sim {
 
     fn restart(&mut self, i: usize) {
         let n = self.sc.crashes[i].node;
-        let snapshot = self.nodes[n].store.load().expect("memory store");
         let seed = self.rng.next_u64();
         let config = relay::Config {
             node_id: self.nodes[n].id.clone(),
@@ -1340,7 +1339,8 @@ impl Sim {
             seed,
             send_limit: relay::SendLimit::UNLIMITED,
         };
-        self.nodes[n].core = Some(relay::Core::new(config, snapshot, self.now));
+        let core = relay::Core::from_store(config, &self.nodes[n].store, self.now);
+        self.nodes[n].core = Some(core.expect("memory store"));
         let now = self.now;
         self.nodes[n]
             .core

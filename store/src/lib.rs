@@ -40,6 +40,13 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// One memtable's size: writes are small envelopes, so a few MiB batch plenty of them.
+const MEMTABLE_BYTES: usize = 4 << 20;
+/// All memtables of a database together; beyond this RocksDB flushes.
+const MEMTABLES_TOTAL_BYTES: usize = 16 << 20;
+/// Cached table blocks (bodies being read for fetches and batches, indexes).
+const BLOCK_CACHE_BYTES: usize = 8 << 20;
+
 /// Opens (or creates) a database with the given column families, checks its kind and schema
 /// version, and writes both on first open. `migrate(db, from)` runs the kind's own migration
 /// steps from version `from` (older than [`schema::SCHEMA_VERSION`]); the version is recorded
@@ -58,6 +65,17 @@ pub(crate) fn open_db(
     opts.set_compression_type(rocksdb::DBCompressionType::None);
     opts.set_max_open_files(256);
     opts.set_keep_log_file_num(4);
+    // Memory does not grow with what is stored: memtables are small and capped together (a
+    // restart after a crash replays at most this much of the write-ahead log into memory),
+    // and reads go through one small block cache.
+    opts.set_write_buffer_size(MEMTABLE_BYTES);
+    opts.set_db_write_buffer_size(MEMTABLES_TOTAL_BYTES);
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_block_cache(&rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES));
+    // Index blocks live in that cache too, instead of beside every open table file, so they
+    // do not grow with the data either.
+    table.set_cache_index_and_filter_blocks(true);
+    opts.set_block_based_table_factory(&table);
     // Open every family already there too, so a database of the other kind opens and is then
     // refused by its recorded kind rather than by a RocksDB error.
     let mut all: Vec<String> = cfs.iter().map(|s| s.to_string()).collect();

@@ -108,12 +108,12 @@ struct OutboxMeta {
     size: u32,
 }
 
-/// Everything the relay core needs to resume after a restart: metadata of the held mail, not
-/// its bodies.
+/// What the relay core needs to resume after a restart, but the mailbox entries, which
+/// [`NodeStore::for_each_mailbox`] streams (a node may hold millions; they are not collected
+/// first).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeSnapshot {
     pub accounts: Vec<(UserId, AccountRecord)>,
-    pub mailbox: Vec<MailboxEntry>,
     pub outbox: Vec<OutboxEntry>,
     pub status: Vec<(EnvelopeId, StatusRecord)>,
     pub signed_prekeys: Vec<(UserId, SignedPrekey)>,
@@ -124,6 +124,8 @@ pub struct NodeSnapshot {
 /// after a crash either all of a batch is there or none of it.
 pub trait NodeStore {
     fn load(&self) -> Result<NodeSnapshot>;
+    /// Every mailbox entry (metadata only), in key order.
+    fn for_each_mailbox(&self, each: &mut dyn FnMut(MailboxEntry)) -> Result<()>;
     fn apply(&mut self, writes: &[NodeWrite]) -> Result<()>;
     /// The bodies of these envelopes in `user`'s mailbox, in the order asked; any no longer
     /// held is left out.
@@ -199,21 +201,7 @@ impl NodeStore for NodeDb {
                 Ok((UserId(id), v))
             })
             .collect::<Result<_>>()?;
-        // The metadata families only: bodies stay on disk until a fetch or a batch reads them.
-        let mailbox = self
-            .scan::<MailboxMeta>(USERID_ENVELOPEID_MAILBOXMETA)?
-            .into_iter()
-            .map(|(k, m)| {
-                let (recipient, id) = schema::decode_mailbox_key(&k)
-                    .ok_or_else(|| corrupt(USERID_ENVELOPEID_MAILBOXMETA))?;
-                Ok(MailboxEntry {
-                    recipient,
-                    id,
-                    expires_at: m.expires_at,
-                    size: m.size,
-                })
-            })
-            .collect::<Result<_>>()?;
+        // The metadata family only: bodies stay on disk until a batch reads them.
         let outbox = self
             .scan::<OutboxMeta>(NODEID_ENVELOPEID_OUTBOXMETA)?
             .into_iter()
@@ -266,7 +254,6 @@ impl NodeStore for NodeDb {
         }
         Ok(NodeSnapshot {
             accounts,
-            mailbox,
             outbox,
             status,
             signed_prekeys,
@@ -344,6 +331,24 @@ impl NodeStore for NodeDb {
         let mut wo = rocksdb::WriteOptions::default();
         wo.set_sync(true);
         Ok(self.db.write_opt(batch, &wo)?)
+    }
+
+    fn for_each_mailbox(&self, each: &mut dyn FnMut(MailboxEntry)) -> Result<()> {
+        // The metadata family only: bodies stay on disk until a fetch reads them.
+        let cf = self.cf(USERID_ENVELOPEID_MAILBOXMETA);
+        for item in self.db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+            let (k, v) = item?;
+            let m: MailboxMeta = decode_value(USERID_ENVELOPEID_MAILBOXMETA, &v)?;
+            let (recipient, id) = schema::decode_mailbox_key(&k)
+                .ok_or_else(|| corrupt(USERID_ENVELOPEID_MAILBOXMETA))?;
+            each(MailboxEntry {
+                recipient,
+                id,
+                expires_at: m.expires_at,
+                size: m.size,
+            });
+        }
+        Ok(())
     }
 
     fn mailbox_envelopes(&self, user: &UserId, ids: &[EnvelopeId]) -> Result<Vec<Envelope>> {
@@ -463,10 +468,16 @@ impl NodeStore for MemNodeStore {
             .collect())
     }
 
+    fn for_each_mailbox(&self, each: &mut dyn FnMut(MailboxEntry)) -> Result<()> {
+        self.mailbox
+            .values()
+            .for_each(|e| each(MailboxEntry::of(e)));
+        Ok(())
+    }
+
     fn load(&self) -> Result<NodeSnapshot> {
         Ok(NodeSnapshot {
             accounts: self.accounts.iter().map(|(k, v)| (*k, v.clone())).collect(),
-            mailbox: self.mailbox.values().map(MailboxEntry::of).collect(),
             outbox: self.outbox.values().map(OutboxEntry::of).collect(),
             status: self.status.iter().map(|(k, v)| (*k, v.clone())).collect(),
             signed_prekeys: self
@@ -534,6 +545,12 @@ mod tests {
         }
     }
 
+    fn mailbox_of(store: &dyn NodeStore) -> Vec<MailboxEntry> {
+        let mut out = Vec::new();
+        store.for_each_mailbox(&mut |e| out.push(e)).unwrap();
+        out
+    }
+
     fn exercise(store: &mut dyn NodeStore) {
         let out = OutboxRecord {
             owner: UserId([9; 32]),
@@ -566,7 +583,7 @@ mod tests {
             snap.accounts,
             vec![(UserId([1; 32]), AccountRecord { created_at: 3 })]
         );
-        assert_eq!(snap.mailbox, vec![MailboxEntry::of(&env(1))]);
+        assert_eq!(mailbox_of(store), vec![MailboxEntry::of(&env(1))]);
         assert_eq!(snap.outbox, vec![OutboxEntry::of(&out)]);
         // Bodies come from the store on demand, in the order asked, the missing left out.
         let ids = [EnvelopeId([3; 16]), EnvelopeId([1; 16])];
@@ -613,7 +630,7 @@ mod tests {
             exercise(&mut db);
         }
         let db = NodeDb::open(dir.path()).unwrap();
-        assert_eq!(db.load().unwrap().mailbox, vec![MailboxEntry::of(&env(1))]);
+        assert_eq!(mailbox_of(&db), vec![MailboxEntry::of(&env(1))]);
         let mut mem = MemNodeStore::default();
         exercise(&mut mem);
         assert_eq!(mem.load().unwrap(), db.load().unwrap());

@@ -52,6 +52,10 @@ pub struct Proc {
 }
 
 impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no shutdown path runs.
     pub fn kill9(mut self) {
         let _ = self.child.kill();
@@ -120,6 +124,13 @@ fn wait_for_addr(dir: &Path, child: &mut Child) -> String {
 }
 
 fn spawn(dir: &Path, args: &[&str]) -> Proc {
+    spawn_exe(hestia_bin(), dir, args)
+}
+
+/// Starts `exe` (a `hestia` binary) with `args`, logging to `dir/process.log`, and waits until
+/// it records a TCP listen address in `dir`. For callers that are the binary themselves (the
+/// benchmarks pass their own executable).
+pub fn spawn_exe(exe: &Path, dir: &Path, args: &[&str]) -> Proc {
     std::fs::create_dir_all(dir).unwrap();
     let _ = std::fs::remove_file(dir.join("listen.addr"));
     let log = std::fs::OpenOptions::new()
@@ -127,7 +138,7 @@ fn spawn(dir: &Path, args: &[&str]) -> Proc {
         .append(true)
         .open(dir.join("process.log"))
         .unwrap();
-    let mut child = Command::new(hestia_bin())
+    let mut child = Command::new(exe)
         .args(args)
         .env("RUST_LOG", "info,libp2p=warn")
         .stdin(Stdio::null())
@@ -326,6 +337,59 @@ impl Net {
         }
         panic!("`hestia {args:?}` as {user} never printed {needle:?}; last output:\n{seen}");
     }
+}
+
+/// Resident and peak resident memory of a process, in KiB (`VmRSS`, `VmHWM` in /proc).
+pub fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Fills the node database in `dir` (a node's data directory, created if needed) with `users`
+/// accounts, each holding `per_user` envelopes of `body` bytes: a node keeping mail for
+/// offline users. Written through the store in large synced batches, as fast as it allows.
+/// Returns the envelopes written per second.
+pub fn fill_mailboxes(dir: &Path, users: usize, per_user: usize, body: usize) -> f64 {
+    use hestia_protocol::envelope::{Envelope, EnvelopeId};
+    use hestia_protocol::identity::UserId;
+    use hestia_store::node::{AccountRecord, NodeDb, NodeStore, NodeWrite};
+    let mut db = NodeDb::open(&dir.join("db")).expect("opening the node database");
+    let now = 1_900_000_000_000; // far in the future: nothing expires during a run
+    let start = Instant::now();
+    let mut writes = Vec::new();
+    let mut n = 0u64;
+    for u in 0..users {
+        let mut user = [0u8; 32];
+        user[..8].copy_from_slice(&(u as u64).to_be_bytes());
+        let user = UserId(user);
+        writes.push(NodeWrite::PutAccount(user, AccountRecord { created_at: 1 }));
+        for _ in 0..per_user {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&n.to_be_bytes());
+            n += 1;
+            writes.push(NodeWrite::PutMailbox(Envelope {
+                version: 1,
+                id: EnvelopeId(id),
+                recipient: user,
+                expires_at: now,
+                body: vec![(n % 251) as u8; body],
+            }));
+            if writes.len() >= 4096 {
+                db.apply(&writes).expect("writing");
+                writes.clear();
+            }
+        }
+    }
+    db.apply(&writes).expect("writing");
+    n as f64 / start.elapsed().as_secs_f64()
 }
 
 /// The `hestia-safety:1:…` code in the output of `hestia contact verify`.
