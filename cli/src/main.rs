@@ -304,7 +304,9 @@ fn main() {
         Command::Node(NodeCmd::Run(_)) | Command::Bootstrap(_)
     );
     let default_filter = if node_like {
-        "info,libp2p=warn"
+        // request-response warns once per stream it drops at capacity: a peer would choose how
+        // much the node logs. Refused frames are summarised by Hestia's codec instead.
+        "info,libp2p=warn,libp2p_request_response=error"
     } else {
         "warn"
     };

@@ -11,6 +11,7 @@ use hestia_protocol::wire::{
     self, ClientRequest, ClientResponse, FedRequest, FedResponse, PROTOCOL_VERSION, Presence,
 };
 use hestia_store::node::{NodeDb, NodeStore};
+use libp2p::connection_limits;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
@@ -34,6 +35,14 @@ pub const MAX_CONCURRENT_STREAMS: usize = 128;
 pub const PRESENCE_INTERVAL: Duration = Duration::from_secs(20);
 /// Largest gossipsub message: presence is small.
 pub const MAX_PRESENCE_BYTES: usize = 4096;
+/// Connections being set up (Noise handshakes) at once: a flood of half-open connections
+/// costs at most this many handshakes.
+pub const MAX_PENDING_INCOMING: u32 = 256;
+/// Established inbound connections: devices holding long polls and peer nodes. Ten thousand
+/// connected devices is the aim for one node (issue 10), with room for peers.
+pub const MAX_ESTABLISHED_INCOMING: u32 = 12_000;
+/// Connections one peer id may hold: one, plus a few while reconnecting or dialling both ways.
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 4;
 /// Nodes whose latest presence time is remembered (to refuse replays).
 pub const MAX_PRESENCE_RECORDS: usize = 4096;
 /// Connections stay open this long without traffic, so clients and peers avoid re-handshakes.
@@ -100,6 +109,8 @@ pub fn now_millis() -> Millis {
 
 #[derive(NetworkBehaviour)]
 pub struct NodeBehaviour {
+    /// First, so a connection over a limit is refused before any other behaviour sees it.
+    pub limits: connection_limits::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -170,6 +181,12 @@ pub fn node_behaviour(key: &identity::Keypair) -> Result<NodeBehaviour, NodeErro
             .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS)
     };
     Ok(NodeBehaviour {
+        limits: connection_limits::Behaviour::new(
+            connection_limits::ConnectionLimits::default()
+                .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                .with_max_established_incoming(Some(MAX_ESTABLISHED_INCOMING))
+                .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
+        ),
         identify: identify_behaviour(key),
         ping: ping::Behaviour::new(ping::Config::new()),
         kad: kad_behaviour(key.public().to_peer_id()),

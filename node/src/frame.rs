@@ -1,6 +1,12 @@
 //! The request-response codec for both Hestia protocols: a 4-byte big-endian length, then that
 //! many bytes of the protocol codec. A length above [`MAX_FRAME_BYTES`] or bytes that do not
 //! decode fail that one stream with `InvalidData`; the connection and the node carry on.
+//!
+//! A peer decides what it declares, not what the node spends: a frame's buffer grows only as its
+//! bytes arrive, every byte being read is taken from one budget for all streams of the process
+//! ([`MAX_BUFFERED_BYTES`]; past it a stream is refused), and a frame must arrive whole within
+//! [`FRAME_READ_TIMEOUT`]. Refusals are counted and logged as a summary at most every
+//! [`REFUSAL_LOG_INTERVAL`], so a sender cannot decide how much the node logs.
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use hestia_protocol::codec::{self, MAX_FRAME_BYTES};
@@ -10,22 +16,139 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::io;
 use std::marker::PhantomData;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-pub struct FrameCodec<Req, Resp>(PhantomData<fn() -> (Req, Resp)>);
+/// Longest one frame may take to arrive. 2 MiB in 10 s is 200 KiB/s: any real link; a peer
+/// trickling bytes to hold buffers open is cut off.
+pub const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of frames being read at once, all streams of all connections together. Far above what
+/// honest peers keep in flight (a batch is at most 2 MiB), far below what the machine has.
+pub const MAX_BUFFERED_BYTES: usize = 64 << 20;
+/// Bytes of frames being read at once on one connection: two full frames. An honest device or
+/// node sends one request at a time per stream and few streams at once.
+pub const MAX_BUFFERED_PER_CONNECTION: usize = 2 * MAX_FRAME_BYTES;
+/// How much of a frame is read per step.
+const READ_CHUNK: usize = 16 * 1024;
+/// Refused frames are summarised in the log at most this often.
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+static BUFFERED: AtomicUsize = AtomicUsize::new(0);
+static REFUSED: AtomicU64 = AtomicU64::new(0);
+static LAST_REFUSAL_LOG: Mutex<Option<Instant>> = Mutex::new(None);
+
+/// Bytes taken from [`MAX_BUFFERED_BYTES`] (and from its connection's budget, if it has one)
+/// for one frame being read; given back when dropped.
+struct Reservation<'a> {
+    conn: Option<&'a AtomicUsize>,
+    taken: usize,
+}
+
+/// Adds `n` to `counter` unless that passes `max`.
+fn take_from(counter: &AtomicUsize, n: usize, max: usize) -> bool {
+    let mut cur = counter.load(Ordering::Relaxed);
+    loop {
+        if cur.saturating_add(n) > max {
+            return false;
+        }
+        match counter.compare_exchange_weak(cur, cur + n, Ordering::AcqRel, Ordering::Relaxed) {
+            Ok(_) => return true,
+            Err(now) => cur = now,
+        }
+    }
+}
+
+impl Reservation<'_> {
+    fn take(&mut self, n: usize) -> io::Result<()> {
+        let spent = |what: &str| {
+            io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                format!("the buffer budget for incoming frames ({what}) is spent"),
+            )
+        };
+        if let Some(c) = self.conn
+            && !take_from(c, n, MAX_BUFFERED_PER_CONNECTION)
+        {
+            return Err(spent("this connection's"));
+        }
+        if !take_from(&BUFFERED, n, MAX_BUFFERED_BYTES) {
+            if let Some(c) = self.conn {
+                c.fetch_sub(n, Ordering::AcqRel);
+            }
+            return Err(spent("the node's"));
+        }
+        self.taken += n;
+        Ok(())
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        BUFFERED.fetch_sub(self.taken, Ordering::AcqRel);
+        if let Some(c) = self.conn {
+            c.fetch_sub(self.taken, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Bytes of incoming frames being read right now, all streams together.
+pub fn buffered_bytes() -> usize {
+    BUFFERED.load(Ordering::Relaxed)
+}
+
+/// Frames refused since the process started (malformed, oversized, too slow, over budget).
+pub fn refused_frames() -> u64 {
+    REFUSED.load(Ordering::Relaxed)
+}
+
+/// The codec. Each connection gets its own buffer budget ([`MAX_BUFFERED_PER_CONNECTION`])
+/// besides the process-wide one, so one peer holding many streams open cannot spend what the
+/// others need.
+///
+/// How the per-connection budget is found: libp2p's request-response behaviour clones its codec
+/// once per connection (for the connection's handler) and the handler clones that once per
+/// stream. So the behaviour's codec has no budget of its own (`conn: None`), a clone of it starts
+/// a new one (a new connection), and a clone of a codec that has one shares it (a stream of that
+/// connection). `per_connection_budgets_follow_libp2p_s_cloning` pins this down.
+pub struct FrameCodec<Req, Resp> {
+    conn: Option<std::sync::Arc<AtomicUsize>>,
+    _types: PhantomData<fn() -> (Req, Resp)>,
+}
 
 impl<Req, Resp> Default for FrameCodec<Req, Resp> {
     fn default() -> Self {
-        FrameCodec(PhantomData)
+        FrameCodec {
+            conn: None,
+            _types: PhantomData,
+        }
     }
 }
 
 impl<Req, Resp> Clone for FrameCodec<Req, Resp> {
     fn clone(&self) -> Self {
-        FrameCodec(PhantomData)
+        FrameCodec {
+            conn: Some(
+                self.conn
+                    .clone()
+                    .unwrap_or_else(|| std::sync::Arc::new(AtomicUsize::new(0))),
+            ),
+            _types: PhantomData,
+        }
     }
 }
 
+/// Reads one frame: its length, then its bytes as they arrive (never allocated at the declared
+/// length), within the process-wide buffer budget.
 pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(io: &mut R) -> io::Result<T> {
+    read_frame_in(io, None).await
+}
+
+/// [`read_frame`] within a connection's budget too.
+async fn read_frame_in<T: DeserializeOwned, R: AsyncRead + Unpin>(
+    io: &mut R,
+    conn: Option<&AtomicUsize>,
+) -> io::Result<T> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
@@ -35,9 +158,33 @@ pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(io: &mut R) -
             format!("frame of {len} bytes exceeds the limit of {MAX_FRAME_BYTES}"),
         ));
     }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
+    let mut reserved = Reservation { conn, taken: 0 };
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; READ_CHUNK.min(len)];
+    while buf.len() < len {
+        let want = (len - buf.len()).min(chunk.len());
+        let n = io.read(&mut chunk[..want]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        reserved.take(n)?;
+        buf.extend_from_slice(&chunk[..n]);
+    }
     codec::decode(&buf, MAX_FRAME_BYTES).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// [`read_frame_in`] within [`FRAME_READ_TIMEOUT`].
+async fn read_frame_timed<T: DeserializeOwned, R: AsyncRead + Unpin>(
+    io: &mut R,
+    conn: Option<&AtomicUsize>,
+) -> io::Result<T> {
+    match tokio::time::timeout(FRAME_READ_TIMEOUT, read_frame_in(io, conn)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "frame did not arrive in time",
+        )),
+    }
 }
 
 /// Encodes `value` and writes it as one frame, then closes the write side.
@@ -55,9 +202,22 @@ async fn write_bytes<W: AsyncWrite + Unpin>(io: &mut W, bytes: Vec<u8>) -> io::R
     io.close().await
 }
 
+/// Counts a refused frame; logs a summary (not one line per stream) when the interval passed.
 fn log_refusal(protocol: &StreamProtocol, e: &io::Error) {
-    if e.kind() == io::ErrorKind::InvalidData {
-        tracing::info!(%protocol, error = %e, "refused malformed frame");
+    if !matches!(
+        e.kind(),
+        io::ErrorKind::InvalidData | io::ErrorKind::TimedOut | io::ErrorKind::OutOfMemory
+    ) {
+        return;
+    }
+    let total = REFUSED.fetch_add(1, Ordering::Relaxed) + 1;
+    let Ok(mut last) = LAST_REFUSAL_LOG.lock() else {
+        return;
+    };
+    let now = Instant::now();
+    if last.is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_INTERVAL) {
+        *last = Some(now);
+        tracing::info!(%protocol, latest = %e, refused_since_start = total, "refusing malformed, oversized or slow frames");
     }
 }
 
@@ -76,7 +236,7 @@ where
     {
         // libp2p drops a stream whose request fails to read without telling the behaviour, so
         // the refusal is logged here, where it is known.
-        read_frame(io)
+        read_frame_timed(io, self.conn.as_deref())
             .await
             .inspect_err(|e| log_refusal(protocol, e))
     }
@@ -85,7 +245,7 @@ where
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io)
+        read_frame_timed(io, self.conn.as_deref())
             .await
             .inspect_err(|e| log_refusal(protocol, e))
     }
@@ -119,8 +279,12 @@ mod tests {
     use super::*;
     use futures::io::Cursor;
 
+    /// The buffer budget is process-wide: these tests take turns.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
     #[test]
     fn oversized_and_garbage_frames_are_refused() {
+        let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         futures::executor::block_on(async {
             let mut big = Cursor::new(((MAX_FRAME_BYTES + 1) as u32).to_be_bytes().to_vec());
             let e = read_frame::<Vec<u8>, _>(&mut big).await.unwrap_err();
@@ -139,5 +303,74 @@ mod tests {
                 vec![1, 2, 3]
             );
         });
+    }
+
+    #[test]
+    fn a_lying_length_costs_only_the_bytes_that_arrive() {
+        let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        futures::executor::block_on(async {
+            // Declares 2 MiB, sends 10 bytes and ends: refused, nothing held afterwards.
+            let mut lie = (MAX_FRAME_BYTES as u32).to_be_bytes().to_vec();
+            lie.extend_from_slice(&[0; 10]);
+            let e = read_frame::<Vec<u8>, _>(&mut Cursor::new(lie))
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+            assert_eq!(buffered_bytes(), 0);
+        });
+    }
+
+    #[test]
+    fn the_shared_budget_refuses_a_frame_past_it() {
+        let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let mut hog = Reservation {
+            conn: None,
+            taken: 0,
+        };
+        hog.take(MAX_BUFFERED_BYTES - 100).unwrap();
+        futures::executor::block_on(async {
+            let mut frame = Cursor::new(Vec::new());
+            write_frame(&mut frame, &vec![7u8; 1000]).await.unwrap();
+            frame.set_position(0);
+            let e = read_frame::<Vec<u8>, _>(&mut frame).await.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::OutOfMemory);
+        });
+        drop(hog);
+        assert_eq!(buffered_bytes(), 0);
+    }
+
+    #[test]
+    fn per_connection_budgets_follow_libp2p_s_cloning() {
+        let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let behaviour = FrameCodec::<Vec<u8>, Vec<u8>>::default();
+        let (conn_a, conn_b) = (behaviour.clone(), behaviour.clone());
+        let (a1, a2) = (conn_a.clone(), conn_a.clone());
+        let budget = |c: &FrameCodec<Vec<u8>, Vec<u8>>| c.conn.clone().unwrap();
+        assert!(
+            std::sync::Arc::ptr_eq(&budget(&a1), &budget(&a2)),
+            "streams share"
+        );
+        assert!(
+            !std::sync::Arc::ptr_eq(&budget(&a1), &budget(&conn_b)),
+            "connections do not"
+        );
+        // One connection's streams together stop at its budget; another's still read.
+        let mut held = Reservation {
+            conn: a1.conn.as_deref(),
+            taken: 0,
+        };
+        held.take(MAX_BUFFERED_PER_CONNECTION - 10).unwrap();
+        let mut more = Reservation {
+            conn: a2.conn.as_deref(),
+            taken: 0,
+        };
+        assert!(more.take(11).is_err());
+        let mut other = Reservation {
+            conn: conn_b.conn.as_deref(),
+            taken: 0,
+        };
+        other.take(11).unwrap();
+        drop((held, more, other));
+        assert_eq!(buffered_bytes(), 0);
     }
 }
