@@ -91,7 +91,7 @@ async fn cluster() -> Result<Cluster> {
         let node = start_local_node(
             &dir,
             addrs.clone(),
-            hestia_node::relay::SendLimit::UNLIMITED,
+            hestia_node::relay::Limits::UNLIMITED,
             rx.clone(),
         )
         .await?;

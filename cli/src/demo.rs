@@ -52,7 +52,7 @@ pub struct LocalNode {
 pub async fn start_local_node(
     dir: &Path,
     bootstrap: Vec<Multiaddr>,
-    send_limit: hestia_node::relay::SendLimit,
+    limits: hestia_node::relay::Limits,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<LocalNode> {
     let node = Node::start(NodeConfig {
@@ -60,7 +60,7 @@ pub async fn start_local_node(
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
         bootstrap,
         registration_open: true,
-        send_limit,
+        limits,
     })?;
     let peer = node.peer_id().to_string();
     let task = tokio::spawn(node.run(async move {

@@ -699,16 +699,19 @@ fn node_config(args: NodeRunArgs) -> Result<NodeConfig> {
         listen,
         bootstrap,
         registration_open: !args.closed_registration && file.registration_open.unwrap_or(true),
-        send_limit: hestia_node::relay::SendLimit {
-            burst: args
-                .send_burst
-                .or(file.send_burst)
-                .unwrap_or(hestia_node::relay::SEND_BURST),
-            per_second: args
-                .sends_per_second
-                .or(file.sends_per_second)
-                .unwrap_or(hestia_node::relay::SENDS_PER_SECOND)
-                .max(1),
+        limits: hestia_node::relay::Limits {
+            send: hestia_node::relay::SendLimit {
+                burst: args
+                    .send_burst
+                    .or(file.send_burst)
+                    .unwrap_or(hestia_node::relay::SEND_BURST),
+                per_second: args
+                    .sends_per_second
+                    .or(file.sends_per_second)
+                    .unwrap_or(hestia_node::relay::SENDS_PER_SECOND)
+                    .max(1),
+            },
+            fed: hestia_node::relay::FED_LIMIT,
         },
     })
 }

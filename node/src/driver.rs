@@ -267,7 +267,7 @@ pub struct NodeConfig {
     pub listen: Vec<Multiaddr>,
     pub bootstrap: Vec<Multiaddr>,
     pub registration_open: bool,
-    pub send_limit: relay::SendLimit,
+    pub limits: relay::Limits,
 }
 
 /// A running node: the swarm, the store and the core.
@@ -328,7 +328,7 @@ impl Node {
                 node_id: peer.to_string(),
                 registration_open: config.registration_open,
                 seed,
-                send_limit: config.send_limit,
+                limits: config.limits,
             },
             &store,
             now_millis(),

@@ -45,6 +45,12 @@ type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// Envelopes held per user. A user who never comes online cannot fill the node's disk.
 pub const MAX_MAILBOX_ENVELOPES: usize = 10_000;
+/// Body bytes held per user: a user's share of the node's disk (a full mailbox of the largest
+/// envelopes would otherwise be 160 MiB).
+pub const MAX_MAILBOX_BYTES: u64 = 64 << 20;
+/// Body bytes held for all users together: the node's budget for stored mail. Past it every
+/// delivery is refused (`MailboxFull`, which the sender retries) until mail is fetched or expires.
+pub const MAX_STORED_BYTES: u64 = 32 << 30;
 /// Accounts per node: bounds the in-memory account table.
 pub const MAX_ACCOUNTS: usize = 100_000;
 /// Envelopes queued for one destination node while it is unreachable.
@@ -134,6 +140,74 @@ impl SendLimit {
     };
 }
 
+/// Envelopes another node may deliver here in a burst, and per second after it. A peer node is
+/// only a key pair, so without this any node on the internet could fill mailboxes as fast as
+/// the disk takes it; a community node sending to another sends far less.
+pub const FED_LIMIT: SendLimit = SendLimit {
+    burst: 20_000,
+    per_second: 1_000,
+};
+
+/// The rate limits a node applies: per local user sending, per remote node delivering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub send: SendLimit,
+    pub fed: SendLimit,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            send: SendLimit::default(),
+            fed: FED_LIMIT,
+        }
+    }
+}
+
+impl Limits {
+    /// No limits (benchmarks measuring the relay itself, simulations).
+    pub const UNLIMITED: Limits = Limits {
+        send: SendLimit::UNLIMITED,
+        fed: SendLimit::UNLIMITED,
+    };
+}
+
+/// A token bucket: what is left (in thousandths) and when it was last counted.
+#[derive(Clone, Copy)]
+struct Bucket {
+    left_milli: u64,
+    at: Millis,
+}
+
+impl Bucket {
+    /// Takes `n` from the allowance `limit` at `now`, or says in how many ms there is enough.
+    fn take(this: Option<Bucket>, limit: SendLimit, n: u64, now: Millis) -> Result<Bucket, u64> {
+        const MILLI: u64 = 1000;
+        let per_second = limit.per_second.max(1);
+        let full = limit.burst.saturating_mul(MILLI);
+        let Bucket { left_milli, at } = this.unwrap_or(Bucket {
+            left_milli: full,
+            at: now,
+        });
+        // Allowance accrues at `per_second` per 1000 ms, i.e. `per_second` thousandths per ms.
+        let refilled = left_milli
+            .saturating_add(now.saturating_sub(at).saturating_mul(per_second))
+            .min(full);
+        let need = n.saturating_mul(MILLI);
+        if need > refilled {
+            return Err((need - refilled).div_ceil(per_second));
+        }
+        Ok(Bucket {
+            left_milli: refilled - need,
+            at: now,
+        })
+    }
+}
+
+/// Remote nodes whose delivery allowance is tracked at once; when full, all are forgotten (and
+/// start again with a full burst), so the table cannot grow with the number of peer ids.
+pub const MAX_FED_BUCKETS: usize = 10_000;
+
 /// Identifies an inbound request awaiting its response; chosen by the driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Token(pub u64);
@@ -149,7 +223,7 @@ pub struct Config {
     pub registration_open: bool,
     /// Seeds the retry jitter, so simulations replay.
     pub seed: u64,
-    pub send_limit: SendLimit,
+    pub limits: Limits,
 }
 
 /// What the core asks the driver to do. Envelope bodies are not in the core: an output that
@@ -265,6 +339,8 @@ pub struct Stats {
     pub outbox_envelopes: usize,
     pub parked_fetches: usize,
     pub in_flight_batches: usize,
+    /// Body bytes held in mailboxes.
+    pub stored_bytes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -357,6 +433,9 @@ pub struct Core {
     users: Users,
     mailboxes: HashMap<u32, HashMap<EnvelopeId, MailRef>>,
     mail_count: usize,
+    /// Body bytes held, per recipient index and in all (see [`MAX_MAILBOX_BYTES`]).
+    mail_bytes: HashMap<u32, u64>,
+    stored_bytes: u64,
     mail_expiries: BTreeSet<MailExpiry>,
     /// Keyed by recipient and id: ids are chosen by senders, so one recipient's envelope must
     /// never shadow another's.
@@ -390,7 +469,9 @@ pub struct Core {
     handouts: HashMap<UserId, Handouts>,
     handout_window: Millis,
     /// Per local user: send allowance left (in thousandths of a send) and when it was counted.
-    send_budget: HashMap<UserId, (u64, Millis)>,
+    send_budget: HashMap<UserId, Bucket>,
+    /// Per remote node: its delivery allowance left (see [`Limits::fed`]).
+    fed_budget: HashMap<String, Bucket>,
 }
 
 impl Core {
@@ -405,6 +486,8 @@ impl Core {
             users: Users::default(),
             mailboxes: HashMap::default(),
             mail_count: 0,
+            mail_bytes: HashMap::default(),
+            stored_bytes: 0,
             mail_expiries: BTreeSet::new(),
             next_arrival: 0,
             outboxes: BTreeMap::new(),
@@ -428,6 +511,7 @@ impl Core {
             handouts: HashMap::default(),
             handout_window: now,
             send_budget: HashMap::default(),
+            fed_budget: HashMap::default(),
         };
         for (user, key) in snapshot.one_time_prekeys {
             core.one_time_prekeys.entry(user).or_default().insert(key);
@@ -468,6 +552,7 @@ impl Core {
         Stats {
             accounts: self.accounts.len(),
             mailbox_envelopes: self.mail_count,
+            stored_bytes: self.stored_bytes,
             outbox_envelopes: self.outboxes.values().map(|o| o.records.len()).sum(),
             parked_fetches: self.parked.len(),
             in_flight_batches: self.in_flight.len(),
@@ -633,11 +718,23 @@ impl Core {
                 tracing::info!(from = from_node, n = envs.len(), "refused oversized batch");
                 FedResponse::Refused(Refusal::TooManyEnvelopes)
             }
-            FedRequest::Deliver(envs) => FedResponse::Delivered(
-                envs.into_iter()
-                    .map(|e| self.deliver_local(e, now))
-                    .collect(),
-            ),
+            FedRequest::Deliver(envs) => match self.spend_fed(from_node, envs.len() as u64, now) {
+                Err(wait) => {
+                    tracing::debug!(
+                        from = from_node,
+                        n = envs.len(),
+                        "delivery refused: rate limit"
+                    );
+                    FedResponse::Refused(Refusal::RateLimited {
+                        retry_after_ms: wait.min(u32::MAX as u64) as u32,
+                    })
+                }
+                Ok(()) => FedResponse::Delivered(
+                    envs.into_iter()
+                        .map(|e| self.deliver_local(e, now))
+                        .collect(),
+                ),
+            },
             FedRequest::FetchBundle(user) => {
                 FedResponse::Bundle(self.take_bundle(from_node, &user, now).map(Box::new))
             }
@@ -667,6 +764,11 @@ impl Core {
         };
         let results = match result {
             Ok(FedResponse::Delivered(results)) if results.len() == ids.len() => Some(results),
+            Ok(FedResponse::Refused(Refusal::RateLimited { .. })) => {
+                // Backed off below like any failure; the envelopes stay queued.
+                tracing::debug!(to = %node, "federation batch refused: their rate limit");
+                None
+            }
             Ok(other) => {
                 tracing::warn!(to = %node, answer = ?other, "federation batch not accepted");
                 None
@@ -869,24 +971,29 @@ impl Core {
     /// Takes `n` sends from the user's allowance (the configured [`SendLimit`]), or says when
     /// there will be enough.
     fn spend(&mut self, user: &UserId, n: u64, now: Millis) -> Result<(), ClientError> {
-        const MILLI: u64 = 1000;
-        let SendLimit { burst, per_second } = self.config.send_limit;
-        let per_second = per_second.max(1);
-        let full = burst.saturating_mul(MILLI);
-        let (left, at) = self.send_budget.get(user).copied().unwrap_or((full, now));
-        // Allowance accrues at `per_second` per 1000 ms, i.e. `per_second` milli-sends per ms.
-        let refilled = left
-            .saturating_add(now.saturating_sub(at).saturating_mul(per_second))
-            .min(full);
-        let need = n.saturating_mul(MILLI);
-        if need > refilled {
-            let wait = (need - refilled).div_ceil(per_second);
-            tracing::info!(user = %redact::User(user), n, "sends refused: rate limit");
-            return Err(ClientError::RateLimited {
-                retry_after_ms: wait.min(u32::MAX as u64) as u32,
-            });
+        let limit = self.config.limits.send;
+        match Bucket::take(self.send_budget.get(user).copied(), limit, n, now) {
+            Ok(b) => {
+                self.send_budget.insert(*user, b);
+                Ok(())
+            }
+            Err(wait) => {
+                tracing::info!(user = %redact::User(user), n, "sends refused: rate limit");
+                Err(ClientError::RateLimited {
+                    retry_after_ms: wait.min(u32::MAX as u64) as u32,
+                })
+            }
         }
-        self.send_budget.insert(*user, (refilled - need, now));
+    }
+
+    /// Takes `n` deliveries from a remote node's allowance, or says when to come back.
+    fn spend_fed(&mut self, from_node: &str, n: u64, now: Millis) -> Result<(), u64> {
+        let limit = self.config.limits.fed;
+        let b = Bucket::take(self.fed_budget.get(from_node).copied(), limit, n, now)?;
+        if self.fed_budget.len() >= MAX_FED_BUCKETS && !self.fed_budget.contains_key(from_node) {
+            self.fed_budget.clear();
+        }
+        self.fed_budget.insert(from_node.to_string(), b);
         Ok(())
     }
 
@@ -1104,10 +1211,14 @@ impl Core {
         {
             return DeliverResult::Duplicate;
         }
+        let size = envelope.body.len() as u64;
+        let user_bytes = self.mail_bytes.get(&ix).copied().unwrap_or(0);
         if self
             .mailboxes
             .get(&ix)
             .is_some_and(|m| m.len() >= MAX_MAILBOX_ENVELOPES)
+            || user_bytes.saturating_add(size) > MAX_MAILBOX_BYTES
+            || self.stored_bytes.saturating_add(size) > MAX_STORED_BYTES
         {
             return DeliverResult::MailboxFull;
         }
@@ -1135,9 +1246,11 @@ impl Core {
             Some(old) => {
                 self.mail_expiries
                     .remove(&mail_expiry(old.expires_at, ix, e.id));
+                self.count_bytes(ix, -(old.size as i64));
             }
             None => self.mail_count += 1,
         }
+        self.count_bytes(ix, e.size as i64);
         self.mail_expiries
             .insert(mail_expiry(e.expires_at, ix, e.id));
     }
@@ -1156,10 +1269,20 @@ impl Core {
             self.mailboxes.remove(&ix);
         }
         self.mail_count -= 1;
+        self.count_bytes(ix, -(e.size as i64));
         self.mail_expiries
             .remove(&mail_expiry(e.expires_at, ix, *id));
         self.writes.push(NodeWrite::DeleteMailbox(*user, *id));
         true
+    }
+
+    fn count_bytes(&mut self, ix: u32, delta: i64) {
+        let user = self.mail_bytes.entry(ix).or_default();
+        *user = user.saturating_add_signed(delta);
+        if *user == 0 {
+            self.mail_bytes.remove(&ix);
+        }
+        self.stored_bytes = self.stored_bytes.saturating_add_signed(delta);
     }
 
     /// The oldest envelopes of `user`'s mailbox that fit one answer, by id.
@@ -1351,7 +1474,7 @@ mod tests {
             node_id: id.into(),
             registration_open: true,
             seed: 7,
-            send_limit: SendLimit::default(),
+            limits: Limits::default(),
         }
     }
 
@@ -1761,6 +1884,108 @@ mod tests {
             ONE_TIME_PREKEYS_PER_NODE_PER_HOUR
         );
         assert_eq!(with_otk(&mut h, &carol, 1), 1);
+    }
+
+    #[test]
+    fn a_remote_node_delivering_faster_than_its_allowance_is_refused_typed_then_let_through() {
+        let mut h = Harness::new();
+        let limit = h.b.config.limits.fed;
+        let batch = |h: &mut Harness, n: usize| -> Vec<Envelope> {
+            (0..n).map(|_| h.letter("x", T0, 3_600_000)).collect()
+        };
+        let mut delivered = 0u64;
+        let mut t = 0;
+        while delivered < limit.burst {
+            let envs = batch(&mut h, MAX_BATCH_ENVELOPES);
+            h.b.handle_fed_request(T0, Token(t), "NodeX", FedRequest::Deliver(envs));
+            t += 1;
+            let (_, answers, _) = h.drain(false);
+            match answers.as_slice() {
+                [FedResponse::Delivered(r)] => delivered += r.len() as u64,
+                other => panic!("refused within the burst after {delivered}: {other:?}"),
+            }
+            if delivered + MAX_BATCH_ENVELOPES as u64 > limit.burst {
+                break;
+            }
+        }
+        // Past the burst: a typed refusal that says when to come back; nothing was stored.
+        let before = h.b.stats().mailbox_envelopes;
+        let envs = batch(&mut h, MAX_BATCH_ENVELOPES);
+        h.b.handle_fed_request(T0, Token(t), "NodeX", FedRequest::Deliver(envs.clone()));
+        let (_, answers, _) = h.drain(false);
+        let [FedResponse::Refused(Refusal::RateLimited { retry_after_ms })] = answers.as_slice()
+        else {
+            panic!("{answers:?}")
+        };
+        assert_eq!(h.b.stats().mailbox_envelopes, before);
+        // Another node is not affected, and after the wait the first is let through.
+        h.b.handle_fed_request(
+            T0,
+            Token(t + 1),
+            "NodeY",
+            FedRequest::Deliver(envs[..1].to_vec()),
+        );
+        assert!(matches!(
+            h.drain(false).1.as_slice(),
+            [FedResponse::Delivered(_)]
+        ));
+        let later = T0 + *retry_after_ms as u64;
+        h.b.handle_fed_request(later, Token(t + 2), "NodeX", FedRequest::Deliver(envs));
+        assert!(matches!(
+            h.drain(false).1.as_slice(),
+            [FedResponse::Delivered(_)]
+        ));
+    }
+
+    #[test]
+    fn a_users_mailbox_stops_at_its_byte_share_and_others_still_receive() {
+        let mut h = Harness::new();
+        let mallory = IdentityKey::generate(&mut h.rng);
+        call_a(&mut h, &mallory, T0, ClientOp::Register);
+        let big = |to: UserId, n: u64| Envelope {
+            version: hestia_protocol::envelope::ENVELOPE_VERSION,
+            id: EnvelopeId({
+                let mut b = [0u8; 16];
+                b[..8].copy_from_slice(&n.to_be_bytes());
+                b
+            }),
+            recipient: to,
+            expires_at: T0 + 3_600_000,
+            body: vec![0; 16_000],
+        };
+        let alice = h.alice.user_id();
+        let (mut accepted, mut n) = (0u64, 0u64);
+        'fill: loop {
+            let envs: Vec<Envelope> = (0..MAX_BATCH_ENVELOPES as u64)
+                .map(|i| big(alice, n + i))
+                .collect();
+            n += envs.len() as u64;
+            h.a.handle_fed_request(T0, Token(n), "NodeX", FedRequest::Deliver(envs));
+            let (_, answers, _) = h.drain(true);
+            let [FedResponse::Delivered(results)] = answers.as_slice() else {
+                panic!("{answers:?}")
+            };
+            for r in results {
+                match r {
+                    DeliverResult::Accepted => accepted += 1,
+                    DeliverResult::MailboxFull => break 'fill,
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        assert_eq!(accepted, MAX_MAILBOX_BYTES / 16_000);
+        assert!(h.a.stats().stored_bytes <= MAX_MAILBOX_BYTES);
+        // Mallory's share is untouched.
+        h.a.handle_fed_request(
+            T0,
+            Token(0),
+            "NodeX",
+            FedRequest::Deliver(vec![big(mallory.user_id(), u64::MAX)]),
+        );
+        assert_eq!(
+            h.drain(true).1,
+            vec![FedResponse::Delivered(vec![DeliverResult::Accepted])]
+        );
     }
 
     #[test]

@@ -71,6 +71,10 @@ pub enum Refusal {
     Overloaded,
     Unauthenticated,
     Malformed,
+    /// The sending node delivered faster than this node allows a peer; try again later.
+    RateLimited {
+        retry_after_ms: u32,
+    },
 }
 
 /// A request from a user's device.

@@ -610,7 +610,7 @@ impl Sim {
                     node_id: sim.nodes[n].id.clone(),
                     registration_open: true,
                     seed: rng.next_u64(),
-                    send_limit: relay::SendLimit::UNLIMITED,
+                    limits: relay::Limits::UNLIMITED,
                 },
                 Default::default(),
                 EPOCH_MS,
@@ -1337,7 +1337,7 @@ impl Sim {
             node_id: self.nodes[n].id.clone(),
             registration_open: true,
             seed,
-            send_limit: relay::SendLimit::UNLIMITED,
+            limits: relay::Limits::UNLIMITED,
         };
         let core = relay::Core::from_store(config, &self.nodes[n].store, self.now);
         self.nodes[n].core = Some(core.expect("memory store"));
