@@ -36,6 +36,8 @@ pub enum Only {
     Sessions,
     /// A node holding mail for offline users: restart time and memory (`--stored`, `--users`).
     Storage,
+    /// Connected devices each holding a long poll: the node's memory (`--devices`).
+    Devices,
 }
 
 #[derive(Args)]
@@ -52,6 +54,9 @@ pub struct BenchArgs {
     /// Envelopes held in the storage run (1 KiB each).
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     stored: u64,
+    /// Devices connected at once in the devices run.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=15_000))]
+    devices: u64,
     /// Offline users they are held for in the storage run.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     users: u64,
@@ -441,6 +446,9 @@ fn rocksdb_baseline(writes: usize, batch: usize) -> Result<f64> {
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
+    if args.only == Some(Only::Devices) {
+        return crate::bench_devices::run(args.devices as usize).await;
+    }
     if args.only == Some(Only::Storage) {
         let (stored, users) = (args.stored as usize, args.users as usize);
         return tokio::task::spawn_blocking(move || crate::bench_storage::run(stored, users))

@@ -3,6 +3,7 @@
 //! directory); node commands under `--data-dir`.
 
 mod bench;
+mod bench_devices;
 mod bench_sessions;
 mod bench_storage;
 mod demo;

@@ -149,6 +149,11 @@ async fn read_frame_in<T: DeserializeOwned, R: AsyncRead + Unpin>(
     io: &mut R,
     conn: Option<&AtomicUsize>,
 ) -> io::Result<T> {
+    let len = read_len(io).await?;
+    read_body(io, len, conn).await
+}
+
+async fn read_len<R: AsyncRead + Unpin>(io: &mut R) -> io::Result<usize> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
@@ -158,6 +163,14 @@ async fn read_frame_in<T: DeserializeOwned, R: AsyncRead + Unpin>(
             format!("frame of {len} bytes exceeds the limit of {MAX_FRAME_BYTES}"),
         ));
     }
+    Ok(len)
+}
+
+async fn read_body<T: DeserializeOwned, R: AsyncRead + Unpin>(
+    io: &mut R,
+    len: usize,
+    conn: Option<&AtomicUsize>,
+) -> io::Result<T> {
     let mut reserved = Reservation { conn, taken: 0 };
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; READ_CHUNK.min(len)];
@@ -173,18 +186,32 @@ async fn read_frame_in<T: DeserializeOwned, R: AsyncRead + Unpin>(
     codec::decode(&buf, MAX_FRAME_BYTES).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-/// [`read_frame_in`] within [`FRAME_READ_TIMEOUT`].
-async fn read_frame_timed<T: DeserializeOwned, R: AsyncRead + Unpin>(
+fn too_slow() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "frame did not arrive in time")
+}
+
+/// A request: whole within [`FRAME_READ_TIMEOUT`] of the stream opening (a peer that opens
+/// streams and sends nothing is cut off too).
+async fn read_request_timed<T: DeserializeOwned, R: AsyncRead + Unpin>(
     io: &mut R,
     conn: Option<&AtomicUsize>,
 ) -> io::Result<T> {
-    match tokio::time::timeout(FRAME_READ_TIMEOUT, read_frame_in(io, conn)).await {
-        Ok(r) => r,
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "frame did not arrive in time",
-        )),
-    }
+    tokio::time::timeout(FRAME_READ_TIMEOUT, read_frame_in(io, conn))
+        .await
+        .map_err(|_| too_slow())?
+}
+
+/// A response: its first bytes may take as long as the request does (a long poll waits up to
+/// 30 s; request-response's own timeout bounds that), then whole within
+/// [`FRAME_READ_TIMEOUT`].
+async fn read_response_timed<T: DeserializeOwned, R: AsyncRead + Unpin>(
+    io: &mut R,
+    conn: Option<&AtomicUsize>,
+) -> io::Result<T> {
+    let len = read_len(io).await?;
+    tokio::time::timeout(FRAME_READ_TIMEOUT, read_body(io, len, conn))
+        .await
+        .map_err(|_| too_slow())?
 }
 
 /// Encodes `value` and writes it as one frame, then closes the write side.
@@ -236,7 +263,7 @@ where
     {
         // libp2p drops a stream whose request fails to read without telling the behaviour, so
         // the refusal is logged here, where it is known.
-        read_frame_timed(io, self.conn.as_deref())
+        read_request_timed(io, self.conn.as_deref())
             .await
             .inspect_err(|e| log_refusal(protocol, e))
     }
@@ -245,7 +272,7 @@ where
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame_timed(io, self.conn.as_deref())
+        read_response_timed(io, self.conn.as_deref())
             .await
             .inspect_err(|e| log_refusal(protocol, e))
     }
@@ -372,5 +399,49 @@ mod tests {
         other.take(11).unwrap();
         drop((held, more, other));
         assert_eq!(buffered_bytes(), 0);
+    }
+
+    /// Starts answering only after `after`; then yields `data`.
+    struct Late {
+        sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+        data: Cursor<Vec<u8>>,
+    }
+
+    impl AsyncRead for Late {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            use std::future::Future;
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return std::task::Poll::Pending;
+            }
+            std::pin::Pin::new(&mut self.data).poll_read(cx, buf)
+        }
+    }
+
+    fn late(after: Duration, data: Vec<u8>) -> Late {
+        Late {
+            sleep: Box::pin(tokio::time::sleep(after)),
+            data: Cursor::new(data),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_poll_answer_may_start_late_but_a_request_may_not() {
+        let mut frame = Cursor::new(Vec::new());
+        write_frame(&mut frame, &vec![1u8; 10]).await.unwrap();
+        let bytes = frame.into_inner();
+        // A long poll's answer starts after 30 s: still read.
+        let mut slow_answer = late(Duration::from_secs(30), bytes.clone());
+        let got: Vec<u8> = read_response_timed(&mut slow_answer, None).await.unwrap();
+        assert_eq!(got, vec![1u8; 10]);
+        // A request that has not arrived 10 s after its stream opened is cut off.
+        let mut slow_request = late(FRAME_READ_TIMEOUT + Duration::from_secs(1), bytes);
+        let e = read_request_timed::<Vec<u8>, _>(&mut slow_request, None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
     }
 }

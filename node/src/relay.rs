@@ -57,8 +57,9 @@ pub const MAX_ACCOUNTS: usize = 100_000;
 pub const MAX_OUTBOX_PER_NODE: usize = 50_000;
 /// Destination nodes with a non-empty outbox at once.
 pub const MAX_OUTBOX_DESTINATIONS: usize = 10_000;
-/// Fetches held open (long poll) at once; beyond this a fetch is answered at once, empty.
-pub const MAX_PARKED_FETCHES: usize = 4_096;
+/// Fetches held open (long poll) at once; beyond this a fetch is answered at once, empty. Above
+/// the ten thousand connected devices a node is sized for (issue 10), each with one wait.
+pub const MAX_PARKED_FETCHES: usize = 16_384;
 /// Fetches one user may hold open at once (a few devices or windows). A further one answers
 /// the user's oldest empty, so no user can take the node-wide table from the others.
 pub const MAX_PARKED_PER_USER: usize = 4;
