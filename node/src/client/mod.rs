@@ -492,25 +492,27 @@ impl Device {
     /// Rejects a contact's key: the contact is removed, with its sessions and owed receipts,
     /// and everything that key sends from now on is dropped unread. History stays.
     pub fn reject_contact(&mut self, name: &str) -> Result<Contact, ClientLibError> {
-        let c = self.contact(name)?;
-        self.db.commit(&[
-            ClientWrite::RemoveContact(c.name.clone()),
-            ClientWrite::RemoveSessions(c.address.user),
-            ClientWrite::Receipts(c.address.user, None),
-            ClientWrite::Block(c.address.user),
-        ])?;
-        Ok(c)
+        self.forget_contact(name, true)
     }
 
     /// Removes a contact, with its sessions and owed receipts; history stays. A later message
     /// from its key makes it a new contact again.
     pub fn remove_contact(&mut self, name: &str) -> Result<Contact, ClientLibError> {
+        self.forget_contact(name, false)
+    }
+
+    fn forget_contact(&mut self, name: &str, block: bool) -> Result<Contact, ClientLibError> {
         let c = self.contact(name)?;
-        self.db.commit(&[
+        let user = c.address.user;
+        let mut writes = vec![
             ClientWrite::RemoveContact(c.name.clone()),
-            ClientWrite::RemoveSessions(c.address.user),
-            ClientWrite::Receipts(c.address.user, None),
-        ])?;
+            ClientWrite::RemoveSessions(user),
+            ClientWrite::Receipts(user, None),
+        ];
+        if block {
+            writes.push(ClientWrite::Block(user));
+        }
+        self.db.commit(&writes)?;
         Ok(c)
     }
 
