@@ -10,6 +10,7 @@
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use hestia_protocol::codec::{self, MAX_FRAME_BYTES};
+use hestia_protocol::wire::{ClientError, ClientRequest, ClientResponse, FedRequest, FedResponse};
 use libp2p::StreamProtocol;
 use libp2p::request_response;
 use serde::Serialize;
@@ -112,9 +113,57 @@ pub fn refused_frames() -> u64 {
 /// a new one (a new connection), and a clone of a codec that has one shares it (a stream of that
 /// connection). `per_connection_budgets_follow_libp2p_s_cloning` pins this down.
 pub struct FrameCodec<Req, Resp> {
-    conn: Option<std::sync::Arc<AtomicUsize>>,
+    conn: Option<std::sync::Arc<Conn>>,
     _types: PhantomData<fn() -> (Req, Resp)>,
 }
+
+/// What one connection's streams share: bytes being read, and whether its peer has shown it
+/// holds a registered account's key (a response that only such a request gets went out).
+#[derive(Default)]
+struct Conn {
+    buffered: AtomicUsize,
+    trusted: std::sync::atomic::AtomicBool,
+}
+
+/// What the codec needs to know of the messages it carries.
+pub trait Framed: Serialize + DeserializeOwned + Send + 'static {
+    /// Largest frame of this type accepted before the connection is trusted. A client's first
+    /// request is small (it is signed; the device's first is a prekey check or a registration),
+    /// so a stranger cannot make the node read full-size frames before proving anything.
+    const UNTRUSTED_MAX: usize = MAX_FRAME_BYTES;
+    /// Whether sending this (as a response) shows the peer authenticated.
+    fn trusts(&self) -> bool {
+        true
+    }
+}
+
+/// The largest first request a client connection may send: a signed request carries a few
+/// hundred bytes of authentication besides its operation.
+pub const MAX_UNTRUSTED_CLIENT_FRAME: usize = 64 * 1024;
+
+impl Framed for ClientRequest {
+    const UNTRUSTED_MAX: usize = MAX_UNTRUSTED_CLIENT_FRAME;
+}
+
+impl Framed for ClientResponse {
+    fn trusts(&self) -> bool {
+        !matches!(
+            self,
+            ClientResponse::Error(
+                ClientError::NotRegistered
+                    | ClientError::BadAuth
+                    | ClientError::StaleTimestamp
+                    | ClientError::SessionUnknown
+                    | ClientError::RegistrationClosed
+            )
+        )
+    }
+}
+
+// Nodes are peers by their Noise key alone; their requests are bounded by rate limits instead.
+impl Framed for FedRequest {}
+impl Framed for FedResponse {}
+impl Framed for Vec<u8> {}
 
 impl<Req, Resp> Default for FrameCodec<Req, Resp> {
     fn default() -> Self {
@@ -131,7 +180,7 @@ impl<Req, Resp> Clone for FrameCodec<Req, Resp> {
             conn: Some(
                 self.conn
                     .clone()
-                    .unwrap_or_else(|| std::sync::Arc::new(AtomicUsize::new(0))),
+                    .unwrap_or_else(|| std::sync::Arc::new(Conn::default())),
             ),
             _types: PhantomData,
         }
@@ -141,26 +190,27 @@ impl<Req, Resp> Clone for FrameCodec<Req, Resp> {
 /// Reads one frame: its length, then its bytes as they arrive (never allocated at the declared
 /// length), within the process-wide buffer budget.
 pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(io: &mut R) -> io::Result<T> {
-    read_frame_in(io, None).await
+    read_frame_in(io, None, MAX_FRAME_BYTES).await
 }
 
 /// [`read_frame`] within a connection's budget too.
 async fn read_frame_in<T: DeserializeOwned, R: AsyncRead + Unpin>(
     io: &mut R,
     conn: Option<&AtomicUsize>,
+    max: usize,
 ) -> io::Result<T> {
-    let len = read_len(io).await?;
+    let len = read_len(io, max).await?;
     read_body(io, len, conn).await
 }
 
-async fn read_len<R: AsyncRead + Unpin>(io: &mut R) -> io::Result<usize> {
+async fn read_len<R: AsyncRead + Unpin>(io: &mut R, max: usize) -> io::Result<usize> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME_BYTES {
+    if len > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds the limit of {MAX_FRAME_BYTES}"),
+            format!("frame of {len} bytes exceeds the limit of {max}"),
         ));
     }
     Ok(len)
@@ -195,8 +245,9 @@ fn too_slow() -> io::Error {
 async fn read_request_timed<T: DeserializeOwned, R: AsyncRead + Unpin>(
     io: &mut R,
     conn: Option<&AtomicUsize>,
+    max: usize,
 ) -> io::Result<T> {
-    tokio::time::timeout(FRAME_READ_TIMEOUT, read_frame_in(io, conn))
+    tokio::time::timeout(FRAME_READ_TIMEOUT, read_frame_in(io, conn, max))
         .await
         .map_err(|_| too_slow())?
 }
@@ -208,7 +259,7 @@ async fn read_response_timed<T: DeserializeOwned, R: AsyncRead + Unpin>(
     io: &mut R,
     conn: Option<&AtomicUsize>,
 ) -> io::Result<T> {
-    let len = read_len(io).await?;
+    let len = read_len(io, MAX_FRAME_BYTES).await?;
     tokio::time::timeout(FRAME_READ_TIMEOUT, read_body(io, len, conn))
         .await
         .map_err(|_| too_slow())?
@@ -248,11 +299,7 @@ fn log_refusal(protocol: &StreamProtocol, e: &io::Error) {
     }
 }
 
-impl<Req, Resp> request_response::Codec for FrameCodec<Req, Resp>
-where
-    Req: Serialize + DeserializeOwned + Send + 'static,
-    Resp: Serialize + DeserializeOwned + Send + 'static,
-{
+impl<Req: Framed, Resp: Framed> request_response::Codec for FrameCodec<Req, Resp> {
     type Protocol = StreamProtocol;
     type Request = Req;
     type Response = Resp;
@@ -263,7 +310,16 @@ where
     {
         // libp2p drops a stream whose request fails to read without telling the behaviour, so
         // the refusal is logged here, where it is known.
-        read_request_timed(io, self.conn.as_deref())
+        let trusted = self
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.trusted.load(Ordering::Relaxed));
+        let max = if trusted {
+            MAX_FRAME_BYTES
+        } else {
+            Req::UNTRUSTED_MAX
+        };
+        read_request_timed(io, self.conn.as_deref().map(|c| &c.buffered), max)
             .await
             .inspect_err(|e| log_refusal(protocol, e))
     }
@@ -272,7 +328,7 @@ where
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_response_timed(io, self.conn.as_deref())
+        read_response_timed(io, self.conn.as_deref().map(|c| &c.buffered))
             .await
             .inspect_err(|e| log_refusal(protocol, e))
     }
@@ -295,6 +351,11 @@ where
     where
         T: AsyncWrite + Unpin + Send,
     {
+        if res.trusts()
+            && let Some(c) = &self.conn
+        {
+            c.trusted.store(true, Ordering::Relaxed);
+        }
         let bytes =
             codec::encode(&res).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         write_bytes(io, bytes).await
@@ -373,6 +434,9 @@ mod tests {
         let (conn_a, conn_b) = (behaviour.clone(), behaviour.clone());
         let (a1, a2) = (conn_a.clone(), conn_a.clone());
         let budget = |c: &FrameCodec<Vec<u8>, Vec<u8>>| c.conn.clone().unwrap();
+        fn bytes(c: &FrameCodec<Vec<u8>, Vec<u8>>) -> Option<&AtomicUsize> {
+            c.conn.as_deref().map(|c| &c.buffered)
+        }
         assert!(
             std::sync::Arc::ptr_eq(&budget(&a1), &budget(&a2)),
             "streams share"
@@ -383,17 +447,17 @@ mod tests {
         );
         // One connection's streams together stop at its budget; another's still read.
         let mut held = Reservation {
-            conn: a1.conn.as_deref(),
+            conn: bytes(&a1),
             taken: 0,
         };
         held.take(MAX_BUFFERED_PER_CONNECTION - 10).unwrap();
         let mut more = Reservation {
-            conn: a2.conn.as_deref(),
+            conn: bytes(&a2),
             taken: 0,
         };
         assert!(more.take(11).is_err());
         let mut other = Reservation {
-            conn: conn_b.conn.as_deref(),
+            conn: bytes(&conn_b),
             taken: 0,
         };
         other.take(11).unwrap();
@@ -439,9 +503,70 @@ mod tests {
         assert_eq!(got, vec![1u8; 10]);
         // A request that has not arrived 10 s after its stream opened is cut off.
         let mut slow_request = late(FRAME_READ_TIMEOUT + Duration::from_secs(1), bytes);
-        let e = read_request_timed::<Vec<u8>, _>(&mut slow_request, None)
+        let e = read_request_timed::<Vec<u8>, _>(&mut slow_request, None, MAX_FRAME_BYTES)
             .await
             .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[test]
+    fn a_client_connection_reads_full_frames_only_once_its_peer_authenticated() {
+        let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(trust_then_full_frames());
+    }
+
+    async fn trust_then_full_frames() {
+        use request_response::Codec;
+        let proto = StreamProtocol::new(hestia_protocol::wire::CLIENT_PROTOCOL);
+        let behaviour = FrameCodec::<ClientRequest, ClientResponse>::default();
+        let mut conn = behaviour.clone();
+        // A request frame declaring 100 KiB: too large for a stranger's first request.
+        let big = || {
+            let mut f = ((100 * 1024) as u32).to_be_bytes().to_vec();
+            f.resize(4 + 100 * 1024, 0);
+            Cursor::new(f)
+        };
+        let e = conn
+            .clone()
+            .read_request(&proto, &mut big())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        // A refusal of authentication does not trust the connection…
+        let mut out = Cursor::new(Vec::new());
+        let refused = ClientResponse::Error(ClientError::BadAuth);
+        conn.write_response(&proto, &mut out, refused)
+            .await
+            .unwrap();
+        let e = conn
+            .clone()
+            .read_request(&proto, &mut big())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("exceeds the limit of 65536"), "{e}");
+        // …an answer that only a registered, authenticated request gets does.
+        conn.write_response(&proto, &mut out, ClientResponse::Registered)
+            .await
+            .unwrap();
+        let e = conn
+            .clone()
+            .read_request(&proto, &mut big())
+            .await
+            .unwrap_err();
+        assert!(
+            !e.to_string().contains("exceeds"),
+            "now past the length check: {e}"
+        );
+        // Another connection is still a stranger.
+        let e = behaviour
+            .clone()
+            .read_request(&proto, &mut big())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("exceeds the limit of 65536"), "{e}");
     }
 }

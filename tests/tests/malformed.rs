@@ -162,6 +162,7 @@ fn malformed_and_oversized_frames_are_refused_and_the_node_keeps_serving() {
     net.ok("alice", &["inbox"]);
     let log = std::fs::read_to_string(net.node_dir(0).join("process.log")).unwrap();
     // Logged as a summary, not one line per stream: a sender cannot choose the log's volume.
+    // (A stranger's oversized frame is refused at its length, before any byte is buffered.)
     assert_eq!(
         log.matches("refusing malformed, oversized or slow frames")
             .count(),
@@ -219,6 +220,74 @@ impl request_response::Codec for Hold {
     }
 }
 
+#[derive(NetworkBehaviour)]
+struct Flooder {
+    auth: request_response::Behaviour<
+        hestia_node::frame::FrameCodec<
+            hestia_protocol::wire::ClientRequest,
+            hestia_protocol::wire::ClientResponse,
+        >,
+    >,
+    hold: request_response::Behaviour<Hold>,
+}
+
+/// A connection that first registers an account (registration is open, so anyone can: this is
+/// the strongest flooder, past the small limit for strangers), then holds [`FLOOD_STREAMS`]
+/// full-size frames open on it.
+async fn authenticated_flooder(addr: &Multiaddr) -> libp2p::Swarm<Flooder> {
+    use hestia_protocol::wire::{Auth, ClientAuth, ClientOp, ClientRequest, ClientResponse};
+    let outbound = |streams| {
+        request_response::Config::default()
+            .with_request_timeout(Duration::from_secs(60))
+            .with_max_concurrent_streams(streams)
+    };
+    let mut s = hestia_node::driver::build_swarm(identity::Keypair::generate_ed25519(), |_| {
+        Ok(Flooder {
+            auth: request_response::Behaviour::new(
+                [(
+                    StreamProtocol::new(CLIENT_PROTOCOL),
+                    ProtocolSupport::Outbound,
+                )],
+                outbound(1),
+            ),
+            hold: request_response::Behaviour::new(
+                [(
+                    StreamProtocol::new(CLIENT_PROTOCOL),
+                    ProtocolSupport::Outbound,
+                )],
+                outbound(FLOOD_STREAMS),
+            ),
+        })
+    })
+    .unwrap();
+    let node = hestia_node::driver::peer_of(addr).unwrap();
+    s.dial(addr.clone()).unwrap();
+    let key = hestia_protocol::identity::IdentityKey::generate(&mut rand::rng());
+    let me = s.local_peer_id().to_string();
+    let now = hestia_node::driver::now_millis();
+    let op = ClientOp::Register;
+    let auth = ClientAuth::sign(&key, &node.to_string(), &me, now, &op).unwrap();
+    let req = ClientRequest {
+        auth: Auth::Signed(Box::new(auth)),
+        op,
+    };
+    s.behaviour_mut().auth.send_request(&node, req);
+    loop {
+        if let SwarmEvent::Behaviour(FlooderEvent::Auth(request_response::Event::Message {
+            message: request_response::Message::Response { response, .. },
+            ..
+        })) = s.select_next_some().await
+        {
+            assert_eq!(response, ClientResponse::Registered);
+            break;
+        }
+    }
+    for _ in 0..FLOOD_STREAMS {
+        s.behaviour_mut().hold.send_request(&node, ());
+    }
+    s
+}
+
 /// Connections of the flood, each with this many streams held open.
 const FLOOD_CONNECTIONS: usize = 4;
 const FLOOD_STREAMS: usize = 128;
@@ -243,25 +312,7 @@ fn a_flood_of_held_full_size_frames_neither_grows_the_node_nor_stops_its_devices
         rt.spawn(async move {
             let mut swarms = Vec::new();
             for _ in 0..FLOOD_CONNECTIONS {
-                let mut s =
-                    hestia_node::driver::build_swarm(identity::Keypair::generate_ed25519(), |_| {
-                        Ok(request_response::Behaviour::<Hold>::new(
-                            [(
-                                StreamProtocol::new(CLIENT_PROTOCOL),
-                                ProtocolSupport::Outbound,
-                            )],
-                            request_response::Config::default()
-                                .with_request_timeout(Duration::from_secs(60))
-                                .with_max_concurrent_streams(FLOOD_STREAMS),
-                        ))
-                    })
-                    .unwrap();
-                let peer = hestia_node::driver::peer_of(&addr).unwrap();
-                s.dial(addr.clone()).unwrap();
-                for _ in 0..FLOOD_STREAMS {
-                    s.behaviour_mut().send_request(&peer, ());
-                }
-                swarms.push(s);
+                swarms.push(authenticated_flooder(&addr).await);
             }
             // Drive every attacker until told to stop.
             let mut all = futures::stream::select_all(swarms.iter_mut().map(|s| s.by_ref()));
