@@ -111,6 +111,7 @@ pub fn now_millis() -> Millis {
 pub struct NodeBehaviour {
     /// First, so a connection over a limit is refused before any other behaviour sees it.
     pub limits: connection_limits::Behaviour,
+    pub per_ip: crate::ip_limits::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -187,6 +188,7 @@ pub fn node_behaviour(key: &identity::Keypair) -> Result<NodeBehaviour, NodeErro
                 .with_max_established_incoming(Some(MAX_ESTABLISHED_INCOMING))
                 .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
         ),
+        per_ip: crate::ip_limits::Behaviour::default(),
         identify: identify_behaviour(key),
         ping: ping::Behaviour::new(ping::Config::new()),
         kad: kad_behaviour(key.public().to_peer_id()),

@@ -5,9 +5,11 @@
 //!   libp2p driver and under the simulator.
 //! - [`driver`]: the thin libp2p + RocksDB + tokio driver around the core.
 //! - [`frame`]: the length-prefixed, size-bounded request-response codec for both protocols.
+//! - [`ip_limits`]: inbound connections per source address.
 //! - [`client`]: the device side: a connection to the home node and the user's local state.
 
 pub mod client;
 pub mod driver;
 pub mod frame;
+pub mod ip_limits;
 pub mod relay;
