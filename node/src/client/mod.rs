@@ -917,7 +917,7 @@ impl Device {
                 rest = tail;
                 let id = EnvelopeId::random(&mut rand::rng());
                 let content = Content::Receipt(chunk.to_vec());
-                let (env, session_write) = self
+                let sealed = self
                     .seal_for(
                         conn,
                         id,
@@ -927,7 +927,16 @@ impl Device {
                         DEFAULT_TTL_MS,
                         Fresh::IfNone,
                     )
-                    .await?;
+                    .await;
+                let (env, session_write) = match sealed {
+                    Ok(s) => s,
+                    // A new session is needed and their node is down or has no prekeys: the
+                    // batch stays owed, for a later sync. Reading the inbox goes on.
+                    Err(ClientLibError::NoBundle | ClientLibError::ContactNodeUnreachable(_)) => {
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                };
                 let left = (!rest.is_empty()).then(|| PendingReceipts {
                     ids: rest.to_vec(),
                     ..batch.clone()
@@ -938,7 +947,15 @@ impl Device {
                     to_node: batch.node.clone(),
                     envelope: env,
                 }]);
-                conn.call(&self.key, op).await?;
+                match conn.call(&self.key, op).await {
+                    Ok(_) => {}
+                    // Refused (a rate limit, say): that receipt is lost, a courtesy; the
+                    // inbox is not.
+                    Err(ClientLibError::Refused(e)) => {
+                        tracing::debug!(error = ?e, "delivery receipt refused by the home node");
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(())
