@@ -12,6 +12,9 @@ use std::path::Path;
 
 #[derive(NetworkBehaviour)]
 pub struct BootstrapBehaviour {
+    /// First, so a connection over a limit is refused before the others see it.
+    limits: libp2p::connection_limits::Behaviour,
+    per_ip: hestia_node::ip_limits::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -56,6 +59,8 @@ impl Bootstrap {
         let _ = std::fs::remove_file(data_dir.join("listen.addr"));
         let mut swarm = build_swarm(key, |k| {
             Ok(BootstrapBehaviour {
+                limits: driver::connection_limits_behaviour(),
+                per_ip: Default::default(),
                 identify: driver::identify_behaviour(k),
                 ping: ping::Behaviour::new(ping::Config::new()),
                 kad: driver::kad_behaviour(k.public().to_peer_id()),

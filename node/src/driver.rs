@@ -147,6 +147,16 @@ pub fn learn_addresses(
     }
 }
 
+/// The connection limits every Hestia node and bootstrap node applies (see the constants).
+pub fn connection_limits_behaviour() -> connection_limits::Behaviour {
+    connection_limits::Behaviour::new(
+        connection_limits::ConnectionLimits::default()
+            .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+            .with_max_established_incoming(Some(MAX_ESTABLISHED_INCOMING))
+            .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
+    )
+}
+
 /// Gossipsub for presence: signed messages, strict validation, small messages.
 pub fn gossip_behaviour(key: &identity::Keypair) -> Result<gossipsub::Behaviour, NodeError> {
     let gs_cfg = gossipsub::ConfigBuilder::default()
@@ -182,12 +192,7 @@ pub fn node_behaviour(key: &identity::Keypair) -> Result<NodeBehaviour, NodeErro
             .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS)
     };
     Ok(NodeBehaviour {
-        limits: connection_limits::Behaviour::new(
-            connection_limits::ConnectionLimits::default()
-                .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
-                .with_max_established_incoming(Some(MAX_ESTABLISHED_INCOMING))
-                .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
-        ),
+        limits: connection_limits_behaviour(),
         per_ip: crate::ip_limits::Behaviour::default(),
         identify: identify_behaviour(key),
         ping: ping::Behaviour::new(ping::Config::new()),
