@@ -943,11 +943,7 @@ impl Device {
                 });
                 self.db
                     .commit(&[session_write, ClientWrite::Receipts(user, left)])?;
-                let op = ClientOp::Send(vec![Outgoing {
-                    to_node: batch.node.clone(),
-                    envelope: env,
-                }]);
-                match conn.call(&self.key, op).await {
+                match self.submit(conn, &batch.node, env).await {
                     Ok(_) => {}
                     // Refused (a rate limit, say): that receipt is lost, a courtesy; the
                     // inbox is not.
@@ -1012,11 +1008,7 @@ impl Device {
         c.reset_asked_at = Some(now);
         self.db
             .commit(&[session_write, ClientWrite::Contact(c.clone())])?;
-        let op = ClientOp::Send(vec![Outgoing {
-            to_node: c.address.node.clone(),
-            envelope: env,
-        }]);
-        conn.call(&self.key, op).await?;
+        self.submit(conn, &c.address.node, env).await?;
         Ok(Some(InboxEvent::SessionRestarted {
             contact: c.name,
             lost: ids,
@@ -1048,7 +1040,9 @@ impl Device {
         {
             return Err(fail(ClientLibError::TooManyRequests));
         }
-        self.open_session(sealed).map(Some).map_err(fail)
+        let mut opened = self.open_session(sealed).map_err(fail)?;
+        opened.contacts = contacts;
+        Ok(Some(opened))
     }
 
     /// Decrypts the session message inside an opened sealed-sender layer.
@@ -1117,6 +1111,7 @@ impl Device {
             sessions: sessions_write(sender, &sessions),
             prekeys: prekeys_write,
             skipped_grew: skipped_after > skipped_before,
+            contacts: Vec::new(),
         })
     }
 
@@ -1191,13 +1186,14 @@ impl Device {
             mut letter,
             sessions,
             prekeys,
+            contacts,
             ..
         } = opened;
         // Receipts and session resets concern our messages to a contact; from a key that is
         // not one they mean nothing, and keeping their session would let any number of keys
         // make sessions here without ever becoming a (bounded) message request.
         if !matches!(letter.content, Content::Text(_))
-            && !self.db.contacts()?.iter().any(|c| c.address.user == sender)
+            && !contacts.iter().any(|c| c.address.user == sender)
         {
             return Ok(None);
         }
@@ -1244,12 +1240,7 @@ impl Device {
                         lost.push(id);
                     }
                 }
-                let Some(c) = self
-                    .db
-                    .contacts()?
-                    .into_iter()
-                    .find(|c| c.address.user == sender)
-                else {
+                let Some(c) = contacts.into_iter().find(|c| c.address.user == sender) else {
                     return Ok(None);
                 };
                 return Ok((!lost.is_empty()).then_some(InboxEvent::PeerLostMessages {
@@ -1260,7 +1251,6 @@ impl Device {
             Content::Text(t) => t,
         };
         let now = now_millis();
-        let contacts = self.db.contacts()?;
         let (contact, first) = match trust::classify(&contacts, &sender, &letter, now) {
             trust::Sender::Known(c) => (c, false),
             trust::Sender::New(c) => {
@@ -1362,6 +1352,8 @@ struct Opened {
     sessions: ClientWrite,
     prekeys: Option<PrekeySecrets>,
     skipped_grew: bool,
+    /// The contact list as it was when the envelope was opened (read once per envelope).
+    contacts: Vec<Contact>,
 }
 
 #[cfg(test)]

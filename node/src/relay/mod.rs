@@ -36,6 +36,9 @@ use hestia_store::node::{
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+mod parked;
+use parked::{Parked, ParkedFetches};
+
 /// The core's hash maps use foldhash (the hasher hashbrown itself defaults to): several times
 /// faster than SipHash on these short keys, and seeded at random per process, so keys a peer
 /// chooses (user ids, peer ids, envelope ids) cannot be aimed at one bucket without the seed.
@@ -418,15 +421,6 @@ struct Outbox {
     next_attempt: Millis,
 }
 
-struct Parked {
-    token: Token,
-    user: UserId,
-    /// The connection it came on: dropped when that closes.
-    client_peer: String,
-    until: Millis,
-    limit: usize,
-}
-
 pub struct Core {
     config: Config,
     now: Millis,
@@ -451,7 +445,7 @@ pub struct Core {
     status_per_owner: HashMap<UserId, usize>,
     seen: HashSet<(UserId, EnvelopeId)>,
     seen_order: VecDeque<(UserId, EnvelopeId)>,
-    parked: Vec<Parked>,
+    parked: ParkedFetches,
     /// Connection peer id → the user it authenticated as.
     sessions: HashMap<String, UserId>,
     session_order: VecDeque<String>,
@@ -499,7 +493,7 @@ impl Core {
             status_per_owner: HashMap::default(),
             seen: HashSet::default(),
             seen_order: VecDeque::new(),
-            parked: Vec::new(),
+            parked: ParkedFetches::default(),
             sessions: HashMap::default(),
             session_order: VecDeque::new(),
             expiries: BTreeSet::new(),
@@ -615,21 +609,15 @@ impl Core {
                     return self.respond_mail(token, user, batch);
                 }
                 if wait_ms > 0 {
-                    let mine: Vec<usize> = (0..self.parked.len())
-                        .filter(|i| self.parked[*i].user == user)
-                        .collect();
-                    if mine.len() >= MAX_PARKED_PER_USER {
+                    if self.parked.of_user(&user) >= MAX_PARKED_PER_USER
+                        && let Some(p) = self.parked.take_oldest_of(&user)
+                    {
                         // The user's oldest wait ends (empty) to make room for this one.
-                        let oldest = *mine
-                            .iter()
-                            .min_by_key(|i| self.parked[**i].until)
-                            .expect("at least MAX_PARKED_PER_USER");
-                        let p = self.parked.swap_remove(oldest);
                         self.respond_client(p.token, ClientResponse::Envelopes(Vec::new()));
                     }
                     if self.parked.len() < MAX_PARKED_FETCHES {
                         let until = now.saturating_add(wait_ms.min(MAX_FETCH_WAIT_MS) as Millis);
-                        self.parked.push(Parked {
+                        self.parked.insert(Parked {
                             token,
                             user,
                             client_peer: client_peer.to_string(),
@@ -694,14 +682,8 @@ impl Core {
     /// are answered (empty, to a closed channel) so they hold no place in the table.
     pub fn handle_client_disconnected(&mut self, client_peer: &str) {
         self.sessions.remove(client_peer);
-        let mut i = 0;
-        while i < self.parked.len() {
-            if self.parked[i].client_peer == client_peer {
-                let p = self.parked.swap_remove(i);
-                self.respond_client(p.token, ClientResponse::Envelopes(Vec::new()));
-            } else {
-                i += 1;
-            }
+        for p in self.parked.take_of_peer(client_peer) {
+            self.respond_client(p.token, ClientResponse::Envelopes(Vec::new()));
         }
     }
 
@@ -840,14 +822,8 @@ impl Core {
     pub fn handle_timeout(&mut self, now: Millis) {
         let now = self.advance(now);
         // Expired parked fetches answer empty.
-        let mut i = 0;
-        while i < self.parked.len() {
-            if self.parked[i].until <= now {
-                let p = self.parked.swap_remove(i);
-                self.respond_client(p.token, ClientResponse::Envelopes(Vec::new()));
-            } else {
-                i += 1;
-            }
+        for p in self.parked.take_expired(now) {
+            self.respond_client(p.token, ClientResponse::Envelopes(Vec::new()));
         }
         while let Some((secs, _, _)) = self.mail_expiries.first() {
             if *secs as Millis * 1000 > now {
@@ -914,7 +890,7 @@ impl Core {
             .filter(|o| o.in_flight < MAX_IN_FLIGHT_PER_NODE && !o.queue.is_empty())
             .map(|o| o.next_attempt)
             .min();
-        let parked = self.parked.iter().map(|p| p.until).min();
+        let parked = self.parked.next_deadline();
         let expiry = self.expiries.first().map(|(at, _)| *at);
         let mail = self
             .mail_expiries
@@ -1321,8 +1297,7 @@ impl Core {
     }
 
     fn wake_parked(&mut self, user: &UserId) {
-        if let Some(i) = self.parked.iter().position(|p| p.user == *user) {
-            let p = self.parked.swap_remove(i);
+        if let Some(p) = self.parked.take_oldest_of(user) {
             let batch = self.mailbox_batch(user, p.limit);
             self.respond_mail(p.token, *user, batch);
         }
