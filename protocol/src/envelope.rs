@@ -74,6 +74,7 @@ pub struct Envelope {
     pub id: EnvelopeId,
     pub recipient: UserId,
     pub expires_at: Millis,
+    #[serde(with = "crate::codec::bytes")]
     pub body: Vec<u8>,
 }
 

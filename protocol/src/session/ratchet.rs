@@ -93,7 +93,9 @@ pub struct RatchetMessage {
     /// Present on the initiator's messages until the responder has replied.
     pub prekey: Option<PrekeyHeader>,
     /// The encrypted header, [`ENC_HEADER_LEN`] bytes.
+    #[serde(with = "crate::codec::bytes")]
     pub header: Vec<u8>,
+    #[serde(with = "crate::codec::bytes")]
     pub ciphertext: Vec<u8>,
 }
 
