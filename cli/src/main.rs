@@ -3,6 +3,7 @@
 //! directory); node commands under `--data-dir`.
 
 mod bench;
+mod bench_chat;
 mod bench_devices;
 mod bench_sessions;
 mod bench_storage;
@@ -713,6 +714,7 @@ fn node_config(args: NodeRunArgs) -> Result<NodeConfig> {
                     .max(1),
             },
             fed: hestia_node::relay::FED_LIMIT,
+            stored_per_node: hestia_node::relay::MAX_STORED_BYTES_PER_NODE,
         },
     })
 }

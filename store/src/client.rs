@@ -170,8 +170,7 @@ impl ClientDb {
     }
 
     fn put_synced(&self, cf: &str, k: &[u8], v: &[u8]) -> Result<()> {
-        let mut wo = rocksdb::WriteOptions::default();
-        wo.set_sync(true);
+        let wo = crate::synced();
         Ok(self.db.put_cf_opt(self.cf(cf), k, v, &wo)?)
     }
 
@@ -279,8 +278,7 @@ impl ClientDb {
             encode_value(SEQ_MESSAGE, m)?,
         );
         b.put_cf(self.cf(ENVELOPEID_SEQ), m.envelope_id.0, seq_key(seq));
-        let mut wo = rocksdb::WriteOptions::default();
-        wo.set_sync(true);
+        let wo = crate::synced();
         self.db.write_opt(b, &wo)?;
         self.next_seq += 1;
         Ok(true)
@@ -468,8 +466,7 @@ impl ClientDb {
                 }
             }
         }
-        let mut wo = rocksdb::WriteOptions::default();
-        wo.set_sync(true);
+        let wo = crate::synced();
         self.db.write_opt(b, &wo)?;
         self.next_seq = seq;
         Ok(())
@@ -591,8 +588,7 @@ mod v2 {
                 }
             }
         }
-        let mut wo = rocksdb::WriteOptions::default();
-        wo.set_sync(true);
+        let wo = crate::synced();
         Ok(db.write_opt(b, &wo)?)
     }
 

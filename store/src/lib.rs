@@ -40,6 +40,22 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+static UNSYNCED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// For `hestia bench` only: while `on`, this process's writes are not synced before they
+/// return, so an acknowledgement means "in the operating system's cache", as it does for
+/// servers that do not fsync. Nothing else calls this; a node never runs this way.
+pub fn benchmark_unsynced(on: bool) {
+    UNSYNCED.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The options of every write: synced, so it is on disk when it returns.
+pub(crate) fn synced() -> rocksdb::WriteOptions {
+    let mut wo = rocksdb::WriteOptions::default();
+    wo.set_sync(!UNSYNCED.load(std::sync::atomic::Ordering::Relaxed));
+    wo
+}
+
 /// One memtable's size: writes are small envelopes, so a few MiB batch plenty of them.
 const MEMTABLE_BYTES: usize = 4 << 20;
 /// All memtables of a database together; beyond this RocksDB flushes.
@@ -95,8 +111,7 @@ pub(crate) fn open_db(
         Some(k) if k == kind.as_bytes() => {}
         Some(_) => return Err(StoreError::WrongKind(path.to_path_buf(), kind)),
         None => {
-            let mut wo = rocksdb::WriteOptions::default();
-            wo.set_sync(true);
+            let wo = crate::synced();
             let mut b = rocksdb::WriteBatch::default();
             b.put_cf(&meta, b"kind", kind.as_bytes());
             b.put_cf(
@@ -125,8 +140,7 @@ pub(crate) fn open_db(
     // empty; 2 → 3 added the client's blocked, receipt and setting families the same way.
     if version < schema::SCHEMA_VERSION {
         migrate(&db, version)?;
-        let mut wo = rocksdb::WriteOptions::default();
-        wo.set_sync(true);
+        let wo = crate::synced();
         db.put_cf_opt(
             &meta,
             b"schema_version",

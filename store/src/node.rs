@@ -170,8 +170,7 @@ impl NodeDb {
     }
 
     pub fn set_node_key(&self, key: &[u8]) -> Result<()> {
-        let mut wo = rocksdb::WriteOptions::default();
-        wo.set_sync(true);
+        let wo = crate::synced();
         Ok(self.db.put_cf_opt(self.cf(META), b"node_key", key, &wo)?)
     }
 
@@ -328,8 +327,7 @@ impl NodeStore for NodeDb {
                 ),
             }
         }
-        let mut wo = rocksdb::WriteOptions::default();
-        wo.set_sync(true);
+        let wo = crate::synced();
         Ok(self.db.write_opt(batch, &wo)?)
     }
 
@@ -424,8 +422,7 @@ pub(crate) fn migrate(db: &rocksdb::DB, from: u32) -> Result<()> {
             outbox_meta(&OutboxEntry::of(&r))?,
         );
     }
-    let mut wo = rocksdb::WriteOptions::default();
-    wo.set_sync(true);
+    let wo = crate::synced();
     Ok(db.write_opt(b, &wo)?)
 }
 

@@ -36,7 +36,11 @@ use hestia_store::node::{
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+mod origins;
 mod parked;
+
+pub use origins::MAX_STORED_BYTES_PER_NODE;
+use origins::{Origins, UNATTRIBUTED};
 use parked::{Parked, ParkedFetches};
 
 /// The core's hash maps use foldhash (the hasher hashbrown itself defaults to): several times
@@ -157,11 +161,13 @@ pub const FED_LIMIT: SendLimit = SendLimit {
     per_second: 1_000,
 };
 
-/// The rate limits a node applies: per local user sending, per remote node delivering.
+/// The limits a node applies: per local user sending, per remote node delivering, and the
+/// bytes one remote node may keep stored here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     pub send: SendLimit,
     pub fed: SendLimit,
+    pub stored_per_node: u64,
 }
 
 impl Default for Limits {
@@ -169,15 +175,18 @@ impl Default for Limits {
         Limits {
             send: SendLimit::default(),
             fed: FED_LIMIT,
+            stored_per_node: MAX_STORED_BYTES_PER_NODE,
         }
     }
 }
 
 impl Limits {
-    /// No limits (benchmarks measuring the relay itself, simulations).
+    /// No rate limits (benchmarks measuring the relay itself, simulations); the storage
+    /// bounds stay.
     pub const UNLIMITED: Limits = Limits {
         send: SendLimit::UNLIMITED,
         fed: SendLimit::UNLIMITED,
+        stored_per_node: MAX_STORED_BYTES,
     };
 }
 
@@ -397,6 +406,8 @@ struct MailRef {
     seq: u64,
     expires_at: Millis,
     size: u32,
+    /// The sending node's index in `Core::origins`, or [`UNATTRIBUTED`].
+    from: u32,
 }
 
 /// A mailbox entry's expiry, ordered by time: whole seconds rounded up, the recipient's
@@ -435,6 +446,8 @@ pub struct Core {
     mail_count: usize,
     /// Body bytes held, per recipient index and in all (see [`MAX_MAILBOX_BYTES`]).
     mail_bytes: HashMap<u32, u64>,
+    /// Stored bytes per remote node that delivered them (the per-sending-node quota).
+    origins: Origins,
     stored_bytes: u64,
     mail_expiries: BTreeSet<MailExpiry>,
     /// Keyed by recipient and id: ids are chosen by senders, so one recipient's envelope must
@@ -489,6 +502,7 @@ impl Core {
             mailboxes: HashMap::default(),
             mail_count: 0,
             mail_bytes: HashMap::default(),
+            origins: Origins::default(),
             stored_bytes: 0,
             mail_expiries: BTreeSet::new(),
             next_arrival: 0,
@@ -541,7 +555,9 @@ impl Core {
         now: Millis,
     ) -> Result<Core, StoreError> {
         let mut core = Core::new(config, store.load()?, now);
-        store.for_each_mailbox(&mut |e| core.insert_mailbox(e))?;
+        // Origins are not stored: mail held across a restart counts toward the per-user and
+        // node-wide bounds only.
+        store.for_each_mailbox(&mut |e| core.insert_mailbox(e, UNATTRIBUTED))?;
         Ok(core)
     }
 
@@ -722,7 +738,7 @@ impl Core {
                 }
                 Ok(()) => FedResponse::Delivered(
                     envs.into_iter()
-                        .map(|e| self.deliver_local(e, now))
+                        .map(|e| self.deliver_local(e, Some(from_node), now))
                         .collect(),
                 ),
             },
@@ -1064,7 +1080,7 @@ impl Core {
         let id = envelope.id;
         let expires_at = envelope.expires_at;
         let result = if to_node == self.config.node_id {
-            match self.deliver_local(envelope, self.now) {
+            match self.deliver_local(envelope, None, self.now) {
                 DeliverResult::Accepted | DeliverResult::Duplicate => SendResult::DeliveredToNode,
                 DeliverResult::NoSuchUser => SendResult::NoSuchUser,
                 DeliverResult::MailboxFull => SendResult::Full,
@@ -1157,6 +1173,11 @@ impl Core {
         self.status.insert(id, rec);
     }
 
+    /// Body bytes stored here that `node` delivered (since this node started).
+    pub fn stored_from(&self, node: &str) -> u64 {
+        self.origins.held(node)
+    }
+
     fn state_of(&self, user: &UserId, id: &EnvelopeId) -> DeliveryState {
         let queued = self
             .queued
@@ -1176,7 +1197,14 @@ impl Core {
         }
     }
 
-    fn deliver_local(&mut self, envelope: Envelope, now: Millis) -> DeliverResult {
+    /// Stores an envelope for a local user. `from` is the remote node that delivered it (None
+    /// for a local user's send), charged against its quota on this node's disk.
+    fn deliver_local(
+        &mut self,
+        envelope: Envelope,
+        from: Option<&str>,
+        now: Millis,
+    ) -> DeliverResult {
         match envelope.check_header(now) {
             Ok(()) => {}
             Err(hestia_protocol::envelope::EnvelopeError::Expired) => {
@@ -1208,15 +1236,30 @@ impl Core {
         {
             return DeliverResult::MailboxFull;
         }
+        let origin = match from {
+            None => UNATTRIBUTED,
+            Some(node) => match self
+                .origins
+                .charge(node, size, self.config.limits.stored_per_node)
+            {
+                Some(i) => i,
+                None => {
+                    // Answered like a full mailbox: the sender keeps it queued and retries
+                    // with backoff, and room comes back as recipients fetch.
+                    tracing::debug!(from = node, "delivery refused: the node's stored quota");
+                    return DeliverResult::MailboxFull;
+                }
+            },
+        };
         // The body goes to the store with this write; the core keeps only its entry.
         let entry = MailboxEntry::of(&envelope);
         self.writes.push(NodeWrite::PutMailbox(envelope));
-        self.insert_mailbox(entry);
+        self.insert_mailbox(entry, origin);
         self.wake_parked(&user);
         DeliverResult::Accepted
     }
 
-    fn insert_mailbox(&mut self, e: MailboxEntry) {
+    fn insert_mailbox(&mut self, e: MailboxEntry, from: u32) {
         let seq = self.next_arrival;
         self.next_arrival += 1;
         let ix = self.users.intern(e.recipient);
@@ -1226,10 +1269,12 @@ impl Core {
                 seq,
                 expires_at: e.expires_at,
                 size: e.size,
+                from,
             },
         );
         match old {
             Some(old) => {
+                self.origins.release(old.from, old.size as u64);
                 self.mail_expiries
                     .remove(&mail_expiry(old.expires_at, ix, e.id));
                 self.count_bytes(ix, -(old.size as i64));
@@ -1256,6 +1301,7 @@ impl Core {
         }
         self.mail_count -= 1;
         self.count_bytes(ix, -(e.size as i64));
+        self.origins.release(e.from, e.size as u64);
         self.mail_expiries
             .remove(&mail_expiry(e.expires_at, ix, *id));
         self.writes.push(NodeWrite::DeleteMailbox(*user, *id));
@@ -2080,6 +2126,60 @@ mod tests {
             envs.len(),
             10,
             "the ten gathered while the window was full leave in one batch"
+        );
+    }
+
+    #[test]
+    fn a_sending_node_is_held_to_its_stored_quota() {
+        let mut h = Harness::new(); // Bob registered on node B
+        let size = h.letter("q", T0, 60_000).body.len() as u64;
+        let mut cfg = config("NodeB");
+        cfg.limits.stored_per_node = 3 * size;
+        h.b = Core::from_store(cfg, &h.store_b, T0).unwrap();
+        let envs: Vec<Envelope> = (0..4)
+            .map(|i| h.letter(&format!("q{i}"), T0, 60_000))
+            .collect();
+        let deliver = |h: &mut Harness, from: &str, envs: Vec<Envelope>| {
+            h.b.handle_fed_request(T0, Token(0), from, FedRequest::Deliver(envs));
+            h.drain(false).1
+        };
+        use DeliverResult::{Accepted, MailboxFull};
+        assert_eq!(
+            deliver(&mut h, "NodeX", envs.clone()),
+            vec![FedResponse::Delivered(vec![
+                Accepted,
+                Accepted,
+                Accepted,
+                MailboxFull
+            ])],
+            "the fourth is past NodeX's quota"
+        );
+        assert_eq!(h.b.stored_from("NodeX"), 3 * size);
+        let other = h.letter("other", T0, 60_000);
+        assert_eq!(
+            deliver(&mut h, "NodeY", vec![other]),
+            vec![FedResponse::Delivered(vec![Accepted])],
+            "another node is not held back by NodeX's quota"
+        );
+        // Bob reads and acknowledges: the room comes back.
+        let fetched = h.client(
+            false,
+            T0,
+            ClientOp::Fetch {
+                limit: 10,
+                wait_ms: 0,
+            },
+        );
+        let [ClientResponse::Envelopes(got)] = &fetched[..] else {
+            panic!("{fetched:?}")
+        };
+        assert_eq!(got.len(), 4);
+        let ids = got.iter().map(|e| e.id).collect();
+        h.client(false, T0, ClientOp::Ack(ids));
+        assert_eq!(h.b.stored_from("NodeX"), 0);
+        assert_eq!(
+            deliver(&mut h, "NodeX", vec![envs[3].clone()]),
+            vec![FedResponse::Delivered(vec![Accepted])]
         );
     }
 
