@@ -38,6 +38,9 @@ pub enum Only {
     Storage,
     /// Connected devices each holding a long poll: the node's memory (`--devices`).
     Devices,
+    /// One device to another, end to end, on one node and across two, beside Prosody
+    /// (`--messages`).
+    Chat,
 }
 
 #[derive(Args)]
@@ -60,6 +63,9 @@ pub struct BenchArgs {
     /// Offline users they are held for in the storage run.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     users: u64,
+    /// Messages per run in the chat benchmark (paced runs send at least two seconds' worth).
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(10..=100_000))]
+    messages: u64,
     /// Envelopes per client send request in the throughput run.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=256))]
     batch: u64,
@@ -75,14 +81,15 @@ const LOAD_BATCH: usize = 64;
 /// Seconds of background load sealed in advance (the measurement takes about two).
 const LOAD_SECONDS: f64 = 4.0;
 
-struct Cluster {
+pub(crate) struct Cluster {
     _tmp: tempfile::TempDir,
-    addrs: Vec<Multiaddr>,
+    pub(crate) addrs: Vec<Multiaddr>,
     peers: Vec<String>,
-    stop: tokio::sync::watch::Sender<bool>,
+    pub(crate) stop: tokio::sync::watch::Sender<bool>,
 }
 
-async fn cluster() -> Result<Cluster> {
+/// Two real nodes in this process that know each other, without the per-user send limit.
+pub(crate) async fn cluster() -> Result<Cluster> {
     let tmp = tempfile::tempdir()?;
     let (stop, rx) = tokio::sync::watch::channel(false);
     let mut addrs = Vec::new();
@@ -242,7 +249,7 @@ fn send_op(to: &str, envs: &[Envelope]) -> ClientOp {
     )
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -474,6 +481,9 @@ fn rocksdb_baseline(writes: usize, batch: usize) -> Result<f64> {
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
+    if args.only == Some(Only::Chat) {
+        return crate::bench_chat::run(args.messages as usize).await;
+    }
     if args.only == Some(Only::Devices) {
         return crate::bench_devices::run(args.devices as usize).await;
     }
