@@ -11,7 +11,7 @@ use hestia_protocol::wire::{
     self, ClientRequest, ClientResponse, FedRequest, FedResponse, PROTOCOL_VERSION, Presence,
 };
 use hestia_store::node::{NodeDb, NodeStore};
-use libp2p::connection_limits;
+use libp2p::{connection_limits, memory_connection_limits};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
@@ -41,6 +41,11 @@ pub const MAX_PENDING_INCOMING: u32 = 256;
 /// Established inbound connections: devices holding long polls and peer nodes. Ten thousand
 /// connected devices is the aim for one node (issue 10), with room for peers.
 pub const MAX_ESTABLISHED_INCOMING: u32 = 12_000;
+/// Resident memory above which the node takes no new connection, in or out (libp2p's
+/// memory-connection-limits, read at most every 100 ms): a backstop behind the per-connection
+/// and per-address bounds. Ten thousand devices with long polls take about 0.5 GiB
+/// (docs/benchmarks.md), so this leaves room for them and for mail in flight.
+pub const MAX_PROCESS_MEMORY_BYTES: usize = 1536 << 20;
 /// Connections one peer id may hold: one, plus a few while reconnecting or dialling both ways.
 pub const MAX_CONNECTIONS_PER_PEER: u32 = 4;
 /// Nodes whose latest presence time is remembered (to refuse replays).
@@ -112,6 +117,7 @@ pub struct NodeBehaviour {
     /// First, so a connection over a limit is refused before any other behaviour sees it.
     pub limits: connection_limits::Behaviour,
     pub per_ip: crate::ip_limits::Behaviour,
+    pub memory: memory_connection_limits::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -194,6 +200,7 @@ pub fn node_behaviour(key: &identity::Keypair) -> Result<NodeBehaviour, NodeErro
     Ok(NodeBehaviour {
         limits: connection_limits_behaviour(),
         per_ip: crate::ip_limits::Behaviour::default(),
+        memory: memory_connection_limits::Behaviour::with_max_bytes(MAX_PROCESS_MEMORY_BYTES),
         identify: identify_behaviour(key),
         ping: ping::Behaviour::new(ping::Config::new()),
         kad: kad_behaviour(key.public().to_peer_id()),
