@@ -11,13 +11,13 @@ use hestia_protocol::wire::{
     self, ClientRequest, ClientResponse, FedRequest, FedResponse, PROTOCOL_VERSION, Presence,
 };
 use hestia_store::node::{NodeDb, NodeStore};
-use libp2p::{connection_limits, memory_connection_limits};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, identity, kad, noise, ping, tcp,
     yamux,
 };
+use libp2p::{connection_limits, memory_connection_limits};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
