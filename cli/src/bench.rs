@@ -150,7 +150,7 @@ fn seal(to: &IdentityKey, n: usize) -> Result<Vec<Envelope>> {
 const SENDERS: usize = 4;
 
 /// CPU time this process has used so far (all threads, user and system), in seconds.
-pub fn cpu_seconds() -> f64 {
+fn cpu_seconds() -> f64 {
     // SAFETY: getrusage writes into the struct it is given and nothing else.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {

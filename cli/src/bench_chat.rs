@@ -67,6 +67,36 @@ fn index_of(text: &str) -> Option<usize> {
     text.split(':').next()?.parse().ok()
 }
 
+/// When each message arrived, by index; the sending side waits on it without polling.
+#[derive(Default)]
+struct Arrivals {
+    at: Mutex<HashMap<usize, Instant>>,
+    more: tokio::sync::Notify,
+}
+
+impl Arrivals {
+    async fn record(&self, i: usize) -> usize {
+        let mut at = self.at.lock().await;
+        at.insert(i, Instant::now());
+        self.more.notify_one();
+        at.len()
+    }
+
+    /// Waits until `n` have arrived or `deadline` passes; returns how many did.
+    async fn wait_for(&self, n: usize, deadline: Instant) -> usize {
+        loop {
+            let got = self.at.lock().await.len();
+            if got >= n {
+                return got;
+            }
+            let wake = tokio::time::timeout_at(deadline.into(), self.more.notified()).await;
+            if wake.is_err() {
+                return self.at.lock().await.len();
+            }
+        }
+    }
+}
+
 /// One side that sends message `i` and returns when its server has taken it.
 trait Sender {
     async fn send(&mut self, i: usize) -> Result<()>;
@@ -77,7 +107,7 @@ trait Sender {
 async fn measure(
     n: usize,
     rate: Rate,
-    received: Arc<Mutex<HashMap<usize, Instant>>>,
+    received: Arc<Arrivals>,
     sender: &mut impl Sender,
 ) -> Result<Figures> {
     let start = Instant::now();
@@ -97,19 +127,11 @@ async fn measure(
             bail!("sent {i} of {n} in {RUN_LIMIT:?}");
         }
     }
-    loop {
-        if received.lock().await.len() >= n {
-            break;
-        }
-        if start.elapsed() > RUN_LIMIT {
-            bail!(
-                "{} of {n} arrived in {RUN_LIMIT:?}",
-                received.lock().await.len()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+    let arrived = received.wait_for(n, start + RUN_LIMIT).await;
+    if arrived < n {
+        bail!("{arrived} of {n} arrived in {RUN_LIMIT:?}");
     }
-    let got = received.lock().await;
+    let got = received.at.lock().await;
     let mut lat: Vec<f64> = (0..n)
         .map(|i| got[&i].saturating_duration_since(due[i]).as_secs_f64() * 1e3)
         .collect();
@@ -168,7 +190,7 @@ async fn wait_for(
 /// One Hestia run: Bob's device follows its inbox while Alice's sends, both in this task (a
 /// device's futures stay on the thread that drives them).
 async fn hestia_run(alice: &mut Device, bob: &mut Device, n: usize, rate: Rate) -> Result<Figures> {
-    let received = Arc::new(Mutex::new(HashMap::new()));
+    let received = Arc::new(Arrivals::default());
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let rx = received.clone();
     let receive = async move {
@@ -178,7 +200,7 @@ async fn hestia_run(alice: &mut Device, bob: &mut Device, n: usize, rate: Rate) 
                 if let InboxEvent::Message(m) = e
                     && let Some(i) = index_of(&m.text)
                 {
-                    rx.lock().await.insert(i, Instant::now());
+                    rx.record(i).await;
                 }
             }
         }
@@ -400,17 +422,15 @@ impl Sender for XmppSender {
 async fn prosody_run(port: u16, n: usize, rate: Rate) -> Result<Figures> {
     let mut bob = Xmpp::login(port, "bob").await?;
     let alice = Xmpp::login(port, "alice").await?;
-    let received = Arc::new(Mutex::new(HashMap::new()));
+    let received = Arc::new(Arrivals::default());
     let rx = received.clone();
     let receiver = tokio::spawn(async move {
         loop {
             for b in bob.bodies().await? {
-                if let Some(i) = index_of(&b) {
-                    let mut got = rx.lock().await;
-                    got.insert(i, Instant::now());
-                    if got.len() >= n {
-                        return anyhow::Ok(());
-                    }
+                if let Some(i) = index_of(&b)
+                    && rx.record(i).await >= n
+                {
+                    return anyhow::Ok(());
                 }
             }
         }

@@ -83,7 +83,7 @@ pub const RETRY_MAX_MS: Millis = 30_000;
 pub const MAX_SESSIONS: usize = 200_000;
 /// Federation batches in flight to one destination at once. More than one keeps the link busy
 /// while the remote syncs the previous batch; a small number bounds what a retry resends. (16
-/// moved about 1.25x as much in `hestia bench`, but changed the simulator's busy-link latency
+/// moved about 1.3x as much in `hestia bench`, but changed the simulator's busy-link latency
 /// in a way not yet understood, so it is not taken: docs/benchmarks.md.)
 pub const MAX_IN_FLIGHT_PER_NODE: usize = 4;
 /// Envelope bytes in flight to all destinations together: the driver holds each batch's bodies
@@ -455,7 +455,8 @@ pub struct Core {
     /// never shadow another's.
     next_arrival: u64,
     outboxes: BTreeMap<String, Outbox>,
-    in_flight: HashMap<BatchId, (String, Vec<EnvelopeId>)>,
+    /// Batches awaiting an answer: destination, ids, body bytes.
+    in_flight: HashMap<BatchId, (String, Vec<EnvelopeId>, usize)>,
     /// Body bytes of the batches in `in_flight`.
     in_flight_bytes: usize,
     /// Which destination's outbox holds an envelope, for status queries.
@@ -767,10 +768,11 @@ impl Core {
             };
             return self.respond_client(token, response);
         }
-        let Some((node, ids)) = self.in_flight.remove(&batch) else {
+        let Some((node, ids, bytes)) = self.in_flight.remove(&batch) else {
             return;
         };
-        self.release_in_flight(&node, &ids);
+        // Outboxes that waited for room in the window are flushed at the end.
+        self.in_flight_bytes -= bytes;
         let results = match result {
             Ok(FedResponse::Delivered(results)) if results.len() == ids.len() => Some(results),
             Ok(FedResponse::Refused(Refusal::RateLimited { .. })) => {
@@ -871,7 +873,7 @@ impl Core {
                     let Some(node) = self.queued.get(&id).cloned() else {
                         continue;
                     };
-                    let in_flight = self.in_flight.values().any(|(_, ids)| ids.contains(&id));
+                    let in_flight = self.in_flight.values().any(|(_, ids, _)| ids.contains(&id));
                     if !in_flight {
                         self.finish_outbox(&node, &id, DeliveryState::Expired);
                     } else {
@@ -1438,22 +1440,6 @@ impl Core {
         while self.flush_one(node, now) {}
     }
 
-    /// A batch to `node` is answered: its bytes leave the global window (the outboxes that
-    /// waited for room are flushed at the end of [`Core::handle_fed_response`]).
-    fn release_in_flight(&mut self, node: &str, ids: &[EnvelopeId]) {
-        let bytes: usize = self
-            .outboxes
-            .get(node)
-            .map(|o| {
-                ids.iter()
-                    .filter_map(|id| o.records.get(id))
-                    .map(|r| r.size as usize)
-                    .sum()
-            })
-            .unwrap_or(0);
-        self.in_flight_bytes = self.in_flight_bytes.saturating_sub(bytes);
-    }
-
     fn flush_one(&mut self, node: &str, now: Millis) -> bool {
         if self.in_flight_bytes >= MAX_IN_FLIGHT_BYTES {
             return false;
@@ -1489,7 +1475,7 @@ impl Core {
         self.in_flight_bytes += bytes;
         let batch = self.new_batch_id();
         self.in_flight
-            .insert(batch, (node.to_string(), ids.clone()));
+            .insert(batch, (node.to_string(), ids.clone(), bytes));
         self.outputs.push_back(Output::FedDeliver {
             batch,
             to_node: node.to_string(),
