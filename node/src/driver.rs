@@ -406,6 +406,9 @@ impl Node {
             tokio::select! {
                 _ = &mut shutdown => {
                     tracing::info!("node shutting down");
+                    // Everything acknowledged is already durable in the log; this only spares
+                    // the next start replaying it.
+                    self.store.flush()?;
                     return Ok(());
                 }
                 event = self.swarm.select_next_some() => {
