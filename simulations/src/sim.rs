@@ -359,6 +359,8 @@ struct Device {
 #[derive(Clone, Copy)]
 struct Msg {
     sent_at: Millis,
+    /// The recipient is homed on another node than the sender: the message crosses a link.
+    across: bool,
     node_at: Option<Millis>,
     device_at: Option<Millis>,
     lost_disk: bool,
@@ -411,6 +413,9 @@ pub struct Summary {
     pub undelivered_refused_unknown_user: u64,
     pub undelivered_pending: u64,
     pub latency_send_to_node: Percentiles,
+    /// `latency_send_to_node` over only the messages whose recipient is homed on another node
+    /// than the sender: what federation links (bandwidth, latency, queueing) add.
+    pub latency_send_to_other_node: Percentiles,
     pub latency_send_to_device: Percentiles,
     pub max_outbox_envelopes: usize,
     pub max_mailbox_envelopes: usize,
@@ -1164,6 +1169,7 @@ impl Sim {
             envelope.id,
             Msg {
                 sent_at: self.now,
+                across: self.devices[r].node != home,
                 node_at: None,
                 device_at: None,
                 lost_disk: false,
@@ -1491,6 +1497,12 @@ impl Sim {
             .values()
             .filter_map(|m| Some((m.node_at? - m.sent_at) as f64))
             .collect();
+        let to_other_node: Vec<f64> = self
+            .msgs
+            .values()
+            .filter(|m| m.across)
+            .filter_map(|m| Some((m.node_at? - m.sent_at) as f64))
+            .collect();
         let to_device: Vec<f64> = self
             .msgs
             .values()
@@ -1512,6 +1524,7 @@ impl Sim {
         }
         let sent = self.msgs.len() as u64;
         let (node_p, _) = pct(to_node);
+        let (other_node_p, _) = pct(to_other_node);
         let (device_p, device_sorted) = pct(to_device);
         let linkable = self.linkability();
         let summary = Summary {
@@ -1536,6 +1549,7 @@ impl Sim {
             undelivered_refused_unknown_user: refused,
             undelivered_pending: pending,
             latency_send_to_node: node_p,
+            latency_send_to_other_node: other_node_p,
             latency_send_to_device: device_p,
             max_outbox_envelopes: self
                 .series
