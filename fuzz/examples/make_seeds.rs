@@ -3,12 +3,19 @@
 use hestia_fuzz::{NOW, fixture, rng};
 use hestia_protocol::codec;
 use hestia_protocol::envelope::{Content, Envelope, EnvelopeId, Letter};
+use hestia_protocol::identity::{Address, UserId};
 use hestia_protocol::seal;
 use hestia_protocol::session::prekeys::PrekeyBundle;
+use hestia_protocol::wire::DeliveryState;
 use hestia_protocol::wire::{
     Auth, ClientAuth, ClientOp, ClientRequest, ClientResponse, DeliverResult, FedRequest,
     FedResponse, Outgoing, Presence, SendResult,
 };
+use hestia_store::records::{
+    AccountRecord, Contact, Direction, MessageState, Origin, OutboxRecord, PendingReceipts,
+    StatusRecord, StoredIdentity, StoredMessage, Trust,
+};
+use hestia_store::schema::{self, *};
 use std::path::Path;
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
@@ -17,6 +24,18 @@ fn write(target: &str, name: &str, bytes: &[u8]) {
         .join(target);
     std::fs::create_dir_all(&dir).expect("corpus directory");
     std::fs::write(dir.join(name), bytes).expect("seed file");
+}
+
+/// A `stored_records` input: the family's index, the key's length, the key, the value.
+fn stored(cf: &str, key: &[u8], value: &[u8]) {
+    let all: Vec<&str> = NODE_CFS.iter().chain(CLIENT_CFS).copied().collect();
+    let i = all.iter().position(|c| *c == cf).expect("a known family");
+    // A seed is what the store writes, so the check must accept it.
+    if let Err(e) = hestia_store::records::check(cf, key, value) {
+        panic!("seed for {cf}: {e}");
+    }
+    let input = [&[i as u8, key.len() as u8], key, value].concat();
+    write("stored_records", &format!("{cf}-{}", key.len()), &input);
 }
 
 fn main() {
@@ -101,4 +120,129 @@ fn main() {
         "escapes",
         "\u{1b}[1Ahi\u{202e}x\nWARNING".as_bytes(),
     );
+    for (name, body) in [
+        ("send", codec::encode(&req).unwrap()),
+        (
+            "deliver",
+            codec::encode(&FedRequest::Deliver(vec![env.clone()])).unwrap(),
+        ),
+    ] {
+        let framed = hestia_protocol::frame::frame(&body).unwrap();
+        write("frame", name, &[&[7u8], framed.as_slice()].concat());
+    }
+
+    let (alice, bob) = (f.alice.user_id(), f.bob.user_id());
+    stored(
+        USERID_ACCOUNT,
+        alice.as_bytes(),
+        &codec::encode(&AccountRecord { created_at: NOW }).unwrap(),
+    );
+    stored(
+        USERID_ENVELOPEID_MAILBOX,
+        &schema::mailbox_key(&env.recipient, &env.id),
+        &codec::encode(&env).unwrap(),
+    );
+    // The metadata forms are private to the store; their encodings are these tuples'.
+    stored(
+        USERID_ENVELOPEID_MAILBOXMETA,
+        &schema::mailbox_key(&env.recipient, &env.id),
+        &codec::encode(&(env.expires_at, env.body.len() as u32)).unwrap(),
+    );
+    let node = "12D3KooWother";
+    let out = OutboxRecord {
+        owner: alice,
+        to_node: node.into(),
+        envelope: env.clone(),
+        attempts: 1,
+    };
+    stored(
+        NODEID_ENVELOPEID_OUTBOX,
+        &schema::outbox_key(node, &env.id),
+        &codec::encode(&out).unwrap(),
+    );
+    stored(
+        NODEID_ENVELOPEID_OUTBOXMETA,
+        &schema::outbox_key(node, &env.id),
+        &codec::encode(&(alice, env.expires_at, env.body.len() as u32)).unwrap(),
+    );
+    let status = StatusRecord {
+        owner: alice,
+        state: DeliveryState::Queued { attempts: 0 },
+        expires_at: NOW,
+    };
+    stored(
+        ENVELOPEID_STATUS,
+        &env.id.0,
+        &codec::encode(&status).unwrap(),
+    );
+    stored(
+        USERID_SIGNEDPREKEY,
+        bob.as_bytes(),
+        &codec::encode(f.bob_prekeys.current_signed()).unwrap(),
+    );
+    let identity = StoredIdentity {
+        seed: [9; 32],
+        name: "alice".into(),
+        home_node: "12D3KooWnode".into(),
+        home_addr: "/ip4/127.0.0.1/tcp/4001".into(),
+    };
+    stored(
+        KEY_IDENTITY,
+        b"identity",
+        &codec::encode(&identity).unwrap(),
+    );
+    stored(
+        KEY_IDENTITY,
+        b"prekeys",
+        &f.bob_prekeys.to_stored().unwrap(),
+    );
+    let contact = Contact {
+        name: "bob".into(),
+        handle: Some("bob".into()),
+        address: Address {
+            user: bob,
+            node: "12D3KooWother".into(),
+        },
+        trust: Trust::Unverified,
+        added_at: NOW,
+        origin: Origin::Added,
+        claims: None,
+        reset_asked_at: None,
+    };
+    stored(NAME_CONTACT, b"bob", &codec::encode(&contact).unwrap());
+    let message = StoredMessage {
+        envelope_id: id,
+        direction: Direction::Outgoing,
+        peer: bob,
+        peer_node: "12D3KooWother".into(),
+        peer_name: "bob".into(),
+        text: "hi".into(),
+        at: NOW,
+        expires_at: NOW + 60_000,
+        state: MessageState::DeliveredToNode,
+    };
+    stored(
+        SEQ_MESSAGE,
+        &schema::seq_key(3),
+        &codec::encode(&message).unwrap(),
+    );
+    stored(ENVELOPEID_SEQ, &id.0, &schema::seq_key(3));
+    let sessions = vec![f.alice_session.to_stored().to_vec()];
+    stored(
+        USERID_SESSIONS,
+        bob.as_bytes(),
+        &codec::encode(&sessions).unwrap(),
+    );
+    let receipts = PendingReceipts {
+        node: "12D3KooWother".into(),
+        due_at: NOW,
+        ids: vec![id],
+    };
+    stored(
+        USERID_RECEIPTS,
+        bob.as_bytes(),
+        &codec::encode(&receipts).unwrap(),
+    );
+    stored(USERID_SKIPPED, bob.as_bytes(), &3u32.to_be_bytes());
+    stored(USERID_BLOCKED, UserId([5; 32]).as_bytes(), &[]);
 }

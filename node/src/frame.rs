@@ -10,6 +10,7 @@
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use hestia_protocol::codec::{self, MAX_FRAME_BYTES};
+use hestia_protocol::frame::{self, FrameReader};
 use hestia_protocol::wire::{ClientError, ClientRequest, ClientResponse, FedRequest, FedResponse};
 use libp2p::StreamProtocol;
 use libp2p::request_response;
@@ -199,41 +200,47 @@ async fn read_frame_in<T: DeserializeOwned, R: AsyncRead + Unpin>(
     conn: Option<&AtomicUsize>,
     max: usize,
 ) -> io::Result<T> {
-    let len = read_len(io, max).await?;
-    read_body(io, len, conn).await
+    let reader = read_len(io, max).await?;
+    read_body(io, reader, conn).await
 }
 
-async fn read_len<R: AsyncRead + Unpin>(io: &mut R, max: usize) -> io::Result<usize> {
-    let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds the limit of {max}"),
-        ));
+fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// Reads a frame's length prefix (refused above `max`); the reader then wants the body.
+async fn read_len<R: AsyncRead + Unpin>(io: &mut R, max: usize) -> io::Result<FrameReader> {
+    let mut reader = FrameReader::new(max);
+    let mut prefix = [0u8; frame::LEN_BYTES];
+    while reader.declared().is_none() {
+        let want = reader.wants();
+        let n = io.read(&mut prefix[..want]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        reader.push(&prefix[..n]).map_err(invalid)?;
     }
-    Ok(len)
+    Ok(reader)
 }
 
+/// Reads the body as it arrives, taking every byte from the buffer budgets first.
 async fn read_body<T: DeserializeOwned, R: AsyncRead + Unpin>(
     io: &mut R,
-    len: usize,
+    mut reader: FrameReader,
     conn: Option<&AtomicUsize>,
 ) -> io::Result<T> {
     let mut reserved = Reservation { conn, taken: 0 };
-    let mut buf = Vec::new();
-    let mut chunk = vec![0u8; READ_CHUNK.min(len)];
-    while buf.len() < len {
-        let want = (len - buf.len()).min(chunk.len());
+    let mut chunk = vec![0u8; READ_CHUNK.min(reader.wants())];
+    while !reader.is_complete() {
+        let want = reader.wants().min(chunk.len());
         let n = io.read(&mut chunk[..want]).await?;
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         reserved.take(n)?;
-        buf.extend_from_slice(&chunk[..n]);
+        reader.push(&chunk[..n]).map_err(invalid)?;
     }
-    codec::decode(&buf, MAX_FRAME_BYTES).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    reader.decode().map_err(invalid)
 }
 
 fn too_slow() -> io::Error {
@@ -259,8 +266,8 @@ async fn read_response_timed<T: DeserializeOwned, R: AsyncRead + Unpin>(
     io: &mut R,
     conn: Option<&AtomicUsize>,
 ) -> io::Result<T> {
-    let len = read_len(io, MAX_FRAME_BYTES).await?;
-    tokio::time::timeout(FRAME_READ_TIMEOUT, read_body(io, len, conn))
+    let reader = read_len(io, MAX_FRAME_BYTES).await?;
+    tokio::time::timeout(FRAME_READ_TIMEOUT, read_body(io, reader, conn))
         .await
         .map_err(|_| too_slow())?
 }

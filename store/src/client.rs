@@ -1,108 +1,15 @@
 //! The client database on a user's device: identity, contacts with pinned keys, history.
 //! History lives here and only here; the node never holds it.
 
+pub use crate::records::{
+    Contact, Direction, MessageState, Origin, PendingReceipts, StoredIdentity, StoredMessage, Trust,
+};
 use crate::schema::*;
 use crate::{Result, decode_value, encode_value};
-use hestia_protocol::Millis;
 use hestia_protocol::envelope::EnvelopeId;
 use hestia_protocol::identity::{Address, UserId};
-use serde::{Deserialize, Serialize};
 use std::path::Path;
-use zeroize::{Zeroize, ZeroizeOnDrop};
-
-/// The stored identity. The seed is the user's secret key: zeroized on drop, never printed.
-/// It is stored unencrypted, protected by the file permissions of the data directory.
-#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
-pub struct StoredIdentity {
-    pub seed: [u8; 32],
-    pub name: String,
-    pub home_node: String,
-    pub home_addr: String,
-}
-
-/// How far the user trusts that a contact's key is the person they think it is. A contact *is*
-/// its key: nothing a message says moves a contact to another key; only the user does, after
-/// comparing the safety number of the new key ([`crate::client::ClientWrite::Merge`]).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Trust {
-    /// Key pinned on first use, not compared out of band.
-    Unverified,
-    /// The user compared fingerprints or safety numbers.
-    Verified,
-}
-
-/// How a contact came to be on this device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Origin {
-    /// The user added it (an address or a card).
-    Added,
-    /// A message request: a key no contact had wrote first, and the user has not answered,
-    /// verified or accepted it. Requests are bounded apart from contacts, so strangers cannot
-    /// crowd out the people the user talks to.
-    Request,
-    /// A request the user answered (sent to it), verified or accepted.
-    Accepted,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Contact {
-    /// The local name the user calls this contact by.
-    pub name: String,
-    /// The account handle the contact goes by on their node (from their card or first letter).
-    /// Self-asserted: shown, compared for name clashes, never trusted.
-    pub handle: Option<String>,
-    pub address: Address,
-    pub trust: Trust,
-    pub added_at: Millis,
-    pub origin: Origin,
-    /// Set when this key's first message used the name of another contact (another key): the
-    /// local name of the contact it claims to be. It stays until the user accepts this key as
-    /// that contact's new key (after comparing its safety number) or rejects it.
-    pub claims: Option<String>,
-    /// When this device last asked the contact for a new session after failing to decrypt
-    /// (at most once an hour: a forged sealed envelope must not make it ask in a loop).
-    pub reset_asked_at: Option<Millis>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Direction {
-    Incoming,
-    Outgoing,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MessageState {
-    /// Outgoing, in the home node's outbox.
-    Queued,
-    DeliveredToNode,
-    DeliveredToDevice,
-    Expired,
-    NoSuchUser,
-    Failed(String),
-    /// Incoming, read.
-    Received,
-    /// Schema 2 only (incoming under a key that claimed a verified contact's name, held): no
-    /// longer written; the schema 3 migration makes these `Received` from their own contact.
-    HeldKeyChanged,
-    /// Outgoing, a first message to a contact whose node did not answer the prekey fetch: kept
-    /// on the device (only) and sent once their node answers.
-    WaitingForKeys,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredMessage {
-    pub envelope_id: EnvelopeId,
-    pub direction: Direction,
-    /// The other party's key.
-    pub peer: UserId,
-    pub peer_node: String,
-    /// The contact name at the time, for display.
-    pub peer_name: String,
-    pub text: String,
-    pub at: Millis,
-    pub expires_at: Millis,
-    pub state: MessageState,
-}
+use zeroize::Zeroize;
 
 /// The stored forms of the sessions with one contact, newest first. Secret: zeroized on drop.
 pub type StoredSessions = Vec<zeroize::Zeroizing<Vec<u8>>>;
@@ -134,16 +41,6 @@ pub enum ClientWrite {
     Receipts(UserId, Option<PendingReceipts>),
 }
 
-/// Delivery receipts owed to one contact, sent together once `due_at` passes (a random delay
-/// after the first of them, so the recipient's node cannot pair a receipt with the message it
-/// answers by timing alone).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingReceipts {
-    pub node: String,
-    pub due_at: Millis,
-    pub ids: Vec<EnvelopeId>,
-}
-
 pub struct ClientDb {
     db: rocksdb::DB,
     next_seq: u64,
@@ -161,6 +58,11 @@ impl ClientDb {
             }
         };
         Ok(ClientDb { db, next_seq })
+    }
+
+    /// Decodes every stored entry ([`crate::records::check`]); the number of entries.
+    pub fn check(&self) -> Result<u64> {
+        crate::check_all(&self.db, CLIENT_CFS)
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -505,22 +407,7 @@ fn migrate(db: &rocksdb::DB, from: u32) -> Result<()> {
 /// Schema 2's contact form and its one-step migration.
 mod v2 {
     use super::*;
-
-    #[derive(Deserialize)]
-    enum Trust {
-        Unverified,
-        Verified,
-        Changed { new_key: UserId },
-    }
-
-    #[derive(Deserialize)]
-    struct Contact {
-        name: String,
-        handle: Option<String>,
-        address: Address,
-        trust: Trust,
-        added_at: Millis,
-    }
+    use crate::records::v2::{Contact, Trust};
 
     /// Schema 2 let a message re-pin a contact (unverified) or mark it `Changed` (verified,
     /// messages held). Schema 3 keeps a contact on its key: a `Changed` contact goes back to
@@ -599,6 +486,8 @@ mod v2 {
         user: UserId,
         changed_to: Option<UserId>,
     ) {
+        use hestia_protocol::Millis;
+        use serde::Serialize;
         #[derive(Serialize)]
         enum TrustOut {
             #[allow(dead_code)]
@@ -670,6 +559,8 @@ mod tests {
         assert!(db.record_message(&msg(3)).unwrap());
         let texts: Vec<_> = db.messages().unwrap().into_iter().map(|m| m.text).collect();
         assert_eq!(texts, ["m1", "m2", "m3"]);
+        // meta (2), three messages and their three id → seq entries.
+        assert_eq!(db.check().unwrap(), 8);
         assert!(
             db.set_state(&EnvelopeId([2; 16]), MessageState::HeldKeyChanged)
                 .unwrap()

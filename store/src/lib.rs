@@ -9,20 +9,27 @@
 //! encoded with the protocol codec. Node writes go through [`node::NodeStore::apply`], one
 //! atomic, synced batch: whatever a node acknowledges was in such a batch first.
 //! [`node::MemNodeStore`] implements the same interface in memory for tests and simulations.
+//! [`records`] holds every stored value type and decodes any stored key and value; it and
+//! [`schema`] build without RocksDB (the default feature `rocksdb`), for the fuzz targets.
 
+#[cfg(feature = "rocksdb")]
 pub mod client;
+#[cfg(feature = "rocksdb")]
 pub mod node;
+pub mod records;
 pub mod schema;
 
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[cfg(feature = "rocksdb")]
     #[error("database at {path}: {source}")]
     Open {
         path: PathBuf,
         source: rocksdb::Error,
     },
+    #[cfg(feature = "rocksdb")]
     #[error("database error: {0}")]
     Db(#[from] rocksdb::Error),
     #[error("stored value under {cf} is corrupt: {reason}")]
@@ -50,6 +57,7 @@ pub fn benchmark_unsynced(on: bool) {
 }
 
 /// The options of every write: synced, so it is on disk when it returns.
+#[cfg(feature = "rocksdb")]
 pub(crate) fn synced() -> rocksdb::WriteOptions {
     let mut wo = rocksdb::WriteOptions::default();
     wo.set_sync(!UNSYNCED.load(std::sync::atomic::Ordering::Relaxed));
@@ -57,16 +65,20 @@ pub(crate) fn synced() -> rocksdb::WriteOptions {
 }
 
 /// One memtable's size: writes are small envelopes, so a few MiB batch plenty of them.
+#[cfg(feature = "rocksdb")]
 const MEMTABLE_BYTES: usize = 4 << 20;
 /// All memtables of a database together; beyond this RocksDB flushes.
+#[cfg(feature = "rocksdb")]
 const MEMTABLES_TOTAL_BYTES: usize = 16 << 20;
 /// Cached table blocks (bodies being read for fetches and batches, indexes).
+#[cfg(feature = "rocksdb")]
 const BLOCK_CACHE_BYTES: usize = 8 << 20;
 
 /// Opens (or creates) a database with the given column families, checks its kind and schema
 /// version, and writes both on first open. `migrate(db, from)` runs the kind's own migration
 /// steps from version `from` (older than [`schema::SCHEMA_VERSION`]); the version is recorded
 /// as current only after it succeeds, so an interrupted migration runs again.
+#[cfg(feature = "rocksdb")]
 pub(crate) fn open_db(
     path: &std::path::Path,
     cfs: &[&str],
@@ -151,6 +163,24 @@ pub(crate) fn open_db(
     Ok(db)
 }
 
+/// Decodes every stored key and value of these column families with [`records::check`] and
+/// returns how many entries there are: a full check of a database (or a backup of one).
+#[cfg(feature = "rocksdb")]
+pub(crate) fn check_all(db: &rocksdb::DB, cfs: &[&str]) -> Result<u64> {
+    let mut n = 0;
+    for name in cfs {
+        let cf = db
+            .cf_handle(name)
+            .expect("every column family is created at open");
+        for item in db.iterator_cf(&cf, rocksdb::IteratorMode::Start) {
+            let (k, v) = item?;
+            records::check(name, &k, &v)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// Creates a data directory readable by its owner only (0700), or narrows an existing one:
 /// it holds identity seeds, session state and history (device) or the node key and mail.
 /// With the directory closed, the files' own modes no longer matter to other local users.
@@ -205,6 +235,7 @@ pub(crate) fn decode_value<T: serde::de::DeserializeOwned>(
     })
 }
 
+#[cfg(feature = "rocksdb")]
 pub(crate) fn encode_value<T: serde::Serialize>(cf: &'static str, v: &T) -> Result<Vec<u8>> {
     hestia_protocol::codec::encode(v).map_err(|e| StoreError::Corrupt {
         cf,

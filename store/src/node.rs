@@ -1,38 +1,15 @@
 //! The node database and the interface the relay core's writes go through.
 
+pub use crate::records::{AccountRecord, OutboxRecord, StatusRecord};
+use crate::records::{MailboxMeta, OutboxMeta};
 use crate::schema::{self, *};
 use crate::{Result, decode_value, encode_value};
 use hestia_protocol::Millis;
 use hestia_protocol::envelope::{Envelope, EnvelopeId};
 use hestia_protocol::identity::UserId;
 use hestia_protocol::session::prekeys::SignedPrekey;
-use hestia_protocol::wire::DeliveryState;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AccountRecord {
-    pub created_at: Millis,
-}
-
-/// An envelope a local user sent, waiting for the recipient's node to accept it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutboxRecord {
-    /// The local user who sent it: only they may ask for its state.
-    pub owner: UserId,
-    pub to_node: String,
-    pub envelope: Envelope,
-    pub attempts: u32,
-}
-
-/// What the node tells a sender about an envelope it relayed. Kept until the envelope's expiry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatusRecord {
-    pub owner: UserId,
-    pub state: DeliveryState,
-    pub expires_at: Millis,
-}
 
 /// One durable change. The relay core emits these; a [`NodeStore`] applies them atomically.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,21 +68,6 @@ impl OutboxEntry {
             size: r.envelope.body.len().min(u32::MAX as usize) as u32,
         }
     }
-}
-
-/// Stored beside each mailbox body (schema 4), so a restart reads these and not the bodies.
-#[derive(Serialize, Deserialize)]
-struct MailboxMeta {
-    expires_at: Millis,
-    size: u32,
-}
-
-/// Stored beside each outbox body (schema 4).
-#[derive(Serialize, Deserialize)]
-struct OutboxMeta {
-    owner: UserId,
-    expires_at: Millis,
-    size: u32,
 }
 
 /// What the relay core needs to resume after a restart, but the mailbox entries, which
@@ -181,6 +143,11 @@ impl NodeDb {
     pub fn set_node_key(&self, key: &[u8]) -> Result<()> {
         let wo = crate::synced();
         Ok(self.db.put_cf_opt(self.cf(META), b"node_key", key, &wo)?)
+    }
+
+    /// Decodes every stored entry ([`crate::records::check`]); the number of entries.
+    pub fn check(&self) -> Result<u64> {
+        crate::check_all(&self.db, NODE_CFS)
     }
 
     fn scan<T: serde::de::DeserializeOwned>(
@@ -540,6 +507,7 @@ impl NodeStore for MemNodeStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hestia_protocol::wire::DeliveryState;
 
     fn env(n: u8) -> Envelope {
         Envelope {
@@ -637,6 +605,18 @@ mod tests {
         }
         let db = NodeDb::open(dir.path()).unwrap();
         assert_eq!(mailbox_of(&db), vec![MailboxEntry::of(&env(1))]);
+        // Every stored form the node writes reads back through the records' check.
+        assert!(db.check().unwrap() > 3);
+        let cf = db.cf(USERID_ENVELOPEID_MAILBOX);
+        let k = schema::mailbox_key(&env(1).recipient, &env(1).id);
+        db.db.put_cf(cf, k, [1, 2, 3]).unwrap();
+        assert!(matches!(
+            db.check(),
+            Err(crate::StoreError::Corrupt {
+                cf: USERID_ENVELOPEID_MAILBOX,
+                ..
+            })
+        ));
         let mut mem = MemNodeStore::default();
         exercise(&mut mem);
         assert_eq!(mem.load().unwrap(), db.load().unwrap());

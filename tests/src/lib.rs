@@ -240,6 +240,21 @@ impl Net {
         self.nodes[i] = Some(p);
     }
 
+    /// Decodes every entry each node's database and these users' device databases hold
+    /// (`hestia_store::records::check`), read-only beside the running nodes.
+    pub fn check_stores(&self, users: &[&str]) {
+        for i in 0..self.nodes.len() {
+            let db =
+                hestia_store::node::NodeDb::open_read_only(&self.node_dir(i).join("db")).unwrap();
+            let n = db.check().unwrap_or_else(|e| panic!("node {i}: {e}"));
+            assert!(n > 0, "node {i} holds nothing");
+        }
+        for u in users {
+            let db = hestia_store::client::ClientDb::open(&self.home(u)).unwrap();
+            db.check().unwrap_or_else(|e| panic!("{u}'s device: {e}"));
+        }
+    }
+
     pub fn home(&self, user: &str) -> PathBuf {
         self.tmp.path().join(format!("home-{user}"))
     }

@@ -42,6 +42,8 @@ fn offline_recipient_gets_message_once_and_nodes_never_see_plaintext() {
         !files_containing(&net.home("bob"), TEXT.as_bytes()).is_empty(),
         "history is on the device"
     );
+    // What both nodes and both devices stored reads back as the stored forms say.
+    net.check_stores(&["alice", "bob"]);
 }
 
 #[test]

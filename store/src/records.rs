@@ -1,0 +1,303 @@
+//! Every value the two databases store, and [`check`], which decodes any stored key and value
+//! as a read from disk would. This module does not need RocksDB (the crate's `rocksdb` feature),
+//! so the fuzz targets (fuzz/) decode the stored forms without building it, and a database check
+//! (a backup's) can use the same code.
+
+use crate::schema::*;
+use crate::{Result, StoreError, decode_value};
+use hestia_protocol::Millis;
+use hestia_protocol::envelope::{Envelope, EnvelopeId};
+use hestia_protocol::identity::{Address, UserId};
+use hestia_protocol::session::prekeys::{PrekeySecrets, SignedPrekey};
+use hestia_protocol::session::ratchet::Session;
+use hestia_protocol::wire::DeliveryState;
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+// The node database.
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountRecord {
+    pub created_at: Millis,
+}
+
+/// An envelope a local user sent, waiting for the recipient's node to accept it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxRecord {
+    /// The local user who sent it: only they may ask for its state.
+    pub owner: UserId,
+    pub to_node: String,
+    pub envelope: Envelope,
+    pub attempts: u32,
+}
+
+/// What the node tells a sender about an envelope it relayed. Kept until the envelope's expiry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRecord {
+    pub owner: UserId,
+    pub state: DeliveryState,
+    pub expires_at: Millis,
+}
+
+/// Stored beside each mailbox body (schema 4), so a restart reads these and not the bodies.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct MailboxMeta {
+    pub(crate) expires_at: Millis,
+    pub(crate) size: u32,
+}
+
+/// Stored beside each outbox body (schema 4).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct OutboxMeta {
+    pub(crate) owner: UserId,
+    pub(crate) expires_at: Millis,
+    pub(crate) size: u32,
+}
+
+// The client database.
+
+/// The stored identity. The seed is the user's secret key: zeroized on drop, never printed.
+/// It is stored unencrypted, protected by the file permissions of the data directory.
+#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+pub struct StoredIdentity {
+    pub seed: [u8; 32],
+    pub name: String,
+    pub home_node: String,
+    pub home_addr: String,
+}
+
+/// How far the user trusts that a contact's key is the person they think it is. A contact *is*
+/// its key: nothing a message says moves a contact to another key; only the user does, after
+/// comparing the safety number of the new key ([`crate::client::ClientWrite::Merge`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Trust {
+    /// Key pinned on first use, not compared out of band.
+    Unverified,
+    /// The user compared fingerprints or safety numbers.
+    Verified,
+}
+
+/// How a contact came to be on this device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Origin {
+    /// The user added it (an address or a card).
+    Added,
+    /// A message request: a key no contact had wrote first, and the user has not answered,
+    /// verified or accepted it. Requests are bounded apart from contacts, so strangers cannot
+    /// crowd out the people the user talks to.
+    Request,
+    /// A request the user answered (sent to it), verified or accepted.
+    Accepted,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contact {
+    /// The local name the user calls this contact by.
+    pub name: String,
+    /// The account handle the contact goes by on their node (from their card or first letter).
+    /// Self-asserted: shown, compared for name clashes, never trusted.
+    pub handle: Option<String>,
+    pub address: Address,
+    pub trust: Trust,
+    pub added_at: Millis,
+    pub origin: Origin,
+    /// Set when this key's first message used the name of another contact (another key): the
+    /// local name of the contact it claims to be. It stays until the user accepts this key as
+    /// that contact's new key (after comparing its safety number) or rejects it.
+    pub claims: Option<String>,
+    /// When this device last asked the contact for a new session after failing to decrypt
+    /// (at most once an hour: a forged sealed envelope must not make it ask in a loop).
+    pub reset_asked_at: Option<Millis>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Direction {
+    Incoming,
+    Outgoing,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageState {
+    /// Outgoing, in the home node's outbox.
+    Queued,
+    DeliveredToNode,
+    DeliveredToDevice,
+    Expired,
+    NoSuchUser,
+    Failed(String),
+    /// Incoming, read.
+    Received,
+    /// Schema 2 only (incoming under a key that claimed a verified contact's name, held): no
+    /// longer written; the schema 3 migration makes these `Received` from their own contact.
+    HeldKeyChanged,
+    /// Outgoing, a first message to a contact whose node did not answer the prekey fetch: kept
+    /// on the device (only) and sent once their node answers.
+    WaitingForKeys,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    pub envelope_id: EnvelopeId,
+    pub direction: Direction,
+    /// The other party's key.
+    pub peer: UserId,
+    pub peer_node: String,
+    /// The contact name at the time, for display.
+    pub peer_name: String,
+    pub text: String,
+    pub at: Millis,
+    pub expires_at: Millis,
+    pub state: MessageState,
+}
+
+/// Delivery receipts owed to one contact, sent together once `due_at` passes (a random delay
+/// after the first of them, so the recipient's node cannot pair a receipt with the message it
+/// answers by timing alone).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingReceipts {
+    pub node: String,
+    pub due_at: Millis,
+    pub ids: Vec<EnvelopeId>,
+}
+
+/// Schema 2's contact form, read once by the client's migration to schema 3.
+pub mod v2 {
+    use super::*;
+
+    #[derive(Deserialize)]
+    pub enum Trust {
+        Unverified,
+        Verified,
+        Changed { new_key: UserId },
+    }
+
+    #[derive(Deserialize)]
+    pub struct Contact {
+        pub name: String,
+        pub handle: Option<String>,
+        pub address: Address,
+        pub trust: Trust,
+        pub added_at: Millis,
+    }
+}
+
+fn corrupt(cf: &'static str, reason: &str) -> StoreError {
+    StoreError::Corrupt {
+        cf,
+        reason: reason.into(),
+    }
+}
+
+fn key_len(cf: &'static str, key: &[u8], len: usize) -> Result<()> {
+    if key.len() == len {
+        Ok(())
+    } else {
+        Err(corrupt(cf, "bad key length"))
+    }
+}
+
+/// Decodes `key` and `value` as the current schema stores them under column family `cf` of
+/// either database, as a read from disk would, and checks what a reader relies on (key
+/// lengths, that a mailbox key names the envelope it holds). An unknown family is an error.
+pub fn check(cf: &str, key: &[u8], value: &[u8]) -> Result<()> {
+    // The family's name as a static string, for the error.
+    let cf: &'static str = NODE_CFS
+        .iter()
+        .chain(CLIENT_CFS)
+        .find(|c| **c == cf)
+        .ok_or_else(|| corrupt(META, "unknown column family"))?;
+    match cf {
+        META => match key {
+            b"kind" | b"node_key" => Ok(()),
+            b"schema_version" if value.len() == 4 => Ok(()),
+            _ => Err(corrupt(cf, "unknown key")),
+        },
+        USERID_ACCOUNT => {
+            key_len(cf, key, 32)?;
+            decode_value::<AccountRecord>(cf, value).map(drop)
+        }
+        USERID_ENVELOPEID_MAILBOX => {
+            let (user, id) = decode_mailbox_key(key).ok_or_else(|| corrupt(cf, "bad key"))?;
+            let e: Envelope = decode_value(cf, value)?;
+            if e.recipient != user || e.id != id {
+                return Err(corrupt(cf, "the envelope is not the one its key names"));
+            }
+            Ok(())
+        }
+        USERID_ENVELOPEID_MAILBOXMETA => {
+            decode_mailbox_key(key).ok_or_else(|| corrupt(cf, "bad key"))?;
+            decode_value::<MailboxMeta>(cf, value).map(drop)
+        }
+        NODEID_ENVELOPEID_OUTBOX => {
+            let (node, id) = decode_outbox_key(key).ok_or_else(|| corrupt(cf, "bad key"))?;
+            let r: OutboxRecord = decode_value(cf, value)?;
+            if r.to_node != node || r.envelope.id != id {
+                return Err(corrupt(cf, "the record is not the one its key names"));
+            }
+            Ok(())
+        }
+        NODEID_ENVELOPEID_OUTBOXMETA => {
+            decode_outbox_key(key).ok_or_else(|| corrupt(cf, "bad key"))?;
+            decode_value::<OutboxMeta>(cf, value).map(drop)
+        }
+        ENVELOPEID_STATUS => {
+            key_len(cf, key, 16)?;
+            decode_value::<StatusRecord>(cf, value).map(drop)
+        }
+        USERID_SIGNEDPREKEY => {
+            key_len(cf, key, 32)?;
+            decode_value::<SignedPrekey>(cf, value).map(drop)
+        }
+        USERID_ONETIMEPREKEY => key_len(cf, key, 64),
+        KEY_IDENTITY => match key {
+            b"identity" => decode_value::<StoredIdentity>(cf, value).map(drop),
+            b"prekeys" => PrekeySecrets::from_stored(value)
+                .map(drop)
+                .map_err(|e| corrupt(cf, &e.to_string())),
+            _ => Err(corrupt(cf, "unknown key")),
+        },
+        NAME_CONTACT => {
+            let c: Contact = decode_value(cf, value)?;
+            if c.name.as_bytes() != key {
+                return Err(corrupt(cf, "the contact is not the one its key names"));
+            }
+            Ok(())
+        }
+        SEQ_MESSAGE => {
+            decode_seq(key).ok_or_else(|| corrupt(cf, "bad key"))?;
+            decode_value::<StoredMessage>(cf, value).map(drop)
+        }
+        ENVELOPEID_SEQ => {
+            key_len(cf, key, 16)?;
+            decode_seq(value)
+                .map(drop)
+                .ok_or_else(|| corrupt(cf, "bad value"))
+        }
+        USERID_SESSIONS => {
+            key_len(cf, key, 32)?;
+            let list: Vec<Vec<u8>> = decode_value(cf, value)?;
+            for s in &list {
+                Session::from_stored(s).map_err(|e| corrupt(cf, &e.to_string()))?;
+            }
+            Ok(())
+        }
+        USERID_BLOCKED => key_len(cf, key, 32),
+        USERID_RECEIPTS => {
+            key_len(cf, key, 32)?;
+            decode_value::<PendingReceipts>(cf, value).map(drop)
+        }
+        USERID_SKIPPED => {
+            key_len(cf, key, 32)?;
+            if value.len() == 4 {
+                Ok(())
+            } else {
+                Err(corrupt(cf, "bad value"))
+            }
+        }
+        // Settings are the device library's own small encodings (it checks them as it reads).
+        NAME_SETTING => std::str::from_utf8(key)
+            .map(drop)
+            .map_err(|_| corrupt(cf, "bad key")),
+        _ => Err(corrupt(cf, "no check for this family")),
+    }
+}
