@@ -21,6 +21,7 @@
 pub mod codec;
 pub mod display;
 pub mod envelope;
+pub mod file;
 pub mod frame;
 pub mod identity;
 pub mod redact;
