@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use hestia_node::client::{ClientLibError, Device, InboxEvent};
 use hestia_node::driver::{Node, NodeConfig};
+use hestia_protocol::wire::BlobSpec;
 use hestia_store::client::{Direction, MessageState, StoredMessage, Trust};
 use libp2p::Multiaddr;
 use serde::Deserialize;
@@ -114,6 +115,12 @@ struct NodeRunArgs {
     /// Sustained envelopes per second one user may send.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     sends_per_second: Option<u64>,
+    /// Largest file a local user may upload, in MiB (default 2048).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    max_file_mib: Option<u64>,
+    /// Encrypted file bytes one local user may have stored at once, in MiB (default 8192).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
+    file_quota_mib: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -127,6 +134,8 @@ struct NodeFile {
     registration_open: Option<bool>,
     send_burst: Option<u64>,
     sends_per_second: Option<u64>,
+    max_file_mib: Option<u64>,
+    file_quota_mib: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -715,6 +724,15 @@ fn node_config(args: NodeRunArgs) -> Result<NodeConfig> {
             },
             fed: hestia_node::relay::FED_LIMIT,
             stored_per_node: hestia_node::relay::MAX_STORED_BYTES_PER_NODE,
+            // The sealed size of the largest file: its padding and tags count too.
+            max_blob_bytes: match args.max_file_mib.or(file.max_file_mib) {
+                Some(mib) => BlobSpec::of_file(mib << 20, [0; 32], 0).total_bytes(),
+                None => hestia_node::relay::MAX_BLOB_BYTES,
+            },
+            blob_quota: args
+                .file_quota_mib
+                .or(file.file_quota_mib)
+                .map_or(hestia_node::relay::BLOB_QUOTA_PER_USER, |mib| mib << 20),
         },
     })
 }

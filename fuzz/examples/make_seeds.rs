@@ -3,17 +3,18 @@
 use hestia_fuzz::{NOW, fixture, rng};
 use hestia_protocol::codec;
 use hestia_protocol::envelope::{Content, Envelope, EnvelopeId, Letter};
+use hestia_protocol::file::{BlobId, Capability, cap_hash};
 use hestia_protocol::identity::{Address, UserId};
 use hestia_protocol::seal;
 use hestia_protocol::session::prekeys::PrekeyBundle;
-use hestia_protocol::wire::DeliveryState;
 use hestia_protocol::wire::{
     Auth, ClientAuth, ClientOp, ClientRequest, ClientResponse, DeliverResult, FedRequest,
     FedResponse, Outgoing, Presence, SendResult,
 };
+use hestia_protocol::wire::{BlobPhase, BlobSpec, DeliveryState};
 use hestia_store::records::{
-    AccountRecord, Contact, Direction, MessageState, Origin, OutboxRecord, PendingReceipts,
-    StatusRecord, StoredIdentity, StoredMessage, Trust,
+    AccountRecord, BlobRecord, Contact, Direction, MessageState, Origin, OutboxRecord,
+    PendingReceipts, StatusRecord, StoredIdentity, StoredMessage, Trust,
 };
 use hestia_store::schema::{self, *};
 use std::path::Path;
@@ -245,4 +246,35 @@ fn main() {
     );
     stored(USERID_SKIPPED, bob.as_bytes(), &3u32.to_be_bytes());
     stored(USERID_BLOCKED, UserId([5; 32]).as_bytes(), &[]);
+    let blob = BlobId([6; 16]);
+    let spec = BlobSpec::of_file(600_000, cap_hash(&Capability([7; 32])), NOW + 60_000);
+    let record = BlobRecord {
+        owner: alice,
+        held: vec![0b101],
+        spec: spec.clone(),
+        phase: BlobPhase::Uploading,
+        touched_at: NOW,
+    };
+    stored(BLOBID_BLOB, &blob.0, &codec::encode(&record).unwrap());
+    stored(
+        BLOBID_INDEX_CHUNK,
+        &schema::chunk_key(&blob, 2),
+        &vec![1; spec.last_chunk_bytes as usize],
+    );
+    let put = ClientOp::BlobPut {
+        blob,
+        index: 0,
+        chunk: vec![2; 300],
+    };
+    let req = ClientRequest {
+        auth: Auth::Session(alice),
+        op: put,
+    };
+    write("client_wire", "blob_put", &codec::encode(&req).unwrap());
+    let get = FedRequest::BlobGet {
+        blob,
+        index: 1,
+        cap: Capability([7; 32]),
+    };
+    write("fed_wire", "blob_get", &codec::encode(&get).unwrap());
 }

@@ -10,6 +10,7 @@
 
 use crate::Millis;
 use crate::envelope::{Envelope, EnvelopeId};
+use crate::file::{BlobId, Capability};
 use crate::identity::{IdentityKey, Sig, UserId};
 use crate::session::prekeys::{PrekeyBundle, SignedPrekey};
 use serde::{Deserialize, Serialize};
@@ -40,6 +41,15 @@ pub enum FedRequest {
     /// A prekey bundle of this local user, for a session one of the asking node's users starts.
     /// Hands out (and deletes) one one-time prekey.
     FetchBundle(UserId),
+    /// One chunk of a complete blob held here, for one of the asking node's users (which one is
+    /// not said).
+    BlobGet {
+        blob: BlobId,
+        index: u32,
+        cap: Capability,
+    },
+    /// The asking node's user has the whole file: delete the blob.
+    BlobDone { blob: BlobId, cap: Capability },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +61,13 @@ pub enum FedResponse {
     Refused(Refusal),
     /// The answer to `FetchBundle`: none if no such user or no prekeys published.
     Bundle(Option<Box<PrekeyBundle>>),
+    /// Answer to `BlobGet`.
+    Chunk(#[serde(with = "crate::codec::bytes")] Vec<u8>),
+    /// Answer to `BlobDone`.
+    BlobDeleted,
+    /// A `BlobGet` or `BlobDone` that names no blob here the capability opens (or one not yet
+    /// complete, or expired).
+    NoSuchBlob,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +152,107 @@ pub enum ClientOp {
     /// A prekey bundle of `user`, whose home node is `node` (this node or another; the home
     /// node fetches it across the federation).
     FetchBundle { user: UserId, node: String },
+    /// Start an upload of an encrypted file's chunks (`crate::file`), or find out how far one
+    /// got: the same blob and spec again is a resume. Refused before any chunk is sent if the
+    /// blob is larger than the node allows or past the user's storage quota.
+    BlobBegin { blob: BlobId, spec: BlobSpec },
+    /// One sealed chunk of an upload this user began. When the last missing chunk is stored
+    /// the blob is complete and can be fetched.
+    BlobPut {
+        blob: BlobId,
+        index: u32,
+        #[serde(with = "crate::codec::bytes")]
+        chunk: Vec<u8>,
+    },
+    /// The state of an upload this user began.
+    BlobStatus(BlobId),
+    /// One chunk of a complete blob held by `node` (this node, or another: the home node fetches
+    /// it on the device's behalf, so the holding node never learns which device asked).
+    BlobGet {
+        node: String,
+        blob: BlobId,
+        index: u32,
+        cap: Capability,
+    },
+    /// The device has the whole file: the holding node deletes the blob's chunks.
+    BlobDone {
+        node: String,
+        blob: BlobId,
+        cap: Capability,
+    },
+}
+
+/// What a node needs to hold an upload: its shape, who may fetch it, until when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobSpec {
+    /// Chunks in the blob. Every chunk but the last is `crate::file::CHUNK_BYTES` plus its tag.
+    pub chunks: u32,
+    /// Sealed bytes of the last chunk.
+    pub last_chunk_bytes: u32,
+    /// SHA-256 of the capability that fetches it (`crate::file::cap_hash`).
+    pub cap_hash: [u8; 32],
+    pub expires_at: Millis,
+}
+
+impl BlobSpec {
+    /// Sealed bytes of chunk `index` (none past the end).
+    pub fn chunk_len(&self, index: u32) -> Option<u32> {
+        let full = crate::file::CHUNK_BYTES + crate::file::TAG_BYTES as u32;
+        match index.checked_add(1)?.cmp(&self.chunks) {
+            std::cmp::Ordering::Less => Some(full),
+            std::cmp::Ordering::Equal => Some(self.last_chunk_bytes),
+            std::cmp::Ordering::Greater => None,
+        }
+    }
+
+    /// Sealed bytes of the whole blob.
+    pub fn total_bytes(&self) -> u64 {
+        let full = u64::from(crate::file::CHUNK_BYTES) + crate::file::TAG_BYTES as u64;
+        u64::from(self.chunks.saturating_sub(1)) * full + u64::from(self.last_chunk_bytes)
+    }
+
+    /// The spec of a file of `size` bytes sealed as `crate::file` does.
+    pub fn of_file(size: u64, cap_hash: [u8; 32], expires_at: Millis) -> BlobSpec {
+        let chunks = crate::file::chunk_count(size) as u32;
+        let last = crate::file::chunk_plain_len(size, chunks - 1) as u32;
+        BlobSpec {
+            chunks,
+            last_chunk_bytes: last + crate::file::TAG_BYTES as u32,
+            cap_hash,
+            expires_at,
+        }
+    }
+}
+
+/// Where an upload stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlobPhase {
+    Uploading,
+    /// Every chunk is stored; the blob can be fetched.
+    Complete,
+    /// The recipient's device fetched it and its chunks are deleted.
+    Fetched,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobState {
+    pub phase: BlobPhase,
+    pub chunks: u32,
+    /// Chunks held: bit `i % 8` of byte `i / 8` is chunk `i`.
+    pub held: Vec<u8>,
+    pub expires_at: Millis,
+}
+
+impl BlobState {
+    pub fn is_held(&self, index: u32) -> bool {
+        self.held
+            .get(index as usize / 8)
+            .is_some_and(|b| b & (1 << (index % 8)) != 0)
+    }
+
+    pub fn held_count(&self) -> u32 {
+        self.held.iter().map(|b| b.count_ones()).sum()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,6 +279,16 @@ pub enum ClientResponse {
     },
     Bundle(Box<PrekeyBundle>),
     Error(ClientError),
+    /// Answer to `BlobBegin` and `BlobStatus`.
+    Blob(BlobState),
+    /// Answer to `BlobPut`, once the chunk is durable: chunks held now.
+    ChunkStored {
+        held: u32,
+    },
+    /// Answer to `BlobGet`: the sealed chunk.
+    Chunk(#[serde(with = "crate::codec::bytes")] Vec<u8>),
+    /// Answer to `BlobDone`.
+    BlobDeleted,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,6 +341,19 @@ pub enum ClientError {
     RateLimited {
         retry_after_ms: u32,
     },
+    /// No such blob here, or not this user's, or the capability does not open it (which of
+    /// these is not said), or it expired.
+    NoSuchBlob,
+    /// The blob is larger than this node accepts (`max` sealed bytes).
+    BlobTooLarge {
+        max: u64,
+    },
+    /// The upload would take the user past their storage quota, or past the uploads one user
+    /// may have going at once.
+    BlobQuota,
+    /// A chunk that does not fit the blob's spec (index or length), or a different spec for a
+    /// blob already begun, or a fetch of a blob not yet complete.
+    BadBlob,
 }
 
 /// A node's signed presence announcement (gossipsub signs it with the node key).

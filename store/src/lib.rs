@@ -70,6 +70,12 @@ const MEMTABLE_BYTES: usize = 4 << 20;
 /// All memtables of a database together; beyond this RocksDB flushes.
 #[cfg(feature = "rocksdb")]
 const MEMTABLES_TOTAL_BYTES: usize = 16 << 20;
+/// Values at least this large in the chunk family go to blob files.
+#[cfg(feature = "rocksdb")]
+const CHUNK_BLOB_MIN_BYTES: u64 = 4096;
+/// Size of one blob file.
+#[cfg(feature = "rocksdb")]
+const BLOB_FILE_BYTES: u64 = 64 << 20;
 /// Cached table blocks (bodies being read for fetches and batches, indexes).
 #[cfg(feature = "rocksdb")]
 const BLOCK_CACHE_BYTES: usize = 8 << 20;
@@ -112,9 +118,25 @@ pub(crate) fn open_db(
             all.push(existing);
         }
     }
-    let db = rocksdb::DB::open_cf(&opts, path, all).map_err(|source| StoreError::Open {
-        path: path.to_path_buf(),
-        source,
+    let descriptors = all.into_iter().map(|name| {
+        let mut cf_opts = opts.clone();
+        if name == schema::BLOBID_INDEX_CHUNK {
+            // File chunks (256 KiB each) go to blob files beside the LSM tree, so compactions
+            // do not rewrite them; their space returns as blob files age out (garbage
+            // collection at compaction).
+            cf_opts.set_enable_blob_files(true);
+            cf_opts.set_min_blob_size(CHUNK_BLOB_MIN_BYTES);
+            cf_opts.set_blob_file_size(BLOB_FILE_BYTES);
+            cf_opts.set_enable_blob_gc(true);
+            cf_opts.set_blob_gc_age_cutoff(0.5);
+        }
+        rocksdb::ColumnFamilyDescriptor::new(name, cf_opts)
+    });
+    let db = rocksdb::DB::open_cf_descriptors(&opts, path, descriptors).map_err(|source| {
+        StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        }
     })?;
     let meta = db
         .cf_handle(schema::META)

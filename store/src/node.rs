@@ -1,11 +1,12 @@
 //! The node database and the interface the relay core's writes go through.
 
-pub use crate::records::{AccountRecord, OutboxRecord, StatusRecord};
+pub use crate::records::{AccountRecord, BlobRecord, OutboxRecord, StatusRecord};
 use crate::records::{MailboxMeta, OutboxMeta};
 use crate::schema::{self, *};
 use crate::{Result, decode_value, encode_value};
 use hestia_protocol::Millis;
 use hestia_protocol::envelope::{Envelope, EnvelopeId};
+use hestia_protocol::file::BlobId;
 use hestia_protocol::identity::UserId;
 use hestia_protocol::session::prekeys::SignedPrekey;
 use std::collections::BTreeMap;
@@ -24,6 +25,13 @@ pub enum NodeWrite {
     PutSignedPrekey(UserId, SignedPrekey),
     PutOneTimePrekey(UserId, [u8; 32]),
     DeleteOneTimePrekey(UserId, [u8; 32]),
+    PutBlob(BlobId, BlobRecord),
+    /// One sealed chunk of a blob.
+    PutChunk(BlobId, u32, Vec<u8>),
+    /// Every chunk of a blob (its record stays).
+    DeleteChunks(BlobId),
+    /// A blob's record and every chunk.
+    DeleteBlob(BlobId),
 }
 
 /// What the relay core keeps of an envelope held for a local user: enough to decide (order,
@@ -80,6 +88,7 @@ pub struct NodeSnapshot {
     pub status: Vec<(EnvelopeId, StatusRecord)>,
     pub signed_prekeys: Vec<(UserId, SignedPrekey)>,
     pub one_time_prekeys: Vec<(UserId, [u8; 32])>,
+    pub blobs: Vec<(BlobId, BlobRecord)>,
 }
 
 /// Where the relay core's state lives. `apply` is atomic and durable when it returns `Ok`:
@@ -95,6 +104,8 @@ pub trait NodeStore {
     /// The envelopes of these outbox records for `node`, in the order asked; any no longer
     /// held is left out.
     fn outbox_envelopes(&self, node: &str, ids: &[EnvelopeId]) -> Result<Vec<Envelope>>;
+    /// One sealed chunk of a blob, if held.
+    fn blob_chunk(&self, blob: &BlobId, index: u32) -> Result<Option<Vec<u8>>>;
 }
 
 /// The RocksDB node database.
@@ -227,12 +238,21 @@ impl NodeStore for NodeDb {
             let key: [u8; 32] = k[32..].try_into().expect("32 bytes");
             one_time_prekeys.push((UserId(user), key));
         }
+        let blobs = self
+            .scan::<BlobRecord>(BLOBID_BLOB)?
+            .into_iter()
+            .map(|(k, v)| {
+                let id: [u8; 16] = k.as_ref().try_into().map_err(|_| corrupt(BLOBID_BLOB))?;
+                Ok((BlobId(id), v))
+            })
+            .collect::<Result<_>>()?;
         Ok(NodeSnapshot {
             accounts,
             outbox,
             status,
             signed_prekeys,
             one_time_prekeys,
+            blobs,
         })
     }
 
@@ -301,6 +321,23 @@ impl NodeStore for NodeDb {
                     self.cf(USERID_ONETIMEPREKEY),
                     schema::one_time_prekey_key(u, k),
                 ),
+                NodeWrite::PutBlob(id, rec) => {
+                    batch.put_cf(self.cf(BLOBID_BLOB), id.0, encode_value(BLOBID_BLOB, rec)?)
+                }
+                NodeWrite::PutChunk(id, index, chunk) => batch.put_cf(
+                    self.cf(BLOBID_INDEX_CHUNK),
+                    schema::chunk_key(id, *index),
+                    chunk,
+                ),
+                NodeWrite::DeleteChunks(id) => {
+                    let (start, end) = schema::chunk_range(id);
+                    batch.delete_range_cf(self.cf(BLOBID_INDEX_CHUNK), &start[..], &end[..]);
+                }
+                NodeWrite::DeleteBlob(id) => {
+                    let (start, end) = schema::chunk_range(id);
+                    batch.delete_range_cf(self.cf(BLOBID_INDEX_CHUNK), &start[..], &end[..]);
+                    batch.delete_cf(self.cf(BLOBID_BLOB), id.0);
+                }
             }
         }
         let wo = crate::synced();
@@ -348,6 +385,12 @@ impl NodeStore for NodeDb {
             }
         }
         Ok(out)
+    }
+
+    fn blob_chunk(&self, blob: &BlobId, index: u32) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .db
+            .get_cf(self.cf(BLOBID_INDEX_CHUNK), schema::chunk_key(blob, index))?)
     }
 }
 
@@ -419,6 +462,8 @@ pub struct MemNodeStore {
     status: BTreeMap<EnvelopeId, StatusRecord>,
     signed_prekeys: BTreeMap<UserId, SignedPrekey>,
     one_time_prekeys: std::collections::BTreeSet<(UserId, [u8; 32])>,
+    blobs: BTreeMap<BlobId, BlobRecord>,
+    chunks: BTreeMap<(BlobId, u32), Vec<u8>>,
     /// Number of `apply` calls, so tests can check batching.
     pub batches: u64,
 }
@@ -441,6 +486,10 @@ impl NodeStore for MemNodeStore {
             .collect())
     }
 
+    fn blob_chunk(&self, blob: &BlobId, index: u32) -> Result<Option<Vec<u8>>> {
+        Ok(self.chunks.get(&(*blob, index)).cloned())
+    }
+
     fn for_each_mailbox(&self, each: &mut dyn FnMut(MailboxEntry)) -> Result<()> {
         self.mailbox
             .values()
@@ -459,6 +508,7 @@ impl NodeStore for MemNodeStore {
                 .map(|(k, v)| (*k, v.clone()))
                 .collect(),
             one_time_prekeys: self.one_time_prekeys.iter().copied().collect(),
+            blobs: self.blobs.iter().map(|(k, v)| (*k, v.clone())).collect(),
         })
     }
 
@@ -497,6 +547,19 @@ impl NodeStore for MemNodeStore {
                 }
                 NodeWrite::DeleteOneTimePrekey(u, k) => {
                     self.one_time_prekeys.remove(&(*u, *k));
+                }
+                NodeWrite::PutBlob(id, r) => {
+                    self.blobs.insert(*id, r.clone());
+                }
+                NodeWrite::PutChunk(id, i, c) => {
+                    self.chunks.insert((*id, *i), c.clone());
+                }
+                NodeWrite::DeleteChunks(id) => {
+                    self.chunks.retain(|(b, _), _| b != id);
+                }
+                NodeWrite::DeleteBlob(id) => {
+                    self.chunks.retain(|(b, _), _| b != id);
+                    self.blobs.remove(id);
                 }
             }
         }
@@ -594,6 +657,38 @@ mod tests {
         let snap = store.load().unwrap();
         assert_eq!(snap.signed_prekeys, vec![(u, spk)]);
         assert_eq!(snap.one_time_prekeys, vec![(u, [8; 32])]);
+
+        // Blobs: chunks by index, a range delete of one blob's chunks leaves another's.
+        use hestia_protocol::wire::{BlobPhase, BlobSpec};
+        let rec = |chunks: u32| BlobRecord {
+            owner: u,
+            spec: BlobSpec {
+                chunks,
+                last_chunk_bytes: 100,
+                cap_hash: [3; 32],
+                expires_at: 500,
+            },
+            phase: BlobPhase::Uploading,
+            held: vec![0; (chunks as usize).div_ceil(8)],
+            touched_at: 1,
+        };
+        let (a, b) = (BlobId([1; 16]), BlobId([2; 16]));
+        store
+            .apply(&[
+                NodeWrite::PutBlob(a, rec(2)),
+                NodeWrite::PutChunk(a, 0, vec![1; 40]),
+                NodeWrite::PutChunk(a, 1, vec![2; 100]),
+                NodeWrite::PutBlob(b, rec(1)),
+                NodeWrite::PutChunk(b, 0, vec![3; 100]),
+            ])
+            .unwrap();
+        assert_eq!(store.blob_chunk(&a, 1).unwrap(), Some(vec![2; 100]));
+        store.apply(&[NodeWrite::DeleteChunks(a)]).unwrap();
+        assert_eq!(store.blob_chunk(&a, 0).unwrap(), None);
+        assert_eq!(store.blob_chunk(&b, 0).unwrap(), Some(vec![3; 100]));
+        assert_eq!(store.load().unwrap().blobs.len(), 2);
+        store.apply(&[NodeWrite::DeleteBlob(a)]).unwrap();
+        assert_eq!(store.load().unwrap().blobs, vec![(b, rec(1))]);
     }
 
     #[test]
@@ -605,6 +700,10 @@ mod tests {
         }
         let db = NodeDb::open(dir.path()).unwrap();
         assert_eq!(mailbox_of(&db), vec![MailboxEntry::of(&env(1))]);
+        assert_eq!(
+            db.blob_chunk(&BlobId([2; 16]), 0).unwrap(),
+            Some(vec![3; 100])
+        );
         // Every stored form the node writes reads back through the records' check.
         assert!(db.check().unwrap() > 3);
         let cf = db.cf(USERID_ENVELOPEID_MAILBOX);

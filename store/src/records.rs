@@ -10,7 +10,7 @@ use hestia_protocol::envelope::{Envelope, EnvelopeId};
 use hestia_protocol::identity::{Address, UserId};
 use hestia_protocol::session::prekeys::{PrekeySecrets, SignedPrekey};
 use hestia_protocol::session::ratchet::Session;
-use hestia_protocol::wire::DeliveryState;
+use hestia_protocol::wire::{BlobPhase, BlobSpec, DeliveryState};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -52,6 +52,19 @@ pub(crate) struct OutboxMeta {
     pub(crate) owner: UserId,
     pub(crate) expires_at: Millis,
     pub(crate) size: u32,
+}
+
+/// An upload held on this node (schema 5): its chunks are in `blobid_index_chunk`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRecord {
+    /// The local user who uploads it: only they may add chunks or ask its state.
+    pub owner: UserId,
+    pub spec: BlobSpec,
+    pub phase: BlobPhase,
+    /// Chunks stored: bit `i % 8` of byte `i / 8` is chunk `i`.
+    pub held: Vec<u8>,
+    /// When a chunk last arrived (an upload left idle expires early).
+    pub touched_at: Millis,
 }
 
 // The client database.
@@ -249,6 +262,23 @@ pub fn check(cf: &str, key: &[u8], value: &[u8]) -> Result<()> {
             decode_value::<SignedPrekey>(cf, value).map(drop)
         }
         USERID_ONETIMEPREKEY => key_len(cf, key, 64),
+        BLOBID_BLOB => {
+            key_len(cf, key, 16)?;
+            let r: BlobRecord = decode_value(cf, value)?;
+            if r.held.len() != (r.spec.chunks as usize).div_ceil(8) {
+                return Err(corrupt(cf, "the chunk map does not fit the chunk count"));
+            }
+            Ok(())
+        }
+        BLOBID_INDEX_CHUNK => {
+            decode_chunk_key(key).ok_or_else(|| corrupt(cf, "bad key"))?;
+            let full =
+                hestia_protocol::file::CHUNK_BYTES as usize + hestia_protocol::file::TAG_BYTES;
+            if value.len() > full || value.len() < hestia_protocol::file::TAG_BYTES {
+                return Err(corrupt(cf, "not a sealed chunk"));
+            }
+            Ok(())
+        }
         KEY_IDENTITY => match key {
             b"identity" => decode_value::<StoredIdentity>(cf, value).map(drop),
             b"prekeys" => PrekeySecrets::from_stored(value)

@@ -3,11 +3,12 @@
 //! order is numeric order; variable-length parts are length-prefixed with one byte.
 
 use hestia_protocol::envelope::EnvelopeId;
+use hestia_protocol::file::BlobId;
 use hestia_protocol::identity::UserId;
 
 /// Bumped with every change to a stored form; [`crate::node::NodeDb::open`] and
 /// [`crate::client::ClientDb::open`] refuse a newer database and migrate an older one step by step.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// `meta`: `"schema_version"` → u32 BE; `"kind"` → `node` | `client`; `"node_key"` → the node's
 /// libp2p key (protobuf encoding) in the node database.
@@ -28,6 +29,12 @@ pub const NODEID_ENVELOPEID_OUTBOXMETA: &str = "nodeid_envelopeid_outboxmeta";
 /// `envelopeid_status`: envelope id (16) → delivery-state record of an envelope sent from here.
 pub const ENVELOPEID_STATUS: &str = "envelopeid_status";
 
+/// `blobid_blob`: blob id (16) → the upload's record: owner, spec, phase, chunks held (schema 5).
+pub const BLOBID_BLOB: &str = "blobid_blob";
+/// `blobid_index_chunk`: blob id (16) ‖ chunk index (4, BE) → a sealed file chunk (schema 5).
+/// Values of 256 KiB: RocksDB keeps them in blob files (BlobDB), out of the LSM tree.
+pub const BLOBID_INDEX_CHUNK: &str = "blobid_index_chunk";
+
 /// `userid_signedprekey`: user id (32) → the user's current signed prekey (schema 2).
 pub const USERID_SIGNEDPREKEY: &str = "userid_signedprekey";
 /// `userid_onetimeprekey`: user id (32) ‖ one-time prekey (32) → empty (schema 2). Deleted when
@@ -44,6 +51,8 @@ pub const NODE_CFS: &[&str] = &[
     ENVELOPEID_STATUS,
     USERID_SIGNEDPREKEY,
     USERID_ONETIMEPREKEY,
+    BLOBID_BLOB,
+    BLOBID_INDEX_CHUNK,
 ];
 
 // Client database.
@@ -128,6 +137,30 @@ pub fn one_time_prekey_key(user: &UserId, key: &[u8; 32]) -> [u8; 64] {
     k[..32].copy_from_slice(user.as_bytes());
     k[32..].copy_from_slice(key);
     k
+}
+
+pub fn chunk_key(blob: &BlobId, index: u32) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..16].copy_from_slice(&blob.0);
+    k[16..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// The key range holding every chunk of `blob` (for a range delete): `[start, end)`.
+pub fn chunk_range(blob: &BlobId) -> ([u8; 20], [u8; 21]) {
+    let mut end = [0xffu8; 21];
+    end[..16].copy_from_slice(&blob.0);
+    (chunk_key(blob, 0), end)
+}
+
+pub fn decode_chunk_key(k: &[u8]) -> Option<(BlobId, u32)> {
+    if k.len() != 20 {
+        return None;
+    }
+    Some((
+        BlobId(k[..16].try_into().ok()?),
+        u32::from_be_bytes(k[16..].try_into().ok()?),
+    ))
 }
 
 pub fn seq_key(seq: u64) -> [u8; 8] {

@@ -19,6 +19,7 @@
 
 use hestia_protocol::Millis;
 use hestia_protocol::envelope::{Envelope, EnvelopeId};
+use hestia_protocol::file::BlobId;
 use hestia_protocol::identity::{MAX_NODE_ID_LEN, UserId};
 use hestia_protocol::redact;
 use hestia_protocol::session::prekeys::{
@@ -36,9 +37,15 @@ use hestia_store::node::{
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+mod blobs;
 mod origins;
 mod parked;
 
+use blobs::Blobs;
+pub use blobs::{
+    BLOB_QUOTA_PER_USER, IDLE_UPLOAD_MS, MAX_BLOB_BYTES, MAX_BLOBS, MAX_BLOBS_PER_USER,
+    MAX_UPLOADS_PER_USER,
+};
 pub use origins::MAX_STORED_BYTES_PER_NODE;
 use origins::{Origins, UNATTRIBUTED};
 use parked::{Parked, ParkedFetches};
@@ -101,6 +108,10 @@ pub const STATUS_GRACE_MS: Millis = 24 * 3600 * 1000;
 /// refused as overloaded: each holds a client request open until the remote answers or the
 /// request-response timeout fails it.
 pub const MAX_PENDING_BUNDLE_FETCHES: usize = 1024;
+/// Chunk fetches (and deletions) forwarded to other nodes and not yet answered, in all and per
+/// local user: each answer carries up to a chunk (256 KiB) through this node's memory.
+pub const MAX_PENDING_BLOB_REQUESTS: usize = 256;
+pub const MAX_PENDING_BLOB_REQUESTS_PER_USER: usize = 16;
 /// Of those, at most this many from one local user: a person starts a few sessions at a time.
 pub const MAX_PENDING_BUNDLE_FETCHES_PER_USER: usize = 16;
 
@@ -168,6 +179,10 @@ pub struct Limits {
     pub send: SendLimit,
     pub fed: SendLimit,
     pub stored_per_node: u64,
+    /// Largest blob (sealed file bytes) a local user may upload.
+    pub max_blob_bytes: u64,
+    /// Sealed file bytes one local user may have stored at once.
+    pub blob_quota: u64,
 }
 
 impl Default for Limits {
@@ -176,6 +191,8 @@ impl Default for Limits {
             send: SendLimit::default(),
             fed: FED_LIMIT,
             stored_per_node: MAX_STORED_BYTES_PER_NODE,
+            max_blob_bytes: MAX_BLOB_BYTES,
+            blob_quota: BLOB_QUOTA_PER_USER,
         }
     }
 }
@@ -187,6 +204,8 @@ impl Limits {
         send: SendLimit::UNLIMITED,
         fed: SendLimit::UNLIMITED,
         stored_per_node: MAX_STORED_BYTES,
+        max_blob_bytes: MAX_BLOB_BYTES,
+        blob_quota: BLOB_QUOTA_PER_USER,
     };
 }
 
@@ -273,6 +292,18 @@ pub enum Output {
         to_node: String,
         ids: Vec<EnvelopeId>,
     },
+    /// Answer a device's `BlobGet` with this stored chunk.
+    ClientChunk {
+        token: Token,
+        blob: BlobId,
+        index: u32,
+    },
+    /// Answer another node's `BlobGet` with this stored chunk.
+    FedChunk {
+        token: Token,
+        blob: BlobId,
+        index: u32,
+    },
 }
 
 /// An [`Output`] with its envelope bodies read from the store: what goes on the wire.
@@ -336,6 +367,21 @@ impl Output {
                     request: FedRequest::Deliver(envs),
                 }
             }
+            // A chunk deleted since the fetch was decided (fetched, expired) is not there.
+            Output::ClientChunk { token, blob, index } => Ready::Client {
+                token,
+                response: match store.blob_chunk(&blob, index)? {
+                    Some(c) => ClientResponse::Chunk(c),
+                    None => ClientResponse::Error(ClientError::NoSuchBlob),
+                },
+            },
+            Output::FedChunk { token, blob, index } => Ready::FedResponse {
+                token,
+                response: match store.blob_chunk(&blob, index)? {
+                    Some(c) => FedResponse::Chunk(c),
+                    None => FedResponse::NoSuchBlob,
+                },
+            },
         })
     }
 }
@@ -359,6 +405,10 @@ pub struct Stats {
     pub in_flight_batches: usize,
     /// Body bytes held in mailboxes.
     pub stored_bytes: u64,
+    /// Blobs held (uploading, complete, or fetched and kept as a record).
+    pub blobs: usize,
+    /// Sealed file bytes held for uploads.
+    pub blob_bytes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -488,6 +538,10 @@ pub struct Core {
     send_budget: HashMap<UserId, Bucket>,
     /// Per remote node: its delivery allowance left (see [`Limits::fed`]).
     fed_budget: HashMap<String, Bucket>,
+    /// Uploads held here for local users.
+    blobs: Blobs,
+    /// Chunk fetches and deletions forwarded to another node: the client's token, who asked.
+    blob_requests: HashMap<BatchId, (Token, UserId)>,
 }
 
 impl Core {
@@ -530,6 +584,8 @@ impl Core {
             handout_window: now,
             send_budget: HashMap::default(),
             fed_budget: HashMap::default(),
+            blobs: Blobs::from_records(snapshot.blobs),
+            blob_requests: HashMap::default(),
         };
         for (user, key) in snapshot.one_time_prekeys {
             core.one_time_prekeys.entry(user).or_default().insert(key);
@@ -576,6 +632,8 @@ impl Core {
             outbox_envelopes: self.outboxes.values().map(|o| o.records.len()).sum(),
             parked_fetches: self.parked.len(),
             in_flight_batches: self.in_flight.len(),
+            blobs: self.blobs.len(),
+            blob_bytes: self.blobs.stored_bytes(),
         }
     }
 
@@ -699,6 +757,64 @@ impl Core {
                     return;
                 }
             }
+            ClientOp::BlobBegin { blob, spec } => {
+                match self
+                    .blobs
+                    .begin(user, blob, spec, now, &self.config.limits, &mut self.writes)
+                {
+                    Ok(state) => ClientResponse::Blob(state),
+                    Err(e) => ClientResponse::Error(e),
+                }
+            }
+            ClientOp::BlobPut { blob, index, chunk } => {
+                match self
+                    .blobs
+                    .put(user, blob, index, chunk, now, &mut self.writes)
+                {
+                    Ok(held) => ClientResponse::ChunkStored { held },
+                    Err(e) => ClientResponse::Error(e),
+                }
+            }
+            ClientOp::BlobStatus(blob) => match self.blobs.status(&user, &blob) {
+                Ok(state) => ClientResponse::Blob(state),
+                Err(e) => ClientResponse::Error(e),
+            },
+            ClientOp::BlobGet {
+                node,
+                blob,
+                index,
+                cap,
+            } => {
+                if node == self.config.node_id {
+                    if self.blobs.may_fetch(&blob, index, &cap, now) {
+                        self.outputs
+                            .push_back(Output::ClientChunk { token, blob, index });
+                        return;
+                    }
+                    ClientResponse::Error(ClientError::NoSuchBlob)
+                } else {
+                    let request = FedRequest::BlobGet { blob, index, cap };
+                    match self.forward_blob_request(token, user, node, request) {
+                        Ok(()) => return,
+                        Err(e) => ClientResponse::Error(e),
+                    }
+                }
+            }
+            ClientOp::BlobDone { node, blob, cap } => {
+                if node == self.config.node_id {
+                    if self.blobs.done(&blob, &cap, now, &mut self.writes) {
+                        ClientResponse::BlobDeleted
+                    } else {
+                        ClientResponse::Error(ClientError::NoSuchBlob)
+                    }
+                } else {
+                    let request = FedRequest::BlobDone { blob, cap };
+                    match self.forward_blob_request(token, user, node, request) {
+                        Ok(()) => return,
+                        Err(e) => ClientResponse::Error(e),
+                    }
+                }
+            }
         };
         self.respond_client(token, response);
     }
@@ -746,6 +862,24 @@ impl Core {
             FedRequest::FetchBundle(user) => {
                 FedResponse::Bundle(self.take_bundle(from_node, &user, now).map(Box::new))
             }
+            FedRequest::BlobGet { blob, index, cap } => match self.spend_fed(from_node, 1, now) {
+                Err(wait) => FedResponse::Refused(Refusal::RateLimited {
+                    retry_after_ms: wait.min(u32::MAX as u64) as u32,
+                }),
+                Ok(()) if self.blobs.may_fetch(&blob, index, &cap, now) => {
+                    self.outputs
+                        .push_back(Output::FedChunk { token, blob, index });
+                    return;
+                }
+                Ok(()) => FedResponse::NoSuchBlob,
+            },
+            FedRequest::BlobDone { blob, cap } => {
+                if self.blobs.done(&blob, &cap, now, &mut self.writes) {
+                    FedResponse::BlobDeleted
+                } else {
+                    FedResponse::NoSuchBlob
+                }
+            }
         };
         self.outputs
             .push_back(Output::FedResponse { token, response });
@@ -759,6 +893,20 @@ impl Core {
         result: Result<FedResponse, FedFailure>,
     ) {
         let now = self.advance(now);
+        if let Some((token, _)) = self.blob_requests.remove(&batch) {
+            let full =
+                hestia_protocol::file::CHUNK_BYTES as usize + hestia_protocol::file::TAG_BYTES;
+            let response = match result {
+                Ok(FedResponse::Chunk(c)) if c.len() <= full => ClientResponse::Chunk(c),
+                Ok(FedResponse::BlobDeleted) => ClientResponse::BlobDeleted,
+                Ok(FedResponse::NoSuchBlob) => ClientResponse::Error(ClientError::NoSuchBlob),
+                Ok(FedResponse::Refused(Refusal::RateLimited { retry_after_ms })) => {
+                    ClientResponse::Error(ClientError::RateLimited { retry_after_ms })
+                }
+                Ok(_) | Err(_) => ClientResponse::Error(ClientError::NodeUnreachable),
+            };
+            return self.respond_client(token, response);
+        }
         if let Some((token, user, _)) = self.bundle_fetches.remove(&batch) {
             let response = match result {
                 Ok(FedResponse::Bundle(Some(b))) if b.identity == user => ClientResponse::Bundle(b),
@@ -893,6 +1041,10 @@ impl Core {
                 }
             }
         }
+        let expired = self.blobs.expire(now, &mut self.writes);
+        if expired > 0 {
+            tracing::debug!(blobs = expired, "expired or idle uploads deleted");
+        }
         self.flush_outboxes(now);
     }
 
@@ -923,7 +1075,11 @@ impl Core {
             .mail_expiries
             .first()
             .map(|(s, _, _)| *s as Millis * 1000);
-        [retry, parked, expiry, mail].into_iter().flatten().min()
+        let blobs = self.blobs.next_deadline();
+        [retry, parked, expiry, mail, blobs]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     // ---- internals ----
@@ -933,6 +1089,34 @@ impl Core {
         let batch = BatchId(self.next_batch);
         self.next_batch += 1;
         batch
+    }
+
+    /// Sends a device's chunk fetch or deletion on to the node holding the blob, within the
+    /// bounds on what may be pending.
+    fn forward_blob_request(
+        &mut self,
+        token: Token,
+        user: UserId,
+        node: String,
+        request: FedRequest,
+    ) -> Result<(), ClientError> {
+        if node.len() > MAX_NODE_ID_LEN || !hestia_protocol::envelope::valid_node_id(&node) {
+            return Err(ClientError::NoSuchBlob);
+        }
+        if self.blob_requests.len() >= MAX_PENDING_BLOB_REQUESTS
+            || self.blob_requests.values().filter(|r| r.1 == user).count()
+                >= MAX_PENDING_BLOB_REQUESTS_PER_USER
+        {
+            return Err(ClientError::Overloaded);
+        }
+        let batch = self.new_batch_id();
+        self.blob_requests.insert(batch, (token, user));
+        self.outputs.push_back(Output::FedRequest {
+            batch,
+            to_node: node,
+            request,
+        });
+        Ok(())
     }
 
     fn respond_client(&mut self, token: Token, response: ClientResponse) {
@@ -1491,16 +1675,16 @@ mod tests {
     use hestia_protocol::wire::{ClientAuth, Outgoing};
     use hestia_store::node::{MemNodeStore, NodeStore};
 
-    const T0: Millis = 1_700_000_000_000;
+    pub(super) const T0: Millis = 1_700_000_000_000;
 
-    struct Harness {
+    pub(super) struct Harness {
         rng: rand::rngs::StdRng,
-        alice: IdentityKey,
-        bob: IdentityKey,
-        a: Core,
-        b: Core,
-        store_a: MemNodeStore,
-        store_b: MemNodeStore,
+        pub(super) alice: IdentityKey,
+        pub(super) bob: IdentityKey,
+        pub(super) a: Core,
+        pub(super) b: Core,
+        pub(super) store_a: MemNodeStore,
+        pub(super) store_b: MemNodeStore,
         next_token: u64,
         /// Federation requests node A emitted while a test looked only at client answers.
         stash: Vec<(BatchId, String, FedRequest)>,
@@ -1520,7 +1704,7 @@ mod tests {
     }
 
     /// A core restarted from what `store` holds.
-    fn restarted(id: &str, store: &MemNodeStore, now: Millis) -> Core {
+    pub(super) fn restarted(id: &str, store: &MemNodeStore, now: Millis) -> Core {
         Core::from_store(config(id), store, now).unwrap()
     }
 
@@ -1531,7 +1715,7 @@ mod tests {
     }
 
     impl Harness {
-        fn new() -> Harness {
+        pub(super) fn new() -> Harness {
             let mut rng: rand::rngs::StdRng = rand::SeedableRng::seed_from_u64(11);
             let alice = IdentityKey::generate(&mut rng);
             let bob = IdentityKey::generate(&mut rng);
@@ -1558,7 +1742,12 @@ mod tests {
         }
 
         /// Alice's client talks to node A; Bob's to node B.
-        fn client(&mut self, alice: bool, now: Millis, op: ClientOp) -> Vec<ClientResponse> {
+        pub(super) fn client(
+            &mut self,
+            alice: bool,
+            now: Millis,
+            op: ClientOp,
+        ) -> Vec<ClientResponse> {
             let (key, node) = if alice {
                 (&self.alice, "NodeA")
             } else {
@@ -1593,7 +1782,7 @@ mod tests {
 
         /// Applies writes, then returns fed requests, fed responses and client responses.
         #[allow(clippy::type_complexity)]
-        fn drain(
+        pub(super) fn drain(
             &mut self,
             a: bool,
         ) -> (
