@@ -51,10 +51,20 @@ enum Command {
     /// Manage contacts.
     #[command(subcommand)]
     Contact(ContactCmd),
-    /// Send a text message to a contact.
+    /// Send a text message, or a file, to a contact.
     Send {
+        /// The contact's local name (see `hestia contact list`).
         contact: String,
-        text: String,
+        /// The message text (with --file: not used, see --caption).
+        #[arg(required_unless_present = "file")]
+        text: Option<String>,
+        /// Send this file, encrypted on this device and uploaded to your home node first.
+        /// Interrupted uploads continue when the same command is run again.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// With --file: a caption shown with it.
+        #[arg(long, requires = "file", default_value = "")]
+        caption: String,
         /// Seconds to wait for the home node to report the message delivered to the recipient's
         /// node (0: do not wait).
         #[arg(long, default_value_t = 3)]
@@ -74,11 +84,29 @@ enum Command {
     },
     /// Show the delivery state of sent messages.
     Status,
+    /// Files sent and received.
+    #[command(subcommand)]
+    File(FileCmd),
     /// Run network simulations (see docs/simulations.md).
     #[command(subcommand)]
     Sim(SimCmd),
     /// Measure relay throughput and latency on loopback beside raw baselines (docs/benchmarks.md).
     Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum FileCmd {
+    /// Download a received file through your home node, decrypt and verify it, and put it in
+    /// place. Interrupted downloads continue when run again.
+    Get {
+        /// The file's id as `hestia inbox` or `hestia file list` shows it (a prefix will do).
+        id: String,
+        /// Where to put it (a directory or a file name); default: its own name, here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Files sent and received, and where each stands.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -476,14 +504,41 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Send {
             contact,
             text,
+            file,
+            caption,
             wait,
             ttl,
         } => {
             let mut d = Device::open(&home(&cli.home)?)?;
             let mut conn = d.connect().await?;
-            let mut m = d
-                .send_with_ttl(&mut conn, &contact, &text, ttl * 1000)
-                .await?;
+            let mut m = match &file {
+                Some(path) => {
+                    let bar = progress_bar("uploading");
+                    let mut first = true;
+                    let mut tick = |done: u64, total: u64| {
+                        if std::mem::take(&mut first) && done > 0 {
+                            bar.suspend(|| {
+                                eprintln!(
+                                    "resuming: {} of {} already on your node",
+                                    mib(done),
+                                    mib(total)
+                                )
+                            });
+                        }
+                        progress_to(&bar, done, total)
+                    };
+                    let m = d
+                        .send_file(&mut conn, &contact, path, &caption, &mut tick)
+                        .await;
+                    bar.finish_and_clear();
+                    m?
+                }
+                None => {
+                    let text = text.unwrap_or_default();
+                    d.send_with_ttl(&mut conn, &contact, &text, ttl * 1000)
+                        .await?
+                }
+            };
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
             while m.state == MessageState::Queued && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -512,12 +567,14 @@ async fn run(cli: Cli) -> Result<()> {
             if all {
                 for m in d.history()? {
                     print_message(&m);
+                    print_file_of(&d, &m);
                 }
             }
             let mut conn = d.connect().await?;
             if !follow {
                 for ev in d.sync(&mut conn, 0).await? {
                     print_event(&ev);
+                    print_file_of_event(&d, &ev);
                 }
                 return Ok(());
             }
@@ -544,6 +601,7 @@ async fn run(cli: Cli) -> Result<()> {
                         }
                         for ev in events {
                             print_event(&ev);
+                            print_file_of_event(&d, &ev);
                         }
                     }
                     Err(
@@ -570,6 +628,66 @@ async fn run(cli: Cli) -> Result<()> {
                     Err(e) => return Err(e.into()),
                 }
             }
+        }
+        Command::File(FileCmd::Get { id, out }) => {
+            let mut d = Device::open(&home(&cli.home)?)?;
+            let (envelope, f) = d.find_file(&id)?;
+            let mut conn = d.connect().await?;
+            let bar = progress_bar("downloading");
+            let mut tick = |done, total| progress_to(&bar, done, total);
+            let place = d
+                .fetch_file(&mut conn, &envelope, out.as_deref(), &mut tick)
+                .await;
+            bar.finish_and_clear();
+            let place = place?;
+            println!(
+                "{}: {} ({}), verified, at {}",
+                &envelope.to_hex()[..12],
+                safe(&f.file.name),
+                mib(f.file.size),
+                safe(&place.to_string_lossy())
+            );
+            Ok(())
+        }
+        Command::File(FileCmd::List) => {
+            let mut d = Device::open(&home(&cli.home)?)?;
+            // What the home node says of files sent (fetched, expired); offline, what is known.
+            if let Ok(mut conn) = d.connect().await {
+                d.refresh_files(&mut conn).await?;
+            }
+            for u in d.uploads()? {
+                println!(
+                    "uploading to {}: {} ({}): interrupted; run the same `hestia send {} --file` again to continue",
+                    safe(&u.contact),
+                    safe(&u.file.name),
+                    mib(u.file.size),
+                    safe(&u.contact),
+                );
+            }
+            let history = d.history()?;
+            for (envelope, f) in d.files()? {
+                let who = history
+                    .iter()
+                    .find(|m| m.envelope_id == envelope)
+                    .map(|m| m.peer_name.clone())
+                    .unwrap_or_default();
+                let dir = if f.direction == Direction::Incoming {
+                    "from"
+                } else {
+                    "to"
+                };
+                println!(
+                    "{} {dir} {}: {} ({}, {}), expires {}: {}",
+                    &envelope.to_hex()[..12],
+                    safe(&who),
+                    safe(&f.file.name),
+                    mib(f.file.size),
+                    safe(&f.file.mime),
+                    when(f.file.expires_at),
+                    describe_file(&f)
+                );
+            }
+            Ok(())
         }
         Command::Status => {
             let mut d = Device::open(&home(&cli.home)?)?;
@@ -900,6 +1018,105 @@ fn print_message(m: &StoredMessage) {
         }
         Direction::Incoming => println!("{peer}: {text}"),
         Direction::Outgoing => println!("me -> {peer}: {text}  ({})", describe(&m.state)),
+    }
+}
+
+/// A bar on stderr for a transfer: bytes, rate, time left. Hidden when stderr is not a
+/// terminal.
+fn progress_bar(what: &str) -> indicatif::ProgressBar {
+    let bar =
+        indicatif::ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::stderr());
+    let style = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+    )
+    .expect("a fixed template")
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_message(what.to_string());
+    bar
+}
+
+fn progress_to(bar: &indicatif::ProgressBar, done: u64, total: u64) {
+    bar.set_length(total);
+    bar.set_position(done);
+}
+
+fn mib(bytes: u64) -> String {
+    if bytes < 1 << 20 {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+    }
+}
+
+/// When a timestamp is, in UTC, to the minute.
+fn when(ms: u64) -> String {
+    let secs = (ms / 1000) as i64;
+    let days = secs.div_euclid(86_400);
+    let (h, m) = (secs.rem_euclid(86_400) / 3600, secs.rem_euclid(3600) / 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02} UTC")
+}
+
+fn describe_file(f: &hestia_store::client::StoredFile) -> String {
+    use hestia_store::client::FileState;
+    match &f.state {
+        FileState::Sent => "uploaded, sent".into(),
+        FileState::Fetched => "fetched by their device".into(),
+        FileState::Received => "not downloaded".into(),
+        FileState::Downloading { done, .. } => format!(
+            "downloading ({done} of {} chunks; `hestia file get` continues)",
+            f.file.cipher.chunks
+        ),
+        FileState::Downloaded { path } => format!("downloaded to {}", safe(path)),
+        FileState::Expired => "file expired".into(),
+    }
+}
+
+/// The file line of a message, if it carries one.
+fn print_file_of(d: &Device, m: &StoredMessage) {
+    if let Ok(Some(f)) = d.file(&m.envelope_id) {
+        let r = &f.file;
+        println!(
+            "  file {} {} ({}, {}) id {} expires {}: {}",
+            if m.direction == Direction::Incoming {
+                "from"
+            } else {
+                "to"
+            },
+            safe(&m.peer_name),
+            mib(r.size),
+            safe(&r.mime),
+            &m.envelope_id.to_hex()[..12],
+            when(r.expires_at),
+            safe(&r.name),
+        );
+        if m.direction == Direction::Incoming
+            && f.state == hestia_store::client::FileState::Received
+        {
+            println!(
+                "  get it with: hestia file get {}",
+                &m.envelope_id.to_hex()[..12]
+            );
+        }
+    }
+}
+
+fn print_file_of_event(d: &Device, ev: &InboxEvent) {
+    match ev {
+        InboxEvent::Message(m)
+        | InboxEvent::NewContact { message: m, .. }
+        | InboxEvent::Claimed { message: m, .. } => print_file_of(d, m),
+        _ => {}
     }
 }
 

@@ -140,6 +140,7 @@ impl Letter {
             Content::Receipt(ids) | Content::SessionReset(ids) if ids.len() > MAX_RECEIPT_IDS => {
                 return Err(EnvelopeError::ReceiptTooLong);
             }
+            Content::File(f) => f.check().map_err(EnvelopeError::BadFile)?,
             _ => {}
         }
         if !valid_name(&self.sender_name) {
@@ -190,6 +191,9 @@ pub enum Content {
     /// lost or substituted prekey, a restored device). Sent in a *new* session the recipient
     /// started from the sender's bundle, so the next messages go on a working one.
     SessionReset(Vec<EnvelopeId>),
+    /// A file: what it is, how to open it and where its encrypted chunks are
+    /// ([`crate::file`]). Its caption is the message's text.
+    File(Box<crate::file::FileRef>),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -216,6 +220,8 @@ pub enum EnvelopeError {
     Seal(#[from] SealError),
     #[error("letter inside the envelope is malformed")]
     MalformedLetter,
+    #[error("file reference refused: {0}")]
+    BadFile(crate::file::FileError),
     #[error(transparent)]
     Identity(#[from] IdentityError),
 }

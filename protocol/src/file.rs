@@ -458,6 +458,50 @@ mod tests {
         }
     }
 
+    fn file_ref(name: &str) -> FileRef {
+        FileRef {
+            name: name.into(),
+            mime: "video/mp4".into(),
+            caption: "the talk".into(),
+            size: 700_000,
+            digest: [3; 32],
+            cipher: cipher(700_000),
+            node: "12D3KooWnode".into(),
+            blob: BlobId([4; 16]),
+            cap: Capability([5; 32]),
+            expires_at: 99,
+        }
+    }
+
+    #[test]
+    fn a_file_reference_travels_in_a_letter_and_a_bad_one_is_refused_whole() {
+        use crate::envelope::{Content, EnvelopeError, Letter};
+        let f = file_ref("talk.mp4");
+        let l = Letter::new(
+            "12D3KooWnode",
+            "alice",
+            Content::File(Box::new(f.clone())),
+            1,
+        )
+        .unwrap();
+        let back = Letter::from_bytes(&l.to_bytes().unwrap()).unwrap();
+        assert_eq!(back.content, Content::File(Box::new(f)));
+        // A modified client's reference: a path in the name, a layout that does not add up.
+        let mut bad = l.clone();
+        bad.content = Content::File(Box::new(file_ref("../../.ssh/authorized_keys")));
+        assert_eq!(
+            Letter::from_bytes(&bad.to_bytes().unwrap()),
+            Err(EnvelopeError::BadFile(FileError::BadName))
+        );
+        let mut wrong = file_ref("talk.mp4");
+        wrong.cipher.chunks = 1;
+        bad.content = Content::File(Box::new(wrong));
+        assert_eq!(
+            Letter::from_bytes(&bad.to_bytes().unwrap()),
+            Err(EnvelopeError::BadFile(FileError::BadLayout))
+        );
+    }
+
     #[test]
     fn secrets_do_not_print() {
         let c = cipher(10);

@@ -2,11 +2,13 @@
 //! History lives here and only here; the node never holds it.
 
 pub use crate::records::{
-    Contact, Direction, MessageState, Origin, PendingReceipts, StoredIdentity, StoredMessage, Trust,
+    Contact, Direction, FileState, MessageState, Origin, PendingReceipts, StoredFile,
+    StoredIdentity, StoredMessage, StoredUpload, Trust,
 };
 use crate::schema::*;
 use crate::{Result, decode_value, encode_value};
 use hestia_protocol::envelope::EnvelopeId;
+use hestia_protocol::file::BlobId;
 use hestia_protocol::identity::{Address, UserId};
 use std::path::Path;
 use zeroize::Zeroize;
@@ -39,6 +41,10 @@ pub enum ClientWrite {
     },
     /// Replace the pending delivery receipts for this user (none: delete them).
     Receipts(UserId, Option<PendingReceipts>),
+    /// Put a file sent or received, under the id of its message.
+    File(EnvelopeId, StoredFile),
+    /// Put an upload's record (none: it is done or abandoned, delete it).
+    Upload(BlobId, Option<StoredUpload>),
 }
 
 pub struct ClientDb {
@@ -154,6 +160,46 @@ impl ClientDb {
     }
 
     /// A stored setting's value, if it was ever set.
+    /// The file carried by this message, if any.
+    pub fn file(&self, id: &EnvelopeId) -> Result<Option<StoredFile>> {
+        self.db
+            .get_cf(self.cf(ENVELOPEID_FILE), id.0)?
+            .map(|v| decode_value(ENVELOPEID_FILE, &v))
+            .transpose()
+    }
+
+    /// Every file sent or received, by message id.
+    pub fn files(&self) -> Result<Vec<(EnvelopeId, StoredFile)>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(ENVELOPEID_FILE), rocksdb::IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            let id: [u8; 16] = k
+                .as_ref()
+                .try_into()
+                .map_err(|_| crate::StoreError::Corrupt {
+                    cf: ENVELOPEID_FILE,
+                    reason: "bad key length".into(),
+                })?;
+            out.push((EnvelopeId(id), decode_value(ENVELOPEID_FILE, &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Every upload begun and not yet announced.
+    pub fn uploads(&self) -> Result<Vec<StoredUpload>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(BLOBID_UPLOAD), rocksdb::IteratorMode::Start)
+        {
+            out.push(decode_value(BLOBID_UPLOAD, &item?.1)?);
+        }
+        Ok(out)
+    }
+
     pub fn setting(&self, name: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.db.get_cf(self.cf(NAME_SETTING), name.as_bytes())?)
     }
@@ -355,6 +401,19 @@ impl ClientDb {
                             b.put_cf(self.cf(SEQ_MESSAGE), k, encode_value(SEQ_MESSAGE, &m)?);
                         }
                     }
+                }
+                ClientWrite::File(id, f) => {
+                    let mut v = encode_value(ENVELOPEID_FILE, f)?;
+                    b.put_cf(self.cf(ENVELOPEID_FILE), id.0, &v);
+                    v.zeroize();
+                }
+                ClientWrite::Upload(blob, Some(u)) => {
+                    let mut v = encode_value(BLOBID_UPLOAD, u)?;
+                    b.put_cf(self.cf(BLOBID_UPLOAD), blob.0, &v);
+                    v.zeroize();
+                }
+                ClientWrite::Upload(blob, None) => {
+                    b.delete_cf(self.cf(BLOBID_UPLOAD), blob.0);
                 }
                 ClientWrite::Receipts(user, Some(r)) => {
                     b.put_cf(

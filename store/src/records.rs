@@ -173,6 +173,43 @@ pub struct PendingReceipts {
     pub ids: Vec<EnvelopeId>,
 }
 
+/// A file sent or received (schema 5), under the id of the message that carries it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredFile {
+    pub file: hestia_protocol::file::FileRef,
+    pub direction: Direction,
+    pub state: FileState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileState {
+    /// Outgoing: the reference went to the recipient.
+    Sent,
+    /// Outgoing: the recipient's device fetched it and the holding node deleted it.
+    Fetched,
+    /// Incoming, not downloaded.
+    Received,
+    /// Incoming, `done` chunks verified and written to the temporary file `part`.
+    Downloading { part: String, done: u32 },
+    /// Incoming, verified and in place at `path`.
+    Downloaded { path: String },
+    /// The holding node no longer has it (expired or deleted).
+    Expired,
+}
+
+/// An upload this device has begun (schema 5): the file it reads from, as it was when the
+/// upload began (a changed file starts over), and the reference it is building.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredUpload {
+    /// The contact it is for (local name).
+    pub contact: String,
+    pub path: String,
+    pub modified_ms: u64,
+    /// The id of the message that will announce it, fixed at the start.
+    pub envelope: EnvelopeId,
+    pub file: hestia_protocol::file::FileRef,
+}
+
 /// Schema 2's contact form, read once by the client's migration to schema 3.
 pub mod v2 {
     use super::*;
@@ -323,6 +360,19 @@ pub fn check(cf: &str, key: &[u8], value: &[u8]) -> Result<()> {
             } else {
                 Err(corrupt(cf, "bad value"))
             }
+        }
+        ENVELOPEID_FILE => {
+            key_len(cf, key, 16)?;
+            let f: StoredFile = decode_value(cf, value)?;
+            f.file.check().map_err(|e| corrupt(cf, &e.to_string()))
+        }
+        BLOBID_UPLOAD => {
+            key_len(cf, key, 16)?;
+            let u: StoredUpload = decode_value(cf, value)?;
+            if u.file.blob.0 != key {
+                return Err(corrupt(cf, "the upload is not the one its key names"));
+            }
+            u.file.check().map_err(|e| corrupt(cf, &e.to_string()))
         }
         // Settings are the device library's own small encodings (it checks them as it reads).
         NAME_SETTING => std::str::from_utf8(key)

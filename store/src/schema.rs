@@ -82,6 +82,12 @@ pub const USERID_RECEIPTS: &str = "userid_receipts";
 pub const USERID_SKIPPED: &str = "userid_skipped";
 /// `name_setting`: setting name (UTF-8) → value (schema 3): `"receipts"` → the receipt policy.
 pub const NAME_SETTING: &str = "name_setting";
+/// `envelopeid_file`: the id of the message carrying a file (16) → the file sent or received:
+/// its reference (key, capability, where it is) and state (schema 5).
+pub const ENVELOPEID_FILE: &str = "envelopeid_file";
+/// `blobid_upload`: blob id (16) → an upload this device has begun and not yet announced
+/// (schema 5): the source file and the reference being built.
+pub const BLOBID_UPLOAD: &str = "blobid_upload";
 
 pub const CLIENT_CFS: &[&str] = &[
     META,
@@ -94,6 +100,8 @@ pub const CLIENT_CFS: &[&str] = &[
     USERID_RECEIPTS,
     USERID_SKIPPED,
     NAME_SETTING,
+    ENVELOPEID_FILE,
+    BLOBID_UPLOAD,
 ];
 
 pub fn mailbox_key(user: &UserId, id: &EnvelopeId) -> [u8; 48] {

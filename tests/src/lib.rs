@@ -277,7 +277,7 @@ impl Net {
         let out = self
             .tmp
             .path()
-            .join(format!("{user}-{}.out", args.join("-")));
+            .join(format!("{user}-{}.out", args.join("-").replace('/', "_")));
         let file = std::fs::File::create(&out).unwrap();
         let child = Command::new(hestia_bin())
             .arg("--home")

@@ -8,6 +8,7 @@
 //!   Plaintext exists only here.
 
 mod connection;
+pub mod files;
 pub mod receipts;
 pub mod trust;
 
@@ -37,8 +38,8 @@ use hestia_protocol::wire::{
     ClientError, ClientOp, ClientResponse, DeliveryState, MAX_BATCH_ENVELOPES, Outgoing, SendResult,
 };
 use hestia_store::client::{
-    ClientDb, ClientWrite, Contact, Direction, MessageState, Origin, PendingReceipts,
-    StoredIdentity, StoredMessage, Trust,
+    ClientDb, ClientWrite, Contact, Direction, FileState, MessageState, Origin, PendingReceipts,
+    StoredFile, StoredIdentity, StoredMessage, Trust,
 };
 use libp2p::{Multiaddr, PeerId};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -113,6 +114,25 @@ pub enum ClientLibError {
     ClaimedContactGone { claimant: String, claims: String },
     #[error("invalid name {0:?}: 1 to {MAX_NAME_BYTES} bytes, letters, digits, '-', '_' or '.'")]
     BadName(String),
+    #[error("{}: {source}", path.display())]
+    FileIo {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    File(hestia_protocol::file::FileError),
+    #[error("{} changed while it was being sent; send it again to start over", .0.display())]
+    FileChanged(std::path::PathBuf),
+    #[error("file expired: the node that held it no longer has it")]
+    FileExpired,
+    #[error("no file {0:?} (see `hestia file list`)")]
+    NoSuchFile(String),
+    #[error("{0:?} names more than one file; give more of its id")]
+    AmbiguousFile(String),
+    #[error("{} already exists; choose another place with --out", .0.display())]
+    OutputExists(std::path::PathBuf),
+    #[error("the file did not verify ({0}); nothing was written at the output path")]
+    FileCorrupt(hestia_protocol::file::FileError),
 }
 
 /// Something that happened while reading the inbox.
@@ -193,6 +213,16 @@ fn describe_refusal(e: &ClientError) -> String {
             "sending too fast for this node's limit; try again in {:.1} s",
             *retry_after_ms as f64 / 1000.0
         ),
+        ClientError::NoSuchBlob => "file expired or unknown".into(),
+        ClientError::BlobTooLarge { max } => {
+            format!(
+                "the file is larger than this node accepts ({} MiB sealed)",
+                max >> 20
+            )
+        }
+        ClientError::BlobQuota => "your file storage on this node is full, or 4 uploads are \
+             already going; wait for files to be fetched or expire"
+            .into(),
         other => format!("{other:?}"),
     }
 }
@@ -621,11 +651,33 @@ impl Device {
         ttl_ms: u64,
     ) -> Result<StoredMessage, ClientLibError> {
         let c = self.contact(contact)?;
+        let id = EnvelopeId::random(&mut rand::rng());
+        let content = Content::Text(text.to_string());
+        self.send_content(conn, &c, id, text, content, ttl_ms, Vec::new())
+            .await
+    }
+
+    /// Seals `content` under `id` for contact `c` and hands it to the home node. The message
+    /// (shown as `text`), the session state that sealed it and `extra` are committed together
+    /// before it leaves. A first text to a contact whose node is down waits on the device
+    /// ([`MessageState::WaitingForKeys`]); anything else fails with
+    /// [`ClientLibError::ContactNodeUnreachable`], and nothing is stored.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn send_content(
+        &mut self,
+        conn: &mut Connection,
+        c: &Contact,
+        id: EnvelopeId,
+        text: &str,
+        content: Content,
+        ttl_ms: u64,
+        extra: Vec<ClientWrite>,
+    ) -> Result<StoredMessage, ClientLibError> {
         self.maintain_prekeys(conn).await?;
         // Earlier first messages still waiting for their recipient's prekeys go first.
         self.retry_waiting(conn).await?;
         let now = now_millis();
-        let id = EnvelopeId::random(&mut rand::rng());
+        let can_wait = matches!(content, Content::Text(_));
         let mut msg = StoredMessage {
             envelope_id: id,
             direction: Direction::Outgoing,
@@ -643,14 +695,14 @@ impl Device {
                 id,
                 &c.address.user,
                 &c.address.node,
-                Content::Text(text.to_string()),
+                content,
                 ttl_ms,
                 Fresh::IfNone,
             )
             .await;
         let (env, session_write) = match sealed {
             Ok(s) => s,
-            Err(ClientLibError::ContactNodeUnreachable(_)) => {
+            Err(ClientLibError::ContactNodeUnreachable(_)) if can_wait => {
                 // Their node is down and this is a first message: keep it on the device and
                 // send it when their node answers (next send, inbox or status).
                 msg.state = MessageState::WaitingForKeys;
@@ -662,6 +714,7 @@ impl Device {
         };
         msg.expires_at = env.expires_at;
         let mut writes = vec![ClientWrite::Message(msg.clone()), session_write];
+        writes.extend(extra);
         // Writing to a message request answers it: a contact from now on.
         if c.origin == Origin::Request {
             writes.push(ClientWrite::Contact(Contact {
@@ -1192,7 +1245,7 @@ impl Device {
         // Receipts and session resets concern our messages to a contact; from a key that is
         // not one they mean nothing, and keeping their session would let any number of keys
         // make sessions here without ever becoming a (bounded) message request.
-        if !matches!(letter.content, Content::Text(_))
+        if !matches!(letter.content, Content::Text(_) | Content::File(_))
             && !contacts.iter().any(|c| c.address.user == sender)
         {
             return Ok(None);
@@ -1249,6 +1302,19 @@ impl Device {
                 }));
             }
             Content::Text(t) => t,
+            // The file itself stays on the sender's node until `hestia file get`.
+            Content::File(f) => {
+                let caption = f.caption.clone();
+                writes.push(ClientWrite::File(
+                    env.id,
+                    StoredFile {
+                        file: *f,
+                        direction: Direction::Incoming,
+                        state: FileState::Received,
+                    },
+                ));
+                caption
+            }
         };
         let now = now_millis();
         let (contact, first) = match trust::classify(&contacts, &sender, &letter, now) {

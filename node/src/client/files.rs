@@ -1,0 +1,489 @@
+//! Files on the device: sealed chunk by chunk (`hestia_protocol::file`) and uploaded to the
+//! home node, resumable; announced to the contact in a message once every chunk is stored;
+//! downloaded through the recipient's own home node, opened, verified and put in place,
+//! resumable too. A file is never held whole in memory: one chunk at a time.
+
+use super::{ClientLibError, Connection, Device, unexpected};
+use crate::driver::now_millis;
+use hestia_protocol::envelope::{Content, DEFAULT_TTL_MS, EnvelopeId};
+use hestia_protocol::file::{
+    BlobId, CHUNK_BYTES, Capability, FileCipher, FileDigest, FileError, FileRef, MAX_FILE_BYTES,
+    cap_hash, chunk_plain_len, valid_file_name,
+};
+use hestia_protocol::wire::{BlobPhase, BlobSpec, ClientError, ClientOp, ClientResponse};
+use hestia_store::client::{
+    ClientWrite, Direction, FileState, StoredFile, StoredMessage, StoredUpload,
+};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// The suffix of the temporary file a download is written to beside its destination.
+pub const PART_SUFFIX: &str = ".hestia-part";
+
+/// Called as a transfer goes: bytes of the file done so far, and in all.
+pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClientLibError + '_ {
+    move |source| ClientLibError::FileIo {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A name the recipient can save the file under: the path's last part, with anything
+/// `valid_file_name` refuses replaced.
+pub fn file_name_of(path: &Path) -> String {
+    let raw = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut name: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_control() || "/\\".contains(c) {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    while name.starts_with('.') {
+        name.remove(0);
+    }
+    let mut end = name.len().min(hestia_protocol::file::MAX_FILE_NAME_BYTES);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name.truncate(end);
+    if valid_file_name(&name) {
+        name
+    } else {
+        "file".into()
+    }
+}
+
+/// A MIME type from the name's extension, for the recipient's display only.
+pub fn mime_of(name: &str) -> &'static str {
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("png") => "image/png",
+        Some("gif") => "image/gif",
+        Some("webp") => "image/webp",
+        Some("mp4") => "video/mp4",
+        Some("webm") => "video/webm",
+        Some("mov") => "video/quicktime",
+        Some("mp3") => "audio/mpeg",
+        Some("ogg" | "opus") => "audio/ogg",
+        Some("wav") => "audio/wav",
+        Some("pdf") => "application/pdf",
+        Some("zip") => "application/zip",
+        Some("txt" | "md") => "text/plain",
+        _ => "application/octet-stream",
+    }
+}
+
+fn modified_ms(meta: &std::fs::Metadata) -> u64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Reads plaintext chunk `index` of `file` (size `size`): its bytes, then zero padding.
+fn read_chunk(file: &mut std::fs::File, size: u64, index: u32) -> std::io::Result<Vec<u8>> {
+    let start = u64::from(index) * u64::from(CHUNK_BYTES);
+    let mut plain = vec![0u8; chunk_plain_len(size, index) as usize];
+    let have = size.saturating_sub(start).min(plain.len() as u64) as usize;
+    file.seek(SeekFrom::Start(start))?;
+    file.read_exact(&mut plain[..have])?;
+    Ok(plain)
+}
+
+impl Device {
+    /// Encrypts the file at `path` and uploads it to the home node, then sends `contact` the
+    /// message that points to it (with `caption` as its text). Resumable: the same file to the
+    /// same contact with the same caption continues the upload from the chunks the node has.
+    pub async fn send_file(
+        &mut self,
+        conn: &mut Connection,
+        contact: &str,
+        path: &Path,
+        caption: &str,
+        progress: Progress<'_>,
+    ) -> Result<StoredMessage, ClientLibError> {
+        let c = self.contact(contact)?;
+        let path = std::fs::canonicalize(path).map_err(io_err(path))?;
+        let meta = std::fs::metadata(&path).map_err(io_err(&path))?;
+        if !meta.is_file() {
+            return Err(ClientLibError::FileIo {
+                path,
+                source: std::io::Error::other("not a regular file"),
+            });
+        }
+        let size = meta.len();
+        if size > MAX_FILE_BYTES {
+            return Err(ClientLibError::File(FileError::TooLarge(size)));
+        }
+        if caption.len() > hestia_protocol::file::MAX_CAPTION_BYTES {
+            return Err(ClientLibError::File(FileError::CaptionTooLong(
+                caption.len(),
+            )));
+        }
+        let path_text = path.to_string_lossy().into_owned();
+        let modified = modified_ms(&meta);
+        let now = now_millis();
+        let resumed = self.db.uploads()?.into_iter().find(|u| {
+            u.path == path_text
+                && u.contact == c.name
+                && u.modified_ms == modified
+                && u.file.size == size
+                && u.file.caption == caption
+                && u.file.expires_at > now
+        });
+        let upload = match resumed {
+            Some(u) => u,
+            None => self.begin_upload(&c.name, &path, &path_text, modified, size, caption)?,
+        };
+        let f = upload.file.clone();
+        let spec = BlobSpec::of_file(size, cap_hash(&f.cap), f.expires_at);
+        let op = ClientOp::BlobBegin { blob: f.blob, spec };
+        let state = match conn.call(&self.key, op).await? {
+            ClientResponse::Blob(s) => s,
+            other => return Err(unexpected(other)),
+        };
+        let chunk_bytes = |i: u32| {
+            chunk_plain_len(size, i).min(size.saturating_sub(u64::from(i) * u64::from(CHUNK_BYTES)))
+        };
+        let mut done: u64 = (0..f.cipher.chunks)
+            .filter(|i| state.is_held(*i))
+            .map(chunk_bytes)
+            .sum();
+        progress(done, size);
+        if state.phase == BlobPhase::Uploading {
+            let mut file = std::fs::File::open(&path).map_err(io_err(&path))?;
+            for i in (0..f.cipher.chunks).filter(|i| !state.is_held(*i)) {
+                let plain = read_chunk(&mut file, size, i).map_err(io_err(&path))?;
+                let chunk = f.cipher.seal(i, &plain).map_err(ClientLibError::File)?;
+                let op = ClientOp::BlobPut {
+                    blob: f.blob,
+                    index: i,
+                    chunk,
+                };
+                match conn.call(&self.key, op).await? {
+                    ClientResponse::ChunkStored { .. } => {}
+                    other => return Err(unexpected(other)),
+                }
+                done += chunk_bytes(i);
+                progress(done, size);
+            }
+        }
+        // The chunks are what the file was when the upload began, or the digest is wrong.
+        let after = std::fs::metadata(&path).map_err(io_err(&path))?;
+        if after.len() != size || modified_ms(&after) != modified {
+            self.db.commit(&[ClientWrite::Upload(f.blob, None)])?;
+            return Err(ClientLibError::FileChanged(path));
+        }
+        let ttl = f.expires_at.saturating_sub(now_millis()).max(1);
+        let extra = vec![
+            ClientWrite::File(
+                upload.envelope,
+                StoredFile {
+                    file: f.clone(),
+                    direction: Direction::Outgoing,
+                    state: FileState::Sent,
+                },
+            ),
+            ClientWrite::Upload(f.blob, None),
+        ];
+        let content = Content::File(Box::new(f));
+        self.send_content(conn, &c, upload.envelope, caption, content, ttl, extra)
+            .await
+    }
+
+    /// Reads the file once for its digest, makes its key, blob id and capability, and stores
+    /// the upload before any chunk leaves.
+    fn begin_upload(
+        &mut self,
+        contact: &str,
+        path: &Path,
+        path_text: &str,
+        modified: u64,
+        size: u64,
+        caption: &str,
+    ) -> Result<StoredUpload, ClientLibError> {
+        let mut digest = FileDigest::default();
+        let mut file = std::fs::File::open(path).map_err(io_err(path))?;
+        let mut buf = vec![0u8; CHUNK_BYTES as usize];
+        loop {
+            let n = file.read(&mut buf).map_err(io_err(path))?;
+            if n == 0 {
+                break;
+            }
+            digest.update(&buf[..n]);
+        }
+        let rng = &mut rand::rng();
+        let cipher = FileCipher::generate(rng, size).map_err(ClientLibError::File)?;
+        let mut blob = [0u8; 16];
+        let mut cap = [0u8; 32];
+        rand::Rng::fill_bytes(rng, &mut blob);
+        rand::Rng::fill_bytes(rng, &mut cap);
+        let name = file_name_of(path);
+        let file = FileRef {
+            mime: mime_of(&name).into(),
+            name,
+            caption: caption.into(),
+            size,
+            digest: digest.finish(),
+            cipher,
+            node: self.home_node.clone(),
+            blob: BlobId(blob),
+            cap: Capability(cap),
+            expires_at: now_millis().saturating_add(DEFAULT_TTL_MS),
+        };
+        let upload = StoredUpload {
+            contact: contact.into(),
+            path: path_text.into(),
+            modified_ms: modified,
+            envelope: EnvelopeId::random(rng),
+            file,
+        };
+        self.db
+            .commit(&[ClientWrite::Upload(upload.file.blob, Some(upload.clone()))])?;
+        Ok(upload)
+    }
+
+    /// Files sent and received, newest last, by the id of the message that carries each.
+    pub fn files(&self) -> Result<Vec<(EnvelopeId, StoredFile)>, ClientLibError> {
+        let mut all = self.db.files()?;
+        all.sort_by_key(|(_, f)| f.file.expires_at);
+        Ok(all)
+    }
+
+    /// Uploads begun and not yet sent.
+    pub fn uploads(&self) -> Result<Vec<StoredUpload>, ClientLibError> {
+        Ok(self.db.uploads()?)
+    }
+
+    /// The file a message carries, if any.
+    pub fn file(&self, id: &EnvelopeId) -> Result<Option<StoredFile>, ClientLibError> {
+        Ok(self.db.file(id)?)
+    }
+
+    /// The file whose message id starts with `prefix` (hex).
+    pub fn find_file(&self, prefix: &str) -> Result<(EnvelopeId, StoredFile), ClientLibError> {
+        let prefix = prefix.to_ascii_lowercase();
+        let mut hits = self
+            .db
+            .files()?
+            .into_iter()
+            .filter(|(id, _)| !prefix.is_empty() && id.to_hex().starts_with(&prefix));
+        match (hits.next(), hits.next()) {
+            (Some(hit), None) => Ok(hit),
+            (Some(_), Some(_)) => Err(ClientLibError::AmbiguousFile(prefix)),
+            (None, _) => Err(ClientLibError::NoSuchFile(prefix)),
+        }
+    }
+
+    /// Asks the home node how the files this device sent stand: fetched by the recipient's
+    /// device, or gone at their expiry. Returns the files whose state changed.
+    pub async fn refresh_files(&mut self, conn: &mut Connection) -> Result<usize, ClientLibError> {
+        let now = now_millis();
+        let mut changed = 0;
+        for (id, mut f) in self.db.files()? {
+            if f.direction != Direction::Outgoing || f.state != FileState::Sent {
+                continue;
+            }
+            let new = match conn
+                .call(&self.key, ClientOp::BlobStatus(f.file.blob))
+                .await
+            {
+                Ok(ClientResponse::Blob(s)) if s.phase == BlobPhase::Fetched => FileState::Fetched,
+                Ok(_) => continue,
+                Err(ClientLibError::Refused(ClientError::NoSuchBlob))
+                    if f.file.expires_at <= now =>
+                {
+                    FileState::Expired
+                }
+                Err(ClientLibError::Refused(ClientError::NoSuchBlob)) => continue,
+                Err(e) => return Err(e),
+            };
+            f.state = new;
+            self.db.commit(&[ClientWrite::File(id, f)])?;
+            changed += 1;
+        }
+        Ok(changed)
+    }
+
+    /// Downloads the file of message `id` through the home node, decrypting as it streams, into
+    /// a temporary file beside `out` (default: its own name in the current directory), checks
+    /// it against its digest and only then renames it into place. Resumable: the temporary file
+    /// holds the chunks already verified. Returns where the file is.
+    pub async fn fetch_file(
+        &mut self,
+        conn: &mut Connection,
+        id: &EnvelopeId,
+        out: Option<&Path>,
+        progress: Progress<'_>,
+    ) -> Result<PathBuf, ClientLibError> {
+        let mut stored = self
+            .db
+            .file(id)?
+            .filter(|f| f.direction == Direction::Incoming)
+            .ok_or_else(|| ClientLibError::NoSuchFile(id.to_hex()))?;
+        let f = stored.file.clone();
+        match &stored.state {
+            FileState::Downloaded { path } if Path::new(path).exists() => {
+                return Ok(PathBuf::from(path));
+            }
+            FileState::Expired => return Err(ClientLibError::FileExpired),
+            _ => {}
+        }
+        if f.expires_at <= now_millis() {
+            self.set_file_state(id, &mut stored, FileState::Expired)?;
+            return Err(ClientLibError::FileExpired);
+        }
+        let dest = match out {
+            Some(p) if p.is_dir() => p.join(&f.name),
+            Some(p) => p.to_path_buf(),
+            None => PathBuf::from(&f.name),
+        };
+        if dest.exists() {
+            return Err(ClientLibError::OutputExists(dest));
+        }
+        let mut part_name = dest.as_os_str().to_owned();
+        part_name.push(PART_SUFFIX);
+        let part = PathBuf::from(part_name);
+        let part_text = part.to_string_lossy().into_owned();
+        let mut done = match &stored.state {
+            FileState::Downloading { part: p, done } if *p == part_text && part.exists() => *done,
+            _ => 0,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&part)
+            .map_err(io_err(&part))?;
+        // What was verified before: the first `done` chunks' bytes (anything past them is
+        // from a write that was not recorded and is cut off).
+        let chunk = u64::from(CHUNK_BYTES);
+        let kept = (u64::from(done) * chunk).min(f.size);
+        file.set_len(kept).map_err(io_err(&part))?;
+        let mut digest = FileDigest::default();
+        file.seek(SeekFrom::Start(0)).map_err(io_err(&part))?;
+        let mut buf = vec![0u8; CHUNK_BYTES as usize];
+        let mut left = kept;
+        while left > 0 {
+            let n = (left as usize).min(buf.len());
+            file.read_exact(&mut buf[..n]).map_err(io_err(&part))?;
+            digest.update(&buf[..n]);
+            left -= n as u64;
+        }
+        progress(kept, f.size);
+        while done < f.cipher.chunks {
+            let op = ClientOp::BlobGet {
+                node: f.node.clone(),
+                blob: f.blob,
+                index: done,
+                cap: f.cap.clone(),
+            };
+            let sealed = match conn.call(&self.key, op).await {
+                Ok(ClientResponse::Chunk(c)) => c,
+                Ok(other) => return Err(unexpected(other)),
+                Err(ClientLibError::Refused(ClientError::NoSuchBlob)) => {
+                    drop(file);
+                    let _ = std::fs::remove_file(&part);
+                    self.set_file_state(id, &mut stored, FileState::Expired)?;
+                    return Err(ClientLibError::FileExpired);
+                }
+                Err(e) => return Err(e),
+            };
+            let plain = match f.cipher.open(done, &sealed) {
+                Ok(p) => p,
+                Err(e) => {
+                    drop(file);
+                    let _ = std::fs::remove_file(&part);
+                    self.set_file_state(id, &mut stored, FileState::Received)?;
+                    return Err(ClientLibError::FileCorrupt(e));
+                }
+            };
+            let start = u64::from(done) * chunk;
+            let real = f.size.saturating_sub(start).min(plain.len() as u64) as usize;
+            file.write_all(&plain[..real]).map_err(io_err(&part))?;
+            digest.update(&plain[..real]);
+            // On disk before it counts as done, so a resume never trusts bytes that were lost.
+            file.sync_data().map_err(io_err(&part))?;
+            done += 1;
+            self.set_file_state(
+                id,
+                &mut stored,
+                FileState::Downloading {
+                    part: part_text.clone(),
+                    done,
+                },
+            )?;
+            progress(start + real as u64, f.size);
+        }
+        if digest.finish() != f.digest {
+            drop(file);
+            let _ = std::fs::remove_file(&part);
+            self.set_file_state(id, &mut stored, FileState::Received)?;
+            return Err(ClientLibError::FileCorrupt(FileError::Digest));
+        }
+        file.sync_all().map_err(io_err(&part))?;
+        drop(file);
+        std::fs::rename(&part, &dest).map_err(io_err(&dest))?;
+        if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty())
+            && let Ok(d) = std::fs::File::open(dir)
+        {
+            let _ = d.sync_all();
+        }
+        let place = std::fs::canonicalize(&dest).unwrap_or(dest);
+        self.set_file_state(
+            id,
+            &mut stored,
+            FileState::Downloaded {
+                path: place.to_string_lossy().into_owned(),
+            },
+        )?;
+        // The holding node may delete it now; if this fails it goes at its expiry.
+        let op = ClientOp::BlobDone {
+            node: f.node.clone(),
+            blob: f.blob,
+            cap: f.cap.clone(),
+        };
+        if let Err(e) = conn.call(&self.key, op).await {
+            tracing::debug!(error = %e, "could not tell the holding node the file was fetched");
+        }
+        Ok(place)
+    }
+
+    fn set_file_state(
+        &mut self,
+        id: &EnvelopeId,
+        stored: &mut StoredFile,
+        state: FileState,
+    ) -> Result<(), ClientLibError> {
+        stored.state = state;
+        self.db.commit(&[ClientWrite::File(*id, stored.clone())])?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_gives_a_name_that_stays_in_the_download_folder() {
+        assert_eq!(file_name_of(Path::new("/tmp/talk.mp4")), "talk.mp4");
+        assert_eq!(file_name_of(Path::new("/tmp/.bashrc")), "bashrc");
+        assert_eq!(file_name_of(Path::new("/tmp/a\u{1b}[2Jb")), "a_[2Jb");
+        assert_eq!(file_name_of(Path::new("/")), "file");
+        assert_eq!(file_name_of(Path::new("/x/...")), "file");
+        assert_eq!(mime_of("Talk.MP4"), "video/mp4");
+        assert_eq!(mime_of("noext"), "application/octet-stream");
+    }
+}
