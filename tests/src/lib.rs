@@ -160,10 +160,17 @@ pub struct Net {
     pub bootstrap: Proc,
     pub nodes: Vec<Option<Proc>>,
     ports: Vec<String>,
+    /// Further `hestia node run` arguments every node gets (settings under test).
+    node_args: Vec<String>,
 }
 
 impl Net {
     pub fn start(n: usize) -> Net {
+        Net::start_with(n, &[])
+    }
+
+    /// [`Net::start`] with further `hestia node run` arguments for every node.
+    pub fn start_with(n: usize, node_args: &[&str]) -> Net {
         let tmp = tempfile::tempdir().unwrap();
         let bdir = tmp.path().join("bootstrap");
         let bootstrap = spawn(
@@ -182,6 +189,7 @@ impl Net {
             bootstrap,
             nodes: Vec::new(),
             ports: Vec::new(),
+            node_args: node_args.iter().map(|a| a.to_string()).collect(),
         };
         for i in 0..n {
             let p = net.spawn_node(i, "0");
@@ -200,21 +208,20 @@ impl Net {
         let listen = format!("/ip4/127.0.0.1/tcp/{port}");
         // QUIC too, on a fresh port each start; `addr` is always the TCP one.
         let quic = "/ip4/127.0.0.1/udp/0/quic-v1";
-        spawn(
-            &dir,
-            &[
-                "node",
-                "run",
-                "--data-dir",
-                dir.to_str().unwrap(),
-                "--listen",
-                &listen,
-                "--listen",
-                quic,
-                "--bootstrap",
-                &self.bootstrap.addr,
-            ],
-        )
+        let mut args = vec![
+            "node",
+            "run",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            &listen,
+            "--listen",
+            quic,
+            "--bootstrap",
+            &self.bootstrap.addr,
+        ];
+        args.extend(self.node_args.iter().map(String::as_str));
+        spawn(&dir, &args)
     }
 
     pub fn node_addr(&self, i: usize) -> String {

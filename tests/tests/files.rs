@@ -143,3 +143,107 @@ fn an_upload_killed_midway_resumes_without_sending_stored_chunks_again() {
     net.ok("bob", &["file", "get", &id, "--out", out.to_str().unwrap()]);
     assert_eq!(digest_of(&out), want);
 }
+
+/// Bob's stored reference to the file of message `id`, changed by `edit` (as a modified
+/// sender's client could have written it: the letter is what the sender chose).
+fn tamper(net: &Net, id: &str, edit: impl FnOnce(&mut hestia_store::client::StoredFile)) {
+    use hestia_store::client::{ClientDb, ClientWrite};
+    let mut db = ClientDb::open(&net.home("bob")).unwrap();
+    let (envelope, mut f) = db
+        .files()
+        .unwrap()
+        .into_iter()
+        .find(|(e, _)| e.to_hex().starts_with(id))
+        .unwrap();
+    edit(&mut f);
+    db.commit(&[ClientWrite::File(envelope, f)]).unwrap();
+}
+
+#[test]
+fn a_wrong_key_a_wrong_digest_and_an_expired_file_fail_plainly_and_write_nothing() {
+    let net = Net::start(1);
+    net.account("alice", 0);
+    let bob = net.account("bob", 0);
+    net.ok("alice", &["contact", "add", "bob", &bob]);
+    let src = net.tmp.path().join(NAME);
+    let want = write_file(&src, 700_000);
+    net.ok("alice", &["send", "bob", "--file", src.to_str().unwrap()]);
+    let id = file_id(&net.ok("bob", &["inbox"]));
+    let out = net.tmp.path().join("out.bin");
+    let get = |net: &Net| net.run("bob", &["file", "get", &id, "--out", out.to_str().unwrap()]);
+    let nothing_written = |why: &str| {
+        assert!(!out.exists(), "{why}: something at the output path");
+        let part = net.tmp.path().join("out.bin.hestia-part");
+        assert!(!part.exists(), "{why}: a partial file left");
+    };
+
+    let key = {
+        let mut key = None;
+        tamper(&net, &id, |f| {
+            key = Some(f.file.cipher.key.clone());
+            f.file.cipher.key.0[0] ^= 1;
+        });
+        key.unwrap()
+    };
+    let r = get(&net);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("did not verify"),
+        "{err}"
+    );
+    nothing_written("wrong key");
+
+    // The right key, a digest that is not the file's: every chunk opens, the whole fails.
+    tamper(&net, &id, |f| {
+        f.file.cipher.key = key.clone();
+        f.file.digest[0] ^= 1;
+    });
+    let r = get(&net);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("did not verify"),
+        "{err}"
+    );
+    nothing_written("wrong digest");
+
+    // Put right, it downloads; once fetched the node deletes it, and asking for it again
+    // (say, from another copy of the reference) is "file expired".
+    tamper(&net, &id, |f| f.file.digest[0] ^= 1);
+    net.ok("bob", &["file", "get", &id, "--out", out.to_str().unwrap()]);
+    assert_eq!(digest_of(&out), want);
+    std::fs::remove_file(&out).unwrap();
+    tamper(&net, &id, |f| {
+        f.state = hestia_store::client::FileState::Received
+    });
+    let r = get(&net);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("file expired"), "{err}");
+    nothing_written("expired");
+    assert!(net.ok("bob", &["file", "list"]).contains("file expired"));
+}
+
+#[test]
+fn a_file_larger_than_the_node_takes_is_refused_before_any_chunk_is_sent() {
+    let net = Net::start_with(1, &["--max-file-mib", "1"]);
+    net.account("alice", 0);
+    let bob = net.account("bob", 0);
+    net.ok("alice", &["contact", "add", "bob", &bob]);
+    let src = net.tmp.path().join(NAME);
+    write_file(&src, 3 << 20);
+    let r = net.run("alice", &["send", "bob", "--file", src.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("larger than this node accepts"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one plain line: {err}");
+    let db = NodeDb::open_read_only(&net.node_dir(0).join("db")).unwrap();
+    assert!(db.load().unwrap().blobs.is_empty());
+    drop(db);
+    let list = net.ok("alice", &["file", "list"]);
+    assert!(!list.contains("interrupted"), "nothing to resume: {list}");
+    // A file within the limit goes.
+    write_file(&src, 512 << 10);
+    net.ok("alice", &["send", "bob", "--file", src.to_str().unwrap()]);
+    assert!(net.ok("bob", &["inbox"]).contains(NAME));
+}

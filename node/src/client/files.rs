@@ -133,24 +133,43 @@ impl Device {
         let path_text = path.to_string_lossy().into_owned();
         let modified = modified_ms(&meta);
         let now = now_millis();
-        let resumed = self.db.uploads()?.into_iter().find(|u| {
-            u.path == path_text
-                && u.contact == c.name
-                && u.modified_ms == modified
-                && u.file.size == size
-                && u.file.caption == caption
-                && u.file.expires_at > now
-        });
-        let upload = match resumed {
+        let (same, stale): (Vec<_>, Vec<_>) = self
+            .db
+            .uploads()?
+            .into_iter()
+            .filter(|u| u.path == path_text && u.contact == c.name)
+            .partition(|u| {
+                u.modified_ms == modified
+                    && u.file.size == size
+                    && u.file.caption == caption
+                    && u.file.expires_at > now
+            });
+        // An earlier upload of this path to this contact that can no longer be resumed (the
+        // file or caption changed, or it expired) is forgotten; its node deletes it when idle.
+        let forget: Vec<ClientWrite> = stale
+            .iter()
+            .map(|u| ClientWrite::Upload(u.file.blob, None))
+            .collect();
+        self.db.commit(&forget)?;
+        let upload = match same.into_iter().next() {
             Some(u) => u,
             None => self.begin_upload(&c.name, &path, &path_text, modified, size, caption)?,
         };
         let f = upload.file.clone();
         let spec = BlobSpec::of_file(size, cap_hash(&f.cap), f.expires_at);
         let op = ClientOp::BlobBegin { blob: f.blob, spec };
-        let state = match conn.call(&self.key, op).await? {
-            ClientResponse::Blob(s) => s,
-            other => return Err(unexpected(other)),
+        let state = match conn.call(&self.key, op).await {
+            Ok(ClientResponse::Blob(s)) => s,
+            Ok(other) => return Err(unexpected(other)),
+            // Refusals that a retry cannot cure: nothing is left to resume.
+            Err(
+                e
+                @ ClientLibError::Refused(ClientError::BlobTooLarge { .. } | ClientError::BadBlob),
+            ) => {
+                self.db.commit(&[ClientWrite::Upload(f.blob, None)])?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
         };
         let chunk_bytes = |i: u32| {
             chunk_plain_len(size, i).min(size.saturating_sub(u64::from(i) * u64::from(CHUNK_BYTES)))
