@@ -41,6 +41,9 @@ pub enum Only {
     /// One device to another, end to end, on one node and across two, beside Prosody
     /// (`--messages`).
     Chat,
+    /// One file from a device to another across two nodes, every party its own process,
+    /// beside raw sealing and synced chunk writes (`--file-mib`).
+    Files,
 }
 
 #[derive(Args)]
@@ -66,6 +69,9 @@ pub struct BenchArgs {
     /// Messages per run in the chat benchmark (paced runs send at least two seconds' worth).
     #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(10..=100_000))]
     messages: u64,
+    /// Size of the file in the files benchmark, in MiB.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=8192))]
+    file_mib: u64,
     /// Envelopes per client send request in the throughput run.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=256))]
     batch: u64,
@@ -481,6 +487,10 @@ fn rocksdb_baseline(writes: usize, batch: usize) -> Result<f64> {
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
+    if args.only == Some(Only::Files) {
+        let mib = args.file_mib;
+        return tokio::task::spawn_blocking(move || crate::bench_files::run(mib)).await?;
+    }
     if args.only == Some(Only::Chat) {
         return crate::bench_chat::run(args.messages as usize).await;
     }

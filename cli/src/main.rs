@@ -5,6 +5,7 @@
 mod bench;
 mod bench_chat;
 mod bench_devices;
+mod bench_files;
 mod bench_sessions;
 mod bench_storage;
 mod demo;

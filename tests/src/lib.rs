@@ -10,10 +10,17 @@ use std::time::{Duration, Instant};
 /// Bound on waiting for a process to start listening or a state to be reached.
 pub const WAIT: Duration = Duration::from_secs(45);
 
+static HESTIA_BIN: OnceLock<PathBuf> = OnceLock::new();
+
 /// The `hestia` binary, built (or found up to date) once per test process.
 pub fn hestia_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| built_bin("hestia-cli", "hestia"))
+    HESTIA_BIN.get_or_init(|| built_bin("hestia-cli", "hestia"))
+}
+
+/// Makes the harness run `exe` as `hestia` instead of building it: for callers that are the
+/// binary themselves (the benchmarks). No effect once the harness has started a process.
+pub fn use_hestia_bin(exe: PathBuf) {
+    let _ = HESTIA_BIN.set(exe);
 }
 
 /// Builds one binary of a workspace package (a no-op when up to date) and returns its path.

@@ -108,6 +108,84 @@ impl Connection {
         answer
     }
 
+    /// Sends these requests at once and returns their answers in the same order: the way to
+    /// keep a link busy with several chunks in flight. They go on the session (the first is
+    /// sent alone, signed, if there is none yet); one the node answers `SessionUnknown` is sent
+    /// again signed.
+    pub async fn call_all(
+        &mut self,
+        key: &IdentityKey,
+        ops: Vec<ClientOp>,
+    ) -> Vec<Result<ClientResponse, ClientLibError>> {
+        let user = key.user_id();
+        let mut ops = ops.into_iter();
+        let mut out = Vec::new();
+        if self.session != Some(user) {
+            let Some(first) = ops.next() else {
+                return out;
+            };
+            out.push(self.call(key, first).await);
+        }
+        let ops: Vec<ClientOp> = ops.collect();
+        let mut pending = std::collections::HashMap::new();
+        for (i, op) in ops.iter().enumerate() {
+            let id = self.swarm.behaviour_mut().rr.send_request(
+                &self.node,
+                ClientRequest {
+                    auth: Auth::Session(user),
+                    op: op.clone(),
+                },
+            );
+            pending.insert(id, i);
+        }
+        let mut answers: Vec<Option<Result<ClientResponse, ClientLibError>>> =
+            (0..ops.len()).map(|_| None).collect();
+        while !pending.is_empty() {
+            let SwarmEvent::Behaviour(ClientBehaviourEvent::Rr(ev)) =
+                self.swarm.select_next_some().await
+            else {
+                continue;
+            };
+            let (id, answer) = match ev {
+                request_response::Event::Message {
+                    message:
+                        request_response::Message::Response {
+                            request_id,
+                            response,
+                        },
+                    ..
+                } => (
+                    request_id,
+                    match response {
+                        ClientResponse::Error(e) => Err(ClientLibError::Refused(e)),
+                        r => Ok(r),
+                    },
+                ),
+                request_response::Event::OutboundFailure {
+                    request_id, error, ..
+                } => (
+                    request_id,
+                    Err(ClientLibError::RequestFailed(error.to_string())),
+                ),
+                _ => continue,
+            };
+            if let Some(i) = pending.remove(&id) {
+                answers[i] = Some(answer);
+            }
+        }
+        for (op, answer) in ops.into_iter().zip(answers) {
+            let answer = answer.expect("every request is answered or failed");
+            out.push(match answer {
+                Err(ClientLibError::Refused(ClientError::SessionUnknown)) => {
+                    self.session = None;
+                    self.call(key, op).await
+                }
+                other => other,
+            });
+        }
+        out
+    }
+
     async fn send(&mut self, auth: Auth, op: ClientOp) -> Result<ClientResponse, ClientLibError> {
         let id = self
             .swarm

@@ -20,6 +20,10 @@ use std::path::{Path, PathBuf};
 /// The suffix of the temporary file a download is written to beside its destination.
 pub const PART_SUFFIX: &str = ".hestia-part";
 
+/// Chunks in flight at once in each direction: keeps the link and the node's disk busy while
+/// holding at most this many chunks (1 MiB) in memory.
+pub const CHUNKS_IN_FLIGHT: usize = 4;
+
 /// Called as a transfer goes: bytes of the file done so far, and in all.
 pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 
@@ -181,19 +185,27 @@ impl Device {
         progress(done, size);
         if state.phase == BlobPhase::Uploading {
             let mut file = std::fs::File::open(&path).map_err(io_err(&path))?;
-            for i in (0..f.cipher.chunks).filter(|i| !state.is_held(*i)) {
-                let plain = read_chunk(&mut file, size, i).map_err(io_err(&path))?;
-                let chunk = f.cipher.seal(i, &plain).map_err(ClientLibError::File)?;
-                let op = ClientOp::BlobPut {
-                    blob: f.blob,
-                    index: i,
-                    chunk,
-                };
-                match conn.call(&self.key, op).await? {
-                    ClientResponse::ChunkStored { .. } => {}
-                    other => return Err(unexpected(other)),
+            let missing: Vec<u32> = (0..f.cipher.chunks)
+                .filter(|i| !state.is_held(*i))
+                .collect();
+            for group in missing.chunks(CHUNKS_IN_FLIGHT) {
+                let mut ops = Vec::with_capacity(group.len());
+                for &i in group {
+                    let plain = read_chunk(&mut file, size, i).map_err(io_err(&path))?;
+                    let chunk = f.cipher.seal(i, &plain).map_err(ClientLibError::File)?;
+                    ops.push(ClientOp::BlobPut {
+                        blob: f.blob,
+                        index: i,
+                        chunk,
+                    });
                 }
-                done += chunk_bytes(i);
+                for (&i, answer) in group.iter().zip(conn.call_all(&self.key, ops).await) {
+                    match answer? {
+                        ClientResponse::ChunkStored { .. } => {}
+                        other => return Err(unexpected(other)),
+                    }
+                    done += chunk_bytes(i);
+                }
                 progress(done, size);
             }
         }
@@ -402,39 +414,47 @@ impl Device {
         }
         progress(kept, f.size);
         while done < f.cipher.chunks {
-            let op = ClientOp::BlobGet {
-                node: f.node.clone(),
-                blob: f.blob,
-                index: done,
-                cap: f.cap.clone(),
-            };
-            let sealed = match conn.call(&self.key, op).await {
-                Ok(ClientResponse::Chunk(c)) => c,
-                Ok(other) => return Err(unexpected(other)),
-                Err(ClientLibError::Refused(ClientError::NoSuchBlob)) => {
-                    drop(file);
-                    let _ = std::fs::remove_file(&part);
-                    self.set_file_state(id, &mut stored, FileState::Expired)?;
-                    return Err(ClientLibError::FileExpired);
-                }
-                Err(e) => return Err(e),
-            };
-            let plain = match f.cipher.open(done, &sealed) {
-                Ok(p) => p,
-                Err(e) => {
-                    drop(file);
-                    let _ = std::fs::remove_file(&part);
-                    self.set_file_state(id, &mut stored, FileState::Received)?;
-                    return Err(ClientLibError::FileCorrupt(e));
-                }
-            };
-            let start = u64::from(done) * chunk;
-            let real = f.size.saturating_sub(start).min(plain.len() as u64) as usize;
-            file.write_all(&plain[..real]).map_err(io_err(&part))?;
-            digest.update(&plain[..real]);
-            // On disk before it counts as done, so a resume never trusts bytes that were lost.
+            let group: Vec<u32> = (done..f.cipher.chunks).take(CHUNKS_IN_FLIGHT).collect();
+            let ops = group
+                .iter()
+                .map(|&index| ClientOp::BlobGet {
+                    node: f.node.clone(),
+                    blob: f.blob,
+                    index,
+                    cap: f.cap.clone(),
+                })
+                .collect();
+            for answer in conn.call_all(&self.key, ops).await {
+                let sealed = match answer {
+                    Ok(ClientResponse::Chunk(c)) => c,
+                    Ok(other) => return Err(unexpected(other)),
+                    Err(ClientLibError::Refused(ClientError::NoSuchBlob)) => {
+                        drop(file);
+                        let _ = std::fs::remove_file(&part);
+                        self.set_file_state(id, &mut stored, FileState::Expired)?;
+                        return Err(ClientLibError::FileExpired);
+                    }
+                    Err(e) => return Err(e),
+                };
+                let plain = match f.cipher.open(done, &sealed) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        drop(file);
+                        let _ = std::fs::remove_file(&part);
+                        self.set_file_state(id, &mut stored, FileState::Received)?;
+                        return Err(ClientLibError::FileCorrupt(e));
+                    }
+                };
+                let start = u64::from(done) * chunk;
+                let real = f.size.saturating_sub(start).min(plain.len() as u64) as usize;
+                file.write_all(&plain[..real]).map_err(io_err(&part))?;
+                digest.update(&plain[..real]);
+                done += 1;
+                progress(start + real as u64, f.size);
+            }
+            // On disk before they count as done, so a resume never trusts bytes that were lost
+            // (it cuts the file back to what was counted).
             file.sync_data().map_err(io_err(&part))?;
-            done += 1;
             self.set_file_state(
                 id,
                 &mut stored,
@@ -443,7 +463,6 @@ impl Device {
                     done,
                 },
             )?;
-            progress(start + real as u64, f.size);
         }
         if digest.finish() != f.digest {
             drop(file);
