@@ -635,7 +635,15 @@ async fn run(cli: Cli) -> Result<()> {
             let (envelope, f) = d.find_file(&id)?;
             let mut conn = d.connect().await?;
             let bar = progress_bar("downloading");
-            let mut tick = |done, total| progress_to(&bar, done, total);
+            let mut first = true;
+            let mut tick = |done: u64, total: u64| {
+                if std::mem::take(&mut first) && done > 0 {
+                    bar.suspend(|| {
+                        eprintln!("resuming: {} of {} already here", mib(done), mib(total))
+                    });
+                }
+                progress_to(&bar, done, total)
+            };
             let place = d
                 .fetch_file(&mut conn, &envelope, out.as_deref(), &mut tick)
                 .await;

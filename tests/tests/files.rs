@@ -247,3 +247,73 @@ fn a_file_larger_than_the_node_takes_is_refused_before_any_chunk_is_sent() {
     net.ok("alice", &["send", "bob", "--file", src.to_str().unwrap()]);
     assert!(net.ok("bob", &["inbox"]).contains(NAME));
 }
+
+/// Chunks node `i` holds of all uploads.
+fn chunks_held(net: &Net, i: usize) -> u32 {
+    let db = NodeDb::open_read_only(&net.node_dir(i).join("db")).unwrap();
+    db.load()
+        .unwrap()
+        .blobs
+        .iter()
+        .map(|(_, r)| r.held.iter().map(|b| b.count_ones()).sum::<u32>())
+        .sum()
+}
+
+/// Waits (bounded) until `ready` holds.
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < hestia_tests::WAIT, "never: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_node_killed_mid_upload_and_a_download_killed_midway_both_resume_to_the_same_bytes() {
+    let mut net = Net::start(2);
+    net.account("alice", 0);
+    let bob = net.account("bob", 1);
+    net.ok("alice", &["contact", "add", "bob", &bob]);
+    let src = net.tmp.path().join(NAME);
+    let want = write_file(&src, 48 << 20);
+
+    // SIGKILL Alice's node while her device uploads: the send fails; after the node restarts,
+    // the same send continues from what the node had made durable.
+    let (mut child, _) =
+        net.spawn_client("alice", &["send", "bob", "--file", src.to_str().unwrap()]);
+    wait_until("the upload starts", || chunks_held(&net, 0) >= 8);
+    net.kill9(0);
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "the send cannot have finished without its node"
+    );
+    net.restart(0);
+    let resumed = net.run("alice", &["send", "bob", "--file", src.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&resumed.stderr);
+    assert!(
+        resumed.status.success() && err.contains("resuming:"),
+        "{err}"
+    );
+
+    // Kill Bob's download midway: the rerun continues from the verified chunks.
+    let id = file_id(&net.ok("bob", &["inbox"]));
+    let out = net.tmp.path().join("got.bin");
+    let part = net.tmp.path().join("got.bin.hestia-part");
+    let (mut child, _) =
+        net.spawn_client("bob", &["file", "get", &id, "--out", out.to_str().unwrap()]);
+    wait_until("the download starts", || {
+        std::fs::metadata(&part).is_ok_and(|m| m.len() >= 4 << 20)
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !out.exists(),
+        "no file at the output path before it is verified"
+    );
+    let again = net.run("bob", &["file", "get", &id, "--out", out.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success() && err.contains("resuming:"), "{err}");
+    assert_eq!(digest_of(&out), want);
+    assert!(!part.exists());
+}
