@@ -9,12 +9,17 @@ use hestia_bootstrap::Bootstrap;
 use hestia_node::client::{Device, InboxEvent};
 use hestia_node::driver::{Node, NodeConfig};
 use hestia_store::client::MessageState;
+use hestia_tests::files_containing;
 use libp2p::Multiaddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 const TEXT: &str = "Meet me at the old lighthouse at nine. Bring the blue notebook.";
 /// Bound on every wait in the demo, so it never hangs.
+/// Written all through the demo's file: it must be on no node's disk either.
+const FILE_MARKER: &[u8] = b"PHOTO-PLAINTEXT-7d2e ";
+/// The demo's file: 1 MiB, four chunks.
+const FILE_BYTES: usize = 1 << 20;
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The demo's longest receipt delay: long enough to show, short enough to wait for.
 const DEMO_RECEIPT_DELAY_MS: u64 = 2_000;
@@ -71,28 +76,6 @@ pub async fn start_local_node(
         addr: listen_addr(dir).await?,
         task,
     })
-}
-
-/// Every file under `dir` that contains `needle`.
-pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
-    let mut hits = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(bytes) = std::fs::read(&p)
-                && bytes.windows(needle.len()).any(|w| w == needle)
-            {
-                hits.push(p);
-            }
-        }
-    }
-    hits
 }
 
 pub async fn run() -> Result<()> {
@@ -207,6 +190,48 @@ pub async fn run() -> Result<()> {
         }
     }
 
+    step(
+        "Alice sends Bob a file. Her device encrypts it in 256 KiB chunks with a fresh key and \
+         uploads them to her node; the key and the file's name travel only inside the message. \
+         Bob's node fetches the chunks from hers for him; his device decrypts and verifies them",
+    );
+    let photo = root.join("lighthouse.jpg");
+    let bytes: Vec<u8> = FILE_MARKER
+        .iter()
+        .copied()
+        .cycle()
+        .take(FILE_BYTES)
+        .collect();
+    std::fs::write(&photo, &bytes)?;
+    let m = alice
+        .send_file(&mut ac, "bob", &photo, "the view from here", &mut |_, _| {})
+        .await?;
+    println!(
+        "alice -> bob: lighthouse.jpg (1 MiB), message {}",
+        m.envelope_id
+    );
+    let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+    while bob.file(&m.envelope_id)?.is_none() {
+        bob.sync(&mut bc, 500).await?;
+        if tokio::time::Instant::now() > deadline {
+            bail!("Bob never got the file's message");
+        }
+    }
+    let downloads = root.join("bob-downloads");
+    std::fs::create_dir_all(&downloads)?;
+    let got = bob
+        .fetch_file(&mut bc, &m.envelope_id, Some(&downloads), &mut |_, _| {})
+        .await?;
+    if std::fs::read(&got)? != bytes {
+        bail!("the file Bob got is not the one Alice sent");
+    }
+    println!(
+        "bob: {} verified, identical; Alice's node has deleted the chunks",
+        got.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    );
+
     step("Alice and Bob can compare one safety number out of band (`hestia contact verify`)");
     println!("{}", alice.safety_number("bob")?);
 
@@ -216,13 +241,15 @@ pub async fn run() -> Result<()> {
         print!("{}", inspect::render(&inspect::snapshot(dir)?));
     }
 
-    step("Scanning every file of both nodes for the message text");
+    step("Scanning every file of both nodes for the message text, the file's bytes and its name");
     for (i, dir) in node_dirs.iter().enumerate() {
-        let hits = files_containing(dir, TEXT.as_bytes());
-        if !hits.is_empty() {
-            bail!("node {} stored plaintext in {:?}", i + 1, hits);
+        for needle in [TEXT.as_bytes(), FILE_MARKER, b"lighthouse.jpg"] {
+            let hits = files_containing(dir, needle);
+            if !hits.is_empty() {
+                bail!("node {} stored plaintext in {:?}", i + 1, hits);
+            }
         }
-        println!("node {}: not found in any file", i + 1);
+        println!("node {}: none of them in any file", i + 1);
     }
     let in_bob = files_containing(&root.join("bob"), TEXT.as_bytes());
     println!(

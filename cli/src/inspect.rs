@@ -8,7 +8,7 @@ use hestia_store::node::{MailboxEntry, NodeDb, NodeSnapshot, NodeStore};
 use std::path::Path;
 
 /// Unix milliseconds as `YYYY-MM-DD HH:MM:SS UTC` (civil date from days, after Howard Hinnant).
-fn utc(ms: Millis) -> String {
+pub(crate) fn utc(ms: Millis) -> String {
     let secs = ms / 1000;
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     let z = days + 719_468;
@@ -104,6 +104,26 @@ pub fn render(held: &Held) -> String {
             id,
             r.owner.fingerprint(),
             state(&r.state)
+        ));
+    }
+    out.push_str(&format!(
+        "  file uploads (encrypted chunks; name, key and recipient are not here): {}\n",
+        s.blobs.len()
+    ));
+    for (id, b) in &s.blobs {
+        let held: u32 = b.held.iter().map(|x| x.count_ones()).sum();
+        out.push_str(&format!(
+            "    blob {}  from {}  {} bytes in {} chunks, {} held  {:?}  expires {}\n",
+            id.0[..6]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>(),
+            b.owner.fingerprint(),
+            b.spec.total_bytes(),
+            b.spec.chunks,
+            held,
+            b.phase,
+            utc(b.spec.expires_at)
         ));
     }
     out.push_str(&format!(

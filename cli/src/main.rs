@@ -660,13 +660,28 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::File(FileCmd::List) => {
             let mut d = Device::open(&home(&cli.home)?)?;
-            // What the home node says of files sent (fetched, expired); offline, what is known.
-            if let Ok(mut conn) = d.connect().await {
-                d.refresh_files(&mut conn).await?;
+            // What the home node says of files sent (fetched, expired) and of uploads (how far);
+            // offline, what this device knows.
+            let mut conn = d.connect().await.ok();
+            if let Some(c) = conn.as_mut() {
+                d.refresh_files(c).await?;
             }
             for u in d.uploads()? {
+                let progress = match conn.as_mut() {
+                    Some(c) => match d.upload_progress(c, &u).await? {
+                        Some((held, chunks)) => {
+                            format!(
+                                "{}% uploaded",
+                                u64::from(held) * 100 / u64::from(chunks.max(1))
+                            )
+                        }
+                        None => "forgotten by your node (idle too long); sending again starts over"
+                            .into(),
+                    },
+                    None => "your node did not answer".into(),
+                };
                 println!(
-                    "uploading to {}: {} ({}): interrupted; run the same `hestia send {} --file` again to continue",
+                    "uploading to {}: {} ({}): interrupted, {progress}; run the same `hestia send {} --file` again to continue",
                     safe(&u.contact),
                     safe(&u.file.name),
                     mib(u.file.size),
@@ -692,7 +707,7 @@ async fn run(cli: Cli) -> Result<()> {
                     safe(&f.file.name),
                     mib(f.file.size),
                     safe(&f.file.mime),
-                    when(f.file.expires_at),
+                    inspect::utc(f.file.expires_at),
                     describe_file(&f)
                 );
             }
@@ -1058,24 +1073,6 @@ fn mib(bytes: u64) -> String {
     }
 }
 
-/// When a timestamp is, in UTC, to the minute.
-fn when(ms: u64) -> String {
-    let secs = (ms / 1000) as i64;
-    let days = secs.div_euclid(86_400);
-    let (h, m) = (secs.rem_euclid(86_400) / 3600, secs.rem_euclid(3600) / 60);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02} UTC")
-}
-
 fn describe_file(f: &hestia_store::client::StoredFile) -> String {
     use hestia_store::client::FileState;
     match &f.state {
@@ -1106,7 +1103,7 @@ fn print_file_of(d: &Device, m: &StoredMessage) {
             mib(r.size),
             safe(&r.mime),
             &m.envelope_id.to_hex()[..12],
-            when(r.expires_at),
+            inspect::utc(r.expires_at),
             safe(&r.name),
         );
         if m.direction == Direction::Incoming

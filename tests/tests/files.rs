@@ -132,7 +132,10 @@ fn an_upload_killed_midway_resumes_without_sending_stored_chunks_again() {
     child.kill().unwrap();
     child.wait().unwrap();
     let list = net.ok("alice", &["file", "list"]);
-    assert!(list.contains("interrupted"), "{list}");
+    assert!(
+        list.contains("interrupted") && list.contains("% uploaded"),
+        "{list}"
+    );
     let resumed = net.run("alice", &["send", "bob", "--file", src.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&resumed.stderr);
     assert!(resumed.status.success(), "{err}");

@@ -291,6 +291,24 @@ impl Device {
         Ok(all)
     }
 
+    /// How many of an upload's chunks the home node holds, and of how many (none if it has
+    /// forgotten the upload: idle too long).
+    pub async fn upload_progress(
+        &mut self,
+        conn: &mut Connection,
+        upload: &StoredUpload,
+    ) -> Result<Option<(u32, u32)>, ClientLibError> {
+        match conn
+            .call(&self.key, ClientOp::BlobStatus(upload.file.blob))
+            .await
+        {
+            Ok(ClientResponse::Blob(s)) => Ok(Some((s.held_count(), s.chunks))),
+            Ok(other) => Err(unexpected(other)),
+            Err(ClientLibError::Refused(ClientError::NoSuchBlob)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Uploads begun and not yet sent.
     pub fn uploads(&self) -> Result<Vec<StoredUpload>, ClientLibError> {
         Ok(self.db.uploads()?)
