@@ -535,6 +535,7 @@ async fn run(cli: Cli) -> Result<()> {
                     m?
                 }
                 None => {
+                    resume_uploads(&mut d, &mut conn).await;
                     let text = text.unwrap_or_default();
                     d.send_with_ttl(&mut conn, &contact, &text, ttl * 1000)
                         .await?
@@ -572,6 +573,7 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
             let mut conn = d.connect().await?;
+            resume_uploads(&mut d, &mut conn).await;
             if !follow {
                 for ev in d.sync(&mut conn, 0).await? {
                     print_event(&ev);
@@ -716,6 +718,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Status => {
             let mut d = Device::open(&home(&cli.home)?)?;
             let mut conn = d.connect().await?;
+            resume_uploads(&mut d, &mut conn).await;
             // Receipts arrive as messages: read them first, then ask the node about the rest.
             for ev in d.sync(&mut conn, 0).await? {
                 print_event(&ev);
@@ -1042,6 +1045,31 @@ fn print_message(m: &StoredMessage) {
         }
         Direction::Incoming => println!("{peer}: {text}"),
         Direction::Outgoing => println!("me -> {peer}: {text}  ({})", describe(&m.state)),
+    }
+}
+
+/// Continues uploads an earlier command left (it was interrupted, or its node went away), as
+/// any command that talks to the home node does. A failure is said and does not stop the
+/// command.
+async fn resume_uploads(d: &mut Device, conn: &mut hestia_node::client::Connection) {
+    if d.uploads().map_or(true, |u| u.is_empty()) {
+        return;
+    }
+    let bar = progress_bar("continuing an upload");
+    let mut tick = |done, total| progress_to(&bar, done, total);
+    let result = d.resume_uploads(conn, &mut tick).await;
+    bar.finish_and_clear();
+    match result {
+        Ok(sent) => {
+            for m in sent {
+                eprintln!(
+                    "continued an interrupted upload to {}: {}",
+                    safe(&m.peer_name),
+                    describe(&m.state)
+                );
+            }
+        }
+        Err(e) => eprintln!("an interrupted upload could not continue yet: {e}"),
     }
 }
 

@@ -136,10 +136,15 @@ fn an_upload_killed_midway_resumes_without_sending_stored_chunks_again() {
         list.contains("interrupted") && list.contains("% uploaded"),
         "{list}"
     );
-    let resumed = net.run("alice", &["send", "bob", "--file", src.to_str().unwrap()]);
+    // Any later command that talks to the node continues it (here: Alice reads her inbox).
+    let resumed = net.run("alice", &["inbox"]);
     let err = String::from_utf8_lossy(&resumed.stderr);
     assert!(resumed.status.success(), "{err}");
-    assert!(err.contains("resuming:"), "the rerun continued: {err}");
+    assert!(
+        err.contains("continued an interrupted upload to bob"),
+        "{err}"
+    );
+    assert!(!net.ok("alice", &["file", "list"]).contains("interrupted"));
     let inbox = net.ok("bob", &["inbox"]);
     let id = file_id(&inbox);
     let out = net.tmp.path().join("got.bin");
@@ -294,10 +299,16 @@ fn a_node_killed_mid_upload_and_a_download_killed_midway_both_resume_to_the_same
     net.restart(0);
     let resumed = net.run("alice", &["send", "bob", "--file", src.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&resumed.stderr);
-    assert!(
-        resumed.status.success() && err.contains("resuming:"),
-        "{err}"
-    );
+    assert!(err.contains("resuming:"), "{err}");
+    if !resumed.status.success() {
+        // Just restarted, her node may not have found Bob's again to fetch his prekeys: the
+        // upload is whole and kept, and her next command sends it.
+        assert!(err.contains("did not answer"), "{err}");
+        wait_until("the file's message goes", || {
+            let out = net.run("alice", &["status"]);
+            String::from_utf8_lossy(&out.stderr).contains("continued an interrupted upload")
+        });
+    }
 
     // Kill Bob's download midway: the rerun continues from the verified chunks.
     let id = file_id(&net.ok("bob", &["inbox"]));

@@ -159,6 +159,47 @@ impl Device {
             Some(u) => u,
             None => self.begin_upload(&c.name, &path, &path_text, modified, size, caption)?,
         };
+        self.continue_upload(conn, &c, upload, progress).await
+    }
+
+    /// Uploads begun and interrupted (a crash, Ctrl-C, the node going away) are continued by
+    /// any later command that talks to the home node: this goes on with each from the chunks
+    /// the node holds, and sends its message when it is whole. An upload whose file changed or
+    /// went away, or whose contact was removed, is forgotten. The messages sent.
+    pub async fn resume_uploads(
+        &mut self,
+        conn: &mut Connection,
+        progress: Progress<'_>,
+    ) -> Result<Vec<StoredMessage>, ClientLibError> {
+        let mut sent = Vec::new();
+        for upload in self.db.uploads()? {
+            let unchanged = std::fs::metadata(&upload.path).is_ok_and(|m| {
+                m.is_file() && m.len() == upload.file.size && modified_ms(&m) == upload.modified_ms
+            });
+            let contact = self.contact(&upload.contact);
+            let (true, Ok(c)) = (unchanged && upload.file.expires_at > now_millis(), contact)
+            else {
+                self.db
+                    .commit(&[ClientWrite::Upload(upload.file.blob, None)])?;
+                continue;
+            };
+            sent.push(self.continue_upload(conn, &c, upload, progress).await?);
+        }
+        Ok(sent)
+    }
+
+    /// Sends the chunks of `upload` the node does not hold yet, then the message.
+    async fn continue_upload(
+        &mut self,
+        conn: &mut Connection,
+        c: &hestia_store::client::Contact,
+        upload: StoredUpload,
+        progress: Progress<'_>,
+    ) -> Result<StoredMessage, ClientLibError> {
+        let path = PathBuf::from(&upload.path);
+        let size = upload.file.size;
+        let modified = upload.modified_ms;
+        let caption = upload.file.caption.clone();
         let f = upload.file.clone();
         let spec = BlobSpec::of_file(size, cap_hash(&f.cap), f.expires_at);
         let op = ClientOp::BlobBegin { blob: f.blob, spec };
@@ -228,7 +269,7 @@ impl Device {
             ClientWrite::Upload(f.blob, None),
         ];
         let content = Content::File(Box::new(f));
-        self.send_content(conn, &c, upload.envelope, caption, content, ttl, extra)
+        self.send_content(conn, c, upload.envelope, &caption, content, ttl, extra)
             .await
     }
 
