@@ -331,3 +331,51 @@ fn a_node_killed_mid_upload_and_a_download_killed_midway_both_resume_to_the_same
     assert_eq!(digest_of(&out), want);
     assert!(!part.exists());
 }
+
+#[test]
+fn either_node_killed_during_a_download_leaves_a_download_that_resumes_to_the_same_bytes() {
+    let mut net = Net::start(2);
+    net.account("alice", 0);
+    let bob = net.account("bob", 1);
+    net.ok("alice", &["contact", "add", "bob", &bob]);
+    let src = net.tmp.path().join(NAME);
+    let want = write_file(&src, 48 << 20);
+    net.ok("alice", &["send", "bob", "--file", src.to_str().unwrap()]);
+    let id = file_id(&net.ok("bob", &["inbox"]));
+    let out = net.tmp.path().join("got.bin");
+    let part = net.tmp.path().join("got.bin.hestia-part");
+    let mut reached = 0;
+    // The holding node (Alice's), then the fetching one (Bob's), each killed mid-download.
+    for node in [0, 1] {
+        let (mut child, _) =
+            net.spawn_client("bob", &["file", "get", &id, "--out", out.to_str().unwrap()]);
+        wait_until("the download moves on", || {
+            std::fs::metadata(&part).is_ok_and(|m| m.len() >= reached + (4 << 20))
+        });
+        net.kill9(node);
+        let status = child.wait().unwrap();
+        assert!(
+            !status.success(),
+            "the download cannot finish without node {node}"
+        );
+        assert!(
+            !out.exists(),
+            "nothing at the output path before it is verified"
+        );
+        reached = std::fs::metadata(&part).unwrap().len();
+        net.restart(node);
+    }
+    // Both back: it resumes from what was verified, and the bytes are the file's.
+    let mut said = String::new();
+    wait_until("the download completes", || {
+        let r = net.run("bob", &["file", "get", &id, "--out", out.to_str().unwrap()]);
+        said = String::from_utf8_lossy(&r.stderr).into_owned();
+        r.status.success()
+    });
+    assert!(
+        said.contains("resuming:"),
+        "it continued, not restarted: {said}"
+    );
+    assert_eq!(digest_of(&out), want);
+    assert!(!part.exists());
+}
