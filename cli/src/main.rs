@@ -123,7 +123,8 @@ enum NodeCmd {
 
 #[derive(Args, Default)]
 struct NodeRunArgs {
-    /// TOML config file with any of: data_dir, listen, bootstrap, registration_open.
+    /// TOML config file with any of: data_dir, listen, bootstrap, registration_open,
+    /// send_burst, sends_per_second, max_file_mib, file_quota_mib, file_storage_gib.
     #[arg(long)]
     config: Option<PathBuf>,
     #[arg(long)]
@@ -150,6 +151,9 @@ struct NodeRunArgs {
     /// Encrypted file bytes one local user may have stored at once, in MiB (default 8192).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
     file_quota_mib: Option<u64>,
+    /// Encrypted file bytes all local users together may have stored, in GiB (default 256).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    file_storage_gib: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -165,6 +169,7 @@ struct NodeFile {
     sends_per_second: Option<u64>,
     max_file_mib: Option<u64>,
     file_quota_mib: Option<u64>,
+    file_storage_gib: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -878,6 +883,10 @@ fn node_config(args: NodeRunArgs) -> Result<NodeConfig> {
                 .file_quota_mib
                 .or(file.file_quota_mib)
                 .map_or(hestia_node::relay::BLOB_QUOTA_PER_USER, |mib| mib << 20),
+            blob_total: args
+                .file_storage_gib
+                .or(file.file_storage_gib)
+                .map_or(hestia_node::relay::MAX_BLOB_STORED_BYTES, |gib| gib << 30),
         },
     })
 }

@@ -22,6 +22,9 @@ use std::collections::BTreeSet;
 pub const MAX_BLOB_BYTES: u64 = (2 << 30) + (256 << 20);
 /// Sealed bytes one user may have stored at once, by default.
 pub const BLOB_QUOTA_PER_USER: u64 = 8 << 30;
+/// Sealed bytes all users together may have stored at once, by default: the node's disk
+/// budget for files, apart from mail's.
+pub const MAX_BLOB_STORED_BYTES: u64 = 256 << 30;
 /// Uploads one user may have going (begun, not complete) at once.
 pub const MAX_UPLOADS_PER_USER: usize = 4;
 /// Blobs one user may have here at once, fetched ones (kept, without chunks, so the sender
@@ -192,6 +195,7 @@ impl Blobs {
         let o = self.owners.get(&owner);
         let (bytes, uploading, blobs) = o.map_or((0, 0, 0), |o| (o.bytes, o.uploading, o.blobs));
         if bytes.saturating_add(size) > limits.blob_quota
+            || self.stored_bytes.saturating_add(size) > limits.blob_total
             || uploading >= MAX_UPLOADS_PER_USER
             || blobs >= MAX_BLOBS_PER_USER
             || self.map.len() >= MAX_BLOBS
@@ -608,6 +612,18 @@ mod tests {
             );
         }
         assert_eq!(h.a.stats().blob_bytes, 2 * FULL as u64);
+        // The node's budget for all users together binds too.
+        h.a.config.limits.blob_quota = u64::MAX;
+        h.a.config.limits.blob_total = 3 * FULL as u64;
+        let begun = h.client(
+            true,
+            T0,
+            ClientOp::BlobBegin {
+                blob: BlobId([3; 16]),
+                spec: sp,
+            },
+        );
+        assert_eq!(begun, vec![ClientResponse::Error(ClientError::BlobQuota)]);
     }
 
     #[test]

@@ -43,8 +43,8 @@ mod parked;
 
 use blobs::Blobs;
 pub use blobs::{
-    BLOB_QUOTA_PER_USER, IDLE_UPLOAD_MS, MAX_BLOB_BYTES, MAX_BLOBS, MAX_BLOBS_PER_USER,
-    MAX_UPLOADS_PER_USER,
+    BLOB_QUOTA_PER_USER, IDLE_UPLOAD_MS, MAX_BLOB_BYTES, MAX_BLOB_STORED_BYTES, MAX_BLOBS,
+    MAX_BLOBS_PER_USER, MAX_UPLOADS_PER_USER,
 };
 pub use origins::MAX_STORED_BYTES_PER_NODE;
 use origins::{Origins, UNATTRIBUTED};
@@ -183,6 +183,8 @@ pub struct Limits {
     pub max_blob_bytes: u64,
     /// Sealed file bytes one local user may have stored at once.
     pub blob_quota: u64,
+    /// Sealed file bytes all local users together may have stored at once.
+    pub blob_total: u64,
 }
 
 impl Default for Limits {
@@ -193,6 +195,7 @@ impl Default for Limits {
             stored_per_node: MAX_STORED_BYTES_PER_NODE,
             max_blob_bytes: MAX_BLOB_BYTES,
             blob_quota: BLOB_QUOTA_PER_USER,
+            blob_total: MAX_BLOB_STORED_BYTES,
         }
     }
 }
@@ -206,6 +209,7 @@ impl Limits {
         stored_per_node: MAX_STORED_BYTES,
         max_blob_bytes: MAX_BLOB_BYTES,
         blob_quota: BLOB_QUOTA_PER_USER,
+        blob_total: MAX_BLOB_STORED_BYTES,
     };
 }
 
