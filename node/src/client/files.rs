@@ -224,23 +224,28 @@ impl Device {
             .map(chunk_bytes)
             .sum();
         progress(done, size);
-        if state.phase == BlobPhase::Uploading {
-            let mut file = std::fs::File::open(&path).map_err(io_err(&path))?;
-            let missing: Vec<u32> = (0..f.cipher.chunks)
-                .filter(|i| !state.is_held(*i))
-                .collect();
-            for group in missing.chunks(CHUNKS_IN_FLIGHT) {
-                let mut ops = Vec::with_capacity(group.len());
-                for &i in group {
-                    let plain = read_chunk(&mut file, size, i).map_err(io_err(&path))?;
-                    let chunk = f.cipher.seal(i, &plain).map_err(ClientLibError::File)?;
-                    ops.push(ClientOp::BlobPut {
-                        blob: f.blob,
-                        index: i,
-                        chunk,
-                    });
-                }
-                for (&i, answer) in group.iter().zip(conn.call_all(&self.key, ops).await) {
+        // One pass over the file: every chunk is read and hashed (the digest goes in the
+        // message, after the upload), and those the node does not hold are sealed and sent,
+        // a few at a time.
+        let mut file = std::fs::File::open(&path).map_err(io_err(&path))?;
+        let mut digest = FileDigest::default();
+        let mut group: Vec<u32> = Vec::with_capacity(CHUNKS_IN_FLIGHT);
+        let mut ops = Vec::with_capacity(CHUNKS_IN_FLIGHT);
+        for i in 0..f.cipher.chunks {
+            let plain = read_chunk(&mut file, size, i).map_err(io_err(&path))?;
+            digest.update(&plain[..chunk_bytes(i) as usize]);
+            if state.phase == BlobPhase::Uploading && !state.is_held(i) {
+                let chunk = f.cipher.seal(i, &plain).map_err(ClientLibError::File)?;
+                ops.push(ClientOp::BlobPut {
+                    blob: f.blob,
+                    index: i,
+                    chunk,
+                });
+                group.push(i);
+            }
+            if ops.len() == CHUNKS_IN_FLIGHT || (i + 1 == f.cipher.chunks && !ops.is_empty()) {
+                let answers = conn.call_all(&self.key, std::mem::take(&mut ops)).await;
+                for (i, answer) in group.drain(..).zip(answers) {
                     match answer? {
                         ClientResponse::ChunkStored { .. } => {}
                         other => return Err(unexpected(other)),
@@ -250,6 +255,8 @@ impl Device {
                 progress(done, size);
             }
         }
+        let mut f = f;
+        f.digest = digest.finish();
         // The chunks are what the file was when the upload began, or the digest is wrong.
         let after = std::fs::metadata(&path).map_err(io_err(&path))?;
         if after.len() != size || modified_ms(&after) != modified {
@@ -273,8 +280,8 @@ impl Device {
             .await
     }
 
-    /// Reads the file once for its digest, makes its key, blob id and capability, and stores
-    /// the upload before any chunk leaves.
+    /// Makes the file's key, blob id and capability, and stores the upload before any chunk
+    /// leaves.
     fn begin_upload(
         &mut self,
         contact: &str,
@@ -284,16 +291,6 @@ impl Device {
         size: u64,
         caption: &str,
     ) -> Result<StoredUpload, ClientLibError> {
-        let mut digest = FileDigest::default();
-        let mut file = std::fs::File::open(path).map_err(io_err(path))?;
-        let mut buf = vec![0u8; CHUNK_BYTES as usize];
-        loop {
-            let n = file.read(&mut buf).map_err(io_err(path))?;
-            if n == 0 {
-                break;
-            }
-            digest.update(&buf[..n]);
-        }
         let rng = &mut rand::rng();
         let cipher = FileCipher::generate(rng, size).map_err(ClientLibError::File)?;
         let mut blob = [0u8; 16];
@@ -306,7 +303,8 @@ impl Device {
             name,
             caption: caption.into(),
             size,
-            digest: digest.finish(),
+            // Filled in by the upload's pass over the file, before the message is sent.
+            digest: [0; 32],
             cipher,
             node: self.home_node.clone(),
             blob: BlobId(blob),
