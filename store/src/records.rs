@@ -238,6 +238,15 @@ fn corrupt(cf: &'static str, reason: &str) -> StoreError {
     }
 }
 
+/// A value must be the one its key names (a key and value from different entries are damage).
+fn named(cf: &'static str, same: bool) -> Result<()> {
+    if same {
+        Ok(())
+    } else {
+        Err(corrupt(cf, "the value is not the one its key names"))
+    }
+}
+
 fn key_len(cf: &'static str, key: &[u8], len: usize) -> Result<()> {
     if key.len() == len {
         Ok(())
@@ -269,10 +278,7 @@ pub fn check(cf: &str, key: &[u8], value: &[u8]) -> Result<()> {
         USERID_ENVELOPEID_MAILBOX => {
             let (user, id) = decode_mailbox_key(key).ok_or_else(|| corrupt(cf, "bad key"))?;
             let e: Envelope = decode_value(cf, value)?;
-            if e.recipient != user || e.id != id {
-                return Err(corrupt(cf, "the envelope is not the one its key names"));
-            }
-            Ok(())
+            named(cf, e.recipient == user && e.id == id)
         }
         USERID_ENVELOPEID_MAILBOXMETA => {
             decode_mailbox_key(key).ok_or_else(|| corrupt(cf, "bad key"))?;
@@ -281,10 +287,7 @@ pub fn check(cf: &str, key: &[u8], value: &[u8]) -> Result<()> {
         NODEID_ENVELOPEID_OUTBOX => {
             let (node, id) = decode_outbox_key(key).ok_or_else(|| corrupt(cf, "bad key"))?;
             let r: OutboxRecord = decode_value(cf, value)?;
-            if r.to_node != node || r.envelope.id != id {
-                return Err(corrupt(cf, "the record is not the one its key names"));
-            }
-            Ok(())
+            named(cf, r.to_node == node && r.envelope.id == id)
         }
         NODEID_ENVELOPEID_OUTBOXMETA => {
             decode_outbox_key(key).ok_or_else(|| corrupt(cf, "bad key"))?;
@@ -325,10 +328,7 @@ pub fn check(cf: &str, key: &[u8], value: &[u8]) -> Result<()> {
         },
         NAME_CONTACT => {
             let c: Contact = decode_value(cf, value)?;
-            if c.name.as_bytes() != key {
-                return Err(corrupt(cf, "the contact is not the one its key names"));
-            }
-            Ok(())
+            named(cf, c.name.as_bytes() == key)
         }
         SEQ_MESSAGE => {
             decode_seq(key).ok_or_else(|| corrupt(cf, "bad key"))?;
@@ -369,9 +369,7 @@ pub fn check(cf: &str, key: &[u8], value: &[u8]) -> Result<()> {
         BLOBID_UPLOAD => {
             key_len(cf, key, 16)?;
             let u: StoredUpload = decode_value(cf, value)?;
-            if u.file.blob.0 != key {
-                return Err(corrupt(cf, "the upload is not the one its key names"));
-            }
+            named(cf, u.file.blob.0 == key)?;
             u.file.check().map_err(|e| corrupt(cf, &e.to_string()))
         }
         // Settings are the device library's own small encodings (it checks them as it reads).

@@ -23,6 +23,17 @@ fn write_file(path: &Path, size: usize) -> [u8; 32] {
     Sha256::digest(&bytes).into()
 }
 
+/// Alice (on node 0) with Bob (on node `bob_on`) as her contact, and a file of `size` bytes
+/// for her to send: its path and SHA-256.
+fn alice_bob_and_a_file(net: &Net, bob_on: usize, size: usize) -> (std::path::PathBuf, [u8; 32]) {
+    net.account("alice", 0);
+    let bob = net.account("bob", bob_on);
+    net.ok("alice", &["contact", "add", "bob", &bob]);
+    let src = net.tmp.path().join(NAME);
+    let digest = write_file(&src, size);
+    (src, digest)
+}
+
 fn digest_of(path: &Path) -> [u8; 32] {
     Sha256::digest(std::fs::read(path).unwrap()).into()
 }
@@ -38,11 +49,7 @@ fn file_id(inbox: &str) -> String {
 #[test]
 fn a_64_mib_file_crosses_two_nodes_as_ciphertext_and_leaves_no_chunk_behind() {
     let net = Net::start(2);
-    net.account("alice", 0);
-    let bob = net.account("bob", 1);
-    net.ok("alice", &["contact", "add", "bob", &bob]);
-    let src = net.tmp.path().join(NAME);
-    let want = write_file(&src, 64 << 20);
+    let (src, want) = alice_bob_and_a_file(&net, 1, 64 << 20);
 
     let sent = net.ok(
         "alice",
@@ -105,11 +112,7 @@ fn a_64_mib_file_crosses_two_nodes_as_ciphertext_and_leaves_no_chunk_behind() {
 #[test]
 fn an_upload_killed_midway_resumes_without_sending_stored_chunks_again() {
     let net = Net::start(1);
-    net.account("alice", 0);
-    let bob = net.account("bob", 0);
-    net.ok("alice", &["contact", "add", "bob", &bob]);
-    let src = net.tmp.path().join(NAME);
-    let want = write_file(&src, 48 << 20);
+    let (src, want) = alice_bob_and_a_file(&net, 0, 48 << 20);
     let (mut child, _) =
         net.spawn_client("alice", &["send", "bob", "--file", src.to_str().unwrap()]);
     // Kill it once the node holds part of the upload.
@@ -170,11 +173,7 @@ fn tamper(net: &Net, id: &str, edit: impl FnOnce(&mut hestia_store::client::Stor
 #[test]
 fn a_wrong_key_a_wrong_digest_and_an_expired_file_fail_plainly_and_write_nothing() {
     let net = Net::start(1);
-    net.account("alice", 0);
-    let bob = net.account("bob", 0);
-    net.ok("alice", &["contact", "add", "bob", &bob]);
-    let src = net.tmp.path().join(NAME);
-    let want = write_file(&src, 700_000);
+    let (src, want) = alice_bob_and_a_file(&net, 0, 700_000);
     net.ok("alice", &["send", "bob", "--file", src.to_str().unwrap()]);
     let id = file_id(&net.ok("bob", &["inbox"]));
     let out = net.tmp.path().join("out.bin");
@@ -233,11 +232,7 @@ fn a_wrong_key_a_wrong_digest_and_an_expired_file_fail_plainly_and_write_nothing
 #[test]
 fn a_file_larger_than_the_node_takes_is_refused_before_any_chunk_is_sent() {
     let net = Net::start_with(1, &["--max-file-mib", "1"]);
-    net.account("alice", 0);
-    let bob = net.account("bob", 0);
-    net.ok("alice", &["contact", "add", "bob", &bob]);
-    let src = net.tmp.path().join(NAME);
-    write_file(&src, 3 << 20);
+    let (src, _) = alice_bob_and_a_file(&net, 0, 3 << 20);
     let r = net.run("alice", &["send", "bob", "--file", src.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(
@@ -279,11 +274,7 @@ fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
 #[test]
 fn a_node_killed_mid_upload_and_a_download_killed_midway_both_resume_to_the_same_bytes() {
     let mut net = Net::start(2);
-    net.account("alice", 0);
-    let bob = net.account("bob", 1);
-    net.ok("alice", &["contact", "add", "bob", &bob]);
-    let src = net.tmp.path().join(NAME);
-    let want = write_file(&src, 48 << 20);
+    let (src, want) = alice_bob_and_a_file(&net, 1, 48 << 20);
 
     // SIGKILL Alice's node while her device uploads: the send fails; after the node restarts,
     // the same send continues from what the node had made durable.
@@ -335,11 +326,7 @@ fn a_node_killed_mid_upload_and_a_download_killed_midway_both_resume_to_the_same
 #[test]
 fn either_node_killed_during_a_download_leaves_a_download_that_resumes_to_the_same_bytes() {
     let mut net = Net::start(2);
-    net.account("alice", 0);
-    let bob = net.account("bob", 1);
-    net.ok("alice", &["contact", "add", "bob", &bob]);
-    let src = net.tmp.path().join(NAME);
-    let want = write_file(&src, 48 << 20);
+    let (src, want) = alice_bob_and_a_file(&net, 1, 48 << 20);
     net.ok("alice", &["send", "bob", "--file", src.to_str().unwrap()]);
     let id = file_id(&net.ok("bob", &["inbox"]));
     let out = net.tmp.path().join("got.bin");

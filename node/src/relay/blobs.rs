@@ -450,24 +450,17 @@ mod tests {
         };
         assert!(state.is_held(0) && !state.is_held(1) && state.is_held(2));
         // A chunk sent twice is stored once; the missing one completes the blob.
-        let resend = ClientOp::BlobPut {
-            blob: id,
-            index: 2,
-            chunk: chunk(&sp, 2),
-        };
-        assert_eq!(
-            h.client(true, T0 + 1000, resend),
-            vec![ClientResponse::ChunkStored { held: 2 }]
-        );
-        let last = ClientOp::BlobPut {
-            blob: id,
-            index: 1,
-            chunk: chunk(&sp, 1),
-        };
-        assert_eq!(
-            h.client(true, T0 + 1000, last),
-            vec![ClientResponse::ChunkStored { held: 3 }]
-        );
+        for (index, held) in [(2, 2), (1, 3)] {
+            let put = ClientOp::BlobPut {
+                blob: id,
+                index,
+                chunk: chunk(&sp, index),
+            };
+            assert_eq!(
+                h.client(true, T0 + 1000, put),
+                vec![ClientResponse::ChunkStored { held }]
+            );
+        }
 
         // Bob's node fetches each chunk for him; node A never sees Bob's device.
         for i in 0..3 {
