@@ -66,6 +66,7 @@ pub async fn start_local_node(
         bootstrap,
         registration_open: true,
         limits,
+        limit_loopback: false,
     })?;
     let peer = node.peer_id().to_string();
     let task = tokio::spawn(node.run(async move {

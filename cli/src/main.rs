@@ -151,6 +151,9 @@ struct NodeRunArgs {
     /// Encrypted file bytes one local user may have stored at once, in MiB (default 8192).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
     file_quota_mib: Option<u64>,
+    /// Count loopback connections against the per-address limit too (for testing that limit).
+    #[arg(long, hide = true)]
+    limit_loopback: bool,
     /// Encrypted file bytes all local users together may have stored, in GiB (default 256).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     file_storage_gib: Option<u64>,
@@ -860,6 +863,7 @@ fn node_config(args: NodeRunArgs) -> Result<NodeConfig> {
         listen,
         bootstrap,
         registration_open: !args.closed_registration && file.registration_open.unwrap_or(true),
+        limit_loopback: args.limit_loopback,
         limits: hestia_node::relay::Limits {
             send: hestia_node::relay::SendLimit {
                 burst: args

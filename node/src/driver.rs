@@ -282,6 +282,8 @@ pub struct NodeConfig {
     pub bootstrap: Vec<Multiaddr>,
     pub registration_open: bool,
     pub limits: relay::Limits,
+    /// Apply the per-address connection limit to loopback too (tests of that limit).
+    pub limit_loopback: bool,
 }
 
 /// A running node: the swarm, the store and the core.
@@ -314,6 +316,10 @@ impl Node {
         let key = node_key(&store)?;
         let peer = key.public().to_peer_id();
         let mut swarm = build_swarm(key, node_behaviour)?;
+        swarm
+            .behaviour_mut()
+            .per_ip
+            .limit_loopback(config.limit_loopback);
         let presence_topic = gossipsub::IdentTopic::new(wire::PRESENCE_TOPIC);
         swarm
             .behaviour_mut()

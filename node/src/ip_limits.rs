@@ -2,7 +2,8 @@
 //! `connection_limits` stops nobody who generates keys; a source address costs an attacker
 //! more. Each IP may hold [`MAX_INBOUND_PER_IP`] inbound connections, half-open ones included,
 //! refused before the Noise handshake is paid for. Loopback is exempt: local tools, tests and
-//! benchmarks all come from it, and anyone on the machine can do worse.
+//! benchmarks all come from it, and anyone on the machine can do worse. (A test of the limit
+//! itself turns the exemption off: `hestia node run --limit-loopback`.)
 //!
 //! [`IpCounts`] is the decision, pure and tested directly; [`Behaviour`] feeds it the swarm's
 //! connection events.
@@ -28,12 +29,14 @@ pub const MAX_INBOUND_PER_IP: usize = 64;
 pub struct IpCounts {
     by_conn: HashMap<ConnectionId, IpAddr>,
     by_ip: HashMap<IpAddr, usize>,
+    /// Count loopback too (tests of this limit); normally it is exempt.
+    pub limit_loopback: bool,
 }
 
 impl IpCounts {
     /// Admits a new inbound connection from `ip`, or refuses it (nothing is recorded then).
     pub fn admit(&mut self, conn: ConnectionId, ip: IpAddr) -> bool {
-        if ip.is_loopback() || self.by_conn.contains_key(&conn) {
+        if (ip.is_loopback() && !self.limit_loopback) || self.by_conn.contains_key(&conn) {
             return true;
         }
         let n = self.by_ip.entry(ip).or_default();
@@ -88,6 +91,13 @@ impl std::error::Error for TooManyFromAddress {}
 #[derive(Default)]
 pub struct Behaviour {
     counts: IpCounts,
+}
+
+impl Behaviour {
+    /// Applies the limit to loopback connections too (for a test of the limit itself).
+    pub fn limit_loopback(&mut self, on: bool) {
+        self.counts.limit_loopback = on;
+    }
 }
 
 impl NetworkBehaviour for Behaviour {
