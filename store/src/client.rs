@@ -247,6 +247,17 @@ impl ClientDb {
     }
 
     pub fn set_state(&self, id: &EnvelopeId, state: MessageState) -> Result<bool> {
+        self.put_state(id, state, true)
+    }
+
+    /// [`ClientDb::set_state`] without waiting for the disk: for a state the node can tell
+    /// again (what it answered to a send; `status` asks it). A crash may lose it, never
+    /// anything synced before or after it: the log is written in order.
+    pub fn set_state_unsynced(&self, id: &EnvelopeId, state: MessageState) -> Result<bool> {
+        self.put_state(id, state, false)
+    }
+
+    fn put_state(&self, id: &EnvelopeId, state: MessageState, sync: bool) -> Result<bool> {
         let Some((seq, mut m)) = self.message(id)? else {
             return Ok(false);
         };
@@ -254,7 +265,12 @@ impl ClientDb {
             return Ok(false);
         }
         m.state = state;
-        self.put_synced(SEQ_MESSAGE, &seq_key(seq), &encode_value(SEQ_MESSAGE, &m)?)?;
+        let v = encode_value(SEQ_MESSAGE, &m)?;
+        if sync {
+            self.put_synced(SEQ_MESSAGE, &seq_key(seq), &v)?;
+        } else {
+            self.db.put_cf(self.cf(SEQ_MESSAGE), seq_key(seq), v)?;
+        }
         Ok(true)
     }
 

@@ -724,7 +724,10 @@ impl Device {
         }
         self.db.commit(&writes)?;
         msg.state = self.submit(conn, &c.address.node, env).await?;
-        self.db.set_state(&msg.envelope_id, msg.state.clone())?;
+        // The node's answer is the node's to repeat (`status` asks again): no second fsync on
+        // every send's path.
+        self.db
+            .set_state_unsynced(&msg.envelope_id, msg.state.clone())?;
         Ok(msg)
     }
 
