@@ -227,6 +227,10 @@ fn a_wrong_key_a_wrong_digest_and_an_expired_file_fail_plainly_and_write_nothing
     assert!(!r.status.success() && err.contains("file expired"), "{err}");
     nothing_written("expired");
     assert!(net.ok("bob", &["file", "list"]).contains("file expired"));
+    // An id that names no file.
+    let r = net.run("bob", &["file", "get", "0000000000ff"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("no file"), "{err}");
 }
 
 #[test]
