@@ -9,6 +9,7 @@ mod bench_files;
 mod bench_sessions;
 mod bench_storage;
 mod demo;
+mod files;
 mod inspect;
 mod real;
 
@@ -522,19 +523,19 @@ async fn run(cli: Cli) -> Result<()> {
             let mut conn = d.connect().await?;
             let mut m = match &file {
                 Some(path) => {
-                    let bar = progress_bar("uploading");
+                    let bar = files::progress_bar("uploading");
                     let mut first = true;
                     let mut tick = |done: u64, total: u64| {
                         if std::mem::take(&mut first) && done > 0 {
                             bar.suspend(|| {
                                 eprintln!(
                                     "resuming: {} of {} already on your node",
-                                    mib(done),
-                                    mib(total)
+                                    files::mib(done),
+                                    files::mib(total)
                                 )
                             });
                         }
-                        progress_to(&bar, done, total)
+                        files::progress_to(&bar, done, total)
                     };
                     let m = d
                         .send_file(&mut conn, &contact, path, &caption, &mut tick)
@@ -543,7 +544,7 @@ async fn run(cli: Cli) -> Result<()> {
                     m?
                 }
                 None => {
-                    resume_uploads(&mut d, &mut conn).await;
+                    files::resume_uploads(&mut d, &mut conn).await;
                     let text = text.unwrap_or_default();
                     d.send_with_ttl(&mut conn, &contact, &text, ttl * 1000)
                         .await?
@@ -577,15 +578,15 @@ async fn run(cli: Cli) -> Result<()> {
             if all {
                 for m in d.history()? {
                     print_message(&m);
-                    print_file_of(&d, &m);
+                    files::print_file_of(&d, &m);
                 }
             }
             let mut conn = d.connect().await?;
-            resume_uploads(&mut d, &mut conn).await;
+            files::resume_uploads(&mut d, &mut conn).await;
             if !follow {
                 for ev in d.sync(&mut conn, 0).await? {
                     print_event(&ev);
-                    print_file_of_event(&d, &ev);
+                    files::print_file_of_event(&d, &ev);
                 }
                 return Ok(());
             }
@@ -612,7 +613,7 @@ async fn run(cli: Cli) -> Result<()> {
                         }
                         for ev in events {
                             print_event(&ev);
-                            print_file_of_event(&d, &ev);
+                            files::print_file_of_event(&d, &ev);
                         }
                     }
                     Err(
@@ -640,93 +641,12 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::File(FileCmd::Get { id, out }) => {
-            let mut d = Device::open(&home(&cli.home)?)?;
-            let (envelope, f) = d.find_file(&id)?;
-            let mut conn = d.connect().await?;
-            let bar = progress_bar("downloading");
-            let mut first = true;
-            let mut tick = |done: u64, total: u64| {
-                if std::mem::take(&mut first) && done > 0 {
-                    bar.suspend(|| {
-                        eprintln!("resuming: {} of {} already here", mib(done), mib(total))
-                    });
-                }
-                progress_to(&bar, done, total)
-            };
-            let place = d
-                .fetch_file(&mut conn, &envelope, out.as_deref(), &mut tick)
-                .await;
-            bar.finish_and_clear();
-            let place = place?;
-            println!(
-                "{}: {} ({}), verified, at {}",
-                &envelope.to_hex()[..12],
-                safe(&f.file.name),
-                mib(f.file.size),
-                safe(&place.to_string_lossy())
-            );
-            Ok(())
-        }
-        Command::File(FileCmd::List) => {
-            let mut d = Device::open(&home(&cli.home)?)?;
-            // What the home node says of files sent (fetched, expired) and of uploads (how far);
-            // offline, what this device knows.
-            let mut conn = d.connect().await.ok();
-            if let Some(c) = conn.as_mut() {
-                d.refresh_files(c).await?;
-            }
-            for u in d.uploads()? {
-                let progress = match conn.as_mut() {
-                    Some(c) => match d.upload_progress(c, &u).await? {
-                        Some((held, chunks)) => {
-                            format!(
-                                "{}% uploaded",
-                                u64::from(held) * 100 / u64::from(chunks.max(1))
-                            )
-                        }
-                        None => "forgotten by your node (idle too long); sending again starts over"
-                            .into(),
-                    },
-                    None => "your node did not answer".into(),
-                };
-                println!(
-                    "uploading to {}: {} ({}): interrupted, {progress}; run the same `hestia send {} --file` again to continue",
-                    safe(&u.contact),
-                    safe(&u.file.name),
-                    mib(u.file.size),
-                    safe(&u.contact),
-                );
-            }
-            let history = d.history()?;
-            for (envelope, f) in d.files()? {
-                let who = history
-                    .iter()
-                    .find(|m| m.envelope_id == envelope)
-                    .map(|m| m.peer_name.clone())
-                    .unwrap_or_default();
-                let dir = if f.direction == Direction::Incoming {
-                    "from"
-                } else {
-                    "to"
-                };
-                println!(
-                    "{} {dir} {}: {} ({}, {}), expires {}: {}",
-                    &envelope.to_hex()[..12],
-                    safe(&who),
-                    safe(&f.file.name),
-                    mib(f.file.size),
-                    safe(&f.file.mime),
-                    inspect::utc(f.file.expires_at),
-                    describe_file(&f)
-                );
-            }
-            Ok(())
-        }
+        Command::File(FileCmd::Get { id, out }) => files::get(&home(&cli.home)?, &id, out).await,
+        Command::File(FileCmd::List) => files::list(&home(&cli.home)?).await,
         Command::Status => {
             let mut d = Device::open(&home(&cli.home)?)?;
             let mut conn = d.connect().await?;
-            resume_uploads(&mut d, &mut conn).await;
+            files::resume_uploads(&mut d, &mut conn).await;
             // Receipts arrive as messages: read them first, then ask the node about the rest.
             for ev in d.sync(&mut conn, 0).await? {
                 print_event(&ev);
@@ -1058,112 +978,6 @@ fn print_message(m: &StoredMessage) {
         }
         Direction::Incoming => println!("{peer}: {text}"),
         Direction::Outgoing => println!("me -> {peer}: {text}  ({})", describe(&m.state)),
-    }
-}
-
-/// Continues uploads an earlier command left (it was interrupted, or its node went away), as
-/// any command that talks to the home node does. A failure is said and does not stop the
-/// command.
-async fn resume_uploads(d: &mut Device, conn: &mut hestia_node::client::Connection) {
-    if d.uploads().map_or(true, |u| u.is_empty()) {
-        return;
-    }
-    let bar = progress_bar("continuing an upload");
-    let mut tick = |done, total| progress_to(&bar, done, total);
-    let result = d.resume_uploads(conn, &mut tick).await;
-    bar.finish_and_clear();
-    match result {
-        Ok(sent) => {
-            for m in sent {
-                eprintln!(
-                    "continued an interrupted upload to {}: {}",
-                    safe(&m.peer_name),
-                    describe(&m.state)
-                );
-            }
-        }
-        Err(e) => eprintln!("an interrupted upload could not continue yet: {e}"),
-    }
-}
-
-/// A bar on stderr for a transfer: bytes, rate, time left. Hidden when stderr is not a
-/// terminal.
-fn progress_bar(what: &str) -> indicatif::ProgressBar {
-    let bar =
-        indicatif::ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::stderr());
-    let style = indicatif::ProgressStyle::with_template(
-        "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-    )
-    .expect("a fixed template")
-    .progress_chars("=> ");
-    bar.set_style(style);
-    bar.set_message(what.to_string());
-    bar
-}
-
-fn progress_to(bar: &indicatif::ProgressBar, done: u64, total: u64) {
-    bar.set_length(total);
-    bar.set_position(done);
-}
-
-fn mib(bytes: u64) -> String {
-    if bytes < 1 << 20 {
-        format!("{:.1} KiB", bytes as f64 / 1024.0)
-    } else {
-        format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
-    }
-}
-
-fn describe_file(f: &hestia_store::client::StoredFile) -> String {
-    use hestia_store::client::FileState;
-    match &f.state {
-        FileState::Sent => "uploaded, sent".into(),
-        FileState::Fetched => "fetched by their device".into(),
-        FileState::Received => "not downloaded".into(),
-        FileState::Downloading { done, .. } => format!(
-            "downloading ({done} of {} chunks; `hestia file get` continues)",
-            f.file.cipher.chunks
-        ),
-        FileState::Downloaded { path } => format!("downloaded to {}", safe(path)),
-        FileState::Expired => "file expired".into(),
-    }
-}
-
-/// The file line of a message, if it carries one.
-fn print_file_of(d: &Device, m: &StoredMessage) {
-    if let Ok(Some(f)) = d.file(&m.envelope_id) {
-        let r = &f.file;
-        println!(
-            "  file {} {} ({}, {}) id {} expires {}: {}",
-            if m.direction == Direction::Incoming {
-                "from"
-            } else {
-                "to"
-            },
-            safe(&m.peer_name),
-            mib(r.size),
-            safe(&r.mime),
-            &m.envelope_id.to_hex()[..12],
-            inspect::utc(r.expires_at),
-            safe(&r.name),
-        );
-        if m.direction == Direction::Incoming
-            && f.state == hestia_store::client::FileState::Received
-        {
-            println!(
-                "  get it with: hestia file get {}",
-                &m.envelope_id.to_hex()[..12]
-            );
-        }
-    }
-}
-
-fn print_file_of_event(d: &Device, ev: &InboxEvent) {
-    match ev {
-        InboxEvent::Message(m)
-        | InboxEvent::NewContact { message: m, .. }
-        | InboxEvent::Claimed { message: m, .. } => print_file_of(d, m),
-        _ => {}
     }
 }
 
