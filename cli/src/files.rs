@@ -12,13 +12,7 @@ pub async fn get(home: &Path, id: &str, out: Option<PathBuf>) -> Result<()> {
     let (envelope, f) = d.find_file(id)?;
     let mut conn = d.connect().await?;
     let bar = progress_bar("downloading");
-    let mut first = true;
-    let mut tick = |done: u64, total: u64| {
-        if std::mem::take(&mut first) && done > 0 {
-            bar.suspend(|| eprintln!("resuming: {} of {} already here", mib(done), mib(total)));
-        }
-        progress_to(&bar, done, total)
-    };
+    let mut tick = resuming_tick(&bar, "here");
     let place = d
         .fetch_file(&mut conn, &envelope, out.as_deref(), &mut tick)
         .await;
@@ -98,7 +92,7 @@ pub async fn resume_uploads(d: &mut Device, conn: &mut hestia_node::client::Conn
         return;
     }
     let bar = progress_bar("continuing an upload");
-    let mut tick = |done, total| progress_to(&bar, done, total);
+    let mut tick = resuming_tick(&bar, "on your node");
     let result = d.resume_uploads(conn, &mut tick).await;
     bar.finish_and_clear();
     match result {
@@ -128,6 +122,21 @@ pub fn progress_bar(what: &str) -> indicatif::ProgressBar {
     bar.set_style(style);
     bar.set_message(what.to_string());
     bar
+}
+
+/// Moves `bar` as a transfer goes, and says once, at its start, how much of it an earlier
+/// attempt had already done (`where_`: where those bytes are).
+pub fn resuming_tick<'a>(
+    bar: &'a indicatif::ProgressBar,
+    where_: &'a str,
+) -> impl FnMut(u64, u64) + 'a {
+    let mut first = true;
+    move |done, total| {
+        if std::mem::take(&mut first) && done > 0 {
+            bar.suspend(|| eprintln!("resuming: {} of {} already {where_}", mib(done), mib(total)));
+        }
+        progress_to(bar, done, total)
+    }
 }
 
 pub fn progress_to(bar: &indicatif::ProgressBar, done: u64, total: u64) {

@@ -524,19 +524,7 @@ async fn run(cli: Cli) -> Result<()> {
             let mut m = match &file {
                 Some(path) => {
                     let bar = files::progress_bar("uploading");
-                    let mut first = true;
-                    let mut tick = |done: u64, total: u64| {
-                        if std::mem::take(&mut first) && done > 0 {
-                            bar.suspend(|| {
-                                eprintln!(
-                                    "resuming: {} of {} already on your node",
-                                    files::mib(done),
-                                    files::mib(total)
-                                )
-                            });
-                        }
-                        files::progress_to(&bar, done, total)
-                    };
+                    let mut tick = files::resuming_tick(&bar, "on your node");
                     let m = d
                         .send_file(&mut conn, &contact, path, &caption, &mut tick)
                         .await;

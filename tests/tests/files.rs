@@ -139,10 +139,18 @@ fn an_upload_killed_midway_resumes_without_sending_stored_chunks_again() {
         list.contains("interrupted") && list.contains("% uploaded"),
         "{list}"
     );
-    // Any later command that talks to the node continues it (here: Alice reads her inbox).
+    // Any later command that talks to the node continues it (here: Alice reads her inbox),
+    // from exactly the chunks the node holds: none of them is sent again.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let held = chunks_held(&net, 0);
     let resumed = net.run("alice", &["inbox"]);
     let err = String::from_utf8_lossy(&resumed.stderr);
     assert!(resumed.status.success(), "{err}");
+    let skipped = format!("resuming: {:.1} MiB of 48.0 MiB", f64::from(held) / 4.0);
+    assert!(
+        err.contains(&skipped),
+        "{held} chunks held, so {skipped:?}: {err}"
+    );
     assert!(
         err.contains("continued an interrupted upload to bob"),
         "{err}"
