@@ -6,7 +6,7 @@
 //! upload writes them).
 
 use anyhow::{Context, Result, bail};
-use hestia_protocol::file::{BlobId, CHUNK_BYTES, FileCipher};
+use hestia_protocol::file::{BlobId, CHUNK_BYTES, FileCipher, SEALED_CHUNK_BYTES};
 use hestia_store::node::{NodeDb, NodeStore, NodeWrite};
 use hestia_tests::{Net, memory_kib, use_hestia_bin};
 use std::path::Path;
@@ -35,7 +35,7 @@ fn aead_baseline() -> Result<f64> {
 /// Writes `BASELINE_BYTES` of sealed chunks to a node store, one synced batch each: MiB/s.
 fn store_baseline(dir: &Path) -> Result<f64> {
     let mut db = NodeDb::open(dir)?;
-    let chunk = vec![7u8; CHUNK_BYTES as usize + 16];
+    let chunk = vec![7u8; SEALED_CHUNK_BYTES as usize];
     let n = (BASELINE_BYTES / u64::from(CHUNK_BYTES)) as u32;
     let blob = BlobId([1; 16]);
     let t = Instant::now();

@@ -31,6 +31,8 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 pub const CHUNK_BYTES: u32 = 256 * 1024;
 /// What a chunk adds: the Poly1305 tag.
 pub const TAG_BYTES: usize = 16;
+/// A sealed chunk of [`CHUNK_BYTES`] (every chunk but a file's last is this long).
+pub const SEALED_CHUNK_BYTES: u32 = CHUNK_BYTES + TAG_BYTES as u32;
 /// Bytes of the per-file nonce prefix.
 pub const NONCE_PREFIX_BYTES: usize = 19;
 /// Every file is padded to at least this many bytes, so small files look alike.
@@ -116,6 +118,12 @@ pub fn chunk_plain_len(size: u64, index: u32) -> u64 {
     let padded = padded_len(size);
     let start = u64::from(index) * u64::from(CHUNK_BYTES);
     padded.saturating_sub(start).min(u64::from(CHUNK_BYTES))
+}
+
+/// Bytes of the file itself (padding not included) in chunk `index` of a file of `size` bytes.
+pub fn chunk_file_len(size: u64, index: u32) -> u64 {
+    let start = u64::from(index) * u64::from(CHUNK_BYTES);
+    size.saturating_sub(start).min(u64::from(CHUNK_BYTES))
 }
 
 /// The parameters that seal and open every chunk of one file.

@@ -197,7 +197,7 @@ pub struct BlobSpec {
 impl BlobSpec {
     /// Sealed bytes of chunk `index` (none past the end).
     pub fn chunk_len(&self, index: u32) -> Option<u32> {
-        let full = crate::file::CHUNK_BYTES + crate::file::TAG_BYTES as u32;
+        let full = crate::file::SEALED_CHUNK_BYTES;
         match index.checked_add(1)?.cmp(&self.chunks) {
             std::cmp::Ordering::Less => Some(full),
             std::cmp::Ordering::Equal => Some(self.last_chunk_bytes),
@@ -207,7 +207,7 @@ impl BlobSpec {
 
     /// Sealed bytes of the whole blob.
     pub fn total_bytes(&self) -> u64 {
-        let full = u64::from(crate::file::CHUNK_BYTES) + crate::file::TAG_BYTES as u64;
+        let full = u64::from(crate::file::SEALED_CHUNK_BYTES);
         u64::from(self.chunks.saturating_sub(1)) * full + u64::from(self.last_chunk_bytes)
     }
 

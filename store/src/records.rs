@@ -312,8 +312,7 @@ pub fn check(cf: &str, key: &[u8], value: &[u8]) -> Result<()> {
         }
         BLOBID_INDEX_CHUNK => {
             decode_chunk_key(key).ok_or_else(|| corrupt(cf, "bad key"))?;
-            let full =
-                hestia_protocol::file::CHUNK_BYTES as usize + hestia_protocol::file::TAG_BYTES;
+            let full = hestia_protocol::file::SEALED_CHUNK_BYTES as usize;
             if value.len() > full || value.len() < hestia_protocol::file::TAG_BYTES {
                 return Err(corrupt(cf, "not a sealed chunk"));
             }

@@ -66,6 +66,11 @@ fn one_address_gets_64_inbound_connections_and_a_device_gets_in_once_they_go() {
     assert!(!r.status.success());
     // Once they go, it gets in.
     drop(held);
-    std::thread::sleep(Duration::from_millis(500));
-    net.ok("alice", &["status"]);
+    let start = std::time::Instant::now();
+    while !net.run("alice", &["status"]).status.success() {
+        assert!(
+            start.elapsed() < hestia_tests::WAIT,
+            "the device never got in once the connections went"
+        );
+    }
 }

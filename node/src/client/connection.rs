@@ -127,19 +127,47 @@ impl Connection {
             out.push(self.call(key, first).await);
         }
         let ops: Vec<ClientOp> = ops.collect();
+        let requests = ops
+            .iter()
+            .map(|op| ClientRequest {
+                auth: Auth::Session(user),
+                op: op.clone(),
+            })
+            .collect();
+        let answers = self.send_all(requests).await;
+        for (op, answer) in ops.into_iter().zip(answers) {
+            out.push(match answer {
+                Err(ClientLibError::Refused(ClientError::SessionUnknown)) => {
+                    self.session = None;
+                    self.call(key, op).await
+                }
+                other => other,
+            });
+        }
+        out
+    }
+
+    async fn send(&mut self, auth: Auth, op: ClientOp) -> Result<ClientResponse, ClientLibError> {
+        let mut answers = self.send_all(vec![ClientRequest { auth, op }]).await;
+        answers.pop().expect("one answer per request")
+    }
+
+    /// Sends every request at once; their answers (or failures) in the same order.
+    async fn send_all(
+        &mut self,
+        requests: Vec<ClientRequest>,
+    ) -> Vec<Result<ClientResponse, ClientLibError>> {
         let mut pending = std::collections::HashMap::new();
-        for (i, op) in ops.iter().enumerate() {
-            let id = self.swarm.behaviour_mut().rr.send_request(
-                &self.node,
-                ClientRequest {
-                    auth: Auth::Session(user),
-                    op: op.clone(),
-                },
-            );
+        for (i, request) in requests.into_iter().enumerate() {
+            let id = self
+                .swarm
+                .behaviour_mut()
+                .rr
+                .send_request(&self.node, request);
             pending.insert(id, i);
         }
         let mut answers: Vec<Option<Result<ClientResponse, ClientLibError>>> =
-            (0..ops.len()).map(|_| None).collect();
+            (0..pending.len()).map(|_| None).collect();
         while !pending.is_empty() {
             let SwarmEvent::Behaviour(ClientBehaviourEvent::Rr(ev)) =
                 self.swarm.select_next_some().await
@@ -173,51 +201,9 @@ impl Connection {
                 answers[i] = Some(answer);
             }
         }
-        for (op, answer) in ops.into_iter().zip(answers) {
-            let answer = answer.expect("every request is answered or failed");
-            out.push(match answer {
-                Err(ClientLibError::Refused(ClientError::SessionUnknown)) => {
-                    self.session = None;
-                    self.call(key, op).await
-                }
-                other => other,
-            });
-        }
-        out
-    }
-
-    async fn send(&mut self, auth: Auth, op: ClientOp) -> Result<ClientResponse, ClientLibError> {
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .rr
-            .send_request(&self.node, ClientRequest { auth, op });
-        loop {
-            if let SwarmEvent::Behaviour(ClientBehaviourEvent::Rr(ev)) =
-                self.swarm.select_next_some().await
-            {
-                match ev {
-                    request_response::Event::Message {
-                        message:
-                            request_response::Message::Response {
-                                request_id,
-                                response,
-                            },
-                        ..
-                    } if request_id == id => {
-                        return match response {
-                            ClientResponse::Error(e) => Err(ClientLibError::Refused(e)),
-                            r => Ok(r),
-                        };
-                    }
-                    request_response::Event::OutboundFailure {
-                        request_id, error, ..
-                    } if request_id == id => {
-                        return Err(ClientLibError::RequestFailed(error.to_string()));
-                    }
-                    _ => {}
-                }
-            }
-        }
+        answers
+            .into_iter()
+            .map(|a| a.expect("every request is answered or failed"))
+            .collect()
     }
 }

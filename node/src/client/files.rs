@@ -8,9 +8,11 @@ use crate::driver::now_millis;
 use hestia_protocol::envelope::{Content, DEFAULT_TTL_MS, EnvelopeId};
 use hestia_protocol::file::{
     BlobId, CHUNK_BYTES, Capability, FileCipher, FileDigest, FileError, FileRef, MAX_FILE_BYTES,
-    cap_hash, chunk_plain_len, valid_file_name,
+    cap_hash, chunk_file_len, chunk_plain_len, valid_file_name,
 };
-use hestia_protocol::wire::{BlobPhase, BlobSpec, ClientError, ClientOp, ClientResponse};
+use hestia_protocol::wire::{
+    BlobPhase, BlobSpec, BlobState, ClientError, ClientOp, ClientResponse,
+};
 use hestia_store::client::{
     ClientWrite, Direction, FileState, StoredFile, StoredMessage, StoredUpload,
 };
@@ -98,7 +100,7 @@ fn modified_ms(meta: &std::fs::Metadata) -> u64 {
 fn read_chunk(file: &mut std::fs::File, size: u64, index: u32) -> std::io::Result<Vec<u8>> {
     let start = u64::from(index) * u64::from(CHUNK_BYTES);
     let mut plain = vec![0u8; chunk_plain_len(size, index) as usize];
-    let have = size.saturating_sub(start).min(plain.len() as u64) as usize;
+    let have = chunk_file_len(size, index) as usize;
     file.seek(SeekFrom::Start(start))?;
     file.read_exact(&mut plain[..have])?;
     Ok(plain)
@@ -150,14 +152,16 @@ impl Device {
             });
         // An earlier upload of this path to this contact that can no longer be resumed (the
         // file or caption changed, or it expired) is forgotten; its node deletes it when idle.
-        let forget: Vec<ClientWrite> = stale
-            .iter()
-            .map(|u| ClientWrite::Upload(u.file.blob, None))
-            .collect();
-        self.db.commit(&forget)?;
+        if !stale.is_empty() {
+            let forget: Vec<ClientWrite> = stale
+                .iter()
+                .map(|u| ClientWrite::Upload(u.file.blob, None))
+                .collect();
+            self.db.commit(&forget)?;
+        }
         let upload = match same.into_iter().next() {
             Some(u) => u,
-            None => self.begin_upload(&c.name, &path, &path_text, modified, size, caption)?,
+            None => self.begin_upload(&c.name, &path, modified, size, caption)?,
         };
         self.continue_upload(conn, &c, upload, progress).await
     }
@@ -216,12 +220,9 @@ impl Device {
             }
             Err(e) => return Err(e),
         };
-        let chunk_bytes = |i: u32| {
-            chunk_plain_len(size, i).min(size.saturating_sub(u64::from(i) * u64::from(CHUNK_BYTES)))
-        };
         let mut done: u64 = (0..f.cipher.chunks)
             .filter(|i| state.is_held(*i))
-            .map(chunk_bytes)
+            .map(|i| chunk_file_len(size, i))
             .sum();
         progress(done, size);
         // One pass over the file: every chunk is read and hashed (the digest goes in the
@@ -233,7 +234,7 @@ impl Device {
         let mut ops = Vec::with_capacity(CHUNKS_IN_FLIGHT);
         for i in 0..f.cipher.chunks {
             let plain = read_chunk(&mut file, size, i).map_err(io_err(&path))?;
-            digest.update(&plain[..chunk_bytes(i) as usize]);
+            digest.update(&plain[..chunk_file_len(size, i) as usize]);
             if state.phase == BlobPhase::Uploading && !state.is_held(i) {
                 let chunk = f.cipher.seal(i, &plain).map_err(ClientLibError::File)?;
                 ops.push(ClientOp::BlobPut {
@@ -250,7 +251,7 @@ impl Device {
                         ClientResponse::ChunkStored { .. } => {}
                         other => return Err(unexpected(other)),
                     }
-                    done += chunk_bytes(i);
+                    done += chunk_file_len(size, i);
                 }
                 progress(done, size);
             }
@@ -286,7 +287,6 @@ impl Device {
         &mut self,
         contact: &str,
         path: &Path,
-        path_text: &str,
         modified: u64,
         size: u64,
         caption: &str,
@@ -313,7 +313,7 @@ impl Device {
         };
         let upload = StoredUpload {
             contact: contact.into(),
-            path: path_text.into(),
+            path: path.to_string_lossy().into_owned(),
             modified_ms: modified,
             envelope: EnvelopeId::random(rng),
             file,
@@ -337,11 +337,18 @@ impl Device {
         conn: &mut Connection,
         upload: &StoredUpload,
     ) -> Result<Option<(u32, u32)>, ClientLibError> {
-        match conn
-            .call(&self.key, ClientOp::BlobStatus(upload.file.blob))
-            .await
-        {
-            Ok(ClientResponse::Blob(s)) => Ok(Some((s.held_count(), s.chunks))),
+        let state = self.blob_status(conn, upload.file.blob).await?;
+        Ok(state.map(|s| (s.held_count(), s.chunks)))
+    }
+
+    /// What the home node holds of one of this user's blobs (none: nothing, any more).
+    async fn blob_status(
+        &mut self,
+        conn: &mut Connection,
+        blob: BlobId,
+    ) -> Result<Option<BlobState>, ClientLibError> {
+        match conn.call(&self.key, ClientOp::BlobStatus(blob)).await {
+            Ok(ClientResponse::Blob(s)) => Ok(Some(s)),
             Ok(other) => Err(unexpected(other)),
             Err(ClientLibError::Refused(ClientError::NoSuchBlob)) => Ok(None),
             Err(e) => Err(e),
@@ -382,19 +389,10 @@ impl Device {
             if f.direction != Direction::Outgoing || f.state != FileState::Sent {
                 continue;
             }
-            let new = match conn
-                .call(&self.key, ClientOp::BlobStatus(f.file.blob))
-                .await
-            {
-                Ok(ClientResponse::Blob(s)) if s.phase == BlobPhase::Fetched => FileState::Fetched,
-                Ok(_) => continue,
-                Err(ClientLibError::Refused(ClientError::NoSuchBlob))
-                    if f.file.expires_at <= now =>
-                {
-                    FileState::Expired
-                }
-                Err(ClientLibError::Refused(ClientError::NoSuchBlob)) => continue,
-                Err(e) => return Err(e),
+            let new = match self.blob_status(conn, f.file.blob).await? {
+                Some(s) if s.phase == BlobPhase::Fetched => FileState::Fetched,
+                None if f.file.expires_at <= now => FileState::Expired,
+                _ => continue,
             };
             f.state = new;
             self.db.commit(&[ClientWrite::File(id, f)])?;
@@ -487,9 +485,13 @@ impl Device {
                     Ok(other) => return Err(unexpected(other)),
                     Err(ClientLibError::Refused(ClientError::NoSuchBlob)) => {
                         drop(file);
-                        let _ = std::fs::remove_file(&part);
-                        self.set_file_state(id, &mut stored, FileState::Expired)?;
-                        return Err(ClientLibError::FileExpired);
+                        return self.abandon(
+                            id,
+                            &mut stored,
+                            &part,
+                            FileState::Expired,
+                            ClientLibError::FileExpired,
+                        );
                     }
                     Err(e) => return Err(e),
                 };
@@ -497,17 +499,15 @@ impl Device {
                     Ok(p) => p,
                     Err(e) => {
                         drop(file);
-                        let _ = std::fs::remove_file(&part);
-                        self.set_file_state(id, &mut stored, FileState::Received)?;
-                        return Err(ClientLibError::FileCorrupt(e));
+                        let err = ClientLibError::FileCorrupt(e);
+                        return self.abandon(id, &mut stored, &part, FileState::Received, err);
                     }
                 };
-                let start = u64::from(done) * chunk;
-                let real = f.size.saturating_sub(start).min(plain.len() as u64) as usize;
+                let real = chunk_file_len(f.size, done) as usize;
                 file.write_all(&plain[..real]).map_err(io_err(&part))?;
                 digest.update(&plain[..real]);
                 done += 1;
-                progress(start + real as u64, f.size);
+                progress((u64::from(done) * chunk).min(f.size), f.size);
             }
             // On disk before they count as done, so a resume never trusts bytes that were lost
             // (it cuts the file back to what was counted).
@@ -523,9 +523,8 @@ impl Device {
         }
         if digest.finish() != f.digest {
             drop(file);
-            let _ = std::fs::remove_file(&part);
-            self.set_file_state(id, &mut stored, FileState::Received)?;
-            return Err(ClientLibError::FileCorrupt(FileError::Digest));
+            let err = ClientLibError::FileCorrupt(FileError::Digest);
+            return self.abandon(id, &mut stored, &part, FileState::Received, err);
         }
         file.sync_all().map_err(io_err(&part))?;
         drop(file);
@@ -553,6 +552,21 @@ impl Device {
             tracing::debug!(error = %e, "could not tell the holding node the file was fetched");
         }
         Ok(place)
+    }
+
+    /// A download that cannot go on: its temporary file goes (nothing unverified stays), the
+    /// file is recorded as `state`, and `err` is the answer.
+    fn abandon(
+        &mut self,
+        id: &EnvelopeId,
+        stored: &mut StoredFile,
+        part: &Path,
+        state: FileState,
+        err: ClientLibError,
+    ) -> Result<PathBuf, ClientLibError> {
+        let _ = std::fs::remove_file(part);
+        self.set_file_state(id, stored, state)?;
+        Err(err)
     }
 
     fn set_file_state(

@@ -38,11 +38,15 @@ pub const IDLE_UPLOAD_MS: Millis = 24 * 3600 * 1000;
 /// One blob: its stored record, and the deadline under which it sits in `Blobs::deadlines`.
 struct Blob {
     rec: BlobRecord,
-    held: u32,
     deadline: Millis,
 }
 
 impl Blob {
+    /// Chunks held (counted from the record's chunk map: at most 1 KiB).
+    fn held(&self) -> u32 {
+        self.rec.held.iter().map(|b| b.count_ones()).sum()
+    }
+
     fn state(&self) -> BlobState {
         BlobState {
             phase: self.rec.phase,
@@ -104,15 +108,7 @@ impl Blobs {
     pub(super) fn from_records(records: Vec<(BlobId, BlobRecord)>) -> Blobs {
         let mut blobs = Blobs::default();
         for (id, rec) in records {
-            let held = rec.held.iter().map(|b| b.count_ones()).sum();
-            blobs.insert(
-                id,
-                Blob {
-                    rec,
-                    held,
-                    deadline: 0,
-                },
-            );
+            blobs.insert(id, Blob { rec, deadline: 0 });
         }
         blobs
     }
@@ -178,7 +174,7 @@ impl Blobs {
                 Err(ClientError::NoSuchBlob)
             };
         }
-        let full = hestia_protocol::file::CHUNK_BYTES + hestia_protocol::file::TAG_BYTES as u32;
+        let full = hestia_protocol::file::SEALED_CHUNK_BYTES;
         let tag = hestia_protocol::file::TAG_BYTES as u32;
         if spec.chunks == 0 || spec.last_chunk_bytes < tag || spec.last_chunk_bytes > full {
             return Err(ClientError::BadBlob);
@@ -210,11 +206,7 @@ impl Blobs {
             touched_at: now,
         };
         writes.push(NodeWrite::PutBlob(id, rec.clone()));
-        let blob = Blob {
-            rec,
-            held: 0,
-            deadline: 0,
-        };
+        let blob = Blob { rec, deadline: 0 };
         let state = blob.state();
         self.insert(id, blob);
         Ok(state)
@@ -235,24 +227,23 @@ impl Blobs {
             return Err(ClientError::NoSuchBlob);
         };
         if b.rec.phase != BlobPhase::Uploading {
-            return Ok(b.held);
+            return Ok(b.held());
         }
         if b.rec.spec.chunk_len(index) != Some(chunk.len() as u32) {
             return Err(ClientError::BadBlob);
         }
         if bit(&b.rec.held, index) {
-            return Ok(b.held);
+            return Ok(b.held());
         }
         let mut blob = self.remove(&id).expect("found above");
         blob.rec.held[index as usize / 8] |= 1 << (index % 8);
-        blob.held += 1;
         blob.rec.touched_at = now;
-        if blob.held == blob.rec.spec.chunks {
+        let held = blob.held();
+        if held == blob.rec.spec.chunks {
             blob.rec.phase = BlobPhase::Complete;
         }
         writes.push(NodeWrite::PutChunk(id, index, chunk));
         writes.push(NodeWrite::PutBlob(id, blob.rec.clone()));
-        let held = blob.held;
         self.insert(id, blob);
         Ok(held)
     }
@@ -330,13 +321,13 @@ mod tests {
     use super::super::tests::{Harness, T0, restarted};
     use super::super::{BatchId, Token};
     use super::*;
-    use hestia_protocol::file::{CHUNK_BYTES, TAG_BYTES};
+    use hestia_protocol::file::SEALED_CHUNK_BYTES;
     use hestia_protocol::wire::{
         Auth, ClientAuth, ClientOp, ClientRequest, ClientResponse, FedRequest, FedResponse,
     };
     use hestia_store::node::NodeStore;
 
-    const FULL: usize = CHUNK_BYTES as usize + TAG_BYTES;
+    const FULL: usize = SEALED_CHUNK_BYTES as usize;
     const DAY: Millis = 24 * 3600 * 1000;
 
     fn spec(chunks: u32, cap: &Capability) -> BlobSpec {

@@ -898,8 +898,7 @@ impl Core {
     ) {
         let now = self.advance(now);
         if let Some((token, _)) = self.blob_requests.remove(&batch) {
-            let full =
-                hestia_protocol::file::CHUNK_BYTES as usize + hestia_protocol::file::TAG_BYTES;
+            let full = hestia_protocol::file::SEALED_CHUNK_BYTES as usize;
             let response = match result {
                 Ok(FedResponse::Chunk(c)) if c.len() <= full => ClientResponse::Chunk(c),
                 Ok(FedResponse::BlobDeleted) => ClientResponse::BlobDeleted,
