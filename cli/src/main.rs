@@ -11,12 +11,13 @@ mod bench_storage;
 mod demo;
 mod files;
 mod inspect;
+mod push;
 mod real;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use hestia_node::client::{ClientLibError, Device, InboxEvent};
-use hestia_node::driver::{Node, NodeConfig};
+use hestia_node::driver::{Node, NodeConfig, PushSettings};
 use hestia_protocol::wire::BlobSpec;
 use hestia_store::client::{Direction, MessageState, StoredMessage, Trust};
 use libp2p::Multiaddr;
@@ -89,6 +90,9 @@ enum Command {
     /// Files sent and received.
     #[command(subcommand)]
     File(FileCmd),
+    /// Push wake-ups for this device (Web Push / UnifiedPush).
+    #[command(subcommand)]
+    Push(push::PushCmd),
     /// Run network simulations (see docs/simulations.md).
     #[command(subcommand)]
     Sim(SimCmd),
@@ -125,7 +129,8 @@ enum NodeCmd {
 #[derive(Args, Default)]
 struct NodeRunArgs {
     /// TOML config file with any of: data_dir, listen, bootstrap, registration_open,
-    /// send_burst, sends_per_second, max_file_mib, file_quota_mib, file_storage_gib.
+    /// send_burst, sends_per_second, max_file_mib, file_quota_mib, file_storage_gib, push,
+    /// push_contact, push_delay_max_secs.
     #[arg(long)]
     config: Option<PathBuf>,
     #[arg(long)]
@@ -158,6 +163,21 @@ struct NodeRunArgs {
     /// Encrypted file bytes all local users together may have stored, in GiB (default 256).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     file_storage_gib: Option<u64>,
+    /// Send no push wake-ups, and refuse push registrations.
+    #[arg(long)]
+    no_push: bool,
+    /// Where push services can reach you, the operator: a mailto: or https: URL sent with
+    /// every wake-up (the VAPID contact).
+    #[arg(long)]
+    push_contact: Option<String>,
+    /// Wait a random time of up to this many seconds before each wake-up, so its timing tells
+    /// the push service less about when mail arrived (default 0).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    push_delay_max_secs: Option<u64>,
+    /// Accept push endpoints on loopback addresses: only for tests against a local push
+    /// service. Private and link-local addresses stay refused.
+    #[arg(long)]
+    push_allow_loopback: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -174,6 +194,9 @@ struct NodeFile {
     max_file_mib: Option<u64>,
     file_quota_mib: Option<u64>,
     file_storage_gib: Option<u64>,
+    push: Option<bool>,
+    push_contact: Option<String>,
+    push_delay_max_secs: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -631,6 +654,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::File(FileCmd::Get { id, out }) => files::get(&home(&cli.home)?, &id, out).await,
         Command::File(FileCmd::List) => files::list(&home(&cli.home)?).await,
+        Command::Push(cmd) => push::run(cmd, &home(&cli.home)?).await,
         Command::Status => {
             let mut d = Device::open(&home(&cli.home)?)?;
             let mut conn = d.connect().await?;
@@ -772,6 +796,25 @@ fn node_config(args: NodeRunArgs) -> Result<NodeConfig> {
         bootstrap,
         registration_open: !args.closed_registration && file.registration_open.unwrap_or(true),
         limit_loopback: args.limit_loopback,
+        push: {
+            let contact = args.push_contact.or(file.push_contact);
+            if let Some(c) = &contact
+                && !(c.starts_with("mailto:") || c.starts_with("https://"))
+            {
+                bail!("--push-contact must be a mailto: or https:// URL, not {c:?}");
+            }
+            PushSettings {
+                enabled: !args.no_push && file.push.unwrap_or(true),
+                allow_loopback: args.push_allow_loopback,
+                max_delay_ms: args
+                    .push_delay_max_secs
+                    .or(file.push_delay_max_secs)
+                    .unwrap_or(0)
+                    .min(3600)
+                    * 1000,
+                contact: contact.unwrap_or_else(|| PushSettings::default().contact),
+            }
+        },
         limits: hestia_node::relay::Limits {
             send: hestia_node::relay::SendLimit {
                 burst: args

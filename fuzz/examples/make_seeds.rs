@@ -14,7 +14,7 @@ use hestia_protocol::wire::{
 use hestia_protocol::wire::{BlobPhase, BlobSpec, DeliveryState};
 use hestia_store::records::{
     AccountRecord, BlobRecord, Contact, Direction, MessageState, Origin, OutboxRecord,
-    PendingReceipts, StatusRecord, StoredIdentity, StoredMessage, Trust,
+    PendingReceipts, PushRecord, StatusRecord, StoredIdentity, StoredMessage, Trust,
 };
 use hestia_store::schema::{self, *};
 use std::path::Path;
@@ -261,6 +261,26 @@ fn main() {
         &schema::chunk_key(&blob, 2),
         &vec![1; spec.last_chunk_bytes as usize],
     );
+    let subscription = hestia_protocol::push::Subscription {
+        endpoint: "https://push.example.org/wake/abc".into(),
+        p256dh: [&[4u8][..], &[9; 64]].concat(),
+        auth: [3; 16],
+    };
+    let push = PushRecord {
+        subscription: subscription.clone(),
+        registered_at: NOW,
+        removed: Some((NOW + 1, 410)),
+    };
+    stored(
+        USERID_ENDPOINT_PUSH,
+        &schema::push_key(&bob, &hestia_protocol::push::endpoint_id(&subscription.endpoint)),
+        &codec::encode(&push).unwrap(),
+    );
+    let register = ClientRequest {
+        auth: Auth::Session(bob),
+        op: ClientOp::PushRegister(subscription),
+    };
+    write("client_wire", "push_register", &codec::encode(&register).unwrap());
     let put = ClientOp::BlobPut {
         blob,
         index: 0,

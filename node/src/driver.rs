@@ -4,7 +4,8 @@
 //! one synced batch (group commit), then sends the core's outputs.
 
 use crate::frame::FrameCodec;
-use crate::relay::{self, BatchId, FedFailure, Ready, Token};
+use crate::relay::{self, BatchId, FedFailure, Ready, Token, WakeId, WakeOutcome};
+use crate::webpush;
 use futures::{FutureExt, StreamExt};
 use hestia_protocol::Millis;
 use hestia_protocol::wire::{
@@ -284,7 +285,45 @@ pub struct NodeConfig {
     pub limits: relay::Limits,
     /// Apply the per-address connection limit to loopback too (tests of that limit).
     pub limit_loopback: bool,
+    pub push: PushSettings,
 }
+
+/// The node's push wake-up settings.
+#[derive(Clone, Debug)]
+pub struct PushSettings {
+    /// Send wake-ups (and accept registrations) at all.
+    pub enabled: bool,
+    /// Accept and reach endpoints on loopback addresses: tests against a local push service.
+    pub allow_loopback: bool,
+    /// Longest random delay before a wake-up goes out (0: none).
+    pub max_delay_ms: Millis,
+    /// The VAPID `sub` claim: a `mailto:` or `https:` address push services can reach the
+    /// operator at.
+    pub contact: String,
+}
+
+impl Default for PushSettings {
+    fn default() -> Self {
+        PushSettings {
+            enabled: true,
+            allow_loopback: false,
+            max_delay_ms: 0,
+            contact: "mailto:operator@hestia.invalid".into(),
+        }
+    }
+}
+
+/// Push registrations whose endpoint names are being resolved at once; beyond this one is
+/// refused as overloaded (each holds a lookup for up to [`webpush::RESOLVE_TIMEOUT`]).
+pub const MAX_PENDING_REGISTRATIONS: usize = 16;
+
+/// A push registration whose endpoint name was resolved and checked.
+type CheckedRegistration = (
+    Token,
+    PeerId,
+    ClientRequest,
+    Result<(), hestia_protocol::push::EndpointRefusal>,
+);
 
 /// A running node: the swarm, the store and the core.
 pub struct Node {
@@ -301,6 +340,13 @@ pub struct Node {
     lookups: LookupThrottle,
     /// The time of the last presence announcement acted on, per node.
     presence_seen: HashMap<PeerId, Millis>,
+    /// Sends wake-ups; `None` when push is off.
+    pusher: Option<webpush::Sender>,
+    wake_results: tokio::sync::mpsc::Receiver<(WakeId, WakeOutcome)>,
+    push_allow_loopback: bool,
+    registrations_tx: tokio::sync::mpsc::Sender<CheckedRegistration>,
+    registrations_rx: tokio::sync::mpsc::Receiver<CheckedRegistration>,
+    pending_registrations: usize,
 }
 
 impl Node {
@@ -343,12 +389,28 @@ impl Node {
             }
         }
         let seed = rand::random::<u64>();
+        let (pusher, wake_results, vapid_key) = if config.push.enabled {
+            let key = webpush::vapid_key(&store)?;
+            let public = webpush::vapid_public(&key);
+            let (sender, results) =
+                webpush::Sender::new(key, config.push.contact.clone(), config.push.allow_loopback);
+            (Some(sender), results, Some(public))
+        } else {
+            (None, tokio::sync::mpsc::channel(1).1, None)
+        };
+        let (registrations_tx, registrations_rx) =
+            tokio::sync::mpsc::channel(MAX_PENDING_REGISTRATIONS);
         let core = relay::Core::from_store(
             relay::Config {
                 node_id: peer.to_string(),
                 registration_open: config.registration_open,
                 seed,
                 limits: config.limits,
+                push: relay::PushConfig {
+                    vapid_key,
+                    allow_loopback: config.push.allow_loopback,
+                    max_delay_ms: config.push.max_delay_ms,
+                },
             },
             &store,
             now_millis(),
@@ -367,6 +429,12 @@ impl Node {
             presence_topic,
             presence_seen: HashMap::new(),
             has_bootstrap: !config.bootstrap.is_empty(),
+            pusher,
+            wake_results,
+            push_allow_loopback: config.push.allow_loopback,
+            registrations_tx,
+            registrations_rx,
+            pending_registrations: 0,
         })
     }
 
@@ -429,6 +497,10 @@ impl Node {
                 }
                 _ = timer => {}
                 _ = presence.tick() => self.announce(),
+                Some((wake, outcome)) = self.wake_results.recv() => {
+                    self.core.handle_wake_result(now_millis(), wake, outcome);
+                }
+                Some(checked) = self.registrations_rx.recv() => self.on_registration_checked(checked),
             }
         }
     }
@@ -467,6 +539,14 @@ impl Node {
                         tracing::debug!("peer node went away before its response");
                     }
                 }
+                Ready::Wake { wake, target } => match &self.pusher {
+                    Some(p) => p.send(wake, target),
+                    None => self.core.handle_wake_result(
+                        now_millis(),
+                        wake,
+                        WakeOutcome::Failed(wire::WakeFailure::Unreachable),
+                    ),
+                },
                 Ready::FedRequest {
                     batch,
                     to_node,
@@ -559,6 +639,13 @@ impl Node {
             } => {
                 let token = self.token();
                 self.client_channels.insert(token, channel);
+                if let wire::ClientOp::PushRegister(sub) = &request.op
+                    && self.pusher.is_some()
+                    && hestia_protocol::push::check_subscription(sub, self.push_allow_loopback)
+                        .is_ok()
+                {
+                    return self.check_registration(token, peer, request);
+                }
                 self.core
                     .handle_client(now_millis(), token, &peer.to_string(), request);
             }
@@ -566,6 +653,47 @@ impl Node {
                 tracing::info!(%peer, %error, "client request failed (malformed or closed)");
             }
             _ => {}
+        }
+    }
+
+    /// Resolves a push registration's endpoint name before the core sees it, so a name that
+    /// points inside the operator's network is refused with a clear error.
+    fn check_registration(&mut self, token: Token, peer: PeerId, request: ClientRequest) {
+        if self.pending_registrations >= MAX_PENDING_REGISTRATIONS {
+            return self.respond_now(token, wire::ClientError::Overloaded);
+        }
+        let wire::ClientOp::PushRegister(sub) = &request.op else {
+            return;
+        };
+        let endpoint = sub.endpoint.clone();
+        let allow_loopback = self.push_allow_loopback;
+        let tx = self.registrations_tx.clone();
+        self.pending_registrations += 1;
+        tokio::spawn(async move {
+            let verdict = webpush::check_resolved(&endpoint, allow_loopback).await;
+            // Room is reserved: at most MAX_PENDING_REGISTRATIONS are out at once.
+            let _ = tx.try_send((token, peer, request, verdict));
+        });
+    }
+
+    fn on_registration_checked(&mut self, (token, peer, request, verdict): CheckedRegistration) {
+        self.pending_registrations -= 1;
+        match verdict {
+            Ok(()) => self
+                .core
+                .handle_client(now_millis(), token, &peer.to_string(), request),
+            Err(refusal) => self.respond_now(token, wire::ClientError::PushRefused(refusal)),
+        }
+    }
+
+    /// Answers a client request with an error the driver found (nothing reached the core).
+    fn respond_now(&mut self, token: Token, error: wire::ClientError) {
+        if let Some(ch) = self.client_channels.remove(&token) {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .client
+                .send_response(ch, ClientResponse::Error(error));
         }
     }
 

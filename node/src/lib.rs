@@ -6,6 +6,7 @@
 //! - [`driver`]: the thin libp2p + RocksDB + tokio driver around the core.
 //! - [`frame`]: the length-prefixed, size-bounded request-response codec for both protocols.
 //! - [`ip_limits`]: inbound connections per source address.
+//! - [`webpush`]: the driver's Web Push sender (push wake-ups the core decides on).
 //! - [`client`]: the device side: a connection to the home node and the user's local state.
 
 pub mod client;
@@ -13,3 +14,4 @@ pub mod driver;
 pub mod frame;
 pub mod ip_limits;
 pub mod relay;
+pub mod webpush;

@@ -14,6 +14,7 @@
 //! - [`session`]: forward-secret sessions: prekeys, X3DH and the Double Ratchet with header
 //!   encryption.
 //! - [`wire`]: requests and responses of `/hestia/fed/1` and `/hestia/client/1`, and presence.
+//! - [`push`]: Web Push subscriptions, the checks on their endpoints, the wake-up body.
 //! - [`safety`]: safety numbers two people compare to verify each other.
 //! - [`redact`]: the one wrapper through which user ids reach a log.
 //! - [`display`]: the only way text from other users reaches a screen (controls neutralised).
@@ -24,6 +25,7 @@ pub mod envelope;
 pub mod file;
 pub mod frame;
 pub mod identity;
+pub mod push;
 pub mod redact;
 pub mod safety;
 pub mod seal;

@@ -12,6 +12,7 @@ use crate::Millis;
 use crate::envelope::{Envelope, EnvelopeId};
 use crate::file::{BlobId, Capability};
 use crate::identity::{IdentityKey, Sig, UserId};
+use crate::push::{EndpointRefusal, Subscription};
 use crate::session::prekeys::{PrekeyBundle, SignedPrekey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -180,6 +181,13 @@ pub enum ClientOp {
         blob: BlobId,
         cap: Capability,
     },
+    /// Wake this user's devices through this Web Push subscription when mail waits and none
+    /// is connected (`crate::push`). The same endpoint again replaces its keys.
+    PushRegister(Subscription),
+    /// Stop pushing to this endpoint, or to every endpoint of this user (`None`).
+    PushUnregister { endpoint: Option<String> },
+    /// The node's VAPID key and this user's subscriptions.
+    PushStatus,
 }
 
 /// What a node needs to hold an upload: its shape, who may fetch it, until when.
@@ -289,6 +297,56 @@ pub enum ClientResponse {
     Chunk(#[serde(with = "crate::codec::bytes")] Vec<u8>),
     /// Answer to `BlobDone`.
     BlobDeleted,
+    /// Answer to the push requests.
+    Push(PushInfo),
+}
+
+/// What a node tells a user about push.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushInfo {
+    /// The node's VAPID public key (P-256, uncompressed): the `applicationServerKey` a
+    /// subscription for this node is made with.
+    #[serde(with = "crate::codec::bytes")]
+    pub vapid_key: Vec<u8>,
+    pub subscriptions: Vec<PushSubscriptionState>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushSubscriptionState {
+    pub endpoint: String,
+    pub registered_at: Millis,
+    pub state: PushState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PushState {
+    /// In use. The counts are since the node last started.
+    Active {
+        /// A wake-up went out and the device has not since connected and drained its mailbox:
+        /// no further wake-up until it has.
+        woken: bool,
+        wakes_sent: u32,
+        last_wake_at: Option<Millis>,
+        /// Failed attempts of the current (or last) wake-up, and why the last one failed.
+        failed_attempts: u32,
+        last_failure: Option<WakeFailure>,
+    },
+    /// The push service said the subscription is gone (HTTP 404 or 410); nothing is sent to it
+    /// any more. Registering it again (or a new one) replaces this.
+    Removed { at: Millis, status: u16 },
+}
+
+/// Why one wake-up attempt failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WakeFailure {
+    /// The push service answered with this HTTP status.
+    Status(u16),
+    /// No connection (refused, reset, TLS failure, DNS failure).
+    Unreachable,
+    /// No answer in time.
+    Timeout,
+    /// The endpoint now resolves only to addresses the node does not send to.
+    Refused(EndpointRefusal),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -354,6 +412,12 @@ pub enum ClientError {
     /// A chunk that does not fit the blob's spec (index or length), or a different spec for a
     /// blob already begun, or a fetch of a blob not yet complete.
     BadBlob,
+    /// The push subscription is refused, and why.
+    PushRefused(EndpointRefusal),
+    /// The user already holds `crate::push::MAX_SUBSCRIPTIONS_PER_USER` subscriptions.
+    TooManySubscriptions,
+    /// This node sends no push wake-ups.
+    PushDisabled,
 }
 
 /// A node's signed presence announcement (gossipsub signs it with the node key).

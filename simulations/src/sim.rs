@@ -616,6 +616,7 @@ impl Sim {
                     registration_open: true,
                     seed: rng.next_u64(),
                     limits: relay::Limits::UNLIMITED,
+                    push: relay::PushConfig::default(),
                 },
                 Default::default(),
                 EPOCH_MS,
@@ -878,6 +879,9 @@ impl Sim {
                         );
                     }
                 }
+                // The model's nodes have push off (no VAPID key), so none is ever due; push
+                // wake-ups enter the model with issue 16.
+                Ready::Wake { .. } => {}
                 Ready::FedResponse { token, response } => {
                     let Some((from, batch, ids)) = self.nodes[n].fed_tokens.remove(&token) else {
                         continue;
@@ -1344,6 +1348,7 @@ impl Sim {
             registration_open: true,
             seed,
             limits: relay::Limits::UNLIMITED,
+            push: relay::PushConfig::default(),
         };
         let core = relay::Core::from_store(config, &self.nodes[n].store, self.now);
         self.nodes[n].core = Some(core.expect("memory store"));

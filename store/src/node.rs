@@ -1,6 +1,6 @@
 //! The node database and the interface the relay core's writes go through.
 
-pub use crate::records::{AccountRecord, BlobRecord, OutboxRecord, StatusRecord};
+pub use crate::records::{AccountRecord, BlobRecord, OutboxRecord, PushRecord, StatusRecord};
 use crate::records::{MailboxMeta, OutboxMeta};
 use crate::schema::{self, *};
 use crate::{Result, decode_value, encode_value};
@@ -32,6 +32,10 @@ pub enum NodeWrite {
     DeleteChunks(BlobId),
     /// A blob's record and every chunk.
     DeleteBlob(BlobId),
+    /// A user's push subscription (replacing one with the same endpoint).
+    PutPush(UserId, PushRecord),
+    /// A user's push subscription, by endpoint id.
+    DeletePush(UserId, [u8; 16]),
 }
 
 /// What the relay core keeps of an envelope held for a local user: enough to decide (order,
@@ -89,6 +93,7 @@ pub struct NodeSnapshot {
     pub signed_prekeys: Vec<(UserId, SignedPrekey)>,
     pub one_time_prekeys: Vec<(UserId, [u8; 32])>,
     pub blobs: Vec<(BlobId, BlobRecord)>,
+    pub push: Vec<(UserId, PushRecord)>,
 }
 
 /// Where the relay core's state lives. `apply` is atomic and durable when it returns `Ok`:
@@ -154,6 +159,19 @@ impl NodeDb {
     pub fn set_node_key(&self, key: &[u8]) -> Result<()> {
         let wo = crate::synced();
         Ok(self.db.put_cf_opt(self.cf(META), b"node_key", key, &wo)?)
+    }
+
+    /// The node's VAPID secret (a P-256 scalar), which signs its push wake-ups.
+    pub fn vapid_key(&self) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
+        Ok(self
+            .db
+            .get_cf(self.cf(META), b"vapid_key")?
+            .map(zeroize::Zeroizing::new))
+    }
+
+    pub fn set_vapid_key(&self, key: &[u8; 32]) -> Result<()> {
+        let wo = crate::synced();
+        Ok(self.db.put_cf_opt(self.cf(META), b"vapid_key", key, &wo)?)
     }
 
     /// Decodes every stored entry ([`crate::records::check`]); the number of entries.
@@ -246,6 +264,15 @@ impl NodeStore for NodeDb {
                 Ok((BlobId(id), v))
             })
             .collect::<Result<_>>()?;
+        let push = self
+            .scan::<PushRecord>(USERID_ENDPOINT_PUSH)?
+            .into_iter()
+            .map(|(k, v)| {
+                let (user, _) =
+                    schema::decode_push_key(&k).ok_or_else(|| corrupt(USERID_ENDPOINT_PUSH))?;
+                Ok((user, v))
+            })
+            .collect::<Result<_>>()?;
         Ok(NodeSnapshot {
             accounts,
             outbox,
@@ -253,6 +280,7 @@ impl NodeStore for NodeDb {
             signed_prekeys,
             one_time_prekeys,
             blobs,
+            push,
         })
     }
 
@@ -337,6 +365,17 @@ impl NodeStore for NodeDb {
                     let (start, end) = schema::chunk_range(id);
                     batch.delete_range_cf(self.cf(BLOBID_INDEX_CHUNK), &start[..], &end[..]);
                     batch.delete_cf(self.cf(BLOBID_BLOB), id.0);
+                }
+                NodeWrite::PutPush(u, rec) => batch.put_cf(
+                    self.cf(USERID_ENDPOINT_PUSH),
+                    schema::push_key(
+                        u,
+                        &hestia_protocol::push::endpoint_id(&rec.subscription.endpoint),
+                    ),
+                    encode_value(USERID_ENDPOINT_PUSH, rec)?,
+                ),
+                NodeWrite::DeletePush(u, id) => {
+                    batch.delete_cf(self.cf(USERID_ENDPOINT_PUSH), schema::push_key(u, id))
                 }
             }
         }
@@ -464,6 +503,7 @@ pub struct MemNodeStore {
     one_time_prekeys: std::collections::BTreeSet<(UserId, [u8; 32])>,
     blobs: BTreeMap<BlobId, BlobRecord>,
     chunks: BTreeMap<(BlobId, u32), Vec<u8>>,
+    push: BTreeMap<[u8; 48], (UserId, PushRecord)>,
     /// Number of `apply` calls, so tests can check batching.
     pub batches: u64,
 }
@@ -509,6 +549,7 @@ impl NodeStore for MemNodeStore {
                 .collect(),
             one_time_prekeys: self.one_time_prekeys.iter().copied().collect(),
             blobs: self.blobs.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            push: self.push.values().cloned().collect(),
         })
     }
 
@@ -560,6 +601,13 @@ impl NodeStore for MemNodeStore {
                 NodeWrite::DeleteBlob(id) => {
                     self.chunks.retain(|(b, _), _| b != id);
                     self.blobs.remove(id);
+                }
+                NodeWrite::PutPush(u, r) => {
+                    let id = hestia_protocol::push::endpoint_id(&r.subscription.endpoint);
+                    self.push.insert(schema::push_key(u, &id), (*u, r.clone()));
+                }
+                NodeWrite::DeletePush(u, id) => {
+                    self.push.remove(&schema::push_key(u, id));
                 }
             }
         }

@@ -67,6 +67,16 @@ pub struct BlobRecord {
     pub touched_at: Millis,
 }
 
+/// A Web Push subscription of a local user (schema 6).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushRecord {
+    pub subscription: hestia_protocol::push::Subscription,
+    pub registered_at: Millis,
+    /// When the push service said it is gone, and its HTTP status (404 or 410): nothing is
+    /// sent to it any more; kept so the user sees why.
+    pub removed: Option<(Millis, u16)>,
+}
+
 // The client database.
 
 /// The stored identity. The seed is the user's secret key: zeroized on drop, never printed.
@@ -268,6 +278,7 @@ pub fn check(cf: &str, key: &[u8], value: &[u8]) -> Result<()> {
     match cf {
         META => match key {
             b"kind" | b"node_key" => Ok(()),
+            b"vapid_key" if value.len() == 32 => Ok(()),
             b"schema_version" if value.len() == 4 => Ok(()),
             _ => Err(corrupt(cf, "unknown key")),
         },
@@ -309,6 +320,16 @@ pub fn check(cf: &str, key: &[u8], value: &[u8]) -> Result<()> {
                 return Err(corrupt(cf, "the chunk map does not fit the chunk count"));
             }
             Ok(())
+        }
+        USERID_ENDPOINT_PUSH => {
+            let (_, id) = decode_push_key(key).ok_or_else(|| corrupt(cf, "bad key"))?;
+            let r: PushRecord = decode_value(cf, value)?;
+            named(
+                cf,
+                hestia_protocol::push::endpoint_id(&r.subscription.endpoint) == id,
+            )?;
+            hestia_protocol::push::check_subscription(&r.subscription, true)
+                .map_err(|e| corrupt(cf, &e.to_string()))
         }
         BLOBID_INDEX_CHUNK => {
             decode_chunk_key(key).ok_or_else(|| corrupt(cf, "bad key"))?;

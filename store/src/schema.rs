@@ -8,10 +8,11 @@ use hestia_protocol::identity::UserId;
 
 /// Bumped with every change to a stored form; [`crate::node::NodeDb::open`] and
 /// [`crate::client::ClientDb::open`] refuse a newer database and migrate an older one step by step.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// `meta`: `"schema_version"` → u32 BE; `"kind"` → `node` | `client`; `"node_key"` → the node's
-/// libp2p key (protobuf encoding) in the node database.
+/// libp2p key (protobuf encoding) in the node database; `"vapid_key"` → the node's P-256 VAPID
+/// secret (32 bytes, schema 6), which signs its push wake-ups.
 pub const META: &str = "meta";
 
 // Node database.
@@ -35,6 +36,10 @@ pub const BLOBID_BLOB: &str = "blobid_blob";
 /// Values of 256 KiB: RocksDB keeps them in blob files (BlobDB), out of the LSM tree.
 pub const BLOBID_INDEX_CHUNK: &str = "blobid_index_chunk";
 
+/// `userid_endpoint_push`: user id (32) ‖ endpoint id (16, `push::endpoint_id`) → a Web Push
+/// subscription of the user's and whether the push service has removed it (schema 6).
+pub const USERID_ENDPOINT_PUSH: &str = "userid_endpoint_push";
+
 /// `userid_signedprekey`: user id (32) → the user's current signed prekey (schema 2).
 pub const USERID_SIGNEDPREKEY: &str = "userid_signedprekey";
 /// `userid_onetimeprekey`: user id (32) ‖ one-time prekey (32) → empty (schema 2). Deleted when
@@ -53,6 +58,7 @@ pub const NODE_CFS: &[&str] = &[
     USERID_ONETIMEPREKEY,
     BLOBID_BLOB,
     BLOBID_INDEX_CHUNK,
+    USERID_ENDPOINT_PUSH,
 ];
 
 // Client database.
@@ -145,6 +151,20 @@ pub fn one_time_prekey_key(user: &UserId, key: &[u8; 32]) -> [u8; 64] {
     k[..32].copy_from_slice(user.as_bytes());
     k[32..].copy_from_slice(key);
     k
+}
+
+pub fn push_key(user: &UserId, endpoint_id: &[u8; 16]) -> [u8; 48] {
+    let mut k = [0u8; 48];
+    k[..32].copy_from_slice(user.as_bytes());
+    k[32..].copy_from_slice(endpoint_id);
+    k
+}
+
+pub fn decode_push_key(k: &[u8]) -> Option<(UserId, [u8; 16])> {
+    if k.len() != 48 {
+        return None;
+    }
+    Some((UserId(k[..32].try_into().ok()?), k[32..].try_into().ok()?))
 }
 
 pub fn chunk_key(blob: &BlobId, index: u32) -> [u8; 20] {

@@ -9,6 +9,7 @@
 
 mod connection;
 pub mod files;
+pub mod push;
 pub mod receipts;
 pub mod trust;
 
@@ -223,6 +224,12 @@ fn describe_refusal(e: &ClientError) -> String {
         ClientError::BlobQuota => "your file storage on this node is full, or 4 uploads are \
              already going; wait for files to be fetched or expire"
             .into(),
+        ClientError::PushRefused(reason) => reason.to_string(),
+        ClientError::TooManySubscriptions => format!(
+            "you already have {} push subscriptions on this node; unregister one first",
+            hestia_protocol::push::MAX_SUBSCRIPTIONS_PER_USER
+        ),
+        ClientError::PushDisabled => "this node does not send push wake-ups".into(),
         other => format!("{other:?}"),
     }
 }

@@ -40,6 +40,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 mod blobs;
 mod origins;
 mod parked;
+mod push;
 
 use blobs::Blobs;
 pub use blobs::{
@@ -49,6 +50,11 @@ pub use blobs::{
 pub use origins::MAX_STORED_BYTES_PER_NODE;
 use origins::{Origins, UNATTRIBUTED};
 use parked::{Parked, ParkedFetches};
+use push::Pushes;
+pub use push::{
+    MAX_WAKE_ATTEMPTS, MAX_WAKES_IN_FLIGHT, PushConfig, WAKE_RETRY_BASE_MS, WAKE_RETRY_MAX_MS,
+    WakeId, WakeOutcome,
+};
 
 /// The core's hash maps use foldhash (the hasher hashbrown itself defaults to): several times
 /// faster than SipHash on these short keys, and seeded at random per process, so keys a peer
@@ -249,6 +255,14 @@ impl Bucket {
 /// start again with a full burst), so the table cannot grow with the number of peer ids.
 pub const MAX_FED_BUCKETS: usize = 10_000;
 
+/// Next value of the core's seeded generator (xorshift64): retry jitter, push delays.
+fn next_random(rng: &mut u64) -> u64 {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    *rng
+}
+
 /// Identifies an inbound request awaiting its response; chosen by the driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Token(pub u64);
@@ -265,6 +279,7 @@ pub struct Config {
     /// Seeds the retry jitter, so simulations replay.
     pub seed: u64,
     pub limits: Limits,
+    pub push: PushConfig,
 }
 
 /// What the core asks the driver to do. Envelope bodies are not in the core: an output that
@@ -308,6 +323,12 @@ pub enum Output {
         blob: BlobId,
         index: u32,
     },
+    /// Send a wake-up (`hestia_protocol::push::WAKE_BODY`) to this subscription and report
+    /// what became of it with [`Core::handle_wake_result`].
+    Wake {
+        wake: WakeId,
+        target: hestia_protocol::push::Subscription,
+    },
 }
 
 /// An [`Output`] with its envelope bodies read from the store: what goes on the wire.
@@ -325,6 +346,10 @@ pub enum Ready {
         batch: BatchId,
         to_node: String,
         request: FedRequest,
+    },
+    Wake {
+        wake: WakeId,
+        target: hestia_protocol::push::Subscription,
     },
 }
 
@@ -386,6 +411,7 @@ impl Output {
                     None => FedResponse::NoSuchBlob,
                 },
             },
+            Output::Wake { wake, target } => Ready::Wake { wake, target },
         })
     }
 }
@@ -546,6 +572,10 @@ pub struct Core {
     blobs: Blobs,
     /// Chunk fetches and deletions forwarded to another node: the client's token, who asked.
     blob_requests: HashMap<BatchId, (Token, UserId)>,
+    /// Push subscriptions and wake-up state.
+    pushes: Pushes,
+    /// Sessions open per user: a user with none has no device connected (push wakes them).
+    online: HashMap<UserId, u32>,
 }
 
 impl Core {
@@ -553,6 +583,7 @@ impl Core {
     /// the first [`Core::handle_timeout`].
     pub fn new(config: Config, snapshot: NodeSnapshot, now: Millis) -> Core {
         let rng = config.seed | 1;
+        let push_config = config.push.clone();
         let mut core = Core {
             config,
             now,
@@ -590,6 +621,8 @@ impl Core {
             fed_budget: HashMap::default(),
             blobs: Blobs::from_records(snapshot.blobs),
             blob_requests: HashMap::default(),
+            pushes: Pushes::new(push_config, snapshot.push),
+            online: HashMap::default(),
         };
         for (user, key) in snapshot.one_time_prekeys {
             core.one_time_prekeys.entry(user).or_default().insert(key);
@@ -695,6 +728,7 @@ impl Core {
                 if !batch.is_empty() {
                     return self.respond_mail(token, user, batch);
                 }
+                self.pushes.drained(&user);
                 if wait_ms > 0 {
                     if self.parked.of_user(&user) >= MAX_PARKED_PER_USER
                         && let Some(p) = self.parked.take_oldest_of(&user)
@@ -721,6 +755,9 @@ impl Core {
             }
             ClientOp::Ack(ids) => {
                 let removed = ids.iter().filter(|id| self.ack(&user, id)).count() as u32;
+                if self.mailbox_batch(&user, 1).is_empty() {
+                    self.pushes.drained(&user);
+                }
                 ClientResponse::Acked { removed }
             }
             ClientOp::Status(ids) if ids.len() > MAX_BATCH_ENVELOPES => {
@@ -804,6 +841,21 @@ impl Core {
                     }
                 }
             }
+            ClientOp::PushRegister(subscription) => {
+                match self
+                    .pushes
+                    .register(user, subscription, now, &mut self.writes)
+                {
+                    Ok(info) => ClientResponse::Push(info),
+                    Err(e) => ClientResponse::Error(e),
+                }
+            }
+            ClientOp::PushUnregister { endpoint } => ClientResponse::Push(self.pushes.unregister(
+                user,
+                endpoint.as_deref(),
+                &mut self.writes,
+            )),
+            ClientOp::PushStatus => ClientResponse::Push(self.pushes.info(&user)),
             ClientOp::BlobDone { node, blob, cap } => {
                 if node == self.config.node_id {
                     if self.blobs.done(&blob, &cap, now, &mut self.writes) {
@@ -826,7 +878,9 @@ impl Core {
     /// The last connection of `client_peer` closed: its session ends, and its parked fetches
     /// are answered (empty, to a closed channel) so they hold no place in the table.
     pub fn handle_client_disconnected(&mut self, client_peer: &str) {
-        self.sessions.remove(client_peer);
+        if let Some(user) = self.sessions.remove(client_peer) {
+            self.went_offline(&user);
+        }
         for p in self.parked.take_of_peer(client_peer) {
             self.respond_client(p.token, ClientResponse::Envelopes(Vec::new()));
         }
@@ -984,10 +1038,7 @@ impl Core {
             outbox.failures = outbox.failures.saturating_add(1);
             let exp = RETRY_BASE_MS.saturating_mul(1 << outbox.failures.min(16).saturating_sub(1));
             let delay = exp.min(RETRY_MAX_MS);
-            self.rng ^= self.rng << 13;
-            self.rng ^= self.rng >> 7;
-            self.rng ^= self.rng << 17;
-            let jitter = self.rng % (delay / 5 + 1);
+            let jitter = next_random(&mut self.rng) % (delay / 5 + 1);
             outbox.next_attempt = now.saturating_add(delay - jitter);
         }
         for (id, state) in finished {
@@ -1048,7 +1099,17 @@ impl Core {
         if expired > 0 {
             tracing::debug!(blobs = expired, "expired or idle uploads deleted");
         }
+        self.poll_wakes(now);
         self.flush_outboxes(now);
+    }
+
+    /// What became of a wake-up handed out as [`Output::Wake`].
+    pub fn handle_wake_result(&mut self, now: Millis, wake: WakeId, outcome: WakeOutcome) {
+        let now = self.advance(now);
+        let random = next_random(&mut self.rng);
+        self.pushes
+            .result(wake, outcome, now, random, &mut self.writes);
+        self.poll_wakes(now);
     }
 
     // ---- outputs ----
@@ -1079,13 +1140,29 @@ impl Core {
             .first()
             .map(|(s, _, _)| *s as Millis * 1000);
         let blobs = self.blobs.next_deadline();
-        [retry, parked, expiry, mail, blobs]
+        let wakes = self.pushes.next_deadline();
+        [retry, parked, expiry, mail, blobs, wakes]
             .into_iter()
             .flatten()
             .min()
     }
 
     // ---- internals ----
+
+    fn poll_wakes(&mut self, now: Millis) {
+        let online = &self.online;
+        self.pushes
+            .poll(now, |u| online.contains_key(u), &mut self.outputs);
+    }
+
+    fn went_offline(&mut self, user: &UserId) {
+        if let Some(n) = self.online.get_mut(user) {
+            *n -= 1;
+            if *n == 0 {
+                self.online.remove(user);
+            }
+        }
+    }
 
     /// The id of the next outbound federation request (deliveries and bundle fetches alike).
     fn new_batch_id(&mut self) -> BatchId {
@@ -1127,17 +1204,22 @@ impl Core {
     }
 
     fn open_session(&mut self, client_peer: &str, user: UserId) {
-        if self
-            .sessions
-            .insert(client_peer.to_string(), user)
-            .is_none()
-        {
-            self.session_order.push_back(client_peer.to_string());
-            // Evict the oldest sessions beyond the bound; their clients sign again when refused.
-            while self.session_order.len() > MAX_SESSIONS {
-                if let Some(old) = self.session_order.pop_front() {
-                    self.sessions.remove(&old);
-                }
+        match self.sessions.insert(client_peer.to_string(), user) {
+            Some(previous) if previous == user => return,
+            Some(previous) => self.went_offline(&previous),
+            None => self.session_order.push_back(client_peer.to_string()),
+        }
+        let n = self.online.entry(user).or_default();
+        *n += 1;
+        if *n == 1 {
+            self.pushes.user_online(&user);
+        }
+        // Evict the oldest sessions beyond the bound; their clients sign again when refused.
+        while self.session_order.len() > MAX_SESSIONS {
+            if let Some(old) = self.session_order.pop_front()
+                && let Some(u) = self.sessions.remove(&old)
+            {
+                self.went_offline(&u);
             }
         }
     }
@@ -1445,6 +1527,10 @@ impl Core {
         self.writes.push(NodeWrite::PutMailbox(envelope));
         self.insert_mailbox(entry, origin);
         self.wake_parked(&user);
+        if !self.online.contains_key(&user) {
+            let random = next_random(&mut self.rng);
+            self.pushes.mail_arrived(&user, now, random);
+        }
         DeliverResult::Accepted
     }
 

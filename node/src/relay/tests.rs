@@ -18,6 +18,8 @@ pub(super) struct Harness {
     next_token: u64,
     /// Federation requests node A emitted while a test looked only at client answers.
     stash: Vec<(BatchId, String, FedRequest)>,
+    /// Wake-ups either node handed out, in order.
+    pub(super) wakes: Vec<(super::WakeId, hestia_protocol::push::Subscription)>,
 }
 
 fn config(id: &str) -> Config {
@@ -26,6 +28,11 @@ fn config(id: &str) -> Config {
         registration_open: true,
         seed: 7,
         limits: Limits::default(),
+        push: super::PushConfig {
+            vapid_key: Some(vec![4; 65]),
+            allow_loopback: false,
+            max_delay_ms: 0,
+        },
     }
 }
 
@@ -59,6 +66,7 @@ impl Harness {
             store_b: MemNodeStore::default(),
             next_token: 0,
             stash: Vec::new(),
+            wakes: Vec::new(),
         };
         assert_eq!(
             h.client(true, T0, ClientOp::Register),
@@ -96,7 +104,7 @@ impl Harness {
     }
 
     /// Alice sends one envelope to Bob's node; returns her node's answer.
-    fn send_to_b(&mut self, now: Millis, envelope: Envelope) -> Vec<ClientResponse> {
+    pub(super) fn send_to_b(&mut self, now: Millis, envelope: Envelope) -> Vec<ClientResponse> {
         let to_node = "NodeB".into();
         self.client(
             true,
@@ -137,13 +145,14 @@ impl Harness {
                     to_node,
                     request,
                 } => reqs.push((batch, to_node, request)),
+                Ready::Wake { wake, target } => self.wakes.push((wake, target)),
             }
         }
         (reqs, fed, cl)
     }
 
     /// An envelope to Bob. The relay never looks inside a body, so any bytes do.
-    fn letter(&mut self, text: &str, now: Millis, ttl: Millis) -> Envelope {
+    pub(super) fn letter(&mut self, text: &str, now: Millis, ttl: Millis) -> Envelope {
         Envelope::seal_body(
             &mut self.rng,
             &self.bob.user_id(),
@@ -155,7 +164,7 @@ impl Harness {
     }
 
     /// Delivers node A's pending fed requests to node B and B's answers back to A.
-    fn pump(&mut self, now: Millis) -> usize {
+    pub(super) fn pump(&mut self, now: Millis) -> usize {
         let (reqs, _, _) = self.drain(true);
         let n = reqs.len();
         for (batch, to, req) in reqs {
