@@ -49,3 +49,29 @@ if ! cmp -s "$req" "$venv/.requirements" 2>/dev/null; then
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"
   cp "$req" "$venv/.requirements"
 fi
+
+# The push tests run a real Web Push service, the npm package web-push-testing (Node 20 or
+# later), from a directory beside the cargo target directory; reinstalled only when its lock
+# changes.
+push_dir="${HESTIA_PUSH_SERVICE:-$HOME/.cache/hestia/push-service}"
+push_src="$(dirname "$0")/../tests/push-service"
+node_ok() { command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 &&
+  [ "$(node -p 'process.versions.node.split(".")[0]')" -ge 20 ]; }
+if ! node_ok; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing nodejs and npm (the push tests' push service)" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  if ! node_ok; then
+    echo "setup: the push tests need Node.js 20 or later with npm; install them and rerun" >&2
+    exit 1
+  fi
+fi
+if ! cmp -s "$push_src/package-lock.json" "$push_dir/package-lock.json" 2>/dev/null ||
+  [ ! -d "$push_dir/node_modules/web-push-testing" ]; then
+  echo "setup: installing the push tests' push service into $push_dir" >&2
+  mkdir -p "$push_dir"
+  cp "$push_src/package.json" "$push_src/package-lock.json" "$push_dir/"
+  (cd "$push_dir" && npm ci --no-audit --no-fund --silent)
+fi
+cp "$push_src/loopback.js" "$push_dir/"

@@ -2,6 +2,8 @@
 //! bootstrap node and nodes as separate processes on loopback, runs client commands, kills and
 //! restarts nodes, and scans directories for plaintext. Every wait is bounded.
 
+pub mod push_service;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;

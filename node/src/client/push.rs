@@ -4,7 +4,7 @@
 //! hands it over, and shows what the node says of it.
 
 use super::{ClientLibError, Device, unexpected};
-use hestia_protocol::push::{self, Subscription};
+use hestia_protocol::push::Subscription;
 use hestia_protocol::wire::{ClientOp, ClientResponse, PushInfo};
 
 impl Device {
@@ -13,10 +13,6 @@ impl Device {
         &self,
         subscription: Subscription,
     ) -> Result<PushInfo, ClientLibError> {
-        // The node checks too; checking here gives the same answer without a round trip.
-        push::check_subscription(&subscription, true).map_err(|e| {
-            ClientLibError::Refused(hestia_protocol::wire::ClientError::PushRefused(e))
-        })?;
         self.push_call(ClientOp::PushRegister(subscription)).await
     }
 
