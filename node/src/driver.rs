@@ -313,17 +313,8 @@ impl Default for PushSettings {
     }
 }
 
-/// Push registrations whose endpoint names are being resolved at once; beyond this one is
-/// refused as overloaded (each holds a lookup for up to [`webpush::RESOLVE_TIMEOUT`]).
-pub const MAX_PENDING_REGISTRATIONS: usize = 16;
-
-/// A push registration whose endpoint name was resolved and checked.
-type CheckedRegistration = (
-    Token,
-    PeerId,
-    ClientRequest,
-    Result<(), hestia_protocol::push::EndpointRefusal>,
-);
+/// An endpoint check finished: the registration it belongs to, and the verdict.
+type EndpointChecked = (Token, Result<(), hestia_protocol::push::EndpointRefusal>);
 
 /// A running node: the swarm, the store and the core.
 pub struct Node {
@@ -344,9 +335,9 @@ pub struct Node {
     pusher: Option<webpush::Sender>,
     wake_results: tokio::sync::mpsc::Receiver<(WakeId, WakeOutcome)>,
     push_allow_loopback: bool,
-    registrations_tx: tokio::sync::mpsc::Sender<CheckedRegistration>,
-    registrations_rx: tokio::sync::mpsc::Receiver<CheckedRegistration>,
-    pending_registrations: usize,
+    /// Endpoint checks finished (the core bounds how many are going on).
+    checks_tx: tokio::sync::mpsc::Sender<EndpointChecked>,
+    checks_rx: tokio::sync::mpsc::Receiver<EndpointChecked>,
 }
 
 impl Node {
@@ -398,8 +389,8 @@ impl Node {
         } else {
             (None, tokio::sync::mpsc::channel(1).1, None)
         };
-        let (registrations_tx, registrations_rx) =
-            tokio::sync::mpsc::channel(MAX_PENDING_REGISTRATIONS);
+        let (checks_tx, checks_rx) =
+            tokio::sync::mpsc::channel(relay::MAX_PENDING_ENDPOINT_CHECKS + 1);
         let core = relay::Core::from_store(
             relay::Config {
                 node_id: peer.to_string(),
@@ -432,9 +423,8 @@ impl Node {
             pusher,
             wake_results,
             push_allow_loopback: config.push.allow_loopback,
-            registrations_tx,
-            registrations_rx,
-            pending_registrations: 0,
+            checks_tx,
+            checks_rx,
         })
     }
 
@@ -500,7 +490,9 @@ impl Node {
                 Some((wake, outcome)) = self.wake_results.recv() => {
                     self.core.handle_wake_result(now_millis(), wake, outcome);
                 }
-                Some(checked) = self.registrations_rx.recv() => self.on_registration_checked(checked),
+                Some((token, verdict)) = self.checks_rx.recv() => {
+                    self.core.handle_endpoint_checked(now_millis(), token, verdict);
+                }
             }
         }
     }
@@ -538,6 +530,15 @@ impl Node {
                     {
                         tracing::debug!("peer node went away before its response");
                     }
+                }
+                Ready::CheckEndpoint { token, endpoint } => {
+                    let allow_loopback = self.push_allow_loopback;
+                    let tx = self.checks_tx.clone();
+                    tokio::spawn(async move {
+                        let verdict = webpush::check_resolved(&endpoint, allow_loopback).await;
+                        // The core holds at most MAX_PENDING_ENDPOINT_CHECKS: there is room.
+                        let _ = tx.try_send((token, verdict));
+                    });
                 }
                 Ready::Wake { wake, target } => match &self.pusher {
                     Some(p) => p.send(wake, target),
@@ -639,13 +640,6 @@ impl Node {
             } => {
                 let token = self.token();
                 self.client_channels.insert(token, channel);
-                if let wire::ClientOp::PushRegister(sub) = &request.op
-                    && self.pusher.is_some()
-                    && hestia_protocol::push::check_subscription(sub, self.push_allow_loopback)
-                        .is_ok()
-                {
-                    return self.check_registration(token, peer, request);
-                }
                 self.core
                     .handle_client(now_millis(), token, &peer.to_string(), request);
             }
@@ -653,47 +647,6 @@ impl Node {
                 tracing::info!(%peer, %error, "client request failed (malformed or closed)");
             }
             _ => {}
-        }
-    }
-
-    /// Resolves a push registration's endpoint name before the core sees it, so a name that
-    /// points inside the operator's network is refused with a clear error.
-    fn check_registration(&mut self, token: Token, peer: PeerId, request: ClientRequest) {
-        if self.pending_registrations >= MAX_PENDING_REGISTRATIONS {
-            return self.respond_now(token, wire::ClientError::Overloaded);
-        }
-        let wire::ClientOp::PushRegister(sub) = &request.op else {
-            return;
-        };
-        let endpoint = sub.endpoint.clone();
-        let allow_loopback = self.push_allow_loopback;
-        let tx = self.registrations_tx.clone();
-        self.pending_registrations += 1;
-        tokio::spawn(async move {
-            let verdict = webpush::check_resolved(&endpoint, allow_loopback).await;
-            // Room is reserved: at most MAX_PENDING_REGISTRATIONS are out at once.
-            let _ = tx.try_send((token, peer, request, verdict));
-        });
-    }
-
-    fn on_registration_checked(&mut self, (token, peer, request, verdict): CheckedRegistration) {
-        self.pending_registrations -= 1;
-        match verdict {
-            Ok(()) => self
-                .core
-                .handle_client(now_millis(), token, &peer.to_string(), request),
-            Err(refusal) => self.respond_now(token, wire::ClientError::PushRefused(refusal)),
-        }
-    }
-
-    /// Answers a client request with an error the driver found (nothing reached the core).
-    fn respond_now(&mut self, token: Token, error: wire::ClientError) {
-        if let Some(ch) = self.client_channels.remove(&token) {
-            let _ = self
-                .swarm
-                .behaviour_mut()
-                .client
-                .send_response(ch, ClientResponse::Error(error));
         }
     }
 

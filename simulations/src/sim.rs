@@ -881,7 +881,7 @@ impl Sim {
                 }
                 // The model's nodes have push off (no VAPID key), so none is ever due; push
                 // wake-ups enter the model with issue 16.
-                Ready::Wake { .. } => {}
+                Ready::Wake { .. } | Ready::CheckEndpoint { .. } => {}
                 Ready::FedResponse { token, response } => {
                     let Some((from, batch, ids)) = self.nodes[n].fed_tokens.remove(&token) else {
                         continue;

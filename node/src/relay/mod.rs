@@ -52,8 +52,8 @@ use origins::{Origins, UNATTRIBUTED};
 use parked::{Parked, ParkedFetches};
 use push::Pushes;
 pub use push::{
-    MAX_WAKE_ATTEMPTS, MAX_WAKES_IN_FLIGHT, PushConfig, WAKE_RETRY_BASE_MS, WAKE_RETRY_MAX_MS,
-    WakeId, WakeOutcome,
+    MAX_PENDING_ENDPOINT_CHECKS, MAX_WAKE_ATTEMPTS, MAX_WAKES_IN_FLIGHT, PushConfig,
+    WAKE_RETRY_BASE_MS, WAKE_RETRY_MAX_MS, WakeId, WakeOutcome,
 };
 
 /// The core's hash maps use foldhash (the hasher hashbrown itself defaults to): several times
@@ -323,6 +323,12 @@ pub enum Output {
         blob: BlobId,
         index: u32,
     },
+    /// Resolve this push endpoint's host and report with [`Core::handle_endpoint_checked`]
+    /// (a registration from an authenticated user waits on it).
+    CheckEndpoint {
+        token: Token,
+        endpoint: String,
+    },
     /// Send a wake-up (`hestia_protocol::push::WAKE_BODY`) to this subscription and report
     /// what became of it with [`Core::handle_wake_result`].
     Wake {
@@ -350,6 +356,10 @@ pub enum Ready {
     Wake {
         wake: WakeId,
         target: hestia_protocol::push::Subscription,
+    },
+    CheckEndpoint {
+        token: Token,
+        endpoint: String,
     },
 }
 
@@ -412,6 +422,7 @@ impl Output {
                 },
             },
             Output::Wake { wake, target } => Ready::Wake { wake, target },
+            Output::CheckEndpoint { token, endpoint } => Ready::CheckEndpoint { token, endpoint },
         })
     }
 }
@@ -842,12 +853,18 @@ impl Core {
                 }
             }
             ClientOp::PushRegister(subscription) => {
+                let endpoint = subscription.endpoint.clone();
                 match self
                     .pushes
-                    .register(user, subscription, now, &mut self.writes)
+                    .register(token, user, subscription, now, &mut self.writes)
                 {
-                    Ok(info) => ClientResponse::Push(info),
-                    Err(e) => ClientResponse::Error(e),
+                    push::Registration::Done(Ok(info)) => ClientResponse::Push(info),
+                    push::Registration::Done(Err(e)) => ClientResponse::Error(e),
+                    push::Registration::Resolve => {
+                        self.outputs
+                            .push_back(Output::CheckEndpoint { token, endpoint });
+                        return;
+                    }
                 }
             }
             ClientOp::PushUnregister { endpoint } => ClientResponse::Push(self.pushes.unregister(
@@ -1101,6 +1118,24 @@ impl Core {
         }
         self.poll_wakes(now);
         self.flush_outboxes(now);
+    }
+
+    /// The driver's check of the endpoint asked for by [`Output::CheckEndpoint`]: every address
+    /// its name resolves to is one a wake-up may go to (`Ok`), or why not.
+    pub fn handle_endpoint_checked(
+        &mut self,
+        now: Millis,
+        token: Token,
+        verdict: Result<(), hestia_protocol::push::EndpointRefusal>,
+    ) {
+        let now = self.advance(now);
+        if let Some(answer) = self.pushes.checked(token, verdict, now, &mut self.writes) {
+            let response = match answer {
+                Ok(info) => ClientResponse::Push(info),
+                Err(e) => ClientResponse::Error(e),
+            };
+            self.respond_client(token, response);
+        }
     }
 
     /// What became of a wake-up handed out as [`Output::Wake`].

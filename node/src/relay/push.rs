@@ -17,7 +17,7 @@
 //! Wake-up state (armed, counts) is memory only: after a restart every subscription is armed,
 //! so at most one extra wake-up follows a restart.
 
-use super::{HashMap, Output};
+use super::{HashMap, Output, Token};
 use hestia_protocol::Millis;
 use hestia_protocol::identity::UserId;
 use hestia_protocol::push::{self, MAX_SUBSCRIPTIONS_PER_USER, Subscription};
@@ -34,6 +34,9 @@ pub const MAX_WAKE_ATTEMPTS: u32 = 5;
 pub const WAKE_RETRY_BASE_MS: Millis = 1000;
 /// Longest delay between attempts, also the most of a push service's `Retry-After` honoured.
 pub const WAKE_RETRY_MAX_MS: Millis = 60_000;
+/// Registrations whose endpoint name the driver is resolving at once (each a DNS lookup of up
+/// to a few seconds); beyond this one is refused as overloaded.
+pub const MAX_PENDING_ENDPOINT_CHECKS: usize = 16;
 
 /// The node's push settings.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -134,6 +137,15 @@ pub(super) struct Pushes {
     due: BTreeSet<(Millis, UserId, [u8; 16])>,
     in_flight: HashMap<WakeId, (UserId, [u8; 16])>,
     next_wake: u64,
+    /// Registrations waiting for the driver's check of their endpoint's name.
+    checking: HashMap<Token, (UserId, Subscription)>,
+}
+
+/// What to do with a registration.
+pub(super) enum Registration {
+    Done(Result<PushInfo, ClientError>),
+    /// Its endpoint is a name: have the driver resolve it ([`super::Output::CheckEndpoint`]).
+    Resolve,
 }
 
 impl Pushes {
@@ -151,6 +163,7 @@ impl Pushes {
             due: BTreeSet::new(),
             in_flight: HashMap::default(),
             next_wake: 0,
+            checking: HashMap::default(),
         }
     }
 
@@ -165,17 +178,60 @@ impl Pushes {
         }
     }
 
-    /// Adds or replaces (same endpoint) a subscription of `user`.
+    /// A registration from `user`: refused, done, or (an endpoint that is a name) held under
+    /// `token` until [`Pushes::checked`] says what the name resolves to.
     pub(super) fn register(
+        &mut self,
+        token: Token,
+        user: UserId,
+        subscription: Subscription,
+        now: Millis,
+        writes: &mut Vec<NodeWrite>,
+    ) -> Registration {
+        if self.config.vapid_key.is_none() {
+            return Registration::Done(Err(ClientError::PushDisabled));
+        }
+        match push::check_endpoint(&subscription.endpoint, self.config.allow_loopback) {
+            Err(e) => return Registration::Done(Err(ClientError::PushRefused(e))),
+            Ok(e) if e.ip().is_none() => {
+                if let Err(e) = push::check_subscription(&subscription, self.config.allow_loopback)
+                {
+                    return Registration::Done(Err(ClientError::PushRefused(e)));
+                }
+                if self.checking.len() >= MAX_PENDING_ENDPOINT_CHECKS {
+                    return Registration::Done(Err(ClientError::Overloaded));
+                }
+                self.checking.insert(token, (user, subscription));
+                return Registration::Resolve;
+            }
+            Ok(_) => {}
+        }
+        Registration::Done(self.store(user, subscription, now, writes))
+    }
+
+    /// The driver's verdict on the endpoint of the registration held under `token`: the
+    /// user and the answer, if one was held.
+    pub(super) fn checked(
+        &mut self,
+        token: Token,
+        verdict: Result<(), push::EndpointRefusal>,
+        now: Millis,
+        writes: &mut Vec<NodeWrite>,
+    ) -> Option<Result<PushInfo, ClientError>> {
+        let (user, subscription) = self.checking.remove(&token)?;
+        Some(match verdict {
+            Ok(()) => self.store(user, subscription, now, writes),
+            Err(e) => Err(ClientError::PushRefused(e)),
+        })
+    }
+
+    fn store(
         &mut self,
         user: UserId,
         subscription: Subscription,
         now: Millis,
         writes: &mut Vec<NodeWrite>,
     ) -> Result<PushInfo, ClientError> {
-        if self.config.vapid_key.is_none() {
-            return Err(ClientError::PushDisabled);
-        }
         push::check_subscription(&subscription, self.config.allow_loopback)
             .map_err(ClientError::PushRefused)?;
         let record = PushRecord {
@@ -424,7 +480,8 @@ mod tests {
 
     fn sub(n: u8) -> Subscription {
         Subscription {
-            endpoint: format!("https://push.example.org/wake/{n}"),
+            // An IP literal: registered at once (a name waits for the driver's check).
+            endpoint: format!("https://93.184.216.34/wake/{n}"),
             p256dh: vec![4; P256DH_LEN],
             auth: [n; 16],
         }
@@ -684,6 +741,49 @@ mod tests {
         assert!(status(&mut h, T0).is_empty());
         h.drain(false);
         assert!(h.store_b.load().unwrap().push.is_empty(), "deleted durably");
+
+        // An endpoint that is a name waits for the driver to resolve it, within a bound.
+        let named = |n: usize| Subscription {
+            endpoint: format!("https://push{n}.example.org/x"),
+            ..sub(1)
+        };
+        assert!(
+            h.client(false, T0, ClientOp::PushRegister(named(0)))
+                .is_empty()
+        );
+        let (token, endpoint) = h.checks.pop().unwrap();
+        assert_eq!(endpoint, named(0).endpoint);
+        h.b.handle_endpoint_checked(T0, token, Ok(()));
+        assert!(matches!(h.drain(false).2[..], [ClientResponse::Push(_)]));
+        assert_eq!(status(&mut h, T0).len(), 1);
+        assert!(
+            h.client(false, T0, ClientOp::PushRegister(named(1)))
+                .is_empty()
+        );
+        let (token, _) = h.checks.pop().unwrap();
+        h.b.handle_endpoint_checked(T0, token, Err(EndpointRefusal::PrivateAddress));
+        assert_eq!(
+            h.drain(false).2,
+            vec![ClientResponse::Error(ClientError::PushRefused(
+                EndpointRefusal::PrivateAddress
+            ))]
+        );
+        assert_eq!(
+            status(&mut h, T0).len(),
+            1,
+            "nothing stored for a refused name"
+        );
+        for n in 0..MAX_PENDING_ENDPOINT_CHECKS {
+            assert!(
+                h.client(false, T0, ClientOp::PushRegister(named(n)))
+                    .is_empty()
+            );
+        }
+        assert_eq!(
+            refused(&mut h, named(99)),
+            ClientError::Overloaded,
+            "checks in flight are bounded"
+        );
 
         // A node without a VAPID key sends no push and says so.
         h.b.pushes.config.vapid_key = None;

@@ -20,6 +20,8 @@ pub(super) struct Harness {
     stash: Vec<(BatchId, String, FedRequest)>,
     /// Wake-ups either node handed out, in order.
     pub(super) wakes: Vec<(super::WakeId, hestia_protocol::push::Subscription)>,
+    /// Endpoint checks either node asked for, in order.
+    pub(super) checks: Vec<(Token, String)>,
 }
 
 fn config(id: &str) -> Config {
@@ -67,6 +69,7 @@ impl Harness {
             next_token: 0,
             stash: Vec::new(),
             wakes: Vec::new(),
+            checks: Vec::new(),
         };
         assert_eq!(
             h.client(true, T0, ClientOp::Register),
@@ -146,6 +149,7 @@ impl Harness {
                     request,
                 } => reqs.push((batch, to_node, request)),
                 Ready::Wake { wake, target } => self.wakes.push((wake, target)),
+                Ready::CheckEndpoint { token, endpoint } => self.checks.push((token, endpoint)),
             }
         }
         (reqs, fed, cl)
