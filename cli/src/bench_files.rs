@@ -45,6 +45,35 @@ fn store_baseline(dir: &Path) -> Result<f64> {
     Ok(mib_s(BASELINE_BYTES, t.elapsed().as_secs_f64()))
 }
 
+/// The other way a node could keep chunks (issue 11 asks to choose by measurement): each blob
+/// a plain file under the data directory, a chunk written at its offset and `fdatasync`ed, and
+/// then the blob's record (which says the chunk is held) in a synced RocksDB batch, as an
+/// acknowledgement would need. MiB/s for the same chunks as [`store_baseline`].
+fn file_store_baseline(dir: &Path) -> Result<f64> {
+    use std::os::unix::fs::FileExt;
+    let mut db = NodeDb::open(&dir.join("db"))?;
+    let file = std::fs::File::create(dir.join("blob"))?;
+    let chunk = vec![7u8; SEALED_CHUNK_BYTES as usize];
+    let n = (BASELINE_BYTES / u64::from(CHUNK_BYTES)) as u32;
+    let spec = hestia_protocol::wire::BlobSpec::of_file(BASELINE_BYTES, [0; 32], 0);
+    let mut record = hestia_store::node::BlobRecord {
+        owner: hestia_protocol::identity::UserId([1; 32]),
+        held: vec![0; (spec.chunks as usize).div_ceil(8)],
+        spec,
+        phase: hestia_protocol::wire::BlobPhase::Uploading,
+        touched_at: 0,
+    };
+    let blob = BlobId([1; 16]);
+    let t = Instant::now();
+    for i in 0..n {
+        file.write_all_at(&chunk, u64::from(i) * u64::from(SEALED_CHUNK_BYTES))?;
+        file.sync_data()?;
+        record.held[i as usize / 8] |= 1 << (i % 8);
+        db.apply(&[NodeWrite::PutBlob(blob, record.clone())])?;
+    }
+    Ok(mib_s(BASELINE_BYTES, t.elapsed().as_secs_f64()))
+}
+
 /// `size` bytes that do not compress: a fast generator, written in 1 MiB pieces.
 fn write_file(path: &Path, size: u64) -> Result<()> {
     use std::io::Write;
@@ -122,6 +151,9 @@ pub fn run(file_mib: u64) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let aead = aead_baseline()?;
     let store = store_baseline(&tmp.path().join("baseline-db"))?;
+    let files_dir = tmp.path().join("baseline-files");
+    std::fs::create_dir_all(&files_dir)?;
+    let file_store = file_store_baseline(&files_dir)?;
     eprintln!("files: two nodes, two devices; a {file_mib} MiB file…");
     let net = Net::start(2);
     net.account("alice", 0);
@@ -161,6 +193,10 @@ pub fn run(file_mib: u64) -> Result<()> {
     println!("| raw XChaCha20-Poly1305, 256 KiB chunks, one core | {aead:.0} MiB/s | baseline |");
     println!(
         "| raw synced writes of 256 KiB chunks to a node store, one per batch | {store:.0} MiB/s | baseline |"
+    );
+    println!(
+        "| the alternative: each chunk pwrite + fdatasync to a plain file, then its record synced | {file_store:.0} MiB/s | {:.2} of the store's |",
+        file_store / store
     );
     for (name, r) in [
         ("upload (Alice's device to her node)", &up),

@@ -179,11 +179,25 @@ fn tamper(net: &Net, id: &str, edit: impl FnOnce(&mut hestia_store::client::Stor
 }
 
 #[test]
-fn a_wrong_key_a_wrong_digest_and_an_expired_file_fail_plainly_and_write_nothing() {
+fn a_wrong_key_a_wrong_digest_another_files_capability_and_an_expired_file_fail_plainly_and_write_nothing()
+ {
     let net = Net::start(1);
     let (src, want) = alice_bob_and_a_file(&net, 0, 700_000);
     net.ok("alice", &["send", "bob", "--file", src.to_str().unwrap()]);
     let id = file_id(&net.ok("bob", &["inbox"]));
+    // A second file, whose capability is somebody else's as far as the first is concerned.
+    let other_src = net.tmp.path().join("other.bin");
+    write_file(&other_src, 300_000);
+    net.ok(
+        "alice",
+        &["send", "bob", "--file", other_src.to_str().unwrap()],
+    );
+    let other_id = file_id(&net.ok("bob", &["inbox"]));
+    let other_cap = {
+        let mut cap = None;
+        tamper(&net, &other_id, |f| cap = Some(f.file.cap.clone()));
+        cap.unwrap()
+    };
     let out = net.tmp.path().join("out.bin");
     let get = |net: &Net| net.run("bob", &["file", "get", &id, "--out", out.to_str().unwrap()]);
     let nothing_written = |why: &str| {
@@ -221,9 +235,27 @@ fn a_wrong_key_a_wrong_digest_and_an_expired_file_fail_plainly_and_write_nothing
     );
     nothing_written("wrong digest");
 
+    // The capability of another file: the node answers as for an unknown file, and keeps
+    // serving the right one.
+    let cap = {
+        let mut cap = None;
+        tamper(&net, &id, |f| {
+            f.file.digest[0] ^= 1;
+            cap = Some(std::mem::replace(&mut f.file.cap, other_cap.clone()));
+        });
+        cap.unwrap()
+    };
+    let r = get(&net);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("file expired"), "{err}");
+    nothing_written("another file's capability");
+    tamper(&net, &id, |f| {
+        f.file.cap = cap.clone();
+        f.state = hestia_store::client::FileState::Received;
+    });
+
     // Put right, it downloads; once fetched the node deletes it, and asking for it again
     // (say, from another copy of the reference) is "file expired".
-    tamper(&net, &id, |f| f.file.digest[0] ^= 1);
     net.ok("bob", &["file", "get", &id, "--out", out.to_str().unwrap()]);
     assert_eq!(digest_of(&out), want);
     std::fs::remove_file(&out).unwrap();
