@@ -8,9 +8,10 @@ use hestia_protocol::identity::{IdentityKey, UserId};
 use hestia_protocol::wire::{
     self, Auth, ClientAuth, ClientError, ClientOp, ClientRequest, ClientResponse,
 };
-use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identity};
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 /// How long to wait for the home node to accept a connection.
@@ -27,6 +28,19 @@ pub struct Connection {
     node: PeerId,
     /// The user this connection has a session for (after one signed request succeeded).
     session: Option<UserId>,
+    /// Requests of the window ([`Connection::start`]), oldest first.
+    window: VecDeque<Windowed>,
+    /// Answers to windowed requests that came before those ahead of them were taken.
+    early: HashMap<OutboundRequestId, Answer>,
+}
+
+type Answer = Result<ClientResponse, ClientLibError>;
+
+/// One request of the window: sent and waiting, or answered already (one that had to go
+/// alone, signed, because there was no session yet).
+enum Windowed {
+    Sent(OutboundRequestId, ClientOp),
+    Answered(Answer),
 }
 
 impl Connection {
@@ -76,6 +90,8 @@ impl Connection {
             swarm,
             node,
             session: None,
+            window: VecDeque::new(),
+            early: HashMap::new(),
         })
     }
 
@@ -108,43 +124,59 @@ impl Connection {
         answer
     }
 
-    /// Sends these requests at once and returns their answers in the same order: the way to
-    /// keep a link busy with several chunks in flight. They go on the session (the first is
-    /// sent alone, signed, if there is none yet); one the node answers `SessionUnknown` is sent
-    /// again signed.
-    pub async fn call_all(
-        &mut self,
-        key: &IdentityKey,
-        ops: Vec<ClientOp>,
-    ) -> Vec<Result<ClientResponse, ClientLibError>> {
+    /// Sends `op` on the session without waiting: the way to keep a link busy, one request
+    /// leaving as each answer is taken. Answers come from [`Connection::next_answer`] in the
+    /// order the requests were started. (With no session yet, the request goes alone, signed,
+    /// and its answer waits in the window.)
+    pub async fn start(&mut self, key: &IdentityKey, op: ClientOp) {
         let user = key.user_id();
-        let mut ops = ops.into_iter();
-        let mut out = Vec::new();
         if self.session != Some(user) {
-            let Some(first) = ops.next() else {
-                return out;
-            };
-            out.push(self.call(key, first).await);
+            let answer = self.call(key, op).await;
+            self.window.push_back(Windowed::Answered(answer));
+            return;
         }
-        let ops: Vec<ClientOp> = ops.collect();
-        let requests = ops
-            .iter()
-            .map(|op| ClientRequest {
-                auth: Auth::Session(user),
-                op: op.clone(),
-            })
-            .collect();
-        let answers = self.send_all(requests).await;
-        for (op, answer) in ops.into_iter().zip(answers) {
-            out.push(match answer {
-                Err(ClientLibError::Refused(ClientError::SessionUnknown)) => {
-                    self.session = None;
-                    self.call(key, op).await
-                }
-                other => other,
-            });
-        }
-        out
+        let request = ClientRequest {
+            auth: Auth::Session(user),
+            op: op.clone(),
+        };
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .rr
+            .send_request(&self.node, request);
+        self.window.push_back(Windowed::Sent(id, op));
+    }
+
+    /// Requests started and not yet answered through [`Connection::next_answer`].
+    pub fn in_window(&self) -> usize {
+        self.window.len()
+    }
+
+    /// The answer to the oldest request [`Connection::start`] sent (`None` if there is none).
+    /// One the node answers `SessionUnknown` is sent again, signed.
+    pub async fn next_answer(&mut self, key: &IdentityKey) -> Option<Answer> {
+        let (id, op) = match self.window.pop_front()? {
+            Windowed::Answered(a) => return Some(a),
+            Windowed::Sent(id, op) => (id, op),
+        };
+        let answer = loop {
+            if let Some(a) = self.early.remove(&id) {
+                break a;
+            }
+            if let SwarmEvent::Behaviour(ClientBehaviourEvent::Rr(ev)) =
+                self.swarm.select_next_some().await
+                && let Some((got, answer)) = answer_of(ev)
+            {
+                self.early.insert(got, answer);
+            }
+        };
+        Some(match answer {
+            Err(ClientLibError::Refused(ClientError::SessionUnknown)) => {
+                self.session = None;
+                self.call(key, op).await
+            }
+            other => other,
+        })
     }
 
     async fn send(&mut self, auth: Auth, op: ClientOp) -> Result<ClientResponse, ClientLibError> {
@@ -157,7 +189,7 @@ impl Connection {
         &mut self,
         requests: Vec<ClientRequest>,
     ) -> Vec<Result<ClientResponse, ClientLibError>> {
-        let mut pending = std::collections::HashMap::new();
+        let mut pending = HashMap::new();
         for (i, request) in requests.into_iter().enumerate() {
             let id = self
                 .swarm
@@ -174,36 +206,49 @@ impl Connection {
             else {
                 continue;
             };
-            let (id, answer) = match ev {
-                request_response::Event::Message {
-                    message:
-                        request_response::Message::Response {
-                            request_id,
-                            response,
-                        },
-                    ..
-                } => (
-                    request_id,
-                    match response {
-                        ClientResponse::Error(e) => Err(ClientLibError::Refused(e)),
-                        r => Ok(r),
-                    },
-                ),
-                request_response::Event::OutboundFailure {
-                    request_id, error, ..
-                } => (
-                    request_id,
-                    Err(ClientLibError::RequestFailed(error.to_string())),
-                ),
-                _ => continue,
+            let Some((id, answer)) = answer_of(ev) else {
+                continue;
             };
-            if let Some(i) = pending.remove(&id) {
-                answers[i] = Some(answer);
+            match pending.remove(&id) {
+                Some(i) => answers[i] = Some(answer),
+                // A request of the window: kept for `next_answer`.
+                None => {
+                    self.early.insert(id, answer);
+                }
             }
         }
         answers
             .into_iter()
             .map(|a| a.expect("every request is answered or failed"))
             .collect()
+    }
+}
+
+/// The request an event answers, and the answer (a refusal as an error).
+fn answer_of(
+    ev: request_response::Event<ClientRequest, ClientResponse>,
+) -> Option<(OutboundRequestId, Answer)> {
+    match ev {
+        request_response::Event::Message {
+            message:
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                },
+            ..
+        } => Some((
+            request_id,
+            match response {
+                ClientResponse::Error(e) => Err(ClientLibError::Refused(e)),
+                r => Ok(r),
+            },
+        )),
+        request_response::Event::OutboundFailure {
+            request_id, error, ..
+        } => Some((
+            request_id,
+            Err(ClientLibError::RequestFailed(error.to_string())),
+        )),
+        _ => None,
     }
 }

@@ -227,34 +227,43 @@ impl Device {
         progress(done, size);
         // One pass over the file: every chunk is read and hashed (the digest goes in the
         // message, after the upload), and those the node does not hold are sealed and sent,
-        // a few at a time.
+        // up to CHUNKS_IN_FLIGHT at once: the next leaves as soon as the oldest is stored, so
+        // sealing here overlaps the node's synced writes.
         let mut file = std::fs::File::open(&path).map_err(io_err(&path))?;
         let mut digest = FileDigest::default();
-        let mut group: Vec<u32> = Vec::with_capacity(CHUNKS_IN_FLIGHT);
-        let mut ops = Vec::with_capacity(CHUNKS_IN_FLIGHT);
+        let mut sent: std::collections::VecDeque<u32> = Default::default();
+        let key = &self.key;
+        let mut stored = async |conn: &mut Connection, index: u32| -> Result<(), ClientLibError> {
+            match conn.next_answer(key).await {
+                Some(Ok(ClientResponse::ChunkStored { .. })) => {}
+                Some(Ok(other)) => return Err(unexpected(other)),
+                Some(Err(e)) => return Err(e),
+                None => return Err(ClientLibError::Unexpected("no answer".into())),
+            }
+            done += chunk_file_len(size, index);
+            progress(done, size);
+            Ok(())
+        };
         for i in 0..f.cipher.chunks {
             let plain = read_chunk(&mut file, size, i).map_err(io_err(&path))?;
             digest.update(&plain[..chunk_file_len(size, i) as usize]);
             if state.phase == BlobPhase::Uploading && !state.is_held(i) {
                 let chunk = f.cipher.seal(i, &plain).map_err(ClientLibError::File)?;
-                ops.push(ClientOp::BlobPut {
+                if sent.len() == CHUNKS_IN_FLIGHT {
+                    let oldest = sent.pop_front().expect("the window is full");
+                    stored(conn, oldest).await?;
+                }
+                let op = ClientOp::BlobPut {
                     blob: f.blob,
                     index: i,
                     chunk,
-                });
-                group.push(i);
+                };
+                conn.start(&self.key, op).await;
+                sent.push_back(i);
             }
-            if ops.len() == CHUNKS_IN_FLIGHT || (i + 1 == f.cipher.chunks && !ops.is_empty()) {
-                let answers = conn.call_all(&self.key, std::mem::take(&mut ops)).await;
-                for (i, answer) in group.drain(..).zip(answers) {
-                    match answer? {
-                        ClientResponse::ChunkStored { .. } => {}
-                        other => return Err(unexpected(other)),
-                    }
-                    done += chunk_file_len(size, i);
-                }
-                progress(done, size);
-            }
+        }
+        while let Some(oldest) = sent.pop_front() {
+            stored(conn, oldest).await?;
         }
         let mut f = f;
         f.digest = digest.finish();
@@ -468,18 +477,27 @@ impl Device {
             left -= n as u64;
         }
         progress(kept, f.size);
+        // Up to CHUNKS_IN_FLIGHT requests out at once, the next leaving as each answer is
+        // taken (answers come in order), so the nodes keep working while this device opens,
+        // writes and syncs.
+        let mut next = done;
+        let mut unsynced = 0;
         while done < f.cipher.chunks {
-            let group: Vec<u32> = (done..f.cipher.chunks).take(CHUNKS_IN_FLIGHT).collect();
-            let ops = group
-                .iter()
-                .map(|&index| ClientOp::BlobGet {
+            while next < f.cipher.chunks && conn.in_window() < CHUNKS_IN_FLIGHT {
+                let op = ClientOp::BlobGet {
                     node: f.node.clone(),
                     blob: f.blob,
-                    index,
+                    index: next,
                     cap: f.cap.clone(),
-                })
-                .collect();
-            for answer in conn.call_all(&self.key, ops).await {
+                };
+                conn.start(&self.key, op).await;
+                next += 1;
+            }
+            {
+                let answer = conn
+                    .next_answer(&self.key)
+                    .await
+                    .expect("a request is in the window");
                 let sealed = match answer {
                     Ok(ClientResponse::Chunk(c)) => c,
                     Ok(other) => return Err(unexpected(other)),
@@ -507,8 +525,13 @@ impl Device {
                 file.write_all(&plain[..real]).map_err(io_err(&part))?;
                 digest.update(&plain[..real]);
                 done += 1;
+                unsynced += 1;
                 progress((u64::from(done) * chunk).min(f.size), f.size);
             }
+            if unsynced < CHUNKS_IN_FLIGHT && done < f.cipher.chunks {
+                continue;
+            }
+            unsynced = 0;
             // On disk before they count as done, so a resume never trusts bytes that were lost
             // (it cuts the file back to what was counted).
             file.sync_data().map_err(io_err(&part))?;
