@@ -2,8 +2,9 @@
 //! nodes, every party its own process (the shared harness), upload and download timed apart,
 //! each process's memory sampled while it runs. Beside it, in the same run, the two raw
 //! baselines the transfer is made of: XChaCha20-Poly1305 sealing of 256 KiB chunks (one core)
-//! and synced writes of the same chunks to a node store (one chunk per synced batch, as an
-//! upload writes them).
+//! and synced writes of the same chunks to a node store (one chunk and its record per synced
+//! write, as an upload writes them); and, for the comparison that chose chunk files, the same
+//! writes with the chunks in a RocksDB BlobDB column family.
 
 use anyhow::{Context, Result, bail};
 use hestia_protocol::file::{BlobId, CHUNK_BYTES, FileCipher, SEALED_CHUNK_BYTES};
@@ -32,7 +33,24 @@ fn aead_baseline() -> Result<f64> {
     Ok(mib_s(BASELINE_BYTES, t.elapsed().as_secs_f64()))
 }
 
-/// Writes `BASELINE_BYTES` of sealed chunks to a node store, one synced batch each: MiB/s.
+/// A blob's record as an upload goes, chunk map and all.
+fn record(chunks_held: u32) -> hestia_store::node::BlobRecord {
+    let spec = hestia_protocol::wire::BlobSpec::of_file(BASELINE_BYTES, [0; 32], 0);
+    let mut held = vec![0; (spec.chunks as usize).div_ceil(8)];
+    for i in 0..chunks_held as usize {
+        held[i / 8] |= 1 << (i % 8);
+    }
+    hestia_store::node::BlobRecord {
+        owner: hestia_protocol::identity::UserId([1; 32]),
+        held,
+        spec,
+        phase: hestia_protocol::wire::BlobPhase::Uploading,
+        touched_at: 0,
+    }
+}
+
+/// Writes `BASELINE_BYTES` of sealed chunks to a node store as an upload does: each chunk with
+/// its blob's record, one synced write each. MiB/s.
 fn store_baseline(dir: &Path) -> Result<f64> {
     let mut db = NodeDb::open(dir)?;
     let chunk = vec![7u8; SEALED_CHUNK_BYTES as usize];
@@ -40,36 +58,49 @@ fn store_baseline(dir: &Path) -> Result<f64> {
     let blob = BlobId([1; 16]);
     let t = Instant::now();
     for i in 0..n {
-        db.apply(&[NodeWrite::PutChunk(blob, i, chunk.clone())])?;
+        db.apply(&[
+            NodeWrite::PutChunk(blob, i, chunk.clone()),
+            NodeWrite::PutBlob(blob, record(i + 1)),
+        ])?;
     }
     Ok(mib_s(BASELINE_BYTES, t.elapsed().as_secs_f64()))
 }
 
-/// The other way a node could keep chunks (issue 11 asks to choose by measurement): each blob
-/// a plain file under the data directory, a chunk written at its offset and `fdatasync`ed, and
-/// then the blob's record (which says the chunk is held) in a synced RocksDB batch, as an
-/// acknowledgement would need. MiB/s for the same chunks as [`store_baseline`].
-fn file_store_baseline(dir: &Path) -> Result<f64> {
-    use std::os::unix::fs::FileExt;
-    let mut db = NodeDb::open(&dir.join("db"))?;
-    let file = std::fs::File::create(dir.join("blob"))?;
+/// The way chunks were kept before schema 6, for the comparison the choice rests on (issue 11
+/// asks to choose by measurement): each chunk and its record in one synced RocksDB batch, the
+/// chunk in a column family with integrated BlobDB (values of 4 KiB and more in blob files).
+fn blobdb_baseline(dir: &Path) -> Result<f64> {
+    let mut opts = rocksdb::Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_compression_type(rocksdb::DBCompressionType::None);
+    let mut blobs = opts.clone();
+    blobs.set_enable_blob_files(true);
+    blobs.set_min_blob_size(4096);
+    blobs.set_blob_file_size(64 << 20);
+    let cfs = [
+        rocksdb::ColumnFamilyDescriptor::new("chunks", blobs),
+        rocksdb::ColumnFamilyDescriptor::new("records", opts.clone()),
+    ];
+    let db = rocksdb::DB::open_cf_descriptors(&opts, dir, cfs)?;
+    let (chunks, records) = (
+        db.cf_handle("chunks").context("chunks family")?,
+        db.cf_handle("records").context("records family")?,
+    );
+    let mut wo = rocksdb::WriteOptions::default();
+    wo.set_sync(true);
     let chunk = vec![7u8; SEALED_CHUNK_BYTES as usize];
     let n = (BASELINE_BYTES / u64::from(CHUNK_BYTES)) as u32;
-    let spec = hestia_protocol::wire::BlobSpec::of_file(BASELINE_BYTES, [0; 32], 0);
-    let mut record = hestia_store::node::BlobRecord {
-        owner: hestia_protocol::identity::UserId([1; 32]),
-        held: vec![0; (spec.chunks as usize).div_ceil(8)],
-        spec,
-        phase: hestia_protocol::wire::BlobPhase::Uploading,
-        touched_at: 0,
-    };
-    let blob = BlobId([1; 16]);
     let t = Instant::now();
     for i in 0..n {
-        file.write_all_at(&chunk, u64::from(i) * u64::from(SEALED_CHUNK_BYTES))?;
-        file.sync_data()?;
-        record.held[i as usize / 8] |= 1 << (i % 8);
-        db.apply(&[NodeWrite::PutBlob(blob, record.clone())])?;
+        let mut b = rocksdb::WriteBatch::default();
+        b.put_cf(chunks, i.to_be_bytes(), &chunk);
+        b.put_cf(
+            records,
+            [1u8; 16],
+            hestia_protocol::codec::encode(&record(i + 1))?,
+        );
+        db.write_opt(b, &wo)?;
     }
     Ok(mib_s(BASELINE_BYTES, t.elapsed().as_secs_f64()))
 }
@@ -151,9 +182,7 @@ pub fn run(file_mib: u64) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let aead = aead_baseline()?;
     let store = store_baseline(&tmp.path().join("baseline-db"))?;
-    let files_dir = tmp.path().join("baseline-files");
-    std::fs::create_dir_all(&files_dir)?;
-    let file_store = file_store_baseline(&files_dir)?;
+    let blobdb = blobdb_baseline(&tmp.path().join("baseline-blobdb"))?;
     eprintln!("files: two nodes, two devices; a {file_mib} MiB file…");
     let net = Net::start(2);
     net.account("alice", 0);
@@ -192,11 +221,11 @@ pub fn run(file_mib: u64) -> Result<()> {
     println!("| --- | --- | --- |");
     println!("| raw XChaCha20-Poly1305, 256 KiB chunks, one core | {aead:.0} MiB/s | baseline |");
     println!(
-        "| raw synced writes of 256 KiB chunks to a node store, one per batch | {store:.0} MiB/s | baseline |"
+        "| raw synced writes of 256 KiB chunks and their records to a node store (chunk files), one per write | {store:.0} MiB/s | baseline |"
     );
     println!(
-        "| the alternative: each chunk pwrite + fdatasync to a plain file, then its record synced | {file_store:.0} MiB/s | {:.2} of the store's |",
-        file_store / store
+        "| the same in one RocksDB batch each, chunks in a BlobDB column family (before schema 6) | {blobdb:.0} MiB/s | {:.2} of the chunk files' |",
+        blobdb / store
     );
     for (name, r) in [
         ("upload (Alice's device to her node)", &up),

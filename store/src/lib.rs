@@ -13,6 +13,8 @@
 //! [`schema`] build without RocksDB (the default feature `rocksdb`), for the fuzz targets.
 
 #[cfg(feature = "rocksdb")]
+mod chunks;
+#[cfg(feature = "rocksdb")]
 pub mod client;
 #[cfg(feature = "rocksdb")]
 pub mod node;
@@ -121,9 +123,9 @@ pub(crate) fn open_db(
     let descriptors = all.into_iter().map(|name| {
         let mut cf_opts = opts.clone();
         if name == schema::BLOBID_INDEX_CHUNK {
-            // File chunks (256 KiB each) go to blob files beside the LSM tree, so compactions
-            // do not rewrite them; their space returns as blob files age out (garbage
-            // collection at compaction).
+            // Until schema 6 file chunks (256 KiB each) lived here, in blob files beside the
+            // LSM tree; they move to chunk files (`chunks.rs`) when such a database is opened.
+            // The options stay so those blob files read as they were written.
             cf_opts.set_enable_blob_files(true);
             cf_opts.set_min_blob_size(CHUNK_BLOB_MIN_BYTES);
             cf_opts.set_blob_file_size(BLOB_FILE_BYTES);

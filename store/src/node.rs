@@ -1,5 +1,6 @@
 //! The node database and the interface the relay core's writes go through.
 
+use crate::chunks::ChunkFiles;
 pub use crate::records::{AccountRecord, BlobRecord, OutboxRecord, PushRecord, StatusRecord};
 use crate::records::{MailboxMeta, OutboxMeta};
 use crate::schema::{self, *};
@@ -113,16 +114,48 @@ pub trait NodeStore {
     fn blob_chunk(&self, blob: &BlobId, index: u32) -> Result<Option<Vec<u8>>>;
 }
 
-/// The RocksDB node database.
+/// The RocksDB node database, and the chunk files beside it (`crate::chunks`).
 pub struct NodeDb {
     db: rocksdb::DB,
+    chunks: ChunkFiles,
 }
 
 impl NodeDb {
     pub fn open(path: &Path) -> Result<Self> {
-        Ok(NodeDb {
-            db: crate::open_db(path, NODE_CFS, "node", migrate)?,
-        })
+        let chunks = ChunkFiles::beside(path, false)?;
+        let db = crate::open_db(path, NODE_CFS, "node", |db, from| {
+            migrate(db, from, &chunks)
+        })?;
+        let db = NodeDb { db, chunks };
+        // Files of blobs whose chunks were deleted (a crash between record and file).
+        let holding: std::collections::HashSet<BlobId> = db
+            .load_blobs()?
+            .into_iter()
+            .filter(|(_, r)| r.phase != hestia_protocol::wire::BlobPhase::Fetched)
+            .map(|(id, _)| id)
+            .collect();
+        let removed = db.chunks.collect_garbage(|id| holding.contains(id))?;
+        if removed > 0 {
+            tracing::info!(files = removed, "chunk files of deleted blobs removed");
+        }
+        Ok(db)
+    }
+
+    fn load_blobs(&self) -> Result<Vec<(BlobId, BlobRecord)>> {
+        self.scan::<BlobRecord>(BLOBID_BLOB)?
+            .into_iter()
+            .map(|(k, v)| {
+                let id: [u8; 16] = k.as_ref().try_into().map_err(|_| corrupt(BLOBID_BLOB))?;
+                Ok((BlobId(id), v))
+            })
+            .collect()
+    }
+
+    fn blob_record(&self, blob: &BlobId) -> Result<Option<BlobRecord>> {
+        match self.db.get_cf(self.cf(BLOBID_BLOB), blob.0)? {
+            Some(v) => Ok(Some(decode_value(BLOBID_BLOB, &v)?)),
+            None => Ok(None),
+        }
     }
 
     /// Opens a database that a running node holds, to read it (`hestia node inspect`).
@@ -133,7 +166,10 @@ impl NodeDb {
             path: path.to_path_buf(),
             source,
         })?;
-        Ok(NodeDb { db })
+        Ok(NodeDb {
+            db,
+            chunks: ChunkFiles::beside(path, true)?,
+        })
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -175,8 +211,25 @@ impl NodeDb {
     }
 
     /// Decodes every stored entry ([`crate::records::check`]); the number of entries.
+    /// Every chunk file must belong to a blob with a record and lie within its chunks.
     pub fn check(&self) -> Result<u64> {
-        crate::check_all(&self.db, NODE_CFS)
+        let mut n = crate::check_all(&self.db, NODE_CFS)?;
+        for (blob, path, len) in self.chunks.list()? {
+            let bad = |reason: &str| crate::StoreError::Corrupt {
+                cf: "chunk files",
+                reason: format!("{}: {reason}", path.display()),
+            };
+            let blob = blob.ok_or_else(|| bad("not a blob id"))?;
+            let rec = self.blob_record(&blob)?.ok_or_else(|| bad("no record"))?;
+            let span = u64::from(rec.spec.chunks.saturating_sub(1))
+                * u64::from(hestia_protocol::file::SEALED_CHUNK_BYTES)
+                + u64::from(rec.spec.last_chunk_bytes);
+            if len > span {
+                return Err(bad("longer than its chunks"));
+            }
+            n += 1;
+        }
+        Ok(n)
     }
 
     fn scan<T: serde::de::DeserializeOwned>(
@@ -256,14 +309,7 @@ impl NodeStore for NodeDb {
             let key: [u8; 32] = k[32..].try_into().expect("32 bytes");
             one_time_prekeys.push((UserId(user), key));
         }
-        let blobs = self
-            .scan::<BlobRecord>(BLOBID_BLOB)?
-            .into_iter()
-            .map(|(k, v)| {
-                let id: [u8; 16] = k.as_ref().try_into().map_err(|_| corrupt(BLOBID_BLOB))?;
-                Ok((BlobId(id), v))
-            })
-            .collect::<Result<_>>()?;
+        let blobs = self.load_blobs()?;
         let push = self
             .scan::<PushRecord>(USERID_ENDPOINT_PUSH)?
             .into_iter()
@@ -288,6 +334,15 @@ impl NodeStore for NodeDb {
         if writes.is_empty() {
             return Ok(());
         }
+        // Chunk bytes are durable in their files before the records that count them.
+        let chunks: Vec<(&BlobId, u32, &[u8])> = writes
+            .iter()
+            .filter_map(|w| match w {
+                NodeWrite::PutChunk(id, index, bytes) => Some((id, *index, bytes.as_slice())),
+                _ => None,
+            })
+            .collect();
+        self.chunks.write(&chunks)?;
         let mut batch = rocksdb::WriteBatch::default();
         for w in writes {
             match w {
@@ -352,20 +407,8 @@ impl NodeStore for NodeDb {
                 NodeWrite::PutBlob(id, rec) => {
                     batch.put_cf(self.cf(BLOBID_BLOB), id.0, encode_value(BLOBID_BLOB, rec)?)
                 }
-                NodeWrite::PutChunk(id, index, chunk) => batch.put_cf(
-                    self.cf(BLOBID_INDEX_CHUNK),
-                    schema::chunk_key(id, *index),
-                    chunk,
-                ),
-                NodeWrite::DeleteChunks(id) => {
-                    let (start, end) = schema::chunk_range(id);
-                    batch.delete_range_cf(self.cf(BLOBID_INDEX_CHUNK), &start[..], &end[..]);
-                }
-                NodeWrite::DeleteBlob(id) => {
-                    let (start, end) = schema::chunk_range(id);
-                    batch.delete_range_cf(self.cf(BLOBID_INDEX_CHUNK), &start[..], &end[..]);
-                    batch.delete_cf(self.cf(BLOBID_BLOB), id.0);
-                }
+                NodeWrite::PutChunk(..) | NodeWrite::DeleteChunks(_) => {}
+                NodeWrite::DeleteBlob(id) => batch.delete_cf(self.cf(BLOBID_BLOB), id.0),
                 NodeWrite::PutPush(u, rec) => batch.put_cf(
                     self.cf(USERID_ENDPOINT_PUSH),
                     schema::push_key(
@@ -380,7 +423,14 @@ impl NodeStore for NodeDb {
             }
         }
         let wo = crate::synced();
-        Ok(self.db.write_opt(batch, &wo)?)
+        self.db.write_opt(batch, &wo)?;
+        // Files go once their records no longer count them (a crash before: see `open`).
+        for w in writes {
+            if let NodeWrite::DeleteChunks(id) | NodeWrite::DeleteBlob(id) = w {
+                self.chunks.delete(id)?;
+            }
+        }
+        Ok(())
     }
 
     fn for_each_mailbox(&self, each: &mut dyn FnMut(MailboxEntry)) -> Result<()> {
@@ -427,9 +477,13 @@ impl NodeStore for NodeDb {
     }
 
     fn blob_chunk(&self, blob: &BlobId, index: u32) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .db
-            .get_cf(self.cf(BLOBID_INDEX_CHUNK), schema::chunk_key(blob, index))?)
+        let Some(len) = self
+            .blob_record(blob)?
+            .and_then(|r| r.spec.chunk_len(index))
+        else {
+            return Ok(None);
+        };
+        self.chunks.read(blob, index, len)
     }
 }
 
@@ -455,11 +509,28 @@ fn outbox_meta(m: &OutboxEntry) -> Result<Vec<u8>> {
 }
 
 /// The node's migration steps (see [`crate::open_db`]). 3 → 4 writes the metadata families
-/// from the bodies held, once.
-pub(crate) fn migrate(db: &rocksdb::DB, from: u32) -> Result<()> {
-    if from >= 4 {
-        return Ok(());
+/// from the bodies held, once; 5 → 6 moves file chunks out of `blobid_index_chunk` into chunk
+/// files.
+pub(crate) fn migrate(db: &rocksdb::DB, from: u32, chunks: &ChunkFiles) -> Result<()> {
+    if from < 4 {
+        migrate_to_4(db)?;
     }
+    if from < 6 {
+        let cf = db.cf_handle(BLOBID_INDEX_CHUNK).expect("created at open");
+        for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+            let (k, v) = item?;
+            let (blob, index) =
+                schema::decode_chunk_key(&k).ok_or_else(|| corrupt(BLOBID_INDEX_CHUNK))?;
+            chunks.write(&[(&blob, index, &v)])?;
+        }
+        let mut b = rocksdb::WriteBatch::default();
+        b.delete_range_cf(cf, &[0u8; 20][..], &[0xffu8; 21][..]);
+        db.write_opt(b, &crate::synced())?;
+    }
+    Ok(())
+}
+
+fn migrate_to_4(db: &rocksdb::DB) -> Result<()> {
     let cf = |n: &str| db.cf_handle(n).expect("created at open");
     let mut b = rocksdb::WriteBatch::default();
     for item in db.iterator_cf(cf(USERID_ENVELOPEID_MAILBOX), rocksdb::IteratorMode::Start) {
@@ -737,6 +808,50 @@ mod tests {
         assert_eq!(store.load().unwrap().blobs.len(), 2);
         store.apply(&[NodeWrite::DeleteBlob(a)]).unwrap();
         assert_eq!(store.load().unwrap().blobs, vec![(b, rec(1))]);
+    }
+
+    #[test]
+    fn a_schema_5_database_moves_its_chunks_into_chunk_files() {
+        use hestia_protocol::wire::{BlobPhase, BlobSpec};
+        let dir = tempfile::tempdir().unwrap();
+        let blob = BlobId([4; 16]);
+        let rec = BlobRecord {
+            owner: UserId([1; 32]),
+            spec: BlobSpec {
+                chunks: 2,
+                last_chunk_bytes: 50,
+                cap_hash: [3; 32],
+                expires_at: 500,
+            },
+            phase: BlobPhase::Complete,
+            held: vec![0b11],
+            touched_at: 1,
+        };
+        let full = vec![8u8; hestia_protocol::file::SEALED_CHUNK_BYTES as usize];
+        {
+            // What a schema 5 node left: the chunks in their column family.
+            let mut db = NodeDb::open(dir.path()).unwrap();
+            db.apply(&[NodeWrite::PutBlob(blob, rec.clone())]).unwrap();
+            let cf = db.cf(BLOBID_INDEX_CHUNK);
+            db.db
+                .put_cf(cf, schema::chunk_key(&blob, 0), &full)
+                .unwrap();
+            db.db
+                .put_cf(cf, schema::chunk_key(&blob, 1), [9u8; 50])
+                .unwrap();
+            db.db
+                .put_cf(db.cf(META), b"schema_version", 5u32.to_be_bytes())
+                .unwrap();
+        }
+        let db = NodeDb::open(dir.path()).unwrap();
+        assert_eq!(db.blob_chunk(&blob, 0).unwrap(), Some(full));
+        assert_eq!(db.blob_chunk(&blob, 1).unwrap(), Some(vec![9; 50]));
+        let left = db
+            .db
+            .iterator_cf(db.cf(BLOBID_INDEX_CHUNK), rocksdb::IteratorMode::Start)
+            .count();
+        assert_eq!(left, 0, "the family is emptied");
+        assert!(db.check().unwrap() > 0);
     }
 
     #[test]

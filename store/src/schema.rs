@@ -32,8 +32,9 @@ pub const ENVELOPEID_STATUS: &str = "envelopeid_status";
 
 /// `blobid_blob`: blob id (16) → the upload's record: owner, spec, phase, chunks held (schema 5).
 pub const BLOBID_BLOB: &str = "blobid_blob";
-/// `blobid_index_chunk`: blob id (16) ‖ chunk index (4, BE) → a sealed file chunk (schema 5).
-/// Values of 256 KiB: RocksDB keeps them in blob files (BlobDB), out of the LSM tree.
+/// `blobid_index_chunk`: blob id (16) ‖ chunk index (4, BE) → a sealed file chunk (schema 5
+/// only). Since schema 6 chunks are plain files beside the database (`chunks.rs`, measured
+/// faster); the migration moves any held here into them and empties this family.
 pub const BLOBID_INDEX_CHUNK: &str = "blobid_index_chunk";
 
 /// `userid_endpoint_push`: user id (32) ‖ endpoint id (16, `push::endpoint_id`) → a Web Push

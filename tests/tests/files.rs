@@ -102,6 +102,17 @@ fn a_64_mib_file_crosses_two_nodes_as_ciphertext_and_leaves_no_chunk_behind() {
         assert_eq!(db.blob_chunk(&blobs[0].0, index).unwrap(), None);
     }
     drop(db);
+    // Chunks are files beside the database; none is left on either node.
+    for i in 0..2 {
+        let chunks = net.node_dir(i).join("db.chunks");
+        let left = std::fs::read_dir(&chunks).map_or(0, |d| d.count());
+        assert_eq!(
+            left,
+            0,
+            "node {i} keeps chunk files in {}",
+            chunks.display()
+        );
+    }
     let list = net.ok("alice", &["file", "list"]);
     assert!(list.contains("fetched by their device"), "{list}");
     let list = net.ok("bob", &["file", "list"]);
