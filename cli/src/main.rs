@@ -1063,6 +1063,12 @@ fn print_event(ev: &InboxEvent) {
                 println!("{id}: delivered to their device");
             }
         }
+        // This command does not take calls yet: an offer that reaches it was not answered.
+        InboxEvent::Call { contact, signal } => {
+            if let hestia_protocol::call::CallSignal::Offer { .. } = signal {
+                println!("missed call from {}", safe(contact));
+            }
+        }
         InboxEvent::SessionRestarted { contact, lost } => println!(
             "{} message(s) from {} could not be decrypted (their session with this device broke); \
              a new session has started and {} was told, so they can send again",

@@ -141,6 +141,7 @@ impl Letter {
                 return Err(EnvelopeError::ReceiptTooLong);
             }
             Content::File(f) => f.check().map_err(EnvelopeError::BadFile)?,
+            Content::Call(c) => c.check().map_err(EnvelopeError::BadCall)?,
             _ => {}
         }
         if !valid_name(&self.sender_name) {
@@ -194,6 +195,8 @@ pub enum Content {
     /// A file: what it is, how to open it and where its encrypted chunks are
     /// ([`crate::file`]). Its caption is the message's text.
     File(Box<crate::file::FileRef>),
+    /// Call signalling ([`crate::call`]): an offer rings the recipient, and so on.
+    Call(crate::call::CallSignal),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -224,6 +227,8 @@ pub enum EnvelopeError {
     BadFile(crate::file::FileError),
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error("bad call signal: {0}")]
+    BadCall(crate::call::CallSignalError),
 }
 
 fn header_aad(id: &EnvelopeId, recipient: &UserId, expires_at: Millis) -> Vec<u8> {

@@ -4,6 +4,7 @@
 //! tests and simulations can replay any run from a seed.
 //!
 //! Layout:
+//! - [`call`]: call signalling carried inside the end-to-end session.
 //! - [`codec`]: the one place that turns wire and stored types into bytes and back; every decode
 //!   is bounded by a size limit and total (never panics).
 //! - [`identity`]: a user's ed25519 identity key, its public [`identity::UserId`], fingerprints,
@@ -19,6 +20,7 @@
 //! - [`redact`]: the one wrapper through which user ids reach a log.
 //! - [`display`]: the only way text from other users reaches a screen (controls neutralised).
 
+pub mod call;
 pub mod codec;
 pub mod display;
 pub mod envelope;

@@ -7,6 +7,7 @@
 //!   contact, history in the local [`ClientDb`], sealed-sender envelopes, delivery receipts.
 //!   Plaintext exists only here.
 
+pub mod call;
 mod connection;
 pub mod files;
 pub mod push;
@@ -172,6 +173,11 @@ pub enum InboxEvent {
     PeerLostMessages {
         contact: String,
         lost: Vec<EnvelopeId>,
+    },
+    /// Call signalling from a contact (`client::call` turns it into a call).
+    Call {
+        contact: String,
+        signal: hestia_protocol::call::CallSignal,
     },
     /// An envelope that did not open or decrypt (not for us, tampered, no session). Dropped.
     Undecryptable { id: EnvelopeId, reason: String },
@@ -1309,6 +1315,18 @@ impl Device {
                 return Ok((!lost.is_empty()).then_some(InboxEvent::PeerLostMessages {
                     contact: c.name,
                     lost,
+                }));
+            }
+            Content::Call(signal) => {
+                // Only contacts may ring this device (checked above: a stranger's is dropped).
+                self.db.commit(&writes)?;
+                self.commit_prekeys(prekeys);
+                let Some(c) = contacts.into_iter().find(|c| c.address.user == sender) else {
+                    return Ok(None);
+                };
+                return Ok(Some(InboxEvent::Call {
+                    contact: c.name,
+                    signal,
                 }));
             }
             Content::Text(t) => t,

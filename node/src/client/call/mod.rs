@@ -1,0 +1,539 @@
+//! One voice call as a sans-IO state machine around str0m's [`Rtc`]: ringing, answering,
+//! ICE and DTLS-SRTP, the 20 ms media clock, hang-up and every timer. No clock, socket or
+//! thread inside: like `relay::Core` and str0m itself, it takes `now` and packets and gives
+//! back packets, signals for the other side, events, and when it next needs a timeout.
+//!
+//! **Driving contract.** After creating a call and after every `handle_*` input or action
+//! (`answer`, `decline`, `hangup`), drain [`Call::poll_output`] until it returns
+//! [`CallOutput::Timeout`]; call [`Call::handle_timeout`] at (or after) that instant. `now`
+//! never goes backwards. [`CallOutput::Signal`]s go to the other device inside the end-to-end
+//! session (`protocol::call`); [`CallOutput::Transmit`]s are UDP datagrams.
+//!
+//! str0m has no ICE gathering and no "failed" state: the driver adds the local candidates it
+//! has, and this machine keeps its own set-up deadline and debounces `Disconnected`.
+
+pub mod audio;
+
+use audio::{AudioSink, AudioSource, Codec, FRAME_SAMPLES};
+use hestia_protocol::call::{CallId, CallSignal};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::channel::ChannelId;
+use str0m::format::Codec as Format;
+use str0m::media::{Direction, MediaKind, MediaTime, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+
+/// How long the caller's device rings the other before giving up ("did not answer").
+pub const RING_TIMEOUT: Duration = Duration::from_secs(45);
+/// From the answer to media flowing; past it the call fails.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long ICE may stay `Disconnected` before the call counts as lost (a blip recovers).
+pub const DISCONNECT_GRACE: Duration = Duration::from_secs(5);
+/// One media frame.
+pub const FRAME: Duration = Duration::from_millis(20);
+/// Frames sent at once to catch up after a late timeout; more are skipped (the clock jumps).
+const MAX_CATCH_UP_FRAMES: u32 = 5;
+/// Longest text message on the call's data channel.
+pub const MAX_CHANNEL_TEXT: usize = 4096;
+/// Outputs queued at once; a peer flooding us cannot grow this beyond a few frames' worth.
+const MAX_QUEUED_OUTPUTS: usize = 4096;
+
+/// Which side of the call this device is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Caller,
+    Callee,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Caller: the offer went out; waiting for an answer.
+    Ringing,
+    /// Callee: an offer came; the user has not answered yet.
+    Incoming,
+    /// Answered; ICE and DTLS under way.
+    Connecting,
+    /// Media flows.
+    Active,
+    Ended(EndReason),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// `by_us`: this device hung up (or cancelled its ringing).
+    HungUp { by_us: bool },
+    /// The callee declined (`by_us` on the callee's side).
+    Declined { by_us: bool },
+    /// The callee was in another call.
+    Busy,
+    /// Nobody answered within [`RING_TIMEOUT`] (on the callee's side: missed).
+    NoAnswer,
+    /// Answered, but media never flowed within [`SETUP_TIMEOUT`].
+    SetupFailed,
+    /// Media stopped for longer than [`DISCONNECT_GRACE`].
+    ConnectionLost,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum CallEvent {
+    /// Media flows both ways.
+    Connected,
+    /// Text from the other side on the call's data channel (untrusted: display through
+    /// `protocol::display`).
+    Text(String),
+    /// The call is over; `talked` is the time media flowed (zero if it never did).
+    Ended { reason: EndReason, talked: Duration },
+}
+
+#[derive(Debug)]
+pub enum CallOutput {
+    /// A UDP datagram to send.
+    Transmit {
+        source: SocketAddr,
+        destination: SocketAddr,
+        contents: Vec<u8>,
+    },
+    /// A signal for the other device (inside the end-to-end session).
+    Signal(CallSignal),
+    Event(CallEvent),
+    /// Nothing more until this instant (or the next input).
+    Timeout(Instant),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("the call's WebRTC session failed: {0}")]
+    Rtc(#[from] str0m::RtcError),
+    #[error("the other side's call description is not valid SDP: {0}")]
+    Sdp(String),
+    #[error("a local address is not usable for the call: {0}")]
+    Candidate(String),
+    #[error(transparent)]
+    Codec(#[from] audio::CodecError),
+    #[error("not possible in this state of the call ({0:?})")]
+    State(State),
+}
+
+/// One call. See the module's driving contract.
+pub struct Call {
+    id: CallId,
+    role: Role,
+    state: State,
+    rtc: Rtc,
+    /// The caller's offer, until the answer comes.
+    pending: Option<SdpPendingOffer>,
+    /// The offer the callee received, until answered.
+    offer: Option<SdpOffer>,
+    mid: Option<Mid>,
+    channel: Option<ChannelId>,
+    /// The deadline of the current state (ringing, set-up, disconnected grace).
+    deadline: Option<Instant>,
+    connected_at: Option<Instant>,
+    next_frame: Option<Instant>,
+    samples_sent: u64,
+    codec: Codec,
+    source: Box<dyn AudioSource>,
+    sink: Box<dyn AudioSink>,
+    outputs: VecDeque<CallOutput>,
+    rtc_timeout: Instant,
+    now: Instant,
+}
+
+impl Call {
+    fn new(
+        id: CallId,
+        role: Role,
+        now: Instant,
+        local: &[SocketAddr],
+        source: Box<dyn AudioSource>,
+        sink: Box<dyn AudioSink>,
+    ) -> Result<Call, CallError> {
+        // str0m's crypto (DTLS, SRTP) comes from one provider per process.
+        static CRYPTO: std::sync::Once = std::sync::Once::new();
+        CRYPTO.call_once(|| str0m::crypto::from_feature_flags().install_process_default());
+        let mut rtc = Rtc::builder()
+            .clear_codecs()
+            .enable_opus(true, false)
+            .build(now);
+        for addr in local {
+            let c =
+                Candidate::host(*addr, "udp").map_err(|e| CallError::Candidate(e.to_string()))?;
+            rtc.add_local_candidate(c);
+        }
+        Ok(Call {
+            id,
+            role,
+            state: if role == Role::Caller {
+                State::Ringing
+            } else {
+                State::Incoming
+            },
+            rtc,
+            pending: None,
+            offer: None,
+            mid: None,
+            channel: None,
+            deadline: Some(now + RING_TIMEOUT),
+            connected_at: None,
+            next_frame: None,
+            samples_sent: 0,
+            codec: Codec::new()?,
+            source,
+            sink,
+            outputs: VecDeque::new(),
+            rtc_timeout: now,
+            now,
+        })
+    }
+
+    /// Rings: makes the offer (audio and a text channel) as a [`CallOutput::Signal`].
+    pub fn dial(
+        id: CallId,
+        now: Instant,
+        local: &[SocketAddr],
+        source: Box<dyn AudioSource>,
+        sink: Box<dyn AudioSink>,
+    ) -> Result<Call, CallError> {
+        let mut call = Call::new(id, Role::Caller, now, local, source, sink)?;
+        let mut change = call.rtc.sdp_api();
+        let mid = change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+        change.add_channel("text".into());
+        let (offer, pending) = change
+            .apply()
+            .ok_or_else(|| CallError::Sdp("nothing to offer".into()))?;
+        call.mid = Some(mid);
+        call.pending = Some(pending);
+        call.outputs
+            .push_back(CallOutput::Signal(CallSignal::Offer {
+                call: id,
+                sdp: offer.to_sdp_string(),
+            }));
+        call.drive(now)?;
+        Ok(call)
+    }
+
+    /// A call offered to this device: it rings until [`Call::answer`], [`Call::decline`], the
+    /// caller's hang-up or [`RING_TIMEOUT`].
+    pub fn incoming(
+        id: CallId,
+        sdp: &str,
+        now: Instant,
+        local: &[SocketAddr],
+        source: Box<dyn AudioSource>,
+        sink: Box<dyn AudioSink>,
+    ) -> Result<Call, CallError> {
+        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| CallError::Sdp(e.to_string()))?;
+        let mut call = Call::new(id, Role::Callee, now, local, source, sink)?;
+        call.offer = Some(offer);
+        Ok(call)
+    }
+
+    pub fn id(&self) -> CallId {
+        self.id
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Answers a ringing incoming call.
+    pub fn answer(&mut self, now: Instant) -> Result<(), CallError> {
+        let now = self.advance(now);
+        let Some(offer) = self.offer.take().filter(|_| self.state == State::Incoming) else {
+            return Err(CallError::State(self.state));
+        };
+        let answer = self.rtc.sdp_api().accept_offer(offer)?;
+        self.outputs
+            .push_back(CallOutput::Signal(CallSignal::Answer {
+                call: self.id,
+                sdp: answer.to_sdp_string(),
+            }));
+        self.state = State::Connecting;
+        self.deadline = Some(now + SETUP_TIMEOUT);
+        self.drive(now)
+    }
+
+    /// Turns down a ringing incoming call.
+    pub fn decline(&mut self, now: Instant) -> Result<(), CallError> {
+        let now = self.advance(now);
+        if self.state != State::Incoming {
+            return Err(CallError::State(self.state));
+        }
+        self.outputs
+            .push_back(CallOutput::Signal(CallSignal::Decline { call: self.id }));
+        self.end(now, EndReason::Declined { by_us: true });
+        Ok(())
+    }
+
+    /// Ends the call from this side (a caller still ringing cancels).
+    pub fn hangup(&mut self, now: Instant) {
+        let now = self.advance(now);
+        if matches!(self.state, State::Ended(_)) {
+            return;
+        }
+        self.outputs
+            .push_back(CallOutput::Signal(CallSignal::Hangup { call: self.id }));
+        self.end(now, EndReason::HungUp { by_us: true });
+    }
+
+    /// Sends text on the call's data channel (only once it is open; `false` if not yet).
+    pub fn send_text(&mut self, now: Instant, text: &str) -> Result<bool, CallError> {
+        let now = self.advance(now);
+        let Some(id) = self.channel else {
+            return Ok(false);
+        };
+        let mut end = text.len().min(MAX_CHANNEL_TEXT);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let text = &text[..end];
+        let sent = match self.rtc.channel(id) {
+            Some(mut ch) => ch.write(false, text.as_bytes())?,
+            None => false,
+        };
+        self.drive(now)?;
+        Ok(sent)
+    }
+
+    /// A signal from the other device about this call.
+    pub fn handle_signal(&mut self, now: Instant, signal: CallSignal) -> Result<(), CallError> {
+        let now = self.advance(now);
+        if signal.call() != self.id || matches!(self.state, State::Ended(_)) {
+            return Ok(());
+        }
+        match signal {
+            CallSignal::Answer { sdp, .. } if self.state == State::Ringing => {
+                let answer =
+                    SdpAnswer::from_sdp_string(&sdp).map_err(|e| CallError::Sdp(e.to_string()))?;
+                let pending = self.pending.take().ok_or(CallError::State(self.state))?;
+                self.rtc.sdp_api().accept_answer(pending, answer)?;
+                self.state = State::Connecting;
+                self.deadline = Some(now + SETUP_TIMEOUT);
+            }
+            CallSignal::Decline { .. } if self.state == State::Ringing => {
+                self.end(now, EndReason::Declined { by_us: false });
+            }
+            CallSignal::Busy { .. } if self.state == State::Ringing => {
+                self.end(now, EndReason::Busy);
+            }
+            CallSignal::Hangup { .. } => {
+                let reason = if self.state == State::Incoming {
+                    EndReason::NoAnswer // the caller gave up: a missed call here
+                } else {
+                    EndReason::HungUp { by_us: false }
+                };
+                self.end(now, reason);
+            }
+            // A second offer, an answer out of turn, a decline after connecting: ignored.
+            _ => {}
+        }
+        self.drive(now)
+    }
+
+    /// A UDP datagram that arrived for this call.
+    pub fn handle_packet(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        contents: &[u8],
+    ) -> Result<(), CallError> {
+        let now = self.advance(now);
+        if matches!(
+            self.state,
+            State::Ended(_) | State::Ringing | State::Incoming
+        ) {
+            return Ok(());
+        }
+        let Ok(contents) = contents.try_into() else {
+            return Ok(()); // not STUN, DTLS or RTP: not ours
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination,
+                contents,
+            },
+        );
+        if self.rtc.accepts(&input) {
+            self.rtc.handle_input(input)?;
+        }
+        self.drive(now)
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), CallError> {
+        let now = self.advance(now);
+        if self.deadline.is_some_and(|d| now >= d) {
+            self.deadline = None;
+            let reason = match self.state {
+                State::Ringing | State::Incoming => Some(EndReason::NoAnswer),
+                State::Connecting => Some(EndReason::SetupFailed),
+                State::Active => Some(EndReason::ConnectionLost),
+                State::Ended(_) => None,
+            };
+            if let Some(reason) = reason {
+                if self.state == State::Ringing {
+                    // Stop the other device ringing too.
+                    self.outputs
+                        .push_back(CallOutput::Signal(CallSignal::Hangup { call: self.id }));
+                }
+                self.end(now, reason);
+                return Ok(());
+            }
+        }
+        self.send_frames(now)?;
+        if !matches!(self.state, State::Ended(_)) && now >= self.rtc_timeout {
+            self.rtc.handle_input(Input::Timeout(now))?;
+        }
+        self.drive(now)
+    }
+
+    /// Next output. Drain until [`CallOutput::Timeout`] after every input.
+    pub fn poll_output(&mut self) -> CallOutput {
+        if let Some(o) = self.outputs.pop_front() {
+            return o;
+        }
+        let mut at = self.rtc_timeout;
+        if matches!(self.state, State::Ended(_)) {
+            at = self.now + Duration::from_secs(3600);
+        }
+        for d in [self.deadline, self.next_frame].into_iter().flatten() {
+            at = at.min(d);
+        }
+        CallOutput::Timeout(at.max(self.now))
+    }
+
+    // ---- internals ----
+
+    fn advance(&mut self, now: Instant) -> Instant {
+        self.now = self.now.max(now);
+        self.now
+    }
+
+    fn end(&mut self, now: Instant, reason: EndReason) {
+        let talked = self
+            .connected_at
+            .map(|t| now.saturating_duration_since(t))
+            .unwrap_or_default();
+        self.state = State::Ended(reason);
+        self.deadline = None;
+        self.next_frame = None;
+        self.rtc.disconnect();
+        self.outputs
+            .push_back(CallOutput::Event(CallEvent::Ended { reason, talked }));
+    }
+
+    /// Encodes and writes the frames due by `now`.
+    fn send_frames(&mut self, now: Instant) -> Result<(), CallError> {
+        let (Some(mid), Some(mut due)) = (self.mid, self.next_frame) else {
+            return Ok(());
+        };
+        if self.state != State::Active {
+            return Ok(());
+        }
+        let Some(pt) = self
+            .rtc
+            .codec_config()
+            .find(|p| p.spec().codec == Format::Opus)
+            .map(|p| p.pt())
+        else {
+            return Ok(());
+        };
+        let mut sent = 0;
+        while due <= now {
+            if sent < MAX_CATCH_UP_FRAMES {
+                let mut frame = [0i16; FRAME_SAMPLES];
+                self.source.frame(&mut frame);
+                let packet = self.codec.encode(&frame)?;
+                let time = MediaTime::new(self.samples_sent, audio_clock());
+                if let Some(w) = self.rtc.writer(mid) {
+                    w.write(pt, due, time, packet)?;
+                }
+                sent += 1;
+            }
+            self.samples_sent += FRAME_SAMPLES as u64;
+            due += FRAME;
+        }
+        self.next_frame = Some(due);
+        Ok(())
+    }
+
+    /// Drains str0m to its timeout, turning its outputs into ours.
+    fn drive(&mut self, now: Instant) -> Result<(), CallError> {
+        loop {
+            match self.rtc.poll_output()? {
+                Output::Timeout(t) => {
+                    self.rtc_timeout = t;
+                    return Ok(());
+                }
+                Output::Transmit(t) => {
+                    if self.outputs.len() < MAX_QUEUED_OUTPUTS {
+                        self.outputs.push_back(CallOutput::Transmit {
+                            source: t.source,
+                            destination: t.destination,
+                            contents: t.contents.to_vec(),
+                        });
+                    }
+                }
+                Output::Event(e) => self.on_rtc_event(now, e),
+            }
+        }
+    }
+
+    fn on_rtc_event(&mut self, now: Instant, e: Event) {
+        match e {
+            Event::Connected if self.state == State::Connecting => {
+                self.state = State::Active;
+                self.deadline = None;
+                self.connected_at = Some(now);
+                self.next_frame = Some(now);
+                self.outputs
+                    .push_back(CallOutput::Event(CallEvent::Connected));
+            }
+            Event::IceConnectionStateChange(s) => match s {
+                IceConnectionState::Disconnected if self.state == State::Active => {
+                    self.deadline = Some(now + DISCONNECT_GRACE);
+                }
+                IceConnectionState::Connected | IceConnectionState::Completed
+                    if self.state == State::Active =>
+                {
+                    self.deadline = None;
+                }
+                _ => {}
+            },
+            Event::MediaAdded(m) if m.kind == MediaKind::Audio && self.mid.is_none() => {
+                self.mid = Some(m.mid);
+            }
+            Event::MediaData(d) if self.state == State::Active => {
+                match self.codec.decode(Some(&d.data)) {
+                    Ok(samples) => self.sink.frame(&samples),
+                    Err(e) => tracing::debug!(error = %e, "undecodable audio frame dropped"),
+                }
+            }
+            Event::ChannelOpen(id, _) => self.channel = Some(id),
+            Event::ChannelData(d) if !d.binary && d.data.len() <= MAX_CHANNEL_TEXT => {
+                if let Ok(text) = std::str::from_utf8(&d.data) {
+                    self.outputs
+                        .push_back(CallOutput::Event(CallEvent::Text(text.to_string())));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn audio_clock() -> str0m::media::Frequency {
+    str0m::media::Frequency::FORTY_EIGHT_KHZ
+}
+
+#[cfg(test)]
+mod tests;

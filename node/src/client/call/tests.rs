@@ -1,0 +1,372 @@
+//! Two calls driven against each other on a virtual clock over an in-memory link (a few
+//! lines here stand in for str0m's unpublished netem): whichever side has the earliest
+//! deadline goes next, so a minute of call runs in a fraction of a second.
+
+use super::audio::{Meter, Silence, Tone};
+use super::*;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+const ALICE: &str = "10.0.0.1:5000";
+const BOB: &str = "10.0.0.2:6000";
+
+/// A datagram in flight: to Alice?, source, destination, bytes.
+type InFlight = (bool, SocketAddr, SocketAddr, Vec<u8>);
+
+/// Datagrams in flight: delivered `latency` after they leave, unless the link is cut.
+struct Link {
+    latency: Duration,
+    cut: bool,
+    /// (delivery time, sequence) → (to Alice?, source, destination, bytes)
+    queue: BTreeMap<(Instant, u64), InFlight>,
+    seq: u64,
+}
+
+struct Pair {
+    now: Instant,
+    alice: Call,
+    bob: Option<Call>,
+    link: Link,
+    /// Signals each way (alice → bob first), delivered after `signal_delay`.
+    to_bob: Vec<CallSignal>,
+    to_alice: Vec<CallSignal>,
+    alice_events: Vec<CallEvent>,
+    bob_events: Vec<CallEvent>,
+    alice_wake: Instant,
+    bob_wake: Instant,
+    heard_by_bob: Arc<Mutex<Meter>>,
+    heard_by_alice: Arc<Mutex<Meter>>,
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+impl Pair {
+    fn new() -> Pair {
+        let now = Instant::now();
+        let heard_by_alice = Arc::new(Mutex::new(Meter::default()));
+        let alice = Call::dial(
+            CallId([1; 16]),
+            now,
+            &[addr(ALICE)],
+            Box::new(Tone::new(440.0)),
+            Box::new(heard_by_alice.clone()),
+        )
+        .unwrap();
+        let mut p = Pair {
+            now,
+            alice,
+            bob: None,
+            link: Link {
+                latency: Duration::from_millis(15),
+                cut: false,
+                queue: BTreeMap::new(),
+                seq: 0,
+            },
+            to_bob: Vec::new(),
+            to_alice: Vec::new(),
+            alice_events: Vec::new(),
+            bob_events: Vec::new(),
+            alice_wake: now,
+            bob_wake: now,
+            heard_by_bob: Arc::new(Mutex::new(Meter::default())),
+            heard_by_alice,
+        };
+        p.drain_alice();
+        p
+    }
+
+    fn drain(
+        call: &mut Call,
+        to_alice: bool,
+        link: &mut Link,
+        now: Instant,
+        signals: &mut Vec<CallSignal>,
+        events: &mut Vec<CallEvent>,
+    ) -> Instant {
+        loop {
+            match call.poll_output() {
+                CallOutput::Timeout(t) => return t,
+                CallOutput::Transmit {
+                    source,
+                    destination,
+                    contents,
+                } => {
+                    if !link.cut {
+                        link.seq += 1;
+                        link.queue.insert(
+                            (now + link.latency, link.seq),
+                            (!to_alice, source, destination, contents),
+                        );
+                    }
+                }
+                CallOutput::Signal(s) => signals.push(s),
+                CallOutput::Event(e) => events.push(e),
+            }
+        }
+    }
+
+    fn drain_alice(&mut self) {
+        self.alice_wake = Pair::drain(
+            &mut self.alice,
+            true,
+            &mut self.link,
+            self.now,
+            &mut self.to_bob,
+            &mut self.alice_events,
+        );
+    }
+
+    fn drain_bob(&mut self) {
+        if let Some(bob) = &mut self.bob {
+            self.bob_wake = Pair::drain(
+                bob,
+                false,
+                &mut self.link,
+                self.now,
+                &mut self.to_alice,
+                &mut self.bob_events,
+            );
+        }
+    }
+
+    /// Bob's device receives Alice's pending signals (an offer makes his call).
+    fn deliver_signals(&mut self) {
+        for s in std::mem::take(&mut self.to_bob) {
+            match (&mut self.bob, s) {
+                (None, CallSignal::Offer { call, sdp }) => {
+                    let bob = Call::incoming(
+                        call,
+                        &sdp,
+                        self.now,
+                        &[addr(BOB)],
+                        Box::new(Tone::new(1000.0)),
+                        Box::new(self.heard_by_bob.clone()),
+                    )
+                    .unwrap();
+                    self.bob = Some(bob);
+                    self.bob_wake = self.now;
+                }
+                (Some(bob), s) => bob.handle_signal(self.now, s).unwrap(),
+                (None, _) => {}
+            }
+            self.drain_bob();
+        }
+        for s in std::mem::take(&mut self.to_alice) {
+            self.alice.handle_signal(self.now, s).unwrap();
+            self.drain_alice();
+        }
+    }
+
+    /// Runs both sides for `d` of virtual time.
+    fn run(&mut self, d: Duration) {
+        let end = self.now + d;
+        loop {
+            self.deliver_signals();
+            let next_packet = self.link.queue.keys().next().map(|k| k.0);
+            let mut next = self.alice_wake;
+            if self.bob.is_some() {
+                next = next.min(self.bob_wake);
+            }
+            if let Some(p) = next_packet {
+                next = next.min(p);
+            }
+            if next > end {
+                self.now = end;
+                return;
+            }
+            self.now = self.now.max(next);
+            if next_packet == Some(next) {
+                let (_, (to_alice, src, dst, bytes)) = self.link.queue.pop_first().unwrap();
+                if to_alice {
+                    self.alice
+                        .handle_packet(self.now, src, dst, &bytes)
+                        .unwrap();
+                    self.drain_alice();
+                } else if let Some(bob) = &mut self.bob {
+                    bob.handle_packet(self.now, src, dst, &bytes).unwrap();
+                    self.drain_bob();
+                }
+            } else if self.alice_wake == next {
+                self.alice.handle_timeout(self.now).unwrap();
+                self.drain_alice();
+            } else {
+                self.bob.as_mut().unwrap().handle_timeout(self.now).unwrap();
+                self.drain_bob();
+            }
+        }
+    }
+
+    fn bob(&mut self) -> &mut Call {
+        self.bob.as_mut().expect("Bob's device rang")
+    }
+
+    fn ended(events: &[CallEvent]) -> Option<(EndReason, Duration)> {
+        events.iter().find_map(|e| match e {
+            CallEvent::Ended { reason, talked } => Some((*reason, *talked)),
+            _ => None,
+        })
+    }
+}
+
+#[test]
+fn an_answered_call_carries_each_sides_tone_to_the_other_and_either_can_hang_up() {
+    let mut p = Pair::new();
+    p.run(Duration::from_millis(100));
+    assert_eq!(p.alice.state(), State::Ringing);
+    assert_eq!(p.bob().state(), State::Incoming);
+    let now = p.now;
+    p.bob().answer(now).unwrap();
+    p.drain_bob();
+    p.run(Duration::from_secs(3));
+    assert_eq!(p.alice.state(), State::Active);
+    assert_eq!(p.bob().state(), State::Active);
+    assert!(p.alice_events.contains(&CallEvent::Connected));
+    assert!(p.bob_events.contains(&CallEvent::Connected));
+
+    // Each hears the other's tone: 440 Hz at Bob's, 1000 Hz at Alice's, nearly all of it.
+    let bob_heard = p.heard_by_bob.lock().unwrap().clone();
+    let alice_heard = p.heard_by_alice.lock().unwrap().clone();
+    assert!(bob_heard.samples > 48_000 * 2, "{bob_heard:?}");
+    assert!(alice_heard.samples > 48_000 * 2, "{alice_heard:?}");
+    assert!(
+        (bob_heard.frequency_hz() - 440.0).abs() < 25.0,
+        "{bob_heard:?}"
+    );
+    assert!(
+        (alice_heard.frequency_hz() - 1000.0).abs() < 40.0,
+        "{alice_heard:?}"
+    );
+
+    // Text on the call's data channel.
+    let now = p.now;
+    assert!(p.alice.send_text(now, "hello from alice").unwrap());
+    p.drain_alice();
+    p.run(Duration::from_millis(200));
+    assert!(
+        p.bob_events
+            .contains(&CallEvent::Text("hello from alice".into()))
+    );
+
+    let now = p.now;
+    p.bob().hangup(now);
+    p.drain_bob();
+    p.run(Duration::from_millis(200));
+    let (reason, talked) = Pair::ended(&p.alice_events).expect("Alice's call ended");
+    assert_eq!(reason, EndReason::HungUp { by_us: false });
+    assert!(
+        talked > Duration::from_secs(2) && talked < Duration::from_secs(5),
+        "{talked:?}"
+    );
+    assert_eq!(
+        Pair::ended(&p.bob_events).unwrap().0,
+        EndReason::HungUp { by_us: true }
+    );
+}
+
+#[test]
+fn unanswered_declined_and_cancelled_calls_end_as_such_on_both_sides() {
+    // Nobody answers: the caller gives up after the ring timeout and the callee's ringing
+    // stops as a missed call.
+    let mut p = Pair::new();
+    p.run(RING_TIMEOUT + Duration::from_secs(1));
+    assert_eq!(p.alice.state(), State::Ended(EndReason::NoAnswer));
+    assert_eq!(p.bob().state(), State::Ended(EndReason::NoAnswer));
+
+    let mut p = Pair::new();
+    p.run(Duration::from_millis(100));
+    let now = p.now;
+    p.bob().decline(now).unwrap();
+    p.drain_bob();
+    p.run(Duration::from_millis(100));
+    assert_eq!(
+        p.alice.state(),
+        State::Ended(EndReason::Declined { by_us: false })
+    );
+    assert_eq!(Pair::ended(&p.alice_events).unwrap().1, Duration::ZERO);
+
+    let mut p = Pair::new();
+    p.run(Duration::from_millis(100));
+    let now = p.now;
+    p.alice.hangup(now);
+    p.drain_alice();
+    p.run(Duration::from_millis(100));
+    assert_eq!(p.bob().state(), State::Ended(EndReason::NoAnswer), "missed");
+    // Answering a call that is over is refused, not a panic.
+    let now = p.now;
+    assert!(p.bob().answer(now).is_err());
+}
+
+#[test]
+fn a_cut_link_ends_a_call_after_the_grace_and_an_answer_without_media_fails_setup() {
+    let mut p = Pair::new();
+    p.run(Duration::from_millis(100));
+    let now = p.now;
+    p.bob().answer(now).unwrap();
+    p.drain_bob();
+    p.run(Duration::from_secs(2));
+    assert_eq!(p.alice.state(), State::Active);
+    p.link.cut = true;
+    p.link.queue.clear();
+    p.run(Duration::from_secs(30));
+    assert_eq!(p.alice.state(), State::Ended(EndReason::ConnectionLost));
+    assert_eq!(p.bob().state(), State::Ended(EndReason::ConnectionLost));
+
+    // No packet ever gets through: answered, but set-up fails in bounded time.
+    let mut p = Pair::new();
+    p.link.cut = true;
+    p.run(Duration::from_millis(100));
+    let now = p.now;
+    p.bob().answer(now).unwrap();
+    p.drain_bob();
+    p.run(SETUP_TIMEOUT + Duration::from_secs(1));
+    assert_eq!(p.alice.state(), State::Ended(EndReason::SetupFailed));
+    assert_eq!(p.bob().state(), State::Ended(EndReason::SetupFailed));
+}
+
+#[test]
+fn garbage_and_hostile_signals_are_refused_without_harm() {
+    let mut p = Pair::new();
+    p.run(Duration::from_millis(100));
+    let now = p.now;
+    // Datagrams that are not STUN, DTLS or RTP, before and during the call.
+    p.alice
+        .handle_packet(now, addr(BOB), addr(ALICE), &[0xde, 0xad, 0xbe, 0xef])
+        .unwrap();
+    p.alice
+        .handle_packet(now, addr(BOB), addr(ALICE), &[0u8; 0])
+        .unwrap();
+    // Signals for another call id are ignored; a bad SDP in an answer is an error.
+    p.alice
+        .handle_signal(
+            now,
+            CallSignal::Hangup {
+                call: CallId([9; 16]),
+            },
+        )
+        .unwrap();
+    assert_eq!(p.alice.state(), State::Ringing);
+    assert!(
+        p.alice
+            .handle_signal(
+                now,
+                CallSignal::Answer {
+                    call: CallId([1; 16]),
+                    sdp: "not sdp".into()
+                }
+            )
+            .is_err()
+    );
+    assert!(
+        Call::incoming(
+            CallId([2; 16]),
+            "v=0\r\ngarbage",
+            now,
+            &[addr(BOB)],
+            Box::new(Silence),
+            Box::new(Meter::default()),
+        )
+        .is_err()
+    );
+}
