@@ -15,7 +15,7 @@
 pub mod audio;
 
 use audio::{AudioSink, AudioSource, Codec, FRAME_SAMPLES};
-use hestia_protocol::call::{CallId, CallSignal};
+use hestia_protocol::call::{CallId, CallSignal, HangupReason, MAX_CANDIDATES};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -26,8 +26,9 @@ use str0m::media::{Direction, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
-/// How long the caller's device rings the other before giving up ("did not answer").
-pub const RING_TIMEOUT: Duration = Duration::from_secs(45);
+/// How long the caller's device rings the other before giving up ("did not answer"), and how
+/// long an incoming call rings (the same as an offer's greatest age).
+pub const RING_TIMEOUT: Duration = Duration::from_millis(hestia_protocol::call::MAX_OFFER_AGE_MS);
 /// From the answer to media flowing; past it the call fails.
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long ICE may stay `Disconnected` before the call counts as lost (a blip recovers).
@@ -140,6 +141,9 @@ pub struct Call {
     outputs: VecDeque<CallOutput>,
     rtc_timeout: Instant,
     now: Instant,
+    /// This device's addresses for the call; they enter ICE (and go to the other side) only
+    /// once the call is answered.
+    local: Vec<SocketAddr>,
 }
 
 impl Call {
@@ -154,14 +158,12 @@ impl Call {
         // str0m's crypto (DTLS, SRTP) comes from one provider per process.
         static CRYPTO: std::sync::Once = std::sync::Once::new();
         CRYPTO.call_once(|| str0m::crypto::from_feature_flags().install_process_default());
-        let mut rtc = Rtc::builder()
+        let rtc = Rtc::builder()
             .clear_codecs()
             .enable_opus(true, false)
             .build(now);
         for addr in local {
-            let c =
-                Candidate::host(*addr, "udp").map_err(|e| CallError::Candidate(e.to_string()))?;
-            rtc.add_local_candidate(c);
+            Candidate::host(*addr, "udp").map_err(|e| CallError::Candidate(e.to_string()))?;
         }
         Ok(Call {
             id,
@@ -186,7 +188,25 @@ impl Call {
             outputs: VecDeque::new(),
             rtc_timeout: now,
             now,
+            local: local.iter().take(MAX_CANDIDATES).copied().collect(),
         })
+    }
+
+    /// Adds this device's candidates to ICE and sends them: only once the call is answered.
+    fn share_candidates(&mut self) {
+        let mut lines = Vec::new();
+        for addr in &self.local {
+            if let Ok(c) = Candidate::host(*addr, "udp")
+                && let Some(added) = self.rtc.add_local_candidate(c)
+            {
+                lines.push(added.to_sdp_string());
+            }
+        }
+        self.outputs
+            .push_back(CallOutput::Signal(CallSignal::Candidates {
+                call: self.id,
+                candidates: lines,
+            }));
     }
 
     /// Rings: makes the offer (audio and a text channel) as a [`CallOutput::Signal`].
@@ -255,6 +275,7 @@ impl Call {
                 call: self.id,
                 sdp: answer.to_sdp_string(),
             }));
+        self.share_candidates();
         self.state = State::Connecting;
         self.deadline = Some(now + SETUP_TIMEOUT);
         self.drive(now)
@@ -278,9 +299,16 @@ impl Call {
         if matches!(self.state, State::Ended(_)) {
             return;
         }
-        self.outputs
-            .push_back(CallOutput::Signal(CallSignal::Hangup { call: self.id }));
+        self.signal_hangup(HangupReason::Normal);
         self.end(now, EndReason::HungUp { by_us: true });
+    }
+
+    fn signal_hangup(&mut self, reason: HangupReason) {
+        self.outputs
+            .push_back(CallOutput::Signal(CallSignal::Hangup {
+                call: self.id,
+                reason,
+            }));
     }
 
     /// Sends text on the call's data channel (only once it is open; `false` if not yet).
@@ -314,8 +342,18 @@ impl Call {
                     SdpAnswer::from_sdp_string(&sdp).map_err(|e| CallError::Sdp(e.to_string()))?;
                 let pending = self.pending.take().ok_or(CallError::State(self.state))?;
                 self.rtc.sdp_api().accept_answer(pending, answer)?;
+                self.share_candidates();
                 self.state = State::Connecting;
                 self.deadline = Some(now + SETUP_TIMEOUT);
+            }
+            CallSignal::Candidates { candidates, .. }
+                if matches!(self.state, State::Connecting | State::Active) =>
+            {
+                for line in candidates.iter().take(MAX_CANDIDATES) {
+                    let c = Candidate::from_sdp_string(line)
+                        .map_err(|e| CallError::Candidate(e.to_string()))?;
+                    self.rtc.add_remote_candidate(c);
+                }
             }
             CallSignal::Decline { .. } if self.state == State::Ringing => {
                 self.end(now, EndReason::Declined { by_us: false });
@@ -323,11 +361,14 @@ impl Call {
             CallSignal::Busy { .. } if self.state == State::Ringing => {
                 self.end(now, EndReason::Busy);
             }
-            CallSignal::Hangup { .. } => {
-                let reason = if self.state == State::Incoming {
-                    EndReason::NoAnswer // the caller gave up: a missed call here
-                } else {
-                    EndReason::HungUp { by_us: false }
+            CallSignal::Hangup { reason, .. } => {
+                let reason = match (self.state, reason) {
+                    // The caller gave up: a missed call here.
+                    (State::Incoming, _) => EndReason::NoAnswer,
+                    (_, HangupReason::Normal) => EndReason::HungUp { by_us: false },
+                    (_, HangupReason::NoAnswer) => EndReason::NoAnswer,
+                    (State::Connecting, HangupReason::Failed) => EndReason::SetupFailed,
+                    (_, HangupReason::Failed) => EndReason::ConnectionLost,
                 };
                 self.end(now, reason);
             }
@@ -381,10 +422,12 @@ impl Call {
                 State::Ended(_) => None,
             };
             if let Some(reason) = reason {
-                if self.state == State::Ringing {
-                    // Stop the other device ringing too.
-                    self.outputs
-                        .push_back(CallOutput::Signal(CallSignal::Hangup { call: self.id }));
+                // Tell the other device (a caller giving up stops the other ringing); an
+                // incoming call that rang out just ends here.
+                match self.state {
+                    State::Ringing => self.signal_hangup(HangupReason::NoAnswer),
+                    State::Connecting | State::Active => self.signal_hangup(HangupReason::Failed),
+                    _ => {}
                 }
                 self.end(now, reason);
                 return Ok(());

@@ -17,6 +17,8 @@ type InFlight = (bool, SocketAddr, SocketAddr, Vec<u8>);
 struct Link {
     latency: Duration,
     cut: bool,
+    /// Drop every n-th datagram (0: none).
+    drop_every: u64,
     /// (delivery time, sequence) → (to Alice?, source, destination, bytes)
     queue: BTreeMap<(Instant, u64), InFlight>,
     seq: u64,
@@ -61,6 +63,7 @@ impl Pair {
             link: Link {
                 latency: Duration::from_millis(15),
                 cut: false,
+                drop_every: 0,
                 queue: BTreeMap::new(),
                 seq: 0,
             },
@@ -93,8 +96,9 @@ impl Pair {
                     destination,
                     contents,
                 } => {
-                    if !link.cut {
-                        link.seq += 1;
+                    link.seq += 1;
+                    let dropped = link.drop_every > 0 && link.seq.is_multiple_of(link.drop_every);
+                    if !link.cut && !dropped {
                         link.queue.insert(
                             (now + link.latency, link.seq),
                             (!to_alice, source, destination, contents),
@@ -343,6 +347,7 @@ fn garbage_and_hostile_signals_are_refused_without_harm() {
             now,
             CallSignal::Hangup {
                 call: CallId([9; 16]),
+                reason: hestia_protocol::call::HangupReason::Normal,
             },
         )
         .unwrap();
@@ -369,4 +374,69 @@ fn garbage_and_hostile_signals_are_refused_without_harm() {
         )
         .is_err()
     );
+}
+
+#[test]
+fn ringing_leaks_no_address_and_candidates_go_out_only_after_the_answer() {
+    let mut p = Pair::new();
+    p.run(Duration::from_millis(100));
+    // The offer Bob's device got, and everything Alice sent while it rang: no address.
+    assert!(p.to_alice.is_empty());
+    assert!(p.link.queue.is_empty(), "no datagram before the answer");
+    let now = p.now;
+    let mut bob = Call::incoming(
+        CallId([3; 16]),
+        &{
+            let mut a = Call::dial(
+                CallId([3; 16]),
+                now,
+                &[addr(ALICE)],
+                Box::new(Silence),
+                Box::new(Meter::default()),
+            )
+            .unwrap();
+            let CallOutput::Signal(CallSignal::Offer { sdp, .. }) = a.poll_output() else {
+                panic!("an offer first")
+            };
+            assert!(
+                !sdp.contains("10.0.0.1") && !sdp.contains("a=candidate"),
+                "{sdp}"
+            );
+            sdp
+        },
+        now,
+        &[addr(BOB)],
+        Box::new(Silence),
+        Box::new(Meter::default()),
+    )
+    .unwrap();
+    assert!(
+        matches!(bob.poll_output(), CallOutput::Timeout(_)),
+        "nothing while ringing"
+    );
+    bob.answer(now).unwrap();
+    let CallOutput::Signal(CallSignal::Answer { sdp, .. }) = bob.poll_output() else {
+        panic!("the answer first")
+    };
+    assert!(!sdp.contains("10.0.0.2"), "{sdp}");
+    let CallOutput::Signal(CallSignal::Candidates { candidates, .. }) = bob.poll_output() else {
+        panic!("then the candidates")
+    };
+    assert_eq!(candidates.len(), 1);
+    assert!(candidates[0].contains("10.0.0.2"), "{candidates:?}");
+}
+
+#[test]
+fn a_lossy_link_still_carries_the_tone() {
+    let mut p = Pair::new();
+    p.link.drop_every = 20; // 5% of datagrams lost, both ways
+    p.run(Duration::from_millis(100));
+    let now = p.now;
+    p.bob().answer(now).unwrap();
+    p.drain_bob();
+    p.run(Duration::from_secs(5));
+    assert_eq!(p.alice.state(), State::Active);
+    let heard = p.heard_by_bob.lock().unwrap().clone();
+    assert!(heard.samples > 48_000 * 3, "{heard:?}");
+    assert!((heard.frequency_hz() - 440.0).abs() < 30.0, "{heard:?}");
 }
