@@ -75,7 +75,7 @@ impl Connection {
                         return Ok(());
                     }
                     SwarmEvent::OutgoingConnectionError { error, .. } => {
-                        return Err(unreachable(error.to_string()));
+                        return Err(unreachable(dial_reason(&error.to_string())));
                     }
                     _ => {}
                 }
@@ -224,6 +224,22 @@ impl Connection {
     }
 }
 
+/// libp2p's dial error, which lists every address and transport tried over several lines, as
+/// the one short reason a person acts on.
+fn dial_reason(error: &str) -> String {
+    let lower = error.to_ascii_lowercase();
+    if lower.contains("connection refused") {
+        "connection refused (is the node running?)".into()
+    } else if lower.contains("timed out") || lower.contains("timeout") {
+        "timed out".into()
+    } else if lower.contains("unreachable") {
+        "network unreachable".into()
+    } else {
+        let first = error.lines().next().unwrap_or_default();
+        first.chars().take(160).collect()
+    }
+}
+
 /// The request an event answers, and the answer (a refusal as an error).
 fn answer_of(
     ev: request_response::Event<ClientRequest, ClientResponse>,
@@ -250,5 +266,21 @@ fn answer_of(
             Err(ClientLibError::RequestFailed(error.to_string())),
         )),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dial_errors_become_one_short_line() {
+        let libp2p = "Failed to negotiate transport protocol(s): [(/ip4/127.0.0.1/tcp/9/p2p/12D3: \
+                      : Transport(Other(Custom { kind: Other, error: Other(Left(Left(Os { \
+                      code: 111, kind: ConnectionRefused, message: \"Connection refused\" }))) })))]\n\
+                      Multiple dial errors occurred";
+        assert_eq!(
+            super::dial_reason(libp2p),
+            "connection refused (is the node running?)"
+        );
+        assert_eq!(super::dial_reason("odd\nsecond line"), "odd");
     }
 }

@@ -129,6 +129,15 @@ impl Sub {
     }
 }
 
+/// `user`'s subscription with endpoint id `id`.
+fn find<'a>(
+    subs: &'a mut HashMap<UserId, Vec<Sub>>,
+    user: &UserId,
+    id: &[u8; 16],
+) -> Option<&'a mut Sub> {
+    subs.get_mut(user)?.iter_mut().find(|s| s.id == *id)
+}
+
 /// Every local user's subscriptions and their wake-up state.
 pub(super) struct Pushes {
     config: PushConfig,
@@ -361,11 +370,7 @@ impl Pushes {
                 break;
             }
             self.due.pop_first();
-            let Some(s) = self
-                .subs
-                .get_mut(&user)
-                .and_then(|l| l.iter_mut().find(|s| s.id == id))
-            else {
+            let Some(s) = find(&mut self.subs, &user, &id) else {
                 continue;
             };
             let Phase::Due { attempt, .. } = s.phase else {
@@ -410,11 +415,7 @@ impl Pushes {
         let Some((user, id)) = self.in_flight.remove(&wake) else {
             return; // unregistered or replaced meanwhile
         };
-        let Some(s) = self
-            .subs
-            .get_mut(&user)
-            .and_then(|l| l.iter_mut().find(|s| s.id == id))
-        else {
+        let Some(s) = find(&mut self.subs, &user, &id) else {
             return;
         };
         let Phase::InFlight {
