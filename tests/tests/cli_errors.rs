@@ -42,6 +42,17 @@ fn bad_cli_input_gives_one_line_and_nonzero_exit() {
         "error",
     );
     fails_with_one_line(&["send", "bob", "hi", "--ttl", "0"], "error");
+    // A home node that is not running: one short reason, not libp2p's list of dial errors.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let node = format!(
+        "/ip4/127.0.0.1/tcp/{port}/p2p/12D3KooWEuMrweGVVStisQ2UbKhnUU8P9A3yxLqwHiXrZAK2t8tA"
+    );
+    fails_with_one_line(
+        &["account", "create", "--node", &node, "--name", "alice"],
+        "connection refused (is the node running?)",
+    );
 }
 
 #[test]
