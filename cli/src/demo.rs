@@ -67,6 +67,7 @@ pub async fn start_local_node(
         registration_open: true,
         limits,
         limit_loopback: false,
+        crash_after_sends: None,
         push: hestia_node::driver::PushSettings::default(),
     })?;
     let peer = node.peer_id().to_string();

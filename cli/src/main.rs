@@ -118,7 +118,7 @@ enum FileCmd {
 #[derive(Subcommand)]
 enum NodeCmd {
     /// Run a node until interrupted.
-    Run(NodeRunArgs),
+    Run(Box<NodeRunArgs>),
     /// Show what a node stores (it may be running): sizes, recipients, expiries. Never text.
     Inspect {
         #[arg(long)]
@@ -160,6 +160,10 @@ struct NodeRunArgs {
     /// Count loopback connections against the per-address limit too (for testing that limit).
     #[arg(long, hide = true)]
     limit_loopback: bool,
+    /// Abort after making the N-th device send durable, before answering it (for testing
+    /// lost answers).
+    #[arg(long, hide = true)]
+    crash_after_sends: Option<u32>,
     /// Encrypted file bytes all local users together may have stored, in GiB (default 256).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     file_storage_gib: Option<u64>,
@@ -462,7 +466,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Node(NodeCmd::Run(args)) => {
-            let config = node_config(args)?;
+            let config = node_config(*args)?;
             let node = Node::start(config)?;
             println!("node {} started", node.peer_id());
             node.run(shutdown_signal()).await?;
@@ -796,6 +800,7 @@ fn node_config(args: NodeRunArgs) -> Result<NodeConfig> {
         bootstrap,
         registration_open: !args.closed_registration && file.registration_open.unwrap_or(true),
         limit_loopback: args.limit_loopback,
+        crash_after_sends: args.crash_after_sends,
         push: {
             let contact = args.push_contact.or(file.push_contact);
             if let Some(c) = &contact
@@ -991,6 +996,9 @@ fn describe(s: &MessageState) -> String {
         MessageState::HeldKeyChanged => "held: sender's key changed (from an older version)".into(),
         MessageState::WaitingForKeys => "waiting on this device: their node did not answer, and \
             a first message needs their prekeys; it goes out on your next send, inbox or status"
+            .into(),
+        MessageState::Unsent => "saved; it will go out when your node answers (your next send, \
+            inbox or status sends it again, as the same message)"
             .into(),
     }
 }

@@ -14,7 +14,7 @@ use hestia_protocol::wire::{
 use hestia_protocol::wire::{BlobPhase, BlobSpec, DeliveryState};
 use hestia_store::records::{
     AccountRecord, BlobRecord, Contact, Direction, MessageState, Origin, OutboxRecord,
-    PendingReceipts, PushRecord, StatusRecord, StoredIdentity, StoredMessage, Trust,
+    PendingReceipts, PushRecord, StatusRecord, StoredIdentity, StoredMessage, Trust, UnsentEnvelope,
 };
 use hestia_store::schema::{self, *};
 use std::path::Path;
@@ -275,6 +275,15 @@ fn main() {
         USERID_ENDPOINT_PUSH,
         &schema::push_key(&bob, &hestia_protocol::push::endpoint_id(&subscription.endpoint)),
         &codec::encode(&push).unwrap(),
+    );
+    stored(
+        ENVELOPEID_UNSENT,
+        &env.id.0,
+        &codec::encode(&UnsentEnvelope {
+            to_node: "12D3KooWother".into(),
+            envelope: env.clone(),
+        })
+        .unwrap(),
     );
     let register = ClientRequest {
         auth: Auth::Session(bob),

@@ -286,6 +286,10 @@ pub struct NodeConfig {
     /// Apply the per-address connection limit to loopback too (tests of that limit).
     pub limit_loopback: bool,
     pub push: PushSettings,
+    /// Fault injection for tests of lost answers: the process aborts after making the `n`-th
+    /// client `Send` durable and before answering it, as a node that crashes at the worst
+    /// moment does. `None` in every real node.
+    pub crash_after_sends: Option<u32>,
 }
 
 /// The node's push wake-up settings.
@@ -338,6 +342,9 @@ pub struct Node {
     /// Endpoint checks finished (the core bounds how many are going on).
     checks_tx: tokio::sync::mpsc::Sender<EndpointChecked>,
     checks_rx: tokio::sync::mpsc::Receiver<EndpointChecked>,
+    /// Sends answered so far, and after how many to abort (see [`NodeConfig`]).
+    sends_answered: u32,
+    crash_after_sends: Option<u32>,
 }
 
 impl Node {
@@ -425,6 +432,8 @@ impl Node {
             push_allow_loopback: config.push.allow_loopback,
             checks_tx,
             checks_rx,
+            sends_answered: 0,
+            crash_after_sends: config.crash_after_sends,
         })
     }
 
@@ -508,6 +517,13 @@ impl Node {
             let ready = tokio::task::block_in_place(|| out.load(&self.store))?;
             match ready {
                 Ready::Client { token, response } => {
+                    if matches!(response, ClientResponse::Sent(_)) {
+                        self.sends_answered += 1;
+                        if self.crash_after_sends == Some(self.sends_answered) {
+                            tracing::warn!("aborting before answering a send (fault injection)");
+                            std::process::abort();
+                        }
+                    }
                     if let Some(ch) = self.client_channels.remove(&token)
                         && self
                             .swarm

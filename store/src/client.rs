@@ -3,7 +3,7 @@
 
 pub use crate::records::{
     Contact, Direction, FileState, MessageState, Origin, PendingReceipts, StoredFile,
-    StoredIdentity, StoredMessage, StoredUpload, Trust,
+    StoredIdentity, StoredMessage, StoredUpload, Trust, UnsentEnvelope,
 };
 use crate::schema::*;
 use crate::{Result, decode_value, encode_value};
@@ -45,6 +45,8 @@ pub enum ClientWrite {
     File(EnvelopeId, StoredFile),
     /// Put an upload's record (none: it is done or abandoned, delete it).
     Upload(BlobId, Option<StoredUpload>),
+    /// Keep a sealed envelope until the home node answers for it (none: it answered).
+    Unsent(EnvelopeId, Option<UnsentEnvelope>),
 }
 
 pub struct ClientDb {
@@ -189,6 +191,41 @@ impl ClientDb {
     }
 
     /// Every upload begun and not yet announced.
+    /// Envelopes the home node has not acknowledged, oldest first (by when they were sealed).
+    pub fn unsent(&self) -> Result<Vec<UnsentEnvelope>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(ENVELOPEID_UNSENT), rocksdb::IteratorMode::Start)
+        {
+            out.push(decode_value::<UnsentEnvelope>(ENVELOPEID_UNSENT, &item?.1)?);
+        }
+        let seq = |u: &UnsentEnvelope| self.message(&u.envelope.id).ok().flatten().map(|m| m.0);
+        out.sort_by_cached_key(seq);
+        Ok(out)
+    }
+
+    /// The home node answered for these envelopes: forget them, and record the states it gave,
+    /// without waiting for the disk (like [`ClientDb::set_state_unsynced`]: a crash may send one
+    /// again, and the node answers `Duplicate`).
+    pub fn settle_unsent(&self, answered: &[(EnvelopeId, MessageState)]) -> Result<()> {
+        let mut b = rocksdb::WriteBatch::default();
+        for (id, state) in answered {
+            b.delete_cf(self.cf(ENVELOPEID_UNSENT), id.0);
+            if let Some((seq, mut m)) = self.message(id)?
+                && m.state != *state
+            {
+                m.state = state.clone();
+                b.put_cf(
+                    self.cf(SEQ_MESSAGE),
+                    seq_key(seq),
+                    encode_value(SEQ_MESSAGE, &m)?,
+                );
+            }
+        }
+        Ok(self.db.write(b)?)
+    }
+
     pub fn uploads(&self) -> Result<Vec<StoredUpload>> {
         let mut out = Vec::new();
         for item in self
@@ -431,6 +468,14 @@ impl ClientDb {
                 ClientWrite::Upload(blob, None) => {
                     b.delete_cf(self.cf(BLOBID_UPLOAD), blob.0);
                 }
+                ClientWrite::Unsent(id, Some(u)) => {
+                    b.put_cf(
+                        self.cf(ENVELOPEID_UNSENT),
+                        id.0,
+                        encode_value(ENVELOPEID_UNSENT, u)?,
+                    );
+                }
+                ClientWrite::Unsent(id, None) => b.delete_cf(self.cf(ENVELOPEID_UNSENT), id.0),
                 ClientWrite::Receipts(user, Some(r)) => {
                     b.put_cf(
                         self.cf(USERID_RECEIPTS),

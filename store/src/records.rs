@@ -156,6 +156,16 @@ pub enum MessageState {
     /// Outgoing, a first message to a contact whose node did not answer the prekey fetch: kept
     /// on the device (only) and sent once their node answers.
     WaitingForKeys,
+    /// Outgoing, sealed and kept on the device; the home node did not answer (it may or may
+    /// not have it): sent again, as the same envelope, by the next command (schema 6).
+    Unsent,
+}
+
+/// A sealed envelope waiting for the home node's answer (`envelopeid_unsent`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnsentEnvelope {
+    pub to_node: String,
+    pub envelope: Envelope,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -385,6 +395,11 @@ pub fn check(cf: &str, key: &[u8], value: &[u8]) -> Result<()> {
             key_len(cf, key, 16)?;
             let f: StoredFile = decode_value(cf, value)?;
             f.file.check().map_err(|e| corrupt(cf, &e.to_string()))
+        }
+        ENVELOPEID_UNSENT => {
+            key_len(cf, key, 16)?;
+            let u: UnsentEnvelope = decode_value(cf, value)?;
+            named(cf, u.envelope.id.0 == key)
         }
         BLOBID_UPLOAD => {
             key_len(cf, key, 16)?;

@@ -96,6 +96,11 @@ pub const ENVELOPEID_FILE: &str = "envelopeid_file";
 /// (schema 5): the source file and the reference being built.
 pub const BLOBID_UPLOAD: &str = "blobid_upload";
 
+/// `envelopeid_unsent`: envelope id (16) → a sealed envelope the device committed but its home
+/// node has not acknowledged (schema 6): sent again, unchanged, by the next command that
+/// reaches the node, so an ambiguous failure never becomes a second message.
+pub const ENVELOPEID_UNSENT: &str = "envelopeid_unsent";
+
 pub const CLIENT_CFS: &[&str] = &[
     META,
     KEY_IDENTITY,
@@ -109,6 +114,7 @@ pub const CLIENT_CFS: &[&str] = &[
     NAME_SETTING,
     ENVELOPEID_FILE,
     BLOBID_UPLOAD,
+    ENVELOPEID_UNSENT,
 ];
 
 pub fn mailbox_key(user: &UserId, id: &EnvelopeId) -> [u8; 48] {

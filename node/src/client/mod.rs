@@ -41,7 +41,7 @@ use hestia_protocol::wire::{
 };
 use hestia_store::client::{
     ClientDb, ClientWrite, Contact, Direction, FileState, MessageState, Origin, PendingReceipts,
-    StoredFile, StoredIdentity, StoredMessage, Trust,
+    StoredFile, StoredIdentity, StoredMessage, Trust, UnsentEnvelope,
 };
 use libp2p::{Multiaddr, PeerId};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -239,6 +239,21 @@ fn describe_refusal(e: &ClientError) -> String {
         other => format!("{other:?}"),
     }
 }
+
+/// What the home node's answer to a send makes of the message.
+fn sent_state(result: SendResult) -> MessageState {
+    match result {
+        SendResult::Queued => MessageState::Queued,
+        SendResult::DeliveredToNode => MessageState::DeliveredToNode,
+        SendResult::NoSuchUser => MessageState::NoSuchUser,
+        SendResult::Invalid => MessageState::Failed("refused by the home node as invalid".into()),
+        SendResult::Full => MessageState::Failed("the home node's queue is full".into()),
+    }
+}
+
+/// How long running `hestia send` again with the same text to the same contact counts as a
+/// retry of an unsent message rather than a new one.
+pub const RERUN_WINDOW_MS: u64 = 24 * 3600 * 1000;
 
 fn unexpected(r: ClientResponse) -> ClientLibError {
     ClientLibError::Unexpected(format!("{r:?}"))
@@ -664,10 +679,61 @@ impl Device {
         ttl_ms: u64,
     ) -> Result<StoredMessage, ClientLibError> {
         let c = self.contact(contact)?;
+        // The same text to the same contact while an earlier one is still unsent is the
+        // person running the command again after the home node did not answer: it goes out
+        // as that message (the same envelope), not as a second one.
+        let now = now_millis();
+        for u in self.db.unsent()? {
+            if let Some((_, m)) = self.db.message(&u.envelope.id)?
+                && m.peer == c.address.user
+                && m.text == text
+                && now.saturating_sub(m.at) < RERUN_WINDOW_MS
+            {
+                self.retry_unsent(conn).await?;
+                let id = m.envelope_id;
+                return Ok(self.db.message(&id)?.map_or(m, |(_, m)| m));
+            }
+        }
         let id = EnvelopeId::random(&mut rand::rng());
         let content = Content::Text(text.to_string());
         self.send_content(conn, &c, id, text, content, ttl_ms, Vec::new())
             .await
+    }
+
+    /// Hands the home node again every envelope it has not acknowledged, unchanged (so it
+    /// answers `Duplicate` for one it had), and records its answers.
+    pub async fn retry_unsent(&mut self, conn: &mut Connection) -> Result<(), ClientLibError> {
+        let now = now_millis();
+        let mut answered = Vec::new();
+        let mut due = Vec::new();
+        for u in self.db.unsent()? {
+            if u.envelope.expires_at <= now {
+                answered.push((u.envelope.id, MessageState::Expired));
+            } else {
+                due.push(u);
+            }
+        }
+        for batch in due.chunks(MAX_BATCH_ENVELOPES) {
+            let ids: Vec<EnvelopeId> = batch.iter().map(|u| u.envelope.id).collect();
+            let op = ClientOp::Send(
+                batch
+                    .iter()
+                    .map(|u| Outgoing {
+                        to_node: u.to_node.clone(),
+                        envelope: u.envelope.clone(),
+                    })
+                    .collect(),
+            );
+            let results = match conn.call(&self.key, op).await? {
+                ClientResponse::Sent(r) if r.len() == ids.len() => r,
+                other => return Err(unexpected(other)),
+            };
+            answered.extend(ids.into_iter().zip(results.into_iter().map(sent_state)));
+        }
+        if !answered.is_empty() {
+            self.db.settle_unsent(&answered)?;
+        }
+        Ok(())
     }
 
     /// Seals `content` under `id` for contact `c` and hands it to the home node. The message
@@ -735,12 +801,35 @@ impl Device {
                 ..c.clone()
             }));
         }
+        // The sealed envelope is kept until the node answers for it, so a send whose answer
+        // is lost goes out again as itself, never as a second message.
+        writes.push(ClientWrite::Unsent(
+            id,
+            Some(UnsentEnvelope {
+                to_node: c.address.node.clone(),
+                envelope: env.clone(),
+            }),
+        ));
         self.db.commit(&writes)?;
-        msg.state = self.submit(conn, &c.address.node, env).await?;
-        // The node's answer is the node's to repeat (`status` asks again): no second fsync on
-        // every send's path.
-        self.db
-            .set_state_unsynced(&msg.envelope_id, msg.state.clone())?;
+        match self.submit(conn, &c.address.node, env).await {
+            Ok(state) => {
+                // The node's answer is the node's to repeat (`status` asks again): no second
+                // fsync on every send's path.
+                self.db.settle_unsent(&[(id, state.clone())])?;
+                msg.state = state;
+            }
+            Err(ClientLibError::RequestFailed(_)) => {
+                // It may or may not have arrived: the next command that reaches the node
+                // sends it again (the node answers `Duplicate` if it had it).
+                self.db.set_state(&id, MessageState::Unsent)?;
+                msg.state = MessageState::Unsent;
+            }
+            Err(e) => {
+                let failed = MessageState::Failed(e.to_string());
+                self.db.settle_unsent(&[(id, failed)])?;
+                return Err(e);
+            }
+        }
         Ok(msg)
     }
 
@@ -755,25 +844,17 @@ impl Device {
             to_node: to_node.to_string(),
             envelope,
         }]);
-        let result = match conn.call(&self.key, op).await? {
-            ClientResponse::Sent(r) if r.len() == 1 => r[0].clone(),
-            other => return Err(unexpected(other)),
-        };
-        Ok(match result {
-            SendResult::Queued => MessageState::Queued,
-            SendResult::DeliveredToNode => MessageState::DeliveredToNode,
-            SendResult::NoSuchUser => MessageState::NoSuchUser,
-            SendResult::Invalid => {
-                MessageState::Failed("refused by the home node as invalid".into())
-            }
-            SendResult::Full => MessageState::Failed("the home node's queue is full".into()),
-        })
+        match conn.call(&self.key, op).await? {
+            ClientResponse::Sent(r) if r.len() == 1 => Ok(sent_state(r[0].clone())),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Tries again to send first messages that waited for their recipient's prekeys, oldest
     /// first, under the ids and expiries they were given. A node that still does not answer
     /// is asked once per pass.
     pub async fn retry_waiting(&mut self, conn: &mut Connection) -> Result<(), ClientLibError> {
+        self.retry_unsent(conn).await?;
         if self.none_waiting {
             return Ok(());
         }
