@@ -29,7 +29,7 @@ pub async fn get(home: &Path, id: &str, out: Option<PathBuf>) -> Result<()> {
 }
 
 /// `hestia file list`.
-pub async fn list(home: &Path) -> Result<()> {
+pub async fn list(home: &Path, as_json: bool) -> Result<()> {
     let mut d = Device::open(home)?;
     // What the home node says of files sent (fetched, expired) and of uploads (how far);
     // offline, what this device knows.
@@ -38,6 +38,23 @@ pub async fn list(home: &Path) -> Result<()> {
         d.refresh_files(c).await?;
     }
     for u in d.uploads()? {
+        if as_json {
+            let held = match conn.as_mut() {
+                Some(c) => d.upload_progress(c, &u).await?,
+                None => None,
+            };
+            crate::json::print(serde_json::json!({
+                "id": u.envelope.to_hex(),
+                "contact": u.contact,
+                "direction": "out",
+                "name": u.file.name,
+                "size": u.file.size,
+                "state": "uploading",
+                "chunks_held": held.map(|h| h.0),
+                "chunks": held.map(|h| h.1),
+            }));
+            continue;
+        }
         let progress = match conn.as_mut() {
             Some(c) => match d.upload_progress(c, &u).await? {
                 Some((held, chunks)) => {
@@ -65,6 +82,10 @@ pub async fn list(home: &Path) -> Result<()> {
             .find(|m| m.envelope_id == envelope)
             .map(|m| m.peer_name.clone())
             .unwrap_or_default();
+        if as_json {
+            crate::json::print(crate::json::file(&envelope.to_hex(), &f, &who));
+            continue;
+        }
         let dir = if f.direction == Direction::Incoming {
             "from"
         } else {

@@ -11,6 +11,7 @@ mod bench_storage;
 mod demo;
 mod files;
 mod inspect;
+mod json;
 mod push;
 mod real;
 
@@ -34,6 +35,10 @@ struct Cli {
     /// Where this device keeps its identity, contacts and history.
     #[arg(long, global = true, env = "HESTIA_HOME")]
     home: Option<PathBuf>,
+    /// Print what a reading command shows (inbox, status, contact list, account show, file
+    /// list, push status) as JSON: one object per line, with ids and Unix-millisecond times.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -503,7 +508,14 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Account(AccountCmd::Show { address }) => {
             let d = Device::open(&home(&cli.home)?)?;
-            if address {
+            if cli.json {
+                json::print(serde_json::json!({
+                    "name": d.name(),
+                    "address": d.address().to_string(),
+                    "key": d.address().user.fingerprint().to_string(),
+                    "home_node": d.home_addr().to_string(),
+                }));
+            } else if address {
                 println!("{}", d.address());
             } else {
                 println!("name: {}", d.name());
@@ -537,7 +549,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Contact(cmd) => contact(cmd, &home(&cli.home)?),
+        Command::Contact(cmd) => contact(cmd, &home(&cli.home)?, cli.json),
         Command::Send {
             contact,
             text,
@@ -592,16 +604,21 @@ async fn run(cli: Cli) -> Result<()> {
             let mut d = Device::open(&home(&cli.home)?)?;
             if all {
                 for m in d.history()? {
-                    print_message(&m);
-                    files::print_file_of(&d, &m);
+                    if cli.json {
+                        json::print(serde_json::json!({
+                            "event": "history", "message": json::message(&d, &m),
+                        }));
+                    } else {
+                        print_message(&m);
+                        files::print_file_of(&d, &m);
+                    }
                 }
             }
             let mut conn = d.connect().await?;
             files::resume_uploads(&mut d, &mut conn).await;
             if !follow {
                 for ev in d.sync(&mut conn, 0).await? {
-                    print_event(&ev);
-                    files::print_file_of_event(&d, &ev);
+                    show_event(&d, &ev, cli.json);
                 }
                 return Ok(());
             }
@@ -627,8 +644,7 @@ async fn run(cli: Cli) -> Result<()> {
                             idle = FOLLOW_IDLE_MIN;
                         }
                         for ev in events {
-                            print_event(&ev);
-                            files::print_file_of_event(&d, &ev);
+                            show_event(&d, &ev, cli.json);
                         }
                     }
                     Err(
@@ -657,17 +673,27 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::File(FileCmd::Get { id, out }) => files::get(&home(&cli.home)?, &id, out).await,
-        Command::File(FileCmd::List) => files::list(&home(&cli.home)?).await,
-        Command::Push(cmd) => push::run(cmd, &home(&cli.home)?).await,
+        Command::File(FileCmd::List) => files::list(&home(&cli.home)?, cli.json).await,
+        Command::Push(cmd) => push::run(cmd, &home(&cli.home)?, cli.json).await,
         Command::Status => {
             let mut d = Device::open(&home(&cli.home)?)?;
             let mut conn = d.connect().await?;
             files::resume_uploads(&mut d, &mut conn).await;
             // Receipts arrive as messages: read them first, then ask the node about the rest.
             for ev in d.sync(&mut conn, 0).await? {
-                print_event(&ev);
+                if cli.json {
+                    json::print(json::event(&d, &ev));
+                } else {
+                    print_event(&ev);
+                }
             }
             for m in d.refresh_status(&mut conn).await? {
+                if cli.json {
+                    json::print(serde_json::json!({
+                        "event": "status", "message": json::message(&d, &m),
+                    }));
+                    continue;
+                }
                 println!(
                     "{} to {}: {}  \"{}\"",
                     m.envelope_id,
@@ -851,7 +877,7 @@ fn node_config(args: NodeRunArgs) -> Result<NodeConfig> {
     })
 }
 
-fn contact(cmd: ContactCmd, home: &Path) -> Result<()> {
+fn contact(cmd: ContactCmd, home: &Path, as_json: bool) -> Result<()> {
     let mut d = Device::open(home)?;
     match cmd {
         ContactCmd::Add { name, address } => {
@@ -869,6 +895,11 @@ fn contact(cmd: ContactCmd, home: &Path) -> Result<()> {
                 c.address,
                 c.address.user.fingerprint()
             );
+        }
+        ContactCmd::List if as_json => {
+            for c in d.contacts()? {
+                json::print(json::contact(&c));
+            }
         }
         ContactCmd::List => {
             let contacts = d.contacts()?;
@@ -1017,6 +1048,16 @@ fn print_message(m: &StoredMessage) {
         }
         Direction::Incoming => println!("{peer}: {text}"),
         Direction::Outgoing => println!("me -> {peer}: {text}  ({})", describe(&m.state)),
+    }
+}
+
+/// An inbox event as a line for a person, or as a JSON object.
+fn show_event(d: &Device, ev: &InboxEvent, as_json: bool) {
+    if as_json {
+        json::print(json::event(d, ev));
+    } else {
+        print_event(ev);
+        files::print_file_of_event(d, ev);
     }
 }
 

@@ -39,8 +39,15 @@ pub enum PushCmd {
     },
 }
 
-pub async fn run(cmd: PushCmd, home: &Path) -> Result<()> {
+pub async fn run(cmd: PushCmd, home: &Path, as_json: bool) -> Result<()> {
     let d = Device::open(home)?;
+    let show = |info: &PushInfo| {
+        if as_json {
+            crate::json::print(crate::json::push(info));
+        } else {
+            show(info);
+        }
+    };
     match cmd {
         PushCmd::Register {
             endpoint,
@@ -70,7 +77,9 @@ pub async fn run(cmd: PushCmd, home: &Path) -> Result<()> {
                     auth,
                 })
                 .await?;
-            println!("registered: your node will wake this device when mail waits");
+            if !as_json {
+                println!("registered: your node will wake this device when mail waits");
+            }
             show(&info);
         }
         PushCmd::Status => show(&d.push_status().await?),
@@ -81,7 +90,8 @@ pub async fn run(cmd: PushCmd, home: &Path) -> Result<()> {
             let removed = before.saturating_sub(info.subscriptions.len());
             match (removed, all) {
                 (0, false) => bail!("no subscription with that endpoint"),
-                (n, _) => println!("removed {n} subscription(s)"),
+                (n, _) if !as_json => println!("removed {n} subscription(s)"),
+                _ => {}
             }
             show(&info);
         }
