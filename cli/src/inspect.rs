@@ -126,6 +126,13 @@ pub fn render(held: &Held) -> String {
             utc(b.spec.expires_at)
         ));
     }
+    // Endpoints are stable pseudonyms of devices at a push service: counted, not listed.
+    let removed = s.push.iter().filter(|(_, r)| r.removed.is_some()).count();
+    out.push_str(&format!(
+        "  push subscriptions (wake-up endpoints of users' devices): {} ({} removed by their push service)\n",
+        s.push.len(),
+        removed
+    ));
     out.push_str(&format!(
         "  prekeys (public; handed out to start sessions): {} users with a signed prekey, {} one-time prekeys\n",
         s.signed_prekeys.len(),

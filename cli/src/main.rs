@@ -126,6 +126,7 @@ enum NodeCmd {
     Run(Box<NodeRunArgs>),
     /// Show what a node stores (it may be running): sizes, recipients, expiries. Never text.
     Inspect {
+        /// The node's data directory (as given to `hestia node run --data-dir`).
         #[arg(long)]
         data_dir: PathBuf,
     },
@@ -138,6 +139,8 @@ struct NodeRunArgs {
     /// push_contact, push_delay_max_secs.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Where the node keeps its key and its database (default: the platform data directory,
+    /// ~/.local/share/hestia/node on Linux).
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Address to listen on (repeatable). Default /ip4/0.0.0.0/tcp/4001 and
@@ -231,8 +234,10 @@ enum SimCmd {
 enum BootstrapCmd {
     /// Run a bootstrap node until interrupted.
     Run {
+        /// Where the bootstrap node keeps its key (default: the platform data directory).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Address to listen on (repeatable), such as /ip4/0.0.0.0/tcp/4000.
         #[arg(long)]
         listen: Vec<Multiaddr>,
     },
