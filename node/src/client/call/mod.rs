@@ -405,8 +405,17 @@ impl Call {
                 contents,
             },
         );
-        if self.rtc.accepts(&input) {
-            self.rtc.handle_input(input)?;
+        // A datagram anyone can send: one str0m refuses is dropped, and the call goes on
+        // unless it broke the session itself.
+        if self.rtc.accepts(&input)
+            && let Err(e) = self.rtc.handle_input(input)
+        {
+            tracing::debug!(error = %e, "call datagram refused");
+            if !self.rtc.is_alive() {
+                self.signal_hangup(HangupReason::Failed);
+                self.end(now, EndReason::ConnectionLost);
+                return Ok(());
+            }
         }
         self.drive(now)
     }

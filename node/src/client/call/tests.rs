@@ -440,3 +440,44 @@ fn a_lossy_link_still_carries_the_tone() {
     assert!(heard.samples > 48_000 * 3, "{heard:?}");
     assert!((heard.frequency_hz() - 440.0).abs() < 30.0, "{heard:?}");
 }
+
+#[test]
+fn forged_stun_dtls_and_rtp_datagrams_mid_call_do_not_end_it() {
+    let mut p = Pair::new();
+    p.run(Duration::from_millis(100));
+    let now = p.now;
+    p.bob().answer(now).unwrap();
+    p.drain_bob();
+    p.run(Duration::from_secs(2));
+    assert_eq!(p.alice.state(), State::Active);
+    let heard = p.heard_by_alice.lock().unwrap().samples;
+    // Shaped like STUN, DTLS and RTP, from Bob's address and from a stranger's.
+    let stun = [
+        &[0x00u8, 0x01, 0x00, 0x08, 0x21, 0x12, 0xa4, 0x42][..],
+        &[7; 20],
+    ]
+    .concat();
+    let dtls = [
+        &[0x16u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 1, 0, 40][..],
+        &[9; 40],
+    ]
+    .concat();
+    let rtp = [
+        &[0x80u8, 111, 0, 1, 0, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef][..],
+        &[3; 60],
+    ]
+    .concat();
+    for from in [addr(BOB), addr("10.9.9.9:9999")] {
+        for d in [&stun, &dtls, &rtp] {
+            let now = p.now;
+            p.alice.handle_packet(now, from, addr(ALICE), d).unwrap();
+            p.drain_alice();
+        }
+    }
+    p.run(Duration::from_secs(2));
+    assert_eq!(p.alice.state(), State::Active);
+    assert!(
+        p.heard_by_alice.lock().unwrap().samples > heard + 48_000,
+        "audio went on"
+    );
+}
