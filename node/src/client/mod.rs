@@ -10,6 +10,8 @@
 pub mod call;
 mod connection;
 pub mod files;
+mod outbox;
+pub use outbox::RERUN_WINDOW_MS;
 pub mod push;
 pub mod receipts;
 pub mod trust;
@@ -37,7 +39,7 @@ pub const MAX_SKIPPED_STRANGERS: usize = 2000;
 pub const MAX_MESSAGE_REQUESTS: usize = 100;
 use hestia_protocol::session::x3dh;
 use hestia_protocol::wire::{
-    ClientError, ClientOp, ClientResponse, DeliveryState, MAX_BATCH_ENVELOPES, Outgoing, SendResult,
+    ClientError, ClientOp, ClientResponse, DeliveryState, MAX_BATCH_ENVELOPES,
 };
 use hestia_store::client::{
     ClientDb, ClientWrite, Contact, Direction, FileState, MessageState, Origin, PendingReceipts,
@@ -239,21 +241,6 @@ fn describe_refusal(e: &ClientError) -> String {
         other => format!("{other:?}"),
     }
 }
-
-/// What the home node's answer to a send makes of the message.
-fn sent_state(result: SendResult) -> MessageState {
-    match result {
-        SendResult::Queued => MessageState::Queued,
-        SendResult::DeliveredToNode => MessageState::DeliveredToNode,
-        SendResult::NoSuchUser => MessageState::NoSuchUser,
-        SendResult::Invalid => MessageState::Failed("refused by the home node as invalid".into()),
-        SendResult::Full => MessageState::Failed("the home node's queue is full".into()),
-    }
-}
-
-/// How long running `hestia send` again with the same text to the same contact counts as a
-/// retry of an unsent message rather than a new one.
-pub const RERUN_WINDOW_MS: u64 = 24 * 3600 * 1000;
 
 fn unexpected(r: ClientResponse) -> ClientLibError {
     ClientLibError::Unexpected(format!("{r:?}"))
@@ -679,61 +666,13 @@ impl Device {
         ttl_ms: u64,
     ) -> Result<StoredMessage, ClientLibError> {
         let c = self.contact(contact)?;
-        // The same text to the same contact while an earlier one is still unsent is the
-        // person running the command again after the home node did not answer: it goes out
-        // as that message (the same envelope), not as a second one.
-        let now = now_millis();
-        for u in self.db.unsent()? {
-            if let Some((_, m)) = self.db.message(&u.envelope.id)?
-                && m.peer == c.address.user
-                && m.text == text
-                && now.saturating_sub(m.at) < RERUN_WINDOW_MS
-            {
-                self.retry_unsent(conn).await?;
-                let id = m.envelope_id;
-                return Ok(self.db.message(&id)?.map_or(m, |(_, m)| m));
-            }
+        if let Some(m) = self.rerun_of(&c, text, conn).await? {
+            return Ok(m);
         }
         let id = EnvelopeId::random(&mut rand::rng());
         let content = Content::Text(text.to_string());
         self.send_content(conn, &c, id, text, content, ttl_ms, Vec::new())
             .await
-    }
-
-    /// Hands the home node again every envelope it has not acknowledged, unchanged (so it
-    /// answers `Duplicate` for one it had), and records its answers.
-    pub async fn retry_unsent(&mut self, conn: &mut Connection) -> Result<(), ClientLibError> {
-        let now = now_millis();
-        let mut answered = Vec::new();
-        let mut due = Vec::new();
-        for u in self.db.unsent()? {
-            if u.envelope.expires_at <= now {
-                answered.push((u.envelope.id, MessageState::Expired));
-            } else {
-                due.push(u);
-            }
-        }
-        for batch in due.chunks(MAX_BATCH_ENVELOPES) {
-            let ids: Vec<EnvelopeId> = batch.iter().map(|u| u.envelope.id).collect();
-            let op = ClientOp::Send(
-                batch
-                    .iter()
-                    .map(|u| Outgoing {
-                        to_node: u.to_node.clone(),
-                        envelope: u.envelope.clone(),
-                    })
-                    .collect(),
-            );
-            let results = match conn.call(&self.key, op).await? {
-                ClientResponse::Sent(r) if r.len() == ids.len() => r,
-                other => return Err(unexpected(other)),
-            };
-            answered.extend(ids.into_iter().zip(results.into_iter().map(sent_state)));
-        }
-        if !answered.is_empty() {
-            self.db.settle_unsent(&answered)?;
-        }
-        Ok(())
     }
 
     /// Seals `content` under `id` for contact `c` and hands it to the home node. The message
@@ -831,23 +770,6 @@ impl Device {
             }
         }
         Ok(msg)
-    }
-
-    /// Hands one envelope to the home node; returns the message's new state.
-    async fn submit(
-        &mut self,
-        conn: &mut Connection,
-        to_node: &str,
-        envelope: Envelope,
-    ) -> Result<MessageState, ClientLibError> {
-        let op = ClientOp::Send(vec![Outgoing {
-            to_node: to_node.to_string(),
-            envelope,
-        }]);
-        match conn.call(&self.key, op).await? {
-            ClientResponse::Sent(r) if r.len() == 1 => Ok(sent_state(r[0].clone())),
-            other => Err(unexpected(other)),
-        }
     }
 
     /// Tries again to send first messages that waited for their recipient's prekeys, oldest

@@ -766,7 +766,7 @@ impl Core {
             }
             ClientOp::Ack(ids) => {
                 let removed = ids.iter().filter(|id| self.ack(&user, id)).count() as u32;
-                if self.mailbox_batch(&user, 1).is_empty() {
+                if !self.holds_mail(&user) {
                     self.pushes.drained(&user);
                 }
                 ClientResponse::Acked { removed }
@@ -1625,6 +1625,15 @@ impl Core {
             self.mail_bytes.remove(&ix);
         }
         self.stored_bytes = self.stored_bytes.saturating_add_signed(delta);
+    }
+
+    /// Whether `user`'s mailbox holds an unexpired envelope (what a fetch would return): a
+    /// scan that stops at the first, without ordering the mailbox as a fetch does.
+    fn holds_mail(&self, user: &UserId) -> bool {
+        self.users
+            .get(user)
+            .and_then(|ix| self.mailboxes.get(&ix))
+            .is_some_and(|m| m.values().any(|e| e.expires_at > self.now))
     }
 
     /// The oldest envelopes of `user`'s mailbox that fit one answer, by id.

@@ -202,6 +202,14 @@ impl Pair {
         }
     }
 
+    /// Lets Bob's device ring for 100 ms, then answers.
+    fn ring_and_answer(&mut self) {
+        self.run(Duration::from_millis(100));
+        let now = self.now;
+        self.bob().answer(now).unwrap();
+        self.drain_bob();
+    }
+
     fn bob(&mut self) -> &mut Call {
         self.bob.as_mut().expect("Bob's device rang")
     }
@@ -305,10 +313,7 @@ fn unanswered_declined_and_cancelled_calls_end_as_such_on_both_sides() {
 #[test]
 fn a_cut_link_ends_a_call_after_the_grace_and_an_answer_without_media_fails_setup() {
     let mut p = Pair::new();
-    p.run(Duration::from_millis(100));
-    let now = p.now;
-    p.bob().answer(now).unwrap();
-    p.drain_bob();
+    p.ring_and_answer();
     p.run(Duration::from_secs(2));
     assert_eq!(p.alice.state(), State::Active);
     p.link.cut = true;
@@ -320,10 +325,7 @@ fn a_cut_link_ends_a_call_after_the_grace_and_an_answer_without_media_fails_setu
     // No packet ever gets through: answered, but set-up fails in bounded time.
     let mut p = Pair::new();
     p.link.cut = true;
-    p.run(Duration::from_millis(100));
-    let now = p.now;
-    p.bob().answer(now).unwrap();
-    p.drain_bob();
+    p.ring_and_answer();
     p.run(SETUP_TIMEOUT + Duration::from_secs(1));
     assert_eq!(p.alice.state(), State::Ended(EndReason::SetupFailed));
     assert_eq!(p.bob().state(), State::Ended(EndReason::SetupFailed));
@@ -430,10 +432,7 @@ fn ringing_leaks_no_address_and_candidates_go_out_only_after_the_answer() {
 fn a_lossy_link_still_carries_the_tone() {
     let mut p = Pair::new();
     p.link.drop_every = 20; // 5% of datagrams lost, both ways
-    p.run(Duration::from_millis(100));
-    let now = p.now;
-    p.bob().answer(now).unwrap();
-    p.drain_bob();
+    p.ring_and_answer();
     p.run(Duration::from_secs(5));
     assert_eq!(p.alice.state(), State::Active);
     let heard = p.heard_by_bob.lock().unwrap().clone();
@@ -444,10 +443,7 @@ fn a_lossy_link_still_carries_the_tone() {
 #[test]
 fn forged_stun_dtls_and_rtp_datagrams_mid_call_do_not_end_it() {
     let mut p = Pair::new();
-    p.run(Duration::from_millis(100));
-    let now = p.now;
-    p.bob().answer(now).unwrap();
-    p.drain_bob();
+    p.ring_and_answer();
     p.run(Duration::from_secs(2));
     assert_eq!(p.alice.state(), State::Active);
     let heard = p.heard_by_alice.lock().unwrap().samples;
