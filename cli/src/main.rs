@@ -1193,3 +1193,33 @@ mod tests {
         assert!(format!("{:#}", e.err().unwrap()).contains("unknown field"));
     }
 }
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+
+    #[test]
+    fn a_push_secret_that_begins_with_a_dash_is_a_value_not_a_flag() {
+        let args = [
+            "hestia",
+            "push",
+            "register",
+            "--endpoint",
+            "https://push.example.org/x",
+            "--p256dh",
+            "-BZD1AW",
+            "--auth",
+            "-C8nhelv0sjxdtKdQwz7jg",
+        ];
+        let cli = Cli::try_parse_from(args)
+            .map_err(|e| e.to_string())
+            .unwrap();
+        let Command::Push(push::PushCmd::Register { p256dh, auth, .. }) = cli.command else {
+            panic!("not a push register")
+        };
+        assert_eq!(
+            (p256dh.as_str(), auth.as_str()),
+            ("-BZD1AW", "-C8nhelv0sjxdtKdQwz7jg")
+        );
+    }
+}

@@ -21,11 +21,11 @@ pub enum PushCmd {
         /// The subscription's endpoint URL (http or https).
         #[arg(long)]
         endpoint: String,
-        /// The subscription's `p256dh` key, base64url.
-        #[arg(long)]
+        /// The subscription's `p256dh` key, base64url (it may begin with `-`).
+        #[arg(long, allow_hyphen_values = true)]
         p256dh: String,
-        /// The subscription's `auth` secret, base64url.
-        #[arg(long)]
+        /// The subscription's `auth` secret, base64url (it may begin with `-`).
+        #[arg(long, allow_hyphen_values = true)]
         auth: String,
     },
     /// Show the node's push key and your subscriptions: wake-ups sent, failures, and any the

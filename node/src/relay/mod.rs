@@ -120,6 +120,10 @@ pub const MAX_PENDING_BLOB_REQUESTS: usize = 256;
 pub const MAX_PENDING_BLOB_REQUESTS_PER_USER: usize = 16;
 /// Of those, at most this many from one local user: a person starts a few sessions at a time.
 pub const MAX_PENDING_BUNDLE_FETCHES_PER_USER: usize = 16;
+/// A bundle fetch whose node could not be dialled (its address not yet learnt, as just after
+/// either node starts; the driver looks it up on the failed dial) is tried again after these
+/// delays before the device hears "unreachable".
+pub const BUNDLE_RETRY_MS: [Millis; 2] = [1_000, 3_000];
 
 /// One-time prekeys of one user handed out to one requesting node per hour. Beyond it bundles
 /// still go out, without a one-time prekey (X3DH then runs without DH4): a node (or a local
@@ -436,6 +440,20 @@ pub enum FedFailure {
     Protocol,
 }
 
+/// A local user's request for another node's user's prekey bundle.
+#[derive(Clone, Debug)]
+struct BundleFetch {
+    /// The client request waiting for the answer.
+    token: Token,
+    /// Whose bundle.
+    target: UserId,
+    /// The local user who asked.
+    requester: UserId,
+    node: String,
+    /// Sends so far after the first (see [`BUNDLE_RETRY_MS`]).
+    attempt: u8,
+}
+
 /// Counts for the operator and for tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -568,9 +586,10 @@ pub struct Core {
     /// Each local user's current signed prekey and unused one-time prekeys.
     signed_prekeys: HashMap<UserId, SignedPrekey>,
     one_time_prekeys: HashMap<UserId, BTreeSet<[u8; 32]>>,
-    /// Bundle fetches forwarded to another node: the client request waiting, and for whom.
-    /// Bundle fetches waiting on another node: the client's token, whose bundle, who asked.
-    bundle_fetches: HashMap<BatchId, (Token, UserId, UserId)>,
+    /// Bundle fetches waiting on another node's answer.
+    bundle_fetches: HashMap<BatchId, BundleFetch>,
+    /// Bundle fetches to send again at a time, after their node could not be dialled.
+    bundle_retries: BTreeMap<(Millis, BatchId), BundleFetch>,
     /// One-time prekeys handed out this hour, per (requesting node, user).
     /// Per local user, this hour: one-time prekeys handed out, in all and per requester.
     handouts: HashMap<UserId, Handouts>,
@@ -626,6 +645,7 @@ impl Core {
             signed_prekeys: snapshot.signed_prekeys.into_iter().collect(),
             one_time_prekeys: HashMap::default(),
             bundle_fetches: HashMap::default(),
+            bundle_retries: BTreeMap::new(),
             handouts: HashMap::default(),
             handout_window: now,
             send_budget: HashMap::default(),
@@ -793,18 +813,24 @@ impl Core {
                         None => ClientResponse::Error(ClientError::NoBundle),
                     }
                 } else if node.len() > MAX_NODE_ID_LEN
-                    || self.bundle_fetches.len() >= MAX_PENDING_BUNDLE_FETCHES
-                    || self.bundle_fetches.values().filter(|f| f.2 == user).count()
+                    || self.bundle_fetches.len() + self.bundle_retries.len()
+                        >= MAX_PENDING_BUNDLE_FETCHES
+                    || self
+                        .bundle_fetches
+                        .values()
+                        .chain(self.bundle_retries.values())
+                        .filter(|f| f.requester == user)
+                        .count()
                         >= MAX_PENDING_BUNDLE_FETCHES_PER_USER
                 {
                     ClientResponse::Error(ClientError::Overloaded)
                 } else {
-                    let batch = self.new_batch_id();
-                    self.bundle_fetches.insert(batch, (token, target, user));
-                    self.outputs.push_back(Output::FedRequest {
-                        batch,
-                        to_node: node,
-                        request: FedRequest::FetchBundle(target),
+                    self.send_bundle_fetch(BundleFetch {
+                        token,
+                        target,
+                        requester: user,
+                        node,
+                        attempt: 0,
                     });
                     return;
                 }
@@ -981,7 +1007,16 @@ impl Core {
             };
             return self.respond_client(token, response);
         }
-        if let Some((token, user, _)) = self.bundle_fetches.remove(&batch) {
+        if let Some(mut fetch) = self.bundle_fetches.remove(&batch) {
+            if matches!(result, Err(FedFailure::Unreachable))
+                && let Some(delay) = BUNDLE_RETRY_MS.get(fetch.attempt as usize)
+            {
+                fetch.attempt += 1;
+                let at = now.saturating_add(*delay);
+                self.bundle_retries.insert((at, batch), fetch);
+                return;
+            }
+            let (token, user) = (fetch.token, fetch.target);
             let response = match result {
                 Ok(FedResponse::Bundle(Some(b))) if b.identity == user => ClientResponse::Bundle(b),
                 Ok(FedResponse::Bundle(_)) => ClientResponse::Error(ClientError::NoBundle),
@@ -1070,6 +1105,13 @@ impl Core {
         // Expired parked fetches answer empty.
         for p in self.parked.take_expired(now) {
             self.respond_client(p.token, ClientResponse::Envelopes(Vec::new()));
+        }
+        while let Some(entry) = self.bundle_retries.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let fetch = entry.remove();
+            self.send_bundle_fetch(fetch);
         }
         while let Some((secs, _, _)) = self.mail_expiries.first() {
             if *secs as Millis * 1000 > now {
@@ -1176,13 +1218,27 @@ impl Core {
             .map(|(s, _, _)| *s as Millis * 1000);
         let blobs = self.blobs.next_deadline();
         let wakes = self.pushes.next_deadline();
-        [retry, parked, expiry, mail, blobs, wakes]
+        let bundles = self
+            .bundle_retries
+            .first_key_value()
+            .map(|((at, _), _)| *at);
+        [retry, parked, expiry, mail, blobs, wakes, bundles]
             .into_iter()
             .flatten()
             .min()
     }
 
     // ---- internals ----
+
+    fn send_bundle_fetch(&mut self, fetch: BundleFetch) {
+        let batch = self.new_batch_id();
+        self.outputs.push_back(Output::FedRequest {
+            batch,
+            to_node: fetch.node.clone(),
+            request: FedRequest::FetchBundle(fetch.target),
+        });
+        self.bundle_fetches.insert(batch, fetch);
+    }
 
     fn poll_wakes(&mut self, now: Millis) {
         let online = &self.online;

@@ -881,13 +881,60 @@ fn prekeys_are_published_handed_out_once_and_fetched_across_federation() {
             .get(&bob)
             .is_some_and(|x| x.by_node.len() <= 50)
     );
-    // An unreachable node and an unknown user get typed answers.
-    assert!(h.client(true, T0, fetch).is_empty());
-    let (batch, _, _) = h.stash.pop().unwrap();
-    h.a.handle_fed_response(T0, batch, Err(FedFailure::Unreachable));
+    // A node that cannot be dialled (its address not yet learnt) is tried again after 1 s and
+    // 3 s more; then the device hears it is unreachable. An unknown user gets a typed answer.
+    assert!(h.client(true, T0, fetch.clone()).is_empty());
+    let (mut batch, _, _) = h.stash.pop().unwrap();
+    let mut t = T0;
+    for delay in BUNDLE_RETRY_MS {
+        h.a.handle_fed_response(t, batch, Err(FedFailure::Unreachable));
+        assert!(
+            h.drain(true) == (vec![], vec![], vec![]),
+            "nothing before the retry"
+        );
+        assert_eq!(h.a.poll_timeout(), Some(t + delay));
+        t += delay;
+        h.a.handle_timeout(t);
+        let (reqs, _, answers) = h.drain(true);
+        assert!(answers.is_empty());
+        let [(again, to, FedRequest::FetchBundle(who))] = reqs.as_slice() else {
+            panic!("the fetch is sent again: {reqs:?}")
+        };
+        assert_eq!((to.as_str(), *who), ("NodeB", bob));
+        batch = *again;
+    }
+    h.a.handle_fed_response(t, batch, Err(FedFailure::Unreachable));
     assert_eq!(
         h.drain(true).2,
         vec![ClientResponse::Error(ClientError::NodeUnreachable)]
+    );
+    // A timeout is not retried (the remote may be slow, not unknown), and a retry that gets
+    // through is answered with the bundle.
+    assert!(h.client(true, t, fetch.clone()).is_empty());
+    let (batch, _, _) = h.stash.pop().unwrap();
+    h.a.handle_fed_response(t, batch, Err(FedFailure::Timeout));
+    assert_eq!(
+        h.drain(true).2,
+        vec![ClientResponse::Error(ClientError::NodeUnreachable)]
+    );
+    assert!(h.client(true, t, fetch).is_empty());
+    let (batch, _, _) = h.stash.pop().unwrap();
+    h.a.handle_fed_response(t, batch, Err(FedFailure::Unreachable));
+    h.a.handle_timeout(t + BUNDLE_RETRY_MS[0]);
+    let (reqs, _, _) = h.drain(true);
+    let [(again, _, FedRequest::FetchBundle(_))] = reqs.as_slice() else {
+        panic!("{reqs:?}")
+    };
+    h.b.handle_fed_request(t, Token(9999), "NodeA", FedRequest::FetchBundle(bob));
+    let (_, answers, _) = h.drain(false);
+    let [answer] = answers.as_slice() else {
+        panic!("{answers:?}")
+    };
+    h.a.handle_fed_response(t, *again, Ok(answer.clone()));
+    let (_, _, got) = h.drain(true);
+    assert!(
+        matches!(got.as_slice(), [ClientResponse::Bundle(b)] if b.identity == bob),
+        "{got:?}"
     );
     let stranger = IdentityKey::generate(&mut h.rng).user_id();
     let local = ClientOp::FetchBundle {
