@@ -69,6 +69,8 @@ pub async fn start_local_node(
         limit_loopback: false,
         crash_after_sends: None,
         push: hestia_node::driver::PushSettings::default(),
+        turn_listen: None,
+        turn: Default::default(),
     })?;
     let peer = node.peer_id().to_string();
     let task = tokio::spawn(node.run(async move {

@@ -136,7 +136,7 @@ enum NodeCmd {
 struct NodeRunArgs {
     /// TOML config file with any of: data_dir, listen, bootstrap, registration_open,
     /// send_burst, sends_per_second, max_file_mib, file_quota_mib, file_storage_gib, push,
-    /// push_contact, push_delay_max_secs.
+    /// push_contact, push_delay_max_secs, turn_listen, turn_calls_per_user, turn_calls.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Where the node keeps its key and its database (default: the platform data directory,
@@ -190,6 +190,21 @@ struct NodeRunArgs {
     /// service. Private and link-local addresses stay refused.
     #[arg(long)]
     push_allow_loopback: bool,
+    /// Relay this node's users' calls (TURN over UDP) on this address, `IP:PORT` (for
+    /// example 203.0.113.5:3478): the address their devices reach this node at, not a
+    /// wildcard. Without it this node's users cannot make or take calls.
+    #[arg(long)]
+    turn_listen: Option<std::net::SocketAddr>,
+    /// Calls one user may relay at once (default 4).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64))]
+    turn_calls_per_user: Option<u64>,
+    /// Calls this node relays at once, for all its users (default 256).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    turn_calls: Option<u64>,
+    /// Let calls reach peers on loopback addresses: only for tests on one machine. Private
+    /// and link-local peers stay refused.
+    #[arg(long)]
+    turn_allow_loopback: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -209,6 +224,9 @@ struct NodeFile {
     push: Option<bool>,
     push_contact: Option<String>,
     push_delay_max_secs: Option<u64>,
+    turn_listen: Option<std::net::SocketAddr>,
+    turn_calls_per_user: Option<u64>,
+    turn_calls: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -832,6 +850,22 @@ fn node_config(args: NodeRunArgs) -> Result<NodeConfig> {
         registration_open: !args.closed_registration && file.registration_open.unwrap_or(true),
         limit_loopback: args.limit_loopback,
         crash_after_sends: args.crash_after_sends,
+        turn_listen: args.turn_listen.or(file.turn_listen),
+        turn: {
+            let d = hestia_node::turn::server::TurnSettings::default();
+            hestia_node::turn::server::TurnSettings {
+                max_allocations: args
+                    .turn_calls
+                    .or(file.turn_calls)
+                    .map_or(d.max_allocations, |n| n as usize),
+                max_allocations_per_user: args
+                    .turn_calls_per_user
+                    .or(file.turn_calls_per_user)
+                    .map_or(d.max_allocations_per_user, |n| n as usize),
+                allow_loopback_peers: args.turn_allow_loopback,
+                ..d
+            }
+        },
         push: {
             let contact = args.push_contact.or(file.push_contact);
             if let Some(c) = &contact

@@ -110,6 +110,23 @@ fn main() {
         at: NOW,
     };
     write("presence", "announce", &codec::encode(&p).unwrap());
+    {
+        use hestia_protocol::stun::{Attribute, Class, Message, Method, long_term_key};
+        let peer = "203.0.113.9:40000".parse().unwrap();
+        let key = long_term_key("u", "hestia", "p");
+        let allocate = Message::new(Class::Request, Method::Allocate, [3; 12])
+            .with(Attribute::RequestedTransport(17))
+            .with(Attribute::Username("u".into()))
+            .with(Attribute::Realm("hestia".into()))
+            .with(Attribute::Nonce("00".into()))
+            .encode(Some(&key));
+        write("stun", "allocate", &allocate);
+        let data = Message::new(Class::Indication, Method::Data, [4; 12])
+            .with(Attribute::XorPeerAddress(peer))
+            .with(Attribute::Data(vec![0x80; 60]))
+            .encode(None);
+        write("stun", "data", &data);
+    }
     let bundle = PrekeyBundle {
         identity: f.bob.user_id(),
         signed_prekey: f.bob_prekeys.current_signed().clone(),

@@ -104,6 +104,20 @@ pub enum NodeError {
     Listen { addr: Multiaddr, reason: String },
     #[error("bootstrap address {0} has no /p2p/<peer id> suffix")]
     BootstrapWithoutPeerId(Multiaddr),
+    #[error("the call relay cannot listen on {addr}: {reason}")]
+    TurnListen {
+        addr: std::net::SocketAddr,
+        reason: String,
+    },
+}
+
+/// A task that ends when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 pub fn now_millis() -> Millis {
@@ -286,6 +300,10 @@ pub struct NodeConfig {
     /// Apply the per-address connection limit to loopback too (tests of that limit).
     pub limit_loopback: bool,
     pub push: PushSettings,
+    /// The call relay: where it listens (`None`: no relay, and this node's users cannot
+    /// call), and its bounds.
+    pub turn_listen: Option<std::net::SocketAddr>,
+    pub turn: crate::turn::server::TurnSettings,
     /// Fault injection for tests of lost answers: the process aborts after making the `n`-th
     /// client `Send` durable and before answering it, as a node that crashes at the worst
     /// moment does. `None` in every real node.
@@ -345,6 +363,62 @@ pub struct Node {
     /// Sends answered so far, and after how many to abort (see [`NodeConfig`]).
     sends_answered: u32,
     crash_after_sends: Option<u32>,
+    /// The call relay, until `run` starts it.
+    turn: Option<(crate::turn::server::TurnServer, std::net::UdpSocket)>,
+}
+
+/// Binds the call relay's socket and derives its keys from the node's relay secret (made at
+/// first start).
+fn call_relay(
+    store: &NodeDb,
+    listen: std::net::SocketAddr,
+    settings: crate::turn::server::TurnSettings,
+) -> Result<
+    (
+        relay::CallRelay,
+        crate::turn::server::TurnServer,
+        std::net::UdpSocket,
+    ),
+    NodeError,
+> {
+    use hestia_protocol::turn::TurnKeys;
+    if listen.ip().is_unspecified() {
+        return Err(NodeError::TurnListen {
+            addr: listen,
+            reason: "give the address devices reach this node at, not a wildcard".into(),
+        });
+    }
+    let secret: [u8; 32] = match store.turn_secret()? {
+        Some(s) => s
+            .as_slice()
+            .try_into()
+            .map_err(|_| NodeError::Key("call relay secret is not 32 bytes".into()))?,
+        None => {
+            let s: [u8; 32] = rand::random();
+            store.set_turn_secret(&s)?;
+            s
+        }
+    };
+    let socket = std::net::UdpSocket::bind(listen).map_err(|e| NodeError::TurnListen {
+        addr: listen,
+        reason: e.to_string(),
+    })?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| NodeError::TurnListen {
+            addr: listen,
+            reason: e.to_string(),
+        })?;
+    let server_addr = socket.local_addr().map_err(|e| NodeError::TurnListen {
+        addr: listen,
+        reason: e.to_string(),
+    })?;
+    let config = relay::CallRelay {
+        server: server_addr,
+        keys: std::sync::Arc::new(TurnKeys::derive(&secret)),
+    };
+    let server = crate::turn::server::TurnServer::new(settings, TurnKeys::derive(&secret));
+    Ok((config, server, socket))
 }
 
 impl Node {
@@ -398,6 +472,18 @@ impl Node {
         };
         let (checks_tx, checks_rx) =
             tokio::sync::mpsc::channel(relay::MAX_PENDING_ENDPOINT_CHECKS + 1);
+        let (turn_config, turn) = match config.turn_listen {
+            Some(listen) => {
+                let (c, server, socket) = call_relay(&store, listen, config.turn.clone())?;
+                tracing::info!(addr = %c.server, "call relay listening");
+                let path = config.data_dir.join("turn.addr");
+                if let Err(e) = std::fs::write(&path, format!("{}\n", c.server)) {
+                    tracing::warn!(error = %e, "could not record the call relay's address");
+                }
+                (Some(c), Some((server, socket)))
+            }
+            None => (None, None),
+        };
         let core = relay::Core::from_store(
             relay::Config {
                 node_id: peer.to_string(),
@@ -409,6 +495,7 @@ impl Node {
                     allow_loopback: config.push.allow_loopback,
                     max_delay_ms: config.push.max_delay_ms,
                 },
+                turn: turn_config,
             },
             &store,
             now_millis(),
@@ -434,6 +521,7 @@ impl Node {
             checks_rx,
             sends_answered: 0,
             crash_after_sends: config.crash_after_sends,
+            turn,
         })
     }
 
@@ -452,6 +540,20 @@ impl Node {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), NodeError> {
         let mut shutdown = std::pin::pin!(shutdown);
+        // The call relay runs beside the node on its own task, and ends with it.
+        let _relay = match self.turn.take() {
+            Some((server, socket)) => {
+                let socket = tokio::net::UdpSocket::from_std(socket)
+                    .map_err(|e| NodeError::Transport(format!("call relay socket: {e}")))?;
+                let task = tokio::spawn(crate::turn::udp::serve(
+                    server,
+                    socket,
+                    std::future::pending(),
+                ));
+                Some(AbortOnDrop(task))
+            }
+            None => None,
+        };
         // First announcement soon after start (once connections are up), then periodically.
         let mut presence = tokio::time::interval_at(
             tokio::time::Instant::now() + Duration::from_secs(2),

@@ -14,4 +14,5 @@ pub mod driver;
 pub mod frame;
 pub mod ip_limits;
 pub mod relay;
+pub mod turn;
 pub mod webpush;

@@ -16,6 +16,8 @@
 //!   encryption.
 //! - [`wire`]: requests and responses of `/hestia/fed/1` and `/hestia/client/1`, and presence.
 //! - [`push`]: Web Push subscriptions, the checks on their endpoints, the wake-up body.
+//! - [`stun`]: STUN and TURN messages between a device's call and its home node's relay.
+//! - [`turn`]: the short-lived credentials a node hands its users for its call relay.
 //! - [`safety`]: safety numbers two people compare to verify each other.
 //! - [`redact`]: the one wrapper through which user ids reach a log.
 //! - [`display`]: the only way text from other users reaches a screen (controls neutralised).
@@ -32,6 +34,8 @@ pub mod redact;
 pub mod safety;
 pub mod seal;
 pub mod session;
+pub mod stun;
+pub mod turn;
 pub mod wire;
 
 /// Wall-clock time in milliseconds since the Unix epoch. Envelope expiry is absolute wall-clock

@@ -188,6 +188,9 @@ pub enum ClientOp {
     PushUnregister { endpoint: Option<String> },
     /// The node's VAPID key and this user's subscriptions.
     PushStatus,
+    /// Short-lived credentials for this node's call relay (`crate::turn`), asked for just
+    /// before a call.
+    TurnCredentials,
 }
 
 /// What a node needs to hold an upload: its shape, who may fetch it, until when.
@@ -299,6 +302,28 @@ pub enum ClientResponse {
     BlobDeleted,
     /// Answer to the push requests.
     Push(PushInfo),
+    /// Answer to `TurnCredentials`.
+    Turn(TurnGrant),
+}
+
+/// Where this node's call relay listens and the credentials that open an allocation on it
+/// until `expires_at` (`crate::turn`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnGrant {
+    /// The relay's UDP address, `ip:port`.
+    pub server: String,
+    pub username: String,
+    pub password: String,
+    pub expires_at: Millis,
+}
+
+impl std::fmt::Debug for TurnGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnGrant")
+            .field("server", &self.server)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a node tells a user about push.
@@ -418,6 +443,8 @@ pub enum ClientError {
     TooManySubscriptions,
     /// This node sends no push wake-ups.
     PushDisabled,
+    /// This node runs no call relay.
+    CallsDisabled,
 }
 
 /// A node's signed presence announcement (gossipsub signs it with the node key).

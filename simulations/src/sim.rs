@@ -617,6 +617,7 @@ impl Sim {
                     seed: rng.next_u64(),
                     limits: relay::Limits::UNLIMITED,
                     push: relay::PushConfig::default(),
+                    turn: None,
                 },
                 Default::default(),
                 EPOCH_MS,
@@ -1349,6 +1350,7 @@ impl Sim {
             seed,
             limits: relay::Limits::UNLIMITED,
             push: relay::PushConfig::default(),
+            turn: None,
         };
         let core = relay::Core::from_store(config, &self.nodes[n].store, self.now);
         self.nodes[n].core = Some(core.expect("memory store"));

@@ -210,6 +210,22 @@ impl NodeDb {
         Ok(self.db.put_cf_opt(self.cf(META), b"vapid_key", key, &wo)?)
     }
 
+    /// The node's call-relay secret, from which its TURN credentials are derived
+    /// (`hestia_protocol::turn`).
+    pub fn turn_secret(&self) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
+        Ok(self
+            .db
+            .get_cf(self.cf(META), b"turn_secret")?
+            .map(zeroize::Zeroizing::new))
+    }
+
+    pub fn set_turn_secret(&self, secret: &[u8; 32]) -> Result<()> {
+        let wo = crate::synced();
+        Ok(self
+            .db
+            .put_cf_opt(self.cf(META), b"turn_secret", secret, &wo)?)
+    }
+
     /// Decodes every stored entry ([`crate::records::check`]); the number of entries.
     /// Every chunk file must belong to a blob with a record and lie within its chunks.
     pub fn check(&self) -> Result<u64> {

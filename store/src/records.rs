@@ -288,7 +288,7 @@ pub fn check(cf: &str, key: &[u8], value: &[u8]) -> Result<()> {
     match cf {
         META => match key {
             b"kind" | b"node_key" => Ok(()),
-            b"vapid_key" if value.len() == 32 => Ok(()),
+            b"vapid_key" | b"turn_secret" if value.len() == 32 => Ok(()),
             b"schema_version" if value.len() == 4 => Ok(()),
             _ => Err(corrupt(cf, "unknown key")),
         },

@@ -12,7 +12,9 @@ pub const SCHEMA_VERSION: u32 = 6;
 
 /// `meta`: `"schema_version"` → u32 BE; `"kind"` → `node` | `client`; `"node_key"` → the node's
 /// libp2p key (protobuf encoding) in the node database; `"vapid_key"` → the node's P-256 VAPID
-/// secret (32 bytes, schema 6), which signs its push wake-ups.
+/// secret (32 bytes, schema 6), which signs its push wake-ups; `"turn_secret"` → 32 random
+/// bytes from which the node's call-relay credentials are derived (added without a schema
+/// change: an older node ignores it).
 pub const META: &str = "meta";
 
 // Node database.

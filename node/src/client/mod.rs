@@ -238,6 +238,9 @@ fn describe_refusal(e: &ClientError) -> String {
             hestia_protocol::push::MAX_SUBSCRIPTIONS_PER_USER
         ),
         ClientError::PushDisabled => "this node does not send push wake-ups".into(),
+        ClientError::CallsDisabled => {
+            "your node does not relay calls (its admin has not given it --turn-listen)".into()
+        }
         other => format!("{other:?}"),
     }
 }

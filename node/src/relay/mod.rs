@@ -284,6 +284,16 @@ pub struct Config {
     pub seed: u64,
     pub limits: Limits,
     pub push: PushConfig,
+    /// The node's call relay, if it runs one.
+    pub turn: Option<CallRelay>,
+}
+
+/// Where the node's call relay listens, and the keys its credentials are minted with (the
+/// relay checks them with the same keys).
+#[derive(Clone, Debug)]
+pub struct CallRelay {
+    pub server: std::net::SocketAddr,
+    pub keys: std::sync::Arc<hestia_protocol::turn::TurnKeys>,
 }
 
 /// What the core asks the driver to do. Envelope bodies are not in the core: an output that
@@ -899,6 +909,21 @@ impl Core {
                 &mut self.writes,
             )),
             ClientOp::PushStatus => ClientResponse::Push(self.pushes.info(&user)),
+            ClientOp::TurnCredentials => match self.config.turn.clone() {
+                None => ClientResponse::Error(ClientError::CallsDisabled),
+                Some(relay) => match self.spend(&user, 1, now) {
+                    Err(e) => ClientResponse::Error(e),
+                    Ok(()) => {
+                        let c = relay.keys.mint(&user, now);
+                        ClientResponse::Turn(hestia_protocol::wire::TurnGrant {
+                            server: relay.server.to_string(),
+                            username: c.username,
+                            password: c.password,
+                            expires_at: c.expires_at,
+                        })
+                    }
+                },
+            },
             ClientOp::BlobDone { node, blob, cap } => {
                 if node == self.config.node_id {
                     if self.blobs.done(&blob, &cap, now, &mut self.writes) {

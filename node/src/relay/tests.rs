@@ -35,6 +35,7 @@ fn config(id: &str) -> Config {
             allow_loopback: false,
             max_delay_ms: 0,
         },
+        turn: None,
     }
 }
 
@@ -975,4 +976,47 @@ fn a_user_sending_faster_than_the_allowance_is_refused_then_let_through() {
     // Another user's allowance is untouched.
     let r = h.client(false, later, ClientOp::Status(vec![]));
     assert!(matches!(r.as_slice(), [ClientResponse::Status(_)]));
+}
+
+#[test]
+fn a_node_with_a_call_relay_hands_its_own_users_credentials_that_open_to_them() {
+    use hestia_protocol::turn::TurnKeys;
+    let mut h = Harness::new();
+    // Node A runs no relay: a typed refusal.
+    assert_eq!(
+        h.client(true, T0, ClientOp::TurnCredentials),
+        vec![ClientResponse::Error(ClientError::CallsDisabled)]
+    );
+    let server: std::net::SocketAddr = "203.0.113.5:3478".parse().unwrap();
+    let mut c = config("NodeB");
+    c.turn = Some(super::CallRelay {
+        server,
+        keys: std::sync::Arc::new(TurnKeys::derive(&[9; 32])),
+    });
+    h.b = Core::from_store(c, &h.store_b, T0).unwrap();
+    let [ClientResponse::Turn(grant)] = &h.client(false, T0, ClientOp::TurnCredentials)[..] else {
+        panic!("no grant")
+    };
+    assert_eq!(grant.server, server.to_string());
+    let keys = TurnKeys::derive(&[9; 32]);
+    assert_eq!(
+        keys.open(&grant.username, T0 + 1),
+        Ok((h.bob.user_id(), grant.expires_at))
+    );
+    assert_eq!(keys.password(&grant.username), grant.password);
+    // Without a session there is nothing: a stranger's request is refused before any op.
+    h.b.handle_client(
+        T0,
+        Token(77),
+        "stranger",
+        ClientRequest {
+            auth: Auth::Session(h.bob.user_id()),
+            op: ClientOp::TurnCredentials,
+        },
+    );
+    let (_, _, out) = h.drain(false);
+    assert!(
+        !out.iter().any(|r| matches!(r, ClientResponse::Turn(_))),
+        "{out:?}"
+    );
 }
