@@ -9,11 +9,17 @@
 //! never goes backwards. [`CallOutput::Signal`]s go to the other device inside the end-to-end
 //! session (`protocol::call`); [`CallOutput::Transmit`]s are UDP datagrams.
 //!
-//! str0m has no ICE gathering and no "failed" state: the driver adds the local candidates it
-//! has, and this machine keeps its own set-up deadline and debounces `Disconnected`.
+//! str0m has no ICE gathering and no "failed" state: the [`Route`] says which candidate this
+//! device offers, and this machine keeps its own set-up deadline and debounces `Disconnected`.
+//!
+//! **Relayed by default.** On [`Route::Relayed`] the call allocates an address on the home
+//! node's relay (a TURN client inside the machine: the caller when it rings, the callee when
+//! it answers), offers only that address, and sends and takes every datagram to and from the
+//! relay. The other device learns the relay's address, never this device's.
 
 pub mod audio;
 
+use crate::turn::client::{TurnClient, TurnError, TurnEvent};
 use audio::{AudioSink, AudioSource, Codec, FRAME_SAMPLES};
 use hestia_protocol::call::{CallId, CallSignal, HangupReason, MAX_CANDIDATES};
 use std::collections::VecDeque;
@@ -76,6 +82,21 @@ pub enum EndReason {
     SetupFailed,
     /// Media stopped for longer than [`DISCONNECT_GRACE`].
     ConnectionLost,
+    /// This device's home node's relay did not answer, or refused it.
+    RelayFailed(TurnError),
+}
+
+/// How a call's media travels.
+pub enum Route {
+    /// Through this device's home node's relay; `local` is the device's own socket (which
+    /// only the relay sees).
+    Relayed {
+        turn: Box<TurnClient>,
+        local: SocketAddr,
+    },
+    /// Straight between the devices: these addresses are this device's candidates, and the
+    /// other side learns them. A choice a user makes per call.
+    Direct(Vec<SocketAddr>),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -141,9 +162,11 @@ pub struct Call {
     outputs: VecDeque<CallOutput>,
     rtc_timeout: Instant,
     now: Instant,
-    /// This device's addresses for the call; they enter ICE (and go to the other side) only
-    /// once the call is answered.
-    local: Vec<SocketAddr>,
+    /// This device's candidates; they enter ICE (and go to the other side) only once the call
+    /// is answered.
+    route: Route,
+    /// Answered, but the relay's address is not known yet: the candidates go out with it.
+    candidates_due: bool,
 }
 
 impl Call {
@@ -151,7 +174,7 @@ impl Call {
         id: CallId,
         role: Role,
         now: Instant,
-        local: &[SocketAddr],
+        route: Route,
         source: Box<dyn AudioSource>,
         sink: Box<dyn AudioSink>,
     ) -> Result<Call, CallError> {
@@ -162,9 +185,16 @@ impl Call {
             .clear_codecs()
             .enable_opus(true, false)
             .build(now);
-        for addr in local {
-            Candidate::host(*addr, "udp").map_err(|e| CallError::Candidate(e.to_string()))?;
-        }
+        let route = match route {
+            Route::Direct(local) => {
+                for addr in &local {
+                    Candidate::host(*addr, "udp")
+                        .map_err(|e| CallError::Candidate(e.to_string()))?;
+                }
+                Route::Direct(local.into_iter().take(MAX_CANDIDATES).collect())
+            }
+            relayed => relayed,
+        };
         Ok(Call {
             id,
             role,
@@ -188,17 +218,43 @@ impl Call {
             outputs: VecDeque::new(),
             rtc_timeout: now,
             now,
-            local: local.iter().take(MAX_CANDIDATES).copied().collect(),
+            route,
+            candidates_due: false,
         })
     }
 
-    /// Adds this device's candidates to ICE and sends them: only once the call is answered.
+    /// The relay, on a relayed route.
+    fn turn(&mut self) -> Option<&mut TurnClient> {
+        match &mut self.route {
+            Route::Relayed { turn, .. } => Some(turn),
+            Route::Direct(_) => None,
+        }
+    }
+
+    /// Adds this device's candidates to ICE and sends them: only once the call is answered,
+    /// and on a relayed route once the relay has given its address.
     fn share_candidates(&mut self) {
+        let candidates = match &mut self.route {
+            Route::Direct(local) => local
+                .iter()
+                .filter_map(|a| Candidate::host(*a, "udp").ok())
+                .collect::<Vec<_>>(),
+            Route::Relayed { turn, local } => match turn.relayed() {
+                Some(relayed) => Candidate::relayed(relayed, *local, "udp")
+                    .ok()
+                    .into_iter()
+                    .collect(),
+                None => {
+                    turn.start(self.now);
+                    self.candidates_due = true;
+                    return;
+                }
+            },
+        };
+        self.candidates_due = false;
         let mut lines = Vec::new();
-        for addr in &self.local {
-            if let Ok(c) = Candidate::host(*addr, "udp")
-                && let Some(added) = self.rtc.add_local_candidate(c)
-            {
+        for c in candidates {
+            if let Some(added) = self.rtc.add_local_candidate(c) {
                 lines.push(added.to_sdp_string());
             }
         }
@@ -213,11 +269,16 @@ impl Call {
     pub fn dial(
         id: CallId,
         now: Instant,
-        local: &[SocketAddr],
+        route: Route,
         source: Box<dyn AudioSource>,
         sink: Box<dyn AudioSink>,
     ) -> Result<Call, CallError> {
-        let mut call = Call::new(id, Role::Caller, now, local, source, sink)?;
+        let mut call = Call::new(id, Role::Caller, now, route, source, sink)?;
+        // The caller's relay allocation is made while it rings (it tells the other side
+        // nothing), so the answer is not kept waiting for it.
+        if let Some(turn) = call.turn() {
+            turn.start(now);
+        }
         let mut change = call.rtc.sdp_api();
         let mid = change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
         change.add_channel("text".into());
@@ -241,12 +302,13 @@ impl Call {
         id: CallId,
         sdp: &str,
         now: Instant,
-        local: &[SocketAddr],
+        route: Route,
         source: Box<dyn AudioSource>,
         sink: Box<dyn AudioSink>,
     ) -> Result<Call, CallError> {
         let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| CallError::Sdp(e.to_string()))?;
-        let mut call = Call::new(id, Role::Callee, now, local, source, sink)?;
+        // The callee allocates only on answering: a flood of offers costs its node nothing.
+        let mut call = Call::new(id, Role::Callee, now, route, source, sink)?;
         call.offer = Some(offer);
         Ok(call)
     }
@@ -352,6 +414,12 @@ impl Call {
                 for line in candidates.iter().take(MAX_CANDIDATES) {
                     let c = Candidate::from_sdp_string(line)
                         .map_err(|e| CallError::Candidate(e.to_string()))?;
+                    // The relay must let the other side's address in (and refuses one that
+                    // is not a public address).
+                    let ip = c.addr().ip();
+                    if let Some(turn) = self.turn() {
+                        turn.permit(now, ip);
+                    }
                     self.rtc.add_remote_candidate(c);
                 }
             }
@@ -387,13 +455,29 @@ impl Call {
         contents: &[u8],
     ) -> Result<(), CallError> {
         let now = self.advance(now);
-        if matches!(
-            self.state,
-            State::Ended(_) | State::Ringing | State::Incoming
-        ) {
+        if matches!(self.state, State::Ended(_)) {
             return Ok(());
         }
-        let Ok(contents) = contents.try_into() else {
+        // On a relayed route only the relay's datagrams are read, and what a peer sent
+        // arrives inside them.
+        let (source, destination, contents) = match &mut self.route {
+            Route::Relayed { turn, .. } => {
+                let got = turn.handle_datagram(now, source, contents);
+                let relayed = turn.relayed();
+                self.pump_turn(now);
+                match (got, relayed) {
+                    (Some((peer, data)), Some(relayed)) => {
+                        (peer, relayed, std::borrow::Cow::Owned(data))
+                    }
+                    _ => return self.drive(now),
+                }
+            }
+            Route::Direct(_) => (source, destination, std::borrow::Cow::Borrowed(contents)),
+        };
+        if matches!(self.state, State::Ringing | State::Incoming) {
+            return self.drive(now);
+        }
+        let Ok(contents) = contents.as_ref().try_into() else {
             return Ok(()); // not STUN, DTLS or RTP: not ours
         };
         let input = Input::Receive(
@@ -442,6 +526,13 @@ impl Call {
                 return Ok(());
             }
         }
+        if let Some(turn) = self.turn() {
+            turn.handle_timeout(now);
+        }
+        self.pump_turn(now);
+        if matches!(self.state, State::Ended(_)) {
+            return Ok(());
+        }
         self.send_frames(now)?;
         if !matches!(self.state, State::Ended(_)) && now >= self.rtc_timeout {
             self.rtc.handle_input(Input::Timeout(now))?;
@@ -458,7 +549,13 @@ impl Call {
         if matches!(self.state, State::Ended(_)) {
             at = self.now + Duration::from_secs(3600);
         }
-        for d in [self.deadline, self.next_frame].into_iter().flatten() {
+        let turn = match &self.route {
+            Route::Relayed { turn, .. } if !matches!(self.state, State::Ended(_)) => {
+                turn.poll_timeout()
+            }
+            _ => None,
+        };
+        for d in [self.deadline, self.next_frame, turn].into_iter().flatten() {
             at = at.min(d);
         }
         CallOutput::Timeout(at.max(self.now))
@@ -480,8 +577,50 @@ impl Call {
         self.deadline = None;
         self.next_frame = None;
         self.rtc.disconnect();
+        // The relay frees the allocation at once rather than when it lapses.
+        if let Some(turn) = self.turn() {
+            turn.close(now);
+        }
+        self.pump_turn(now);
         self.outputs
             .push_back(CallOutput::Event(CallEvent::Ended { reason, talked }));
+    }
+
+    /// Moves the relay client's datagrams and events into the call's outputs.
+    fn pump_turn(&mut self, now: Instant) {
+        let Route::Relayed { turn, local } = &mut self.route else {
+            return;
+        };
+        let (server, local) = (turn.server(), *local);
+        let mut events = Vec::new();
+        while let Some(bytes) = turn.poll_transmit() {
+            if self.outputs.len() < MAX_QUEUED_OUTPUTS {
+                self.outputs.push_back(CallOutput::Transmit {
+                    source: local,
+                    destination: server,
+                    contents: bytes,
+                });
+            }
+        }
+        while let Some(e) = turn.poll_event() {
+            events.push(e);
+        }
+        for e in events {
+            match e {
+                TurnEvent::Allocated(_) if self.candidates_due => self.share_candidates(),
+                TurnEvent::Allocated(_) => {}
+                TurnEvent::PermissionRefused(ip) => {
+                    tracing::debug!(%ip, "the relay refused a candidate of the other side");
+                }
+                TurnEvent::Failed(e) if !matches!(self.state, State::Ended(_)) => {
+                    if self.state != State::Incoming {
+                        self.signal_hangup(HangupReason::Failed);
+                    }
+                    self.end(now, EndReason::RelayFailed(e));
+                }
+                TurnEvent::Failed(_) => {}
+            }
+        }
     }
 
     /// Encodes and writes the frames due by `now`.
@@ -519,8 +658,9 @@ impl Call {
         Ok(())
     }
 
-    /// Drains str0m to its timeout, turning its outputs into ours.
+    /// Drains the relay client and str0m to its timeout, turning their outputs into ours.
     fn drive(&mut self, now: Instant) -> Result<(), CallError> {
+        self.pump_turn(now);
         loop {
             match self.rtc.poll_output()? {
                 Output::Timeout(t) => {
@@ -528,12 +668,26 @@ impl Call {
                     return Ok(());
                 }
                 Output::Transmit(t) => {
-                    if self.outputs.len() < MAX_QUEUED_OUTPUTS {
-                        self.outputs.push_back(CallOutput::Transmit {
+                    if self.outputs.len() >= MAX_QUEUED_OUTPUTS {
+                        continue;
+                    }
+                    match &mut self.route {
+                        Route::Direct(_) => self.outputs.push_back(CallOutput::Transmit {
                             source: t.source,
                             destination: t.destination,
                             contents: t.contents.to_vec(),
-                        });
+                        }),
+                        // Wrapped for the relay; dropped until the relay lets that peer in.
+                        Route::Relayed { turn, local } => {
+                            if let Some(bytes) = turn.send(t.destination, &t.contents) {
+                                let server = turn.server();
+                                self.outputs.push_back(CallOutput::Transmit {
+                                    source: *local,
+                                    destination: server,
+                                    contents: bytes,
+                                });
+                            }
+                        }
                     }
                 }
                 Output::Event(e) => self.on_rtc_event(now, e),

@@ -1,17 +1,28 @@
 //! Two calls driven against each other on a virtual clock over an in-memory link (a few
 //! lines here stand in for str0m's unpublished netem): whichever side has the earliest
-//! deadline goes next, so a minute of call runs in a fraction of a second.
+//! deadline goes next, so a minute of call runs in a fraction of a second. With
+//! [`Pair::relayed`] each device reaches the other only through its own node's relay (two
+//! real [`TurnServer`]s on the same virtual link).
 
 use super::audio::{Meter, Silence, Tone};
 use super::*;
+use crate::turn::client::Credentials;
+use crate::turn::server::{TurnOutput, TurnServer, TurnSettings};
+use hestia_protocol::identity::UserId;
+use hestia_protocol::turn::TurnKeys;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 const ALICE: &str = "10.0.0.1:5000";
 const BOB: &str = "10.0.0.2:6000";
+/// On a relayed pair: the devices and their nodes' relays, each on its own address.
+const ALICE_DEVICE: &str = "127.0.0.21:5000";
+const BOB_DEVICE: &str = "127.0.0.22:6000";
+const ALICE_RELAY: &str = "127.0.0.11:3478";
+const BOB_RELAY: &str = "127.0.0.12:3478";
 
-/// A datagram in flight: to Alice?, source, destination, bytes.
-type InFlight = (bool, SocketAddr, SocketAddr, Vec<u8>);
+/// A datagram in flight: source, destination, bytes.
+type InFlight = (SocketAddr, SocketAddr, Vec<u8>);
 
 /// Datagrams in flight: delivered `latency` after they leave, unless the link is cut.
 struct Link {
@@ -19,15 +30,94 @@ struct Link {
     cut: bool,
     /// Drop every n-th datagram (0: none).
     drop_every: u64,
-    /// (delivery time, sequence) → (to Alice?, source, destination, bytes)
+    /// (delivery time, sequence) → datagram
     queue: BTreeMap<(Instant, u64), InFlight>,
     seq: u64,
+    /// Every datagram that left, by (source, destination): who talked to whom.
+    seen: Vec<(SocketAddr, SocketAddr)>,
+}
+
+impl Link {
+    fn send(&mut self, now: Instant, source: SocketAddr, destination: SocketAddr, bytes: Vec<u8>) {
+        self.seq += 1;
+        self.seen.push((source, destination));
+        let dropped = self.drop_every > 0 && self.seq.is_multiple_of(self.drop_every);
+        if !self.cut && !dropped {
+            self.queue
+                .insert((now + self.latency, self.seq), (source, destination, bytes));
+        }
+    }
+}
+
+/// A node's relay on the link: its server, its address, the relay ports it handed out.
+struct Relay {
+    server: TurnServer,
+    listen: SocketAddr,
+    secret: [u8; 32],
+    relays: Vec<SocketAddr>,
+}
+
+impl Relay {
+    fn new(listen: &str, secret: u8) -> Relay {
+        let settings = TurnSettings {
+            allow_loopback_peers: true,
+            ..TurnSettings::default()
+        };
+        Relay {
+            server: TurnServer::new(settings, TurnKeys::derive(&[secret; 32])),
+            listen: addr(listen),
+            secret: [secret; 32],
+            relays: Vec::new(),
+        }
+    }
+
+    fn route(&self, user: u8, device: &str) -> Route {
+        let c = TurnKeys::derive(&self.secret).mint(&UserId([user; 32]), millis(Duration::ZERO));
+        let creds = Credentials {
+            server: self.listen,
+            username: c.username,
+            password: c.password,
+        };
+        Route::Relayed {
+            turn: Box::new(TurnClient::new(creds, user as u64 * 7919)),
+            local: addr(device),
+        }
+    }
+
+    /// Runs the server's outputs onto the link.
+    fn drain(&mut self, now: Instant, since: Instant, link: &mut Link) {
+        let ms = millis(now - since);
+        while let Some(o) = self.server.poll_output() {
+            match o {
+                TurnOutput::ToClient { to, bytes } => link.send(now, self.listen, to, bytes),
+                TurnOutput::ToPeer { relay, to, bytes } => link.send(now, relay, to, bytes),
+                TurnOutput::Bind { client } => {
+                    let r = SocketAddr::new(self.listen.ip(), 40_000 + self.relays.len() as u16);
+                    self.relays.push(r);
+                    self.server.handle_bound(ms, client, Ok(r));
+                }
+                TurnOutput::Release { relay } => self.relays.retain(|r| *r != relay),
+            }
+        }
+    }
+}
+
+/// Virtual wall-clock time for the relays (they count Unix milliseconds).
+fn millis(since_start: Duration) -> hestia_protocol::Millis {
+    1_800_000_000_000 + since_start.as_millis() as hestia_protocol::Millis
 }
 
 struct Pair {
+    start: Instant,
     now: Instant,
     alice: Call,
     bob: Option<Call>,
+    /// The devices' own addresses (what the other side must never see on a relayed pair).
+    alice_at: SocketAddr,
+    bob_at: SocketAddr,
+    /// Bob's route, until his device rings.
+    bob_route: Option<Route>,
+    relays: Vec<Relay>,
     link: Link,
     /// Signals each way (alice → bob first), delivered after `signal_delay`.
     to_bob: Vec<CallSignal>,
@@ -38,6 +128,8 @@ struct Pair {
     bob_wake: Instant,
     heard_by_bob: Arc<Mutex<Meter>>,
     heard_by_alice: Arc<Mutex<Meter>>,
+    /// Every signal Alice's device received.
+    alice_heard_signals: Vec<CallSignal>,
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -45,27 +137,51 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 impl Pair {
+    /// Devices straight to each other.
     fn new() -> Pair {
+        Pair::with(
+            Route::Direct(vec![addr(ALICE)]),
+            Route::Direct(vec![addr(BOB)]),
+            (addr(ALICE), addr(BOB)),
+            Vec::new(),
+        )
+    }
+
+    /// Each device through its own node's relay.
+    fn relayed() -> Pair {
+        let a = Relay::new(ALICE_RELAY, 1);
+        let b = Relay::new(BOB_RELAY, 2);
+        let (ra, rb) = (a.route(1, ALICE_DEVICE), b.route(2, BOB_DEVICE));
+        Pair::with(ra, rb, (addr(ALICE_DEVICE), addr(BOB_DEVICE)), vec![a, b])
+    }
+
+    fn with(alice: Route, bob: Route, at: (SocketAddr, SocketAddr), relays: Vec<Relay>) -> Pair {
         let now = Instant::now();
         let heard_by_alice = Arc::new(Mutex::new(Meter::default()));
         let alice = Call::dial(
             CallId([1; 16]),
             now,
-            &[addr(ALICE)],
+            alice,
             Box::new(Tone::new(440.0)),
             Box::new(heard_by_alice.clone()),
         )
         .unwrap();
         let mut p = Pair {
+            start: now,
             now,
             alice,
             bob: None,
+            alice_at: at.0,
+            bob_at: at.1,
+            bob_route: Some(bob),
+            relays,
             link: Link {
                 latency: Duration::from_millis(15),
                 cut: false,
                 drop_every: 0,
                 queue: BTreeMap::new(),
                 seq: 0,
+                seen: Vec::new(),
             },
             to_bob: Vec::new(),
             to_alice: Vec::new(),
@@ -75,6 +191,7 @@ impl Pair {
             bob_wake: now,
             heard_by_bob: Arc::new(Mutex::new(Meter::default())),
             heard_by_alice,
+            alice_heard_signals: Vec::new(),
         };
         p.drain_alice();
         p
@@ -82,7 +199,6 @@ impl Pair {
 
     fn drain(
         call: &mut Call,
-        to_alice: bool,
         link: &mut Link,
         now: Instant,
         signals: &mut Vec<CallSignal>,
@@ -95,16 +211,7 @@ impl Pair {
                     source,
                     destination,
                     contents,
-                } => {
-                    link.seq += 1;
-                    let dropped = link.drop_every > 0 && link.seq.is_multiple_of(link.drop_every);
-                    if !link.cut && !dropped {
-                        link.queue.insert(
-                            (now + link.latency, link.seq),
-                            (!to_alice, source, destination, contents),
-                        );
-                    }
-                }
+                } => link.send(now, source, destination, contents),
                 CallOutput::Signal(s) => signals.push(s),
                 CallOutput::Event(e) => events.push(e),
             }
@@ -114,7 +221,6 @@ impl Pair {
     fn drain_alice(&mut self) {
         self.alice_wake = Pair::drain(
             &mut self.alice,
-            true,
             &mut self.link,
             self.now,
             &mut self.to_bob,
@@ -126,7 +232,6 @@ impl Pair {
         if let Some(bob) = &mut self.bob {
             self.bob_wake = Pair::drain(
                 bob,
-                false,
                 &mut self.link,
                 self.now,
                 &mut self.to_alice,
@@ -135,16 +240,39 @@ impl Pair {
         }
     }
 
+    /// Hands a datagram to whoever has its destination address.
+    fn deliver(&mut self, src: SocketAddr, dst: SocketAddr, bytes: &[u8]) {
+        let (now, ms) = (self.now, millis(self.now - self.start));
+        if dst == self.alice_at {
+            self.alice.handle_packet(now, src, dst, bytes).unwrap();
+            self.drain_alice();
+        } else if dst == self.bob_at {
+            if let Some(bob) = &mut self.bob {
+                bob.handle_packet(now, src, dst, bytes).unwrap();
+                self.drain_bob();
+            }
+        } else if let Some(r) = self.relays.iter_mut().find(|r| r.listen == dst) {
+            r.server.handle_client(ms, src, bytes);
+            r.drain(now, self.start, &mut self.link);
+        } else if let Some(r) = self.relays.iter_mut().find(|r| r.relays.contains(&dst)) {
+            r.server.handle_peer(ms, dst, src, bytes);
+            r.drain(now, self.start, &mut self.link);
+        }
+    }
+
     /// Bob's device receives Alice's pending signals (an offer makes his call).
     fn deliver_signals(&mut self) {
         for s in std::mem::take(&mut self.to_bob) {
             match (&mut self.bob, s) {
                 (None, CallSignal::Offer { call, sdp }) => {
+                    let Some(route) = self.bob_route.take() else {
+                        continue;
+                    };
                     let bob = Call::incoming(
                         call,
                         &sdp,
                         self.now,
-                        &[addr(BOB)],
+                        route,
                         Box::new(Tone::new(1000.0)),
                         Box::new(self.heard_by_bob.clone()),
                     )
@@ -158,6 +286,7 @@ impl Pair {
             self.drain_bob();
         }
         for s in std::mem::take(&mut self.to_alice) {
+            self.alice_heard_signals.push(s.clone());
             self.alice.handle_signal(self.now, s).unwrap();
             self.drain_alice();
         }
@@ -182,16 +311,8 @@ impl Pair {
             }
             self.now = self.now.max(next);
             if next_packet == Some(next) {
-                let (_, (to_alice, src, dst, bytes)) = self.link.queue.pop_first().unwrap();
-                if to_alice {
-                    self.alice
-                        .handle_packet(self.now, src, dst, &bytes)
-                        .unwrap();
-                    self.drain_alice();
-                } else if let Some(bob) = &mut self.bob {
-                    bob.handle_packet(self.now, src, dst, &bytes).unwrap();
-                    self.drain_bob();
-                }
+                let (_, (src, dst, bytes)) = self.link.queue.pop_first().unwrap();
+                self.deliver(src, dst, &bytes);
             } else if self.alice_wake == next {
                 self.alice.handle_timeout(self.now).unwrap();
                 self.drain_alice();
@@ -370,7 +491,7 @@ fn garbage_and_hostile_signals_are_refused_without_harm() {
             CallId([2; 16]),
             "v=0\r\ngarbage",
             now,
-            &[addr(BOB)],
+            Route::Direct(vec![addr(BOB)]),
             Box::new(Silence),
             Box::new(Meter::default()),
         )
@@ -392,7 +513,7 @@ fn ringing_leaks_no_address_and_candidates_go_out_only_after_the_answer() {
             let mut a = Call::dial(
                 CallId([3; 16]),
                 now,
-                &[addr(ALICE)],
+                Route::Direct(vec![addr(ALICE)]),
                 Box::new(Silence),
                 Box::new(Meter::default()),
             )
@@ -407,7 +528,7 @@ fn ringing_leaks_no_address_and_candidates_go_out_only_after_the_answer() {
             sdp
         },
         now,
-        &[addr(BOB)],
+        Route::Direct(vec![addr(BOB)]),
         Box::new(Silence),
         Box::new(Meter::default()),
     )
@@ -475,5 +596,109 @@ fn forged_stun_dtls_and_rtp_datagrams_mid_call_do_not_end_it() {
     assert!(
         p.heard_by_alice.lock().unwrap().samples > heard + 48_000,
         "audio went on"
+    );
+}
+
+/// Asserts each side heard the other's tone for about `secs` seconds.
+fn both_heard(p: &Pair, secs: f64) {
+    let bob_heard = p.heard_by_bob.lock().unwrap().clone();
+    let alice_heard = p.heard_by_alice.lock().unwrap().clone();
+    let want = (48_000.0 * secs) as u64;
+    assert!(bob_heard.samples > want, "{bob_heard:?}");
+    assert!(alice_heard.samples > want, "{alice_heard:?}");
+    assert!(
+        (bob_heard.frequency_hz() - 440.0).abs() < 25.0,
+        "{bob_heard:?}"
+    );
+    assert!(
+        (alice_heard.frequency_hz() - 1000.0).abs() < 40.0,
+        "{alice_heard:?}"
+    );
+}
+
+#[test]
+fn a_relayed_call_carries_both_tones_and_neither_device_learns_the_others_address() {
+    let mut p = Pair::relayed();
+    p.ring_and_answer();
+    p.run(Duration::from_secs(3));
+    assert_eq!(p.alice.state(), State::Active);
+    assert_eq!(p.bob().state(), State::Active);
+    both_heard(&p, 2.0);
+
+    // Each device talked only with its own node's relay, both ways.
+    let (alice, bob) = (addr(ALICE_DEVICE), addr(BOB_DEVICE));
+    let (alice_relay, bob_relay) = (addr(ALICE_RELAY), addr(BOB_RELAY));
+    for (src, dst) in &p.link.seen {
+        if *src == alice || *dst == alice {
+            assert!(*src == alice_relay || *dst == alice_relay, "{src} → {dst}");
+        }
+        if *src == bob || *dst == bob {
+            assert!(*src == bob_relay || *dst == bob_relay, "{src} → {dst}");
+        }
+    }
+    // The candidates Alice received name Bob's relay, never Bob's device.
+    let lines: Vec<&String> = p
+        .alice_heard_signals
+        .iter()
+        .flat_map(|s| match s {
+            CallSignal::Candidates { candidates, .. } => candidates.iter().collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert!(!lines.is_empty());
+    for l in &lines {
+        assert!(l.contains("typ relay") && l.contains("127.0.0.12"), "{l}");
+        assert!(!l.contains("127.0.0.22"), "{l}");
+    }
+
+    // Hanging up frees both allocations at once.
+    let now = p.now;
+    p.alice.hangup(now);
+    p.drain_alice();
+    p.run(Duration::from_millis(200));
+    assert_eq!(
+        Pair::ended(&p.bob_events).unwrap().0,
+        EndReason::HungUp { by_us: false }
+    );
+    assert_eq!(p.relays[0].server.stats().allocations, 0);
+    assert_eq!(p.relays[1].server.stats().allocations, 0);
+}
+
+#[test]
+fn a_relayed_call_survives_loss_and_a_candidate_outside_the_relay_is_refused() {
+    let mut p = Pair::relayed();
+    p.link.drop_every = 25; // 4% of datagrams lost, relay traffic included
+    p.ring_and_answer();
+    // A modified client of Bob's adds a candidate on a private network: Alice's relay
+    // refuses to reach it, and the call goes on through the relays.
+    p.run(Duration::from_millis(50));
+    let call = p.alice.id();
+    p.to_alice.push(CallSignal::Candidates {
+        call,
+        candidates: vec!["candidate:1 1 udp 2130706431 10.9.8.7 9999 typ host".into()],
+    });
+    p.run(Duration::from_secs(4));
+    assert_eq!(p.alice.state(), State::Active);
+    both_heard(&p, 2.0);
+    assert!(
+        !p.link
+            .seen
+            .iter()
+            .any(|(_, d)| d.ip().to_string() == "10.9.8.7"),
+        "nothing was sent toward the private address"
+    );
+}
+
+#[test]
+fn a_relay_that_never_answers_ends_the_call_and_the_callees_ringing() {
+    let mut p = Pair::relayed();
+    p.relays.remove(0); // Alice's node's relay is gone: her datagrams go nowhere
+    p.run(Duration::from_secs(10));
+    let (reason, _) = Pair::ended(&p.alice_events).expect("Alice's call ended");
+    assert_eq!(reason, EndReason::RelayFailed(TurnError::Unreachable));
+    assert_eq!(
+        p.bob().state(),
+        State::Ended(EndReason::NoAnswer),
+        "a missed call"
     );
 }
