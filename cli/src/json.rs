@@ -6,7 +6,7 @@
 use hestia_node::client::{Device, InboxEvent};
 use hestia_protocol::wire::{PushInfo, PushState, WakeFailure};
 use hestia_store::client::{
-    Contact, Direction, FileState, MessageState, StoredFile, StoredMessage,
+    CallOutcome, Contact, Direction, FileState, MessageState, StoredFile, StoredMessage,
 };
 use serde_json::{Value, json};
 
@@ -26,6 +26,19 @@ fn state(s: &MessageState) -> Value {
         MessageState::HeldKeyChanged => ("held_key_changed", None),
         MessageState::WaitingForKeys => ("waiting_for_keys", None),
         MessageState::Unsent => ("unsent", None),
+        MessageState::Call(o) => {
+            let (name, secs) = match o {
+                CallOutcome::Talked { secs } => ("call_talked", Some(*secs)),
+                CallOutcome::NoAnswer => ("call_no_answer", None),
+                CallOutcome::Declined => ("call_declined", None),
+                CallOutcome::Busy => ("call_busy", None),
+                CallOutcome::Failed => ("call_failed", None),
+            };
+            return match secs {
+                Some(s) => json!({ "name": name, "seconds": s }),
+                None => json!({ "name": name }),
+            };
+        }
     };
     match detail {
         Some(d) => json!({ "name": name, "detail": d }),
@@ -132,7 +145,9 @@ pub fn event(d: &Device, ev: &InboxEvent) -> Value {
         InboxEvent::PeerLostMessages { contact, lost } => {
             json!({ "event": "peer_lost_messages", "contact": contact, "ids": ids(lost) })
         }
-        InboxEvent::Call { contact, signal } => json!({
+        InboxEvent::Call {
+            contact, signal, ..
+        } => json!({
             "event": "call",
             "contact": contact,
             "call": signal.call().to_hex(),

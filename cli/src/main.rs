@@ -8,6 +8,7 @@ mod bench_devices;
 mod bench_files;
 mod bench_sessions;
 mod bench_storage;
+mod call;
 mod demo;
 mod files;
 mod inspect;
@@ -20,7 +21,7 @@ use clap::{Args, Parser, Subcommand};
 use hestia_node::client::{ClientLibError, Device, InboxEvent};
 use hestia_node::driver::{Node, NodeConfig, PushSettings};
 use hestia_protocol::wire::BlobSpec;
-use hestia_store::client::{Direction, MessageState, StoredMessage, Trust};
+use hestia_store::client::{CallOutcome, Direction, MessageState, StoredMessage, Trust};
 use libp2p::Multiaddr;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -98,6 +99,9 @@ enum Command {
     /// Push wake-ups for this device (Web Push / UnifiedPush).
     #[command(subcommand)]
     Push(push::PushCmd),
+    /// Ring a contact (voice, end-to-end encrypted, relayed by your node), or wait for a call
+    /// with --listen.
+    Call(call::CallArgs),
     /// Run network simulations (see docs/simulations.md).
     #[command(subcommand)]
     Sim(SimCmd),
@@ -698,6 +702,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::File(FileCmd::Get { id, out }) => files::get(&home(&cli.home)?, &id, out).await,
         Command::File(FileCmd::List) => files::list(&home(&cli.home)?, cli.json).await,
         Command::Push(cmd) => push::run(cmd, &home(&cli.home)?, cli.json).await,
+        Command::Call(args) => call::run(args, &home(&cli.home)?, cli.json).await,
         Command::Status => {
             let mut d = Device::open(&home(&cli.home)?)?;
             let mut conn = d.connect().await?;
@@ -1070,6 +1075,19 @@ fn describe(s: &MessageState) -> String {
         MessageState::Unsent => "saved; it will go out when your node answers (your next send, \
             inbox or status sends it again, as the same message)"
             .into(),
+        MessageState::Call(o) => describe_call(o, false),
+    }
+}
+
+/// How a call went, in words (`incoming`: this device was called).
+pub(crate) fn describe_call(o: &CallOutcome, incoming: bool) -> String {
+    match o {
+        CallOutcome::Talked { secs } => format!("{}:{:02}", secs / 60, secs % 60),
+        CallOutcome::NoAnswer if incoming => "missed".into(),
+        CallOutcome::NoAnswer => "no answer".into(),
+        CallOutcome::Declined => "declined".into(),
+        CallOutcome::Busy => "busy".into(),
+        CallOutcome::Failed => "failed".into(),
     }
 }
 
@@ -1081,6 +1099,12 @@ fn safe(s: &str) -> std::borrow::Cow<'_, str> {
 fn print_message(m: &StoredMessage) {
     let text = hestia_protocol::display::block(&m.text);
     let peer = safe(&m.peer_name);
+    if let MessageState::Call(o) = &m.state {
+        return match m.direction {
+            Direction::Incoming => println!("call from {peer}: {}", describe_call(o, true)),
+            Direction::Outgoing => println!("call to {peer}: {}", describe_call(o, false)),
+        };
+    }
     match m.direction {
         Direction::Incoming if m.state == MessageState::HeldKeyChanged => {
             println!("[held: key changed] {peer}: {text}")
@@ -1152,7 +1176,9 @@ fn print_event(ev: &InboxEvent) {
             }
         }
         // This command does not take calls yet: an offer that reaches it was not answered.
-        InboxEvent::Call { contact, signal } => {
+        InboxEvent::Call {
+            contact, signal, ..
+        } => {
             if let hestia_protocol::call::CallSignal::Offer { .. } = signal {
                 println!("missed call from {}", safe(contact));
             }

@@ -2,7 +2,7 @@
 //! History lives here and only here; the node never holds it.
 
 pub use crate::records::{
-    Contact, Direction, FileState, MessageState, Origin, PendingReceipts, StoredFile,
+    CallOutcome, Contact, Direction, FileState, MessageState, Origin, PendingReceipts, StoredFile,
     StoredIdentity, StoredMessage, StoredUpload, Trust, UnsentEnvelope,
 };
 use crate::schema::*;
@@ -520,7 +520,7 @@ fn migrate(db: &rocksdb::DB, from: u32) -> Result<()> {
     if from < 3 {
         v2::contacts_to_v3(db)?;
     }
-    // 3 → 4 changed node families only.
+    // 3 → 4 changed node families only; 6 → 7 only added a variant.
     Ok(())
 }
 

@@ -159,6 +159,25 @@ pub enum MessageState {
     /// Outgoing, sealed and kept on the device; the home node did not answer (it may or may
     /// not have it): sent again, as the same envelope, by the next command (schema 6).
     Unsent,
+    /// Not a message: a call, in either direction, and how it went (schema 7). Its id is the
+    /// call's.
+    Call(CallOutcome),
+}
+
+/// How a call went, as its history shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CallOutcome {
+    /// Answered; media flowed for this long.
+    Talked {
+        secs: u64,
+    },
+    /// Nobody answered: a missed call on the callee's side, "no answer" on the caller's.
+    NoAnswer,
+    Declined,
+    /// The callee was in another call.
+    Busy,
+    /// Answered, but the media never flowed or broke off (relay down, network lost).
+    Failed,
 }
 
 /// A sealed envelope waiting for the home node's answer (`envelopeid_unsent`).

@@ -8,7 +8,9 @@ use hestia_protocol::identity::UserId;
 
 /// Bumped with every change to a stored form; [`crate::node::NodeDb::open`] and
 /// [`crate::client::ClientDb::open`] refuse a newer database and migrate an older one step by step.
-pub const SCHEMA_VERSION: u32 = 6;
+/// 7 added call entries to a device's history (`MessageState::Call`): nothing to migrate, but an
+/// older binary would not read them.
+pub const SCHEMA_VERSION: u32 = 7;
 
 /// `meta`: `"schema_version"` → u32 BE; `"kind"` → `node` | `client`; `"node_key"` → the node's
 /// libp2p key (protobuf encoding) in the node database; `"vapid_key"` → the node's P-256 VAPID

@@ -171,6 +171,8 @@ pub struct Net {
     ports: Vec<String>,
     /// Further `hestia node run` arguments every node gets (settings under test).
     node_args: Vec<String>,
+    /// Each node runs a call relay (see [`Net::start_with_call_relays`]).
+    call_relays: bool,
 }
 
 impl Net {
@@ -178,8 +180,18 @@ impl Net {
         Net::start_with(n, &[])
     }
 
+    /// [`Net::start`] with a call relay in every node: node `i`'s on 127.0.0.{11+i}, so a test
+    /// can tell the relays' addresses apart (and from the devices', 127.0.0.2x).
+    pub fn start_with_call_relays(n: usize) -> Net {
+        Net::start_inner(n, &[], true)
+    }
+
     /// [`Net::start`] with further `hestia node run` arguments for every node.
     pub fn start_with(n: usize, node_args: &[&str]) -> Net {
+        Net::start_inner(n, node_args, false)
+    }
+
+    fn start_inner(n: usize, node_args: &[&str], call_relays: bool) -> Net {
         let tmp = tempfile::tempdir().unwrap();
         let bdir = tmp.path().join("bootstrap");
         let bootstrap = spawn(
@@ -199,6 +211,7 @@ impl Net {
             nodes: Vec::new(),
             ports: Vec::new(),
             node_args: node_args.iter().map(|a| a.to_string()).collect(),
+            call_relays,
         };
         for i in 0..n {
             let p = net.spawn_node(i, "0");
@@ -230,6 +243,10 @@ impl Net {
             &self.bootstrap.addr,
         ];
         args.extend(self.node_args.iter().map(String::as_str));
+        let relay = format!("127.0.0.{}:0", 11 + i);
+        if self.call_relays {
+            args.extend(["--turn-listen", &relay, "--turn-allow-loopback"]);
+        }
         spawn(&dir, &args)
     }
 

@@ -6,8 +6,11 @@
 //!   use), prekeys it publishes, forward-secret sessions (X3DH and the Double Ratchet) with each
 //!   contact, history in the local [`ClientDb`], sealed-sender envelopes, delivery receipts.
 //!   Plaintext exists only here.
+//! - [`calls`]: ringing a contact and taking calls: the signalling, the call history, and the
+//!   [`call`] machine on its UDP driver.
 
 pub mod call;
+pub mod calls;
 mod connection;
 pub mod files;
 mod outbox;
@@ -42,8 +45,8 @@ use hestia_protocol::wire::{
     ClientError, ClientOp, ClientResponse, DeliveryState, MAX_BATCH_ENVELOPES,
 };
 use hestia_store::client::{
-    ClientDb, ClientWrite, Contact, Direction, FileState, MessageState, Origin, PendingReceipts,
-    StoredFile, StoredIdentity, StoredMessage, Trust, UnsentEnvelope,
+    CallOutcome, ClientDb, ClientWrite, Contact, Direction, FileState, MessageState, Origin,
+    PendingReceipts, StoredFile, StoredIdentity, StoredMessage, Trust, UnsentEnvelope,
 };
 use libp2p::{Multiaddr, PeerId};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -137,6 +140,8 @@ pub enum ClientLibError {
     OutputExists(std::path::PathBuf),
     #[error("the file did not verify ({0}); nothing was written at the output path")]
     FileCorrupt(hestia_protocol::file::FileError),
+    #[error("the call could not start: {0}")]
+    CallSetup(String),
 }
 
 /// Something that happened while reading the inbox.
@@ -180,6 +185,8 @@ pub enum InboxEvent {
     Call {
         contact: String,
         signal: hestia_protocol::call::CallSignal,
+        /// When the caller's device sent it (an offer older than a minute rings nothing).
+        sent_at: hestia_protocol::Millis,
     },
     /// An envelope that did not open or decrypt (not for us, tampered, no session). Dropped.
     Undecryptable { id: EnvelopeId, reason: String },
@@ -1325,14 +1332,30 @@ impl Device {
             }
             Content::Call(signal) => {
                 // Only contacts may ring this device (checked above: a stranger's is dropped).
-                self.db.commit(&writes)?;
-                self.commit_prekeys(prekeys);
                 let Some(c) = contacts.into_iter().find(|c| c.address.user == sender) else {
+                    self.db.commit(&writes)?;
+                    self.commit_prekeys(prekeys);
                     return Ok(None);
                 };
+                // An offer is a missed call in the history until a running call answers it
+                // (which writes how it went under the same id).
+                if let hestia_protocol::call::CallSignal::Offer { call, .. } = &signal
+                    && !self.db.has_message(&EnvelopeId(call.0))?
+                {
+                    writes.push(ClientWrite::Message(calls::history_entry(
+                        &c,
+                        *call,
+                        Direction::Incoming,
+                        CallOutcome::NoAnswer,
+                        letter.sent_at,
+                    )));
+                }
+                self.db.commit(&writes)?;
+                self.commit_prekeys(prekeys);
                 return Ok(Some(InboxEvent::Call {
                     contact: c.name,
                     signal,
+                    sent_at: letter.sent_at,
                 }));
             }
             Content::Text(t) => t,

@@ -18,6 +18,8 @@
 //! relay. The other device learns the relay's address, never this device's.
 
 pub mod audio;
+pub mod udp;
+pub mod wav;
 
 use crate::turn::client::{TurnClient, TurnError, TurnEvent};
 use audio::{AudioSink, AudioSource, Codec, FRAME_SAMPLES};
@@ -323,6 +325,18 @@ impl Call {
 
     pub fn state(&self) -> State {
         self.state
+    }
+
+    /// Rings for `d` instead of [`RING_TIMEOUT`] (never longer), from `now`.
+    pub fn ring_for(&mut self, now: Instant, d: Duration) {
+        if matches!(self.state, State::Ringing | State::Incoming) {
+            self.deadline = Some(now + d.min(RING_TIMEOUT));
+        }
+    }
+
+    /// The call's source and sink, back (to play into another call).
+    pub fn into_audio(self) -> (Box<dyn AudioSource>, Box<dyn AudioSink>) {
+        (self.source, self.sink)
     }
 
     /// Answers a ringing incoming call.

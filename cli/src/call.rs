@@ -1,0 +1,277 @@
+//! `hestia call CONTACT` and `hestia call --listen`: voice calls from the terminal, with a tone
+//! or a WAV file as the voice and a WAV file as the ear. Typed lines control the call: `a` to
+//! answer, `d` to decline, `h` to hang up; anything else goes as text on the call's channel.
+
+use crate::safe;
+use anyhow::{Result, bail};
+use clap::Args;
+use hestia_node::client::Device;
+use hestia_node::client::call::EndReason;
+use hestia_node::client::call::audio::{AudioSink, AudioSource, Meter, Silence, Tone};
+use hestia_node::client::call::udp::Command;
+use hestia_node::client::call::wav::{WavRecorder, WavSource};
+use hestia_node::client::calls::{CallProgress, CallSetup, Media};
+use serde_json::json;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+#[derive(Args)]
+pub struct CallArgs {
+    /// The contact to ring (leave out with --listen).
+    contact: Option<String>,
+    /// Wait for a contact's call instead of ringing one.
+    #[arg(long, conflicts_with = "contact")]
+    listen: bool,
+    /// With --listen: answer the first call at once.
+    #[arg(long, requires = "listen")]
+    auto_answer: bool,
+    /// What you send: `tone:HZ`, a 48 kHz 16-bit PCM WAV file, or `silence`.
+    #[arg(long, default_value = "tone:440")]
+    audio: String,
+    /// Record what you hear into this WAV file (48 kHz mono).
+    #[arg(long)]
+    record: Option<PathBuf>,
+    /// Hang up after this many seconds of talk.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    max_secs: Option<u64>,
+    /// How long to ring before giving up, in seconds (at most 60).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=60))]
+    ring_secs: u64,
+    /// With --listen: how long to wait for a call, in seconds.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    wait_secs: u64,
+    /// Send media straight to the other device instead of through your node's relay: the
+    /// other side learns your address (and you theirs). Needs --bind.
+    #[arg(long)]
+    direct: bool,
+    /// The local address for the call's media (default: any).
+    #[arg(long)]
+    bind: Option<IpAddr>,
+}
+
+/// Hears into a meter (for the summary) and, if asked, a WAV file.
+struct Ear {
+    meter: Arc<Mutex<Meter>>,
+    recorder: Option<WavRecorder>,
+}
+
+impl AudioSink for Ear {
+    fn frame(&mut self, samples: &[i16]) {
+        if let Ok(mut m) = self.meter.lock() {
+            m.frame(samples);
+        }
+        if let Some(r) = &mut self.recorder {
+            r.frame(samples);
+        }
+    }
+}
+
+fn source(spec: &str) -> Result<Box<dyn AudioSource>> {
+    if spec == "silence" {
+        return Ok(Box::new(Silence));
+    }
+    if let Some(hz) = spec.strip_prefix("tone:") {
+        let hz: f64 = hz
+            .parse()
+            .ok()
+            .filter(|h: &f64| (20.0..=20_000.0).contains(h))
+            .ok_or_else(|| anyhow::anyhow!("--audio tone:HZ needs 20 to 20000 Hz, not {hz:?}"))?;
+        return Ok(Box::new(Tone::new(hz)));
+    }
+    if spec == "mic" {
+        bail!("--audio mic needs a build with the microphone feature; use tone:HZ or a WAV file");
+    }
+    let path = Path::new(spec);
+    WavSource::open(path)
+        .map(|s| Box::new(s) as Box<dyn AudioSource>)
+        .map_err(|e| anyhow::anyhow!("--audio {}: {e}", path.display()))
+}
+
+/// The user's typed controls, and Ctrl-C as a hang-up.
+fn controls() -> mpsc::Receiver<Command> {
+    let (tx, rx) = mpsc::channel(16);
+    let ctrl_c = tx.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = ctrl_c.send(Command::Hangup).await;
+        }
+    });
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
+            let cmd = match line.trim() {
+                "" => None,
+                "a" | "answer" => Some(Command::Answer),
+                "d" | "decline" => Some(Command::Decline),
+                "h" | "hangup" | "q" => Some(Command::Hangup),
+                text => Some(Command::Text(text.to_string())),
+            };
+            if let Some(cmd) = cmd
+                && tx.blocking_send(cmd).is_err()
+            {
+                break;
+            }
+            line.clear();
+        }
+    });
+    rx
+}
+
+fn ended_text(peer: &str, reason: EndReason, talked: Duration) -> String {
+    let peer = safe(peer);
+    let secs = talked.as_secs();
+    match reason {
+        _ if talked > Duration::ZERO => format!("call ended after {}:{:02}", secs / 60, secs % 60),
+        EndReason::NoAnswer => format!("{peer} did not answer"),
+        EndReason::HungUp { by_us: true } => "you hung up before an answer".into(),
+        EndReason::HungUp { by_us: false } => format!("{peer} hung up"),
+        EndReason::Declined { by_us: true } => "you declined".into(),
+        EndReason::Declined { by_us: false } => format!("{peer} declined"),
+        EndReason::Busy => format!("{peer} is in another call"),
+        EndReason::SetupFailed => "the call was answered but its media never flowed".into(),
+        EndReason::ConnectionLost => "the call's connection was lost".into(),
+        EndReason::RelayFailed(e) => e.to_string(),
+    }
+}
+
+fn reason_name(reason: EndReason) -> &'static str {
+    match reason {
+        EndReason::NoAnswer => "no_answer",
+        EndReason::HungUp { .. } => "hung_up",
+        EndReason::Declined { .. } => "declined",
+        EndReason::Busy => "busy",
+        EndReason::SetupFailed => "setup_failed",
+        EndReason::ConnectionLost => "connection_lost",
+        EndReason::RelayFailed(_) => "relay_failed",
+    }
+}
+
+/// `hestia call`.
+pub async fn run(args: CallArgs, home: &Path, as_json: bool) -> Result<()> {
+    if args.contact.is_none() && !args.listen {
+        bail!("name a contact to ring, or --listen to wait for a call");
+    }
+    let meter = Arc::new(Mutex::new(Meter::default()));
+    let recorder = match &args.record {
+        Some(p) => Some(
+            WavRecorder::create(p).map_err(|e| anyhow::anyhow!("--record {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let setup = CallSetup {
+        source: source(&args.audio)?,
+        sink: Box::new(Ear {
+            meter: meter.clone(),
+            recorder,
+        }),
+        media: Media {
+            direct: args.direct,
+            bind: args.bind,
+            max: args.max_secs.map(Duration::from_secs),
+            ring: Some(Duration::from_secs(args.ring_secs)),
+        },
+    };
+    let mut d = Device::open(home)?;
+    let mut conn = d.connect().await?;
+    let mut controls = controls();
+    let route = if args.direct {
+        "direct"
+    } else {
+        "relayed by your node"
+    };
+    let mut peer = args.contact.clone().unwrap_or_default();
+    let auto = args.auto_answer;
+    let (answer_tx, mut answer_rx) = mpsc::channel(1);
+    let mut on = |p: CallProgress| {
+        if as_json {
+            let v = match &p {
+                CallProgress::Ringing { to } => json!({"event": "ringing", "contact": to}),
+                CallProgress::Incoming { from } => json!({"event": "incoming", "contact": from}),
+                CallProgress::Connected { remote } => json!({
+                    "event": "connected",
+                    "direct": args.direct,
+                    "remote_candidates": remote,
+                }),
+                CallProgress::Text(t) => json!({"event": "text", "text": t}),
+                CallProgress::Busy { from } => json!({"event": "busy_sent", "contact": from}),
+                CallProgress::Ended { reason, talked } => json!({
+                    "event": "ended",
+                    "reason": reason_name(*reason),
+                    "talked_ms": talked.as_millis() as u64,
+                }),
+            };
+            crate::json::print(v);
+        }
+        match p {
+            CallProgress::Ringing { to } if !as_json => println!("ringing {}…", safe(&to)),
+            CallProgress::Incoming { from } => {
+                if !as_json {
+                    println!("{} is calling", safe(&from));
+                    if !auto {
+                        println!("type a and Enter to answer, d to decline");
+                    }
+                }
+                peer = from;
+                if auto {
+                    let _ = answer_tx.try_send(Command::Answer);
+                }
+            }
+            CallProgress::Connected { .. } if !as_json => {
+                println!("connected ({route}); type h and Enter to hang up")
+            }
+            CallProgress::Text(t) if !as_json => println!("{}: {}", safe(&peer), safe(&t)),
+            CallProgress::Busy { from } if !as_json => {
+                println!("{} called too; they were told you are busy", safe(&from))
+            }
+            CallProgress::Ended { reason, talked } if !as_json => {
+                println!("{}", ended_text(&peer, reason, talked))
+            }
+            _ => {}
+        }
+    };
+    // An auto-answer is a control like the user's, sent as soon as the call rings.
+    let (merged_tx, mut merged) = mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let cmd = tokio::select! {
+                Some(c) = answer_rx.recv() => c,
+                Some(c) = controls.recv() => c,
+                else => break,
+            };
+            if merged_tx.send(cmd).await.is_err() {
+                break;
+            }
+        }
+    });
+    let result = match &args.contact {
+        Some(name) => Some(d.call(&mut conn, name, setup, &mut merged, &mut on).await?),
+        None => {
+            d.take_call(
+                &mut conn,
+                setup,
+                Duration::from_secs(args.wait_secs),
+                &mut merged,
+                &mut on,
+            )
+            .await?
+        }
+    };
+    let Some((reason, talked)) = result else {
+        bail!("no call came within {} s", args.wait_secs);
+    };
+    let heard = meter.lock().map(|m| m.clone()).unwrap_or_default();
+    if talked > Duration::ZERO {
+        if !as_json {
+            println!(
+                "heard {:.1} s of audio (strongest near {:.0} Hz)",
+                heard.samples as f64 / 48_000.0,
+                heard.frequency_hz()
+            );
+        }
+        return Ok(());
+    }
+    bail!("{}", ended_text(&peer, reason, talked))
+}
