@@ -18,7 +18,11 @@ fn alice_and_bob(net: &Net) {
 /// The share of the recording's energy at `hz`, after its first second (set-up).
 fn share_at(path: &Path, hz: f64) -> f64 {
     let samples = read_samples(path, 48_000 * 30).unwrap();
-    assert!(samples.len() > 48_000 * 2, "{} samples recorded", samples.len());
+    assert!(
+        samples.len() > 48_000 * 2,
+        "{} samples recorded",
+        samples.len()
+    );
     tone_share(&samples[48_000..], hz)
 }
 
@@ -112,9 +116,15 @@ fn a_call_across_two_nodes_is_relayed_by_both_and_each_side_hears_the_others_ton
 
     // Both histories hold the call, with its length.
     let alice_history = net.ok("alice", &["inbox", "--all"]);
-    assert!(alice_history.contains("call to bob: 0:0"), "{alice_history}");
+    assert!(
+        alice_history.contains("call to bob: 0:0"),
+        "{alice_history}"
+    );
     let bob_history = net.ok("bob", &["inbox", "--all"]);
-    assert!(bob_history.contains("call from alice: 0:0"), "{bob_history}");
+    assert!(
+        bob_history.contains("call from alice: 0:0"),
+        "{bob_history}"
+    );
 }
 
 #[test]
