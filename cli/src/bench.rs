@@ -44,6 +44,9 @@ pub enum Only {
     /// One file from a device to another across two nodes, every party its own process,
     /// beside raw sealing and synced chunk writes (`--file-mib`).
     Files,
+    /// Calls across two nodes relayed by both, every party its own process: set-up times, CPU,
+    /// frames lost, beside the message round trip (`--calls`).
+    Calls,
 }
 
 #[derive(Args)]
@@ -69,6 +72,9 @@ pub struct BenchArgs {
     /// Messages per run in the chat benchmark (paced runs send at least two seconds' worth).
     #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(10..=100_000))]
     messages: u64,
+    /// Calls in the calls benchmark.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
+    calls: u64,
     /// Size of the file in the files benchmark, in MiB.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=8192))]
     file_mib: u64,
@@ -487,6 +493,10 @@ fn rocksdb_baseline(writes: usize, batch: usize) -> Result<f64> {
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
+    if args.only == Some(Only::Calls) {
+        let calls = args.calls as usize;
+        return tokio::task::spawn_blocking(move || crate::bench_calls::run(calls)).await?;
+    }
     if args.only == Some(Only::Files) {
         let mib = args.file_mib;
         return tokio::task::spawn_blocking(move || crate::bench_files::run(mib)).await?;

@@ -15,7 +15,7 @@ use serde_json::json;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 #[derive(Args)]
@@ -52,9 +52,11 @@ pub struct CallArgs {
     bind: Option<IpAddr>,
 }
 
-/// Hears into a meter (for the summary) and, if asked, a WAV file.
+/// Hears into a meter (for the summary) and, if asked, a WAV file; notes when the first
+/// frame came.
 struct Ear {
     meter: Arc<Mutex<Meter>>,
+    first: Arc<Mutex<Option<Instant>>>,
     recorder: Option<WavRecorder>,
 }
 
@@ -62,6 +64,9 @@ impl AudioSink for Ear {
     fn frame(&mut self, samples: &[i16]) {
         if let Ok(mut m) = self.meter.lock() {
             m.frame(samples);
+        }
+        if let Ok(mut f) = self.first.lock() {
+            f.get_or_insert_with(Instant::now);
         }
         if let Some(r) = &mut self.recorder {
             r.frame(samples);
@@ -154,7 +159,10 @@ pub async fn run(args: CallArgs, home: &Path, as_json: bool) -> Result<()> {
     if args.contact.is_none() && !args.listen {
         bail!("name a contact to ring, or --listen to wait for a call");
     }
+    let started = Instant::now();
+    let started_unix = hestia_node::driver::now_millis();
     let meter = Arc::new(Mutex::new(Meter::default()));
+    let first = Arc::new(Mutex::new(None));
     let recorder = match &args.record {
         Some(p) => Some(
             WavRecorder::create(p).map_err(|e| anyhow::anyhow!("--record {}: {e}", p.display()))?,
@@ -165,6 +173,7 @@ pub async fn run(args: CallArgs, home: &Path, as_json: bool) -> Result<()> {
         source: source(&args.audio)?,
         sink: Box::new(Ear {
             meter: meter.clone(),
+            first: first.clone(),
             recorder,
         }),
         media: Media {
@@ -187,6 +196,7 @@ pub async fn run(args: CallArgs, home: &Path, as_json: bool) -> Result<()> {
     let (answer_tx, mut answer_rx) = mpsc::channel(1);
     let mut on = |p: CallProgress| {
         if as_json {
+            let at = hestia_node::driver::now_millis();
             let v = match &p {
                 CallProgress::Ringing { to } => json!({"event": "ringing", "contact": to}),
                 CallProgress::Incoming { from } => json!({"event": "incoming", "contact": from}),
@@ -203,6 +213,8 @@ pub async fn run(args: CallArgs, home: &Path, as_json: bool) -> Result<()> {
                     "talked_ms": talked.as_millis() as u64,
                 }),
             };
+            let mut v = v;
+            v["at"] = json!(at);
             crate::json::print(v);
         }
         match p {
@@ -263,6 +275,16 @@ pub async fn run(args: CallArgs, home: &Path, as_json: bool) -> Result<()> {
         bail!("no call came within {} s", args.wait_secs);
     };
     let heard = meter.lock().map(|m| m.clone()).unwrap_or_default();
+    if as_json {
+        let first = first.lock().ok().and_then(|f| *f);
+        crate::json::print(json!({
+            "event": "heard",
+            "seconds": heard.samples as f64 / 48_000.0,
+            "frames": heard.samples / 960,
+            // Unix ms, like every event's `at`: when the first frame was decoded.
+            "first_audio_at": first.map(|f| started_unix + f.duration_since(started).as_millis() as u64),
+        }));
+    }
     if talked > Duration::ZERO {
         if !as_json {
             println!(

@@ -3,6 +3,7 @@
 //! directory); node commands under `--data-dir`.
 
 mod bench;
+mod bench_calls;
 mod bench_chat;
 mod bench_devices;
 mod bench_files;

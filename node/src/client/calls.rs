@@ -32,6 +32,9 @@ use tokio::sync::mpsc;
 pub const SIGNAL_POLL_MS: u32 = 100;
 /// Signals a call's signalling sends at once toward one contact: a call makes a handful.
 const MAX_SIGNALS_PER_CALL: usize = 64;
+/// "Busy" answers one call sends to other callers: a contact flooding offers gets this many,
+/// then silence (each offer stays a missed call in the history).
+pub const MAX_BUSY_REPLIES: usize = 8;
 /// A call's signals live as long as an offer may ring, plus the slack a device that was
 /// offline needs to show the missed call: they are small and carry no address but relays'.
 const SIGNAL_TTL_MS: Millis = 24 * 3600 * 1000;
@@ -388,6 +391,7 @@ impl Device {
         let mut hung_up = false;
         let mut ended: Option<(EndReason, Duration)> = None;
         let mut remote: Vec<String> = Vec::new();
+        let mut busy_sent = 0usize;
         let mut sent = 0usize;
         let mut ringing = true;
         loop {
@@ -484,7 +488,11 @@ impl Device {
                 if contact == c.name && caller && ringing {
                     continue; // glare, and ours wins: they drop theirs
                 }
+                if busy_sent >= MAX_BUSY_REPLIES {
+                    continue;
+                }
                 if let Ok(other) = self.contact(&contact) {
+                    busy_sent += 1;
                     let _ = self
                         .send_call_signal(conn, &other, CallSignal::Busy { call: theirs })
                         .await;
