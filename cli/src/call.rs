@@ -95,15 +95,17 @@ fn source(spec: &str) -> Result<Box<dyn AudioSource>> {
         .map_err(|e| anyhow::anyhow!("--audio {}: {e}", path.display()))
 }
 
-/// The user's typed controls, and Ctrl-C as a hang-up.
-fn controls() -> mpsc::Receiver<Command> {
+/// The user's typed controls, and (with `ctrl_c`) Ctrl-C as a hang-up instead of an exit.
+pub fn controls(ctrl_c: bool) -> mpsc::Receiver<Command> {
     let (tx, rx) = mpsc::channel(16);
-    let ctrl_c = tx.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            let _ = ctrl_c.send(Command::Hangup).await;
-        }
-    });
+    if ctrl_c {
+        let ctrl_c = tx.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                let _ = ctrl_c.send(Command::Hangup).await;
+            }
+        });
+    }
     std::thread::spawn(move || {
         let mut line = String::new();
         while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
@@ -185,65 +187,15 @@ pub async fn run(args: CallArgs, home: &Path, as_json: bool) -> Result<()> {
     };
     let mut d = Device::open(home)?;
     let mut conn = d.connect().await?;
-    let mut controls = controls();
-    let route = if args.direct {
-        "direct"
-    } else {
-        "relayed by your node"
-    };
-    let mut peer = args.contact.clone().unwrap_or_default();
-    let auto = args.auto_answer;
+    let mut controls = controls(true);
     let (answer_tx, mut answer_rx) = mpsc::channel(1);
-    let mut on = |p: CallProgress| {
-        if as_json {
-            let at = hestia_node::driver::now_millis();
-            let v = match &p {
-                CallProgress::Ringing { to } => json!({"event": "ringing", "contact": to}),
-                CallProgress::Incoming { from } => json!({"event": "incoming", "contact": from}),
-                CallProgress::Connected { remote } => json!({
-                    "event": "connected",
-                    "direct": args.direct,
-                    "remote_candidates": remote,
-                }),
-                CallProgress::Text(t) => json!({"event": "text", "text": t}),
-                CallProgress::Busy { from } => json!({"event": "busy_sent", "contact": from}),
-                CallProgress::Ended { reason, talked } => json!({
-                    "event": "ended",
-                    "reason": reason_name(*reason),
-                    "talked_ms": talked.as_millis() as u64,
-                }),
-            };
-            let mut v = v;
-            v["at"] = json!(at);
-            crate::json::print(v);
-        }
-        match p {
-            CallProgress::Ringing { to } if !as_json => println!("ringing {}…", safe(&to)),
-            CallProgress::Incoming { from } => {
-                if !as_json {
-                    println!("{} is calling", safe(&from));
-                    if !auto {
-                        println!("type a and Enter to answer, d to decline");
-                    }
-                }
-                peer = from;
-                if auto {
-                    let _ = answer_tx.try_send(Command::Answer);
-                }
-            }
-            CallProgress::Connected { .. } if !as_json => {
-                println!("connected ({route}); type h and Enter to hang up")
-            }
-            CallProgress::Text(t) if !as_json => println!("{}: {}", safe(&peer), safe(&t)),
-            CallProgress::Busy { from } if !as_json => {
-                println!("{} called too; they were told you are busy", safe(&from))
-            }
-            CallProgress::Ended { reason, talked } if !as_json => {
-                println!("{}", ended_text(&peer, reason, talked))
-            }
-            _ => {}
-        }
+    let mut show = Printer {
+        as_json,
+        direct: args.direct,
+        peer: args.contact.clone().unwrap_or_default(),
+        answer: args.auto_answer.then_some(answer_tx),
     };
+    let mut on = |p: CallProgress| show.show(p);
     // An auto-answer is a control like the user's, sent as soon as the call rings.
     let (merged_tx, mut merged) = mpsc::channel(16);
     tokio::spawn(async move {
@@ -274,6 +226,7 @@ pub async fn run(args: CallArgs, home: &Path, as_json: bool) -> Result<()> {
     let Some((reason, talked)) = result else {
         bail!("no call came within {} s", args.wait_secs);
     };
+    let peer = show.peer.clone();
     let heard = meter.lock().map(|m| m.clone()).unwrap_or_default();
     if as_json {
         let first = first.lock().ok().and_then(|f| *f);
@@ -296,4 +249,119 @@ pub async fn run(args: CallArgs, home: &Path, as_json: bool) -> Result<()> {
         return Ok(());
     }
     bail!("{}", ended_text(&peer, reason, talked))
+}
+
+/// Shows a call's progress as lines for a person or JSON objects; answers at once if it holds
+/// `answer` (auto-answer).
+pub struct Printer {
+    pub as_json: bool,
+    pub direct: bool,
+    /// The other party, once known.
+    pub peer: String,
+    pub answer: Option<mpsc::Sender<Command>>,
+}
+
+impl Printer {
+    pub fn show(&mut self, p: CallProgress) {
+        let as_json = self.as_json;
+        if as_json {
+            let at = hestia_node::driver::now_millis();
+            let v = match &p {
+                CallProgress::Ringing { to } => json!({"event": "ringing", "contact": to}),
+                CallProgress::Incoming { from } => json!({"event": "incoming", "contact": from}),
+                CallProgress::Connected { remote } => json!({
+                    "event": "connected",
+                    "direct": self.direct,
+                    "remote_candidates": remote,
+                }),
+                CallProgress::Text(t) => json!({"event": "text", "text": t}),
+                CallProgress::Busy { from } => json!({"event": "busy_sent", "contact": from}),
+                CallProgress::Ended { reason, talked } => json!({
+                    "event": "ended",
+                    "reason": reason_name(*reason),
+                    "talked_ms": talked.as_millis() as u64,
+                }),
+                CallProgress::Inbox(_) => json!({"event": "inbox_during_call"}),
+            };
+            let mut v = v;
+            v["at"] = json!(at);
+            crate::json::print(v);
+        }
+        let route = if self.direct {
+            "direct"
+        } else {
+            "relayed by your node"
+        };
+        match p {
+            CallProgress::Ringing { to } if !as_json => println!("ringing {}…", safe(&to)),
+            CallProgress::Incoming { from } => {
+                if !as_json {
+                    println!("{} is calling", safe(&from));
+                    if self.answer.is_none() {
+                        println!("type a and Enter to answer, d to decline");
+                    }
+                }
+                self.peer = from;
+                if let Some(a) = &self.answer {
+                    let _ = a.try_send(Command::Answer);
+                }
+            }
+            CallProgress::Connected { .. } if !as_json => {
+                println!("connected ({route}); type h and Enter to hang up")
+            }
+            CallProgress::Text(t) if !as_json => println!("{}: {}", safe(&self.peer), safe(&t)),
+            CallProgress::Busy { from } if !as_json => {
+                println!("{} called too; they were told you are busy", safe(&from))
+            }
+            CallProgress::Ended { reason, talked } if !as_json => {
+                println!("{}", ended_text(&self.peer, reason, talked))
+            }
+            CallProgress::Inbox(ev) if !as_json => crate::print_event(&ev),
+            _ => {}
+        }
+    }
+}
+
+/// A call that rang `inbox --follow`: it rings here until typed `a` (answer) or `d` (decline)
+/// or the caller gives up. This build has no microphone: the answer sends silence and reports
+/// what it heard.
+pub async fn ring_in_inbox(
+    d: &mut Device,
+    conn: &mut hestia_node::client::Connection,
+    controls: &mut mpsc::Receiver<Command>,
+    offer: (&str, hestia_protocol::call::CallId, &str, u64),
+    as_json: bool,
+) -> Result<()> {
+    let (from, id, sdp, sent_at) = offer;
+    let meter = Arc::new(Mutex::new(Meter::default()));
+    let setup = CallSetup {
+        source: Box::new(Silence),
+        sink: Box::new(meter.clone()),
+        media: Media::default(),
+    };
+    let mut show = Printer {
+        as_json,
+        direct: false,
+        peer: from.to_string(),
+        answer: None,
+    };
+    // Typed lines from before the call rang are not its answer.
+    while controls.try_recv().is_ok() {}
+    let result = d
+        .answer_offer(conn, from, id, sdp, sent_at, setup, controls, &mut |p| {
+            show.show(p)
+        })
+        .await?;
+    if let Some((_, talked)) = result
+        && talked > Duration::ZERO
+        && !as_json
+    {
+        let heard = meter.lock().map(|m| m.clone()).unwrap_or_default();
+        println!(
+            "heard {:.1} s of audio (strongest near {:.0} Hz); you sent silence (no microphone in this build)",
+            heard.samples as f64 / 48_000.0,
+            heard.frequency_hz()
+        );
+    }
+    Ok(())
 }

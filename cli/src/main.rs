@@ -654,6 +654,8 @@ async fn run(cli: Cli) -> Result<()> {
             // backoff. Nothing is lost meanwhile: the node holds the mail until it is acknowledged.
             let mut backoff = FOLLOW_RETRY_MIN;
             let mut idle = FOLLOW_IDLE_MIN;
+            // Typed lines answer a call that rings here (read only then).
+            let mut typed = call::controls(false);
             loop {
                 let started = tokio::time::Instant::now();
                 match d
@@ -672,6 +674,24 @@ async fn run(cli: Cli) -> Result<()> {
                             idle = FOLLOW_IDLE_MIN;
                         }
                         for ev in events {
+                            if let InboxEvent::Call {
+                                contact,
+                                signal: hestia_protocol::call::CallSignal::Offer { call, sdp },
+                                sent_at,
+                            } = &ev
+                                && hestia_node::driver::now_millis().saturating_sub(*sent_at)
+                                    <= hestia_protocol::call::MAX_OFFER_AGE_MS
+                            {
+                                let offer = (contact.as_str(), *call, sdp.as_str(), *sent_at);
+                                if let Err(e) = call::ring_in_inbox(
+                                    &mut d, &mut conn, &mut typed, offer, cli.json,
+                                )
+                                .await
+                                {
+                                    eprintln!("the call failed: {e}");
+                                }
+                                continue;
+                            }
                             show_event(&d, &ev, cli.json);
                         }
                     }

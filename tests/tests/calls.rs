@@ -153,3 +153,57 @@ fn a_call_nobody_answers_ends_plainly_and_the_callee_sees_it_missed() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not relay calls"), "{err}");
 }
+
+#[test]
+fn a_call_rings_a_following_inbox_and_is_answered_by_typing_a() {
+    use std::io::Write;
+    let net = Net::start_with_call_relays(2);
+    alice_and_bob(&net);
+    let out = net.tmp.path().join("bob-follow.out");
+    let file = std::fs::File::create(&out).unwrap();
+    let mut bob = std::process::Command::new(hestia_tests::hestia_bin())
+        .arg("--home")
+        .arg(net.home("bob"))
+        .args(["inbox", "--follow"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let (mut alice, alice_out) = net.spawn_client(
+        "alice",
+        &["call", "bob", "--max-secs", "2", "--ring-secs", "30"],
+    );
+    let said = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    let until = Instant::now() + Duration::from_secs(30);
+    while !said(&out).contains("alice is calling") {
+        assert!(Instant::now() < until, "never rang: {}", said(&out));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bob.stdin.as_mut().unwrap().write_all(b"a\n").unwrap();
+    let status = loop {
+        if let Some(s) = alice.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < until, "the call never ended");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{}", said(&alice_out));
+    assert!(
+        said(&alice_out).contains("connected"),
+        "{}",
+        said(&alice_out)
+    );
+    while !said(&out).contains("heard") {
+        assert!(Instant::now() < until, "{}", said(&out));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // And the inbox goes on following: a message after the call still shows.
+    net.ok("alice", &["send", "bob", "after the call"]);
+    while !said(&out).contains("after the call") {
+        assert!(Instant::now() < until, "{}", said(&out));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = bob.kill();
+    let _ = bob.wait();
+}

@@ -87,6 +87,9 @@ pub enum CallProgress {
         reason: EndReason,
         talked: Duration,
     },
+    /// Something else the inbox brought meanwhile (a message, a file): stored like any, for
+    /// the user to see.
+    Inbox(Box<InboxEvent>),
 }
 
 /// The history entry of a call, under the call's id.
@@ -314,11 +317,33 @@ impl Device {
                 }
             }
         };
-        let c = self.contact(&from)?;
+        self.answer_offer(conn, &from, id, &sdp, sent_at, setup, controls, on)
+            .await
+    }
+
+    /// Rings for an offer that came from contact `from` (in [`InboxEvent::Call`]), until
+    /// `controls` answer or decline it or the caller gives up, then runs the call to its end.
+    /// `None`: the offer was too old to ring, or did not parse.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn answer_offer(
+        &mut self,
+        conn: &mut Connection,
+        from: &str,
+        id: CallId,
+        sdp: &str,
+        sent_at: Millis,
+        setup: CallSetup,
+        controls: &mut mpsc::Receiver<Command>,
+        on: &mut (dyn FnMut(CallProgress) + Send),
+    ) -> Result<Option<(EndReason, Duration)>, ClientLibError> {
+        if now_millis().saturating_sub(sent_at) > MAX_OFFER_AGE_MS {
+            return Ok(None);
+        }
+        let c = self.contact(from)?;
         let max = setup.media.max;
         let (route, socket) = self.media_route(conn, &setup.media).await?;
         let mut call =
-            match Call::incoming(id, &sdp, Instant::now(), route, setup.source, setup.sink) {
+            match Call::incoming(id, sdp, Instant::now(), route, setup.source, setup.sink) {
                 Ok(call) => call,
                 Err(e) => {
                     tracing::info!(error = %e, "an offer that does not parse rings nothing");
@@ -458,6 +483,7 @@ impl Device {
                     sent_at,
                 } = ev
                 else {
+                    on(CallProgress::Inbox(Box::new(ev)));
                     continue;
                 };
                 if contact == c.name && signal.call() == id {
