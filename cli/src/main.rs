@@ -10,6 +10,7 @@ mod bench_files;
 mod bench_sessions;
 mod bench_storage;
 mod call;
+mod chat;
 mod demo;
 mod files;
 mod inspect;
@@ -103,6 +104,9 @@ enum Command {
     /// Ring a contact (voice, end-to-end encrypted, relayed by your node), or wait for a call
     /// with --listen.
     Call(call::CallArgs),
+    /// The terminal client: contacts, conversations, delivery marks, key warnings, safety
+    /// numbers; keyboard only (? for help), works over SSH.
+    Chat,
     /// Run network simulations (see docs/simulations.md).
     #[command(subcommand)]
     Sim(SimCmd),
@@ -724,6 +728,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::File(FileCmd::List) => files::list(&home(&cli.home)?, cli.json).await,
         Command::Push(cmd) => push::run(cmd, &home(&cli.home)?, cli.json).await,
         Command::Call(args) => call::run(args, &home(&cli.home)?, cli.json).await,
+        Command::Chat => chat::run(&home(&cli.home)?).await,
         Command::Status => {
             let mut d = Device::open(&home(&cli.home)?)?;
             let mut conn = d.connect().await?;

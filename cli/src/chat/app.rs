@@ -1,0 +1,312 @@
+//! The terminal client's state and what keys do to it, without a terminal or a device: keys and
+//! the device worker's updates go in, [`Action`]s for the worker come out, and `ui` draws it.
+
+use hestia_store::client::{Contact, Direction, MessageState, StoredMessage, Trust};
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use std::collections::HashMap;
+
+/// Messages kept on screen per conversation (older ones stay in the history on the device).
+pub const MAX_SHOWN_PER_CONTACT: usize = 500;
+/// Longest line the compose box takes (a message is at most 12 288 bytes).
+pub const MAX_COMPOSE_BYTES: usize = 12_288;
+
+/// What the user asked the device to do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    Send {
+        to: String,
+        text: String,
+    },
+    /// Show this contact's safety number (and its QR code).
+    SafetyNumber {
+        of: String,
+    },
+    Quit,
+}
+
+/// What the device worker tells the screen.
+#[derive(Debug)]
+pub enum Update {
+    Contacts(Vec<Contact>),
+    /// The whole history (or its newest part), oldest first.
+    History(Vec<StoredMessage>),
+    /// A key that wrote under `claims`'s name: shown loudly in that conversation.
+    KeyWarning {
+        contact: String,
+        text: String,
+    },
+    SafetyNumber {
+        of: String,
+        text: String,
+    },
+    /// A one-line status (connected, reconnecting, an error).
+    Status(String),
+}
+
+#[derive(Debug, Default)]
+pub struct App {
+    pub contacts: Vec<Contact>,
+    pub selected: usize,
+    /// Per contact: its messages, oldest first.
+    pub messages: HashMap<String, Vec<StoredMessage>>,
+    /// Per contact: incoming messages not seen while it was selected.
+    pub unread: HashMap<String, usize>,
+    /// Per contact: warnings shown inline (key changes).
+    pub warnings: HashMap<String, Vec<String>>,
+    pub compose: String,
+    pub status: String,
+    pub help: bool,
+    /// A safety number being shown: (contact, text).
+    pub safety: Option<(String, String)>,
+    /// Lines scrolled back from the newest.
+    pub scroll: usize,
+    /// Incoming messages counted already, so a new history counts only new ones as unread.
+    seen: HashMap<String, usize>,
+    /// A history came already (the first one is what was there before: nothing unread).
+    had_history: bool,
+}
+
+impl App {
+    pub fn selected_name(&self) -> Option<&str> {
+        self.contacts.get(self.selected).map(|c| c.name.as_str())
+    }
+
+    pub fn selected_contact(&self) -> Option<&Contact> {
+        self.contacts.get(self.selected)
+    }
+
+    /// A key press; `Some` when the device has something to do.
+    pub fn key(&mut self, k: KeyEvent) -> Option<Action> {
+        let ctrl = k.modifiers.contains(KeyModifiers::CONTROL);
+        if self.help || self.safety.is_some() {
+            // Any key closes an overlay (Ctrl-C still quits).
+            if ctrl && k.code == KeyCode::Char('c') {
+                return Some(Action::Quit);
+            }
+            self.help = false;
+            self.safety = None;
+            return None;
+        }
+        match (k.code, ctrl) {
+            (KeyCode::Char('c'), true) | (KeyCode::Char('q'), true) => return Some(Action::Quit),
+            (KeyCode::Esc, _) if self.compose.is_empty() => return Some(Action::Quit),
+            (KeyCode::Esc, _) => self.compose.clear(),
+            (KeyCode::Char('?'), _) if self.compose.is_empty() => self.help = true,
+            (KeyCode::Tab, _) | (KeyCode::Down, true) | (KeyCode::Char('n'), true) => {
+                self.select(self.selected + 1)
+            }
+            (KeyCode::BackTab, _) | (KeyCode::Up, true) | (KeyCode::Char('p'), true) => {
+                self.select(self.selected + self.contacts.len().max(1) - 1)
+            }
+            (KeyCode::PageUp, _) => self.scroll = self.scroll.saturating_add(10),
+            (KeyCode::PageDown, _) => self.scroll = self.scroll.saturating_sub(10),
+            (KeyCode::Char('v'), true) => {
+                return self
+                    .selected_name()
+                    .map(|n| Action::SafetyNumber { of: n.to_string() });
+            }
+            (KeyCode::Enter, _) => {
+                let text = self.compose.trim().to_string();
+                let to = self.selected_name()?.to_string();
+                if text.is_empty() {
+                    return None;
+                }
+                self.compose.clear();
+                self.scroll = 0;
+                return Some(Action::Send { to, text });
+            }
+            (KeyCode::Backspace, _) => {
+                self.compose.pop();
+            }
+            (KeyCode::Char(c), false)
+                if self.compose.len() + c.len_utf8() <= MAX_COMPOSE_BYTES && !c.is_control() =>
+            {
+                self.compose.push(c);
+            }
+            _ => {}
+        }
+        None
+    }
+
+    fn select(&mut self, i: usize) {
+        if self.contacts.is_empty() {
+            return;
+        }
+        self.selected = i % self.contacts.len();
+        self.scroll = 0;
+        if let Some(n) = self.selected_name().map(str::to_string) {
+            self.unread.remove(&n);
+        }
+    }
+
+    pub fn apply(&mut self, u: Update) {
+        match u {
+            Update::Contacts(mut cs) => {
+                let keep = self.selected_name().map(str::to_string);
+                // Requests and keys claiming a name first: they need the user.
+                cs.sort_by_key(|c| (c.claims.is_none(), c.name.clone()));
+                self.contacts = cs;
+                self.selected = keep
+                    .and_then(|k| self.contacts.iter().position(|c| c.name == k))
+                    .unwrap_or(0);
+            }
+            Update::History(all) => {
+                let mut by: HashMap<String, Vec<StoredMessage>> = HashMap::new();
+                for m in all {
+                    by.entry(m.peer_name.clone()).or_default().push(m);
+                }
+                let current = self.selected_name().map(str::to_string);
+                for (name, list) in &mut by {
+                    if list.len() > MAX_SHOWN_PER_CONTACT {
+                        list.drain(..list.len() - MAX_SHOWN_PER_CONTACT);
+                    }
+                    let incoming = list
+                        .iter()
+                        .filter(|m| m.direction == Direction::Incoming)
+                        .count();
+                    let before = self.seen.insert(name.clone(), incoming).unwrap_or(0);
+                    if self.had_history
+                        && incoming > before
+                        && current.as_deref() != Some(name.as_str())
+                    {
+                        *self.unread.entry(name.clone()).or_default() += incoming - before;
+                    }
+                }
+                self.messages = by;
+                self.had_history = true;
+            }
+            Update::KeyWarning { contact, text } => {
+                let w = self.warnings.entry(contact).or_default();
+                if !w.contains(&text) {
+                    w.push(text);
+                }
+            }
+            Update::SafetyNumber { of, text } => self.safety = Some((of, text)),
+            Update::Status(s) => self.status = s,
+        }
+    }
+}
+
+/// A contact's mark in the list: verified, unverified, or needing a decision.
+pub fn trust_mark(c: &Contact) -> &'static str {
+    if c.claims.is_some() {
+        "!"
+    } else if c.origin == hestia_store::client::Origin::Request {
+        "?"
+    } else if c.trust == Trust::Verified {
+        "✓"
+    } else {
+        "·"
+    }
+}
+
+/// An outgoing message's delivery mark.
+pub fn delivery_mark(s: &MessageState) -> &'static str {
+    match s {
+        MessageState::Queued | MessageState::WaitingForKeys | MessageState::Unsent => "…",
+        MessageState::DeliveredToNode => "✓",
+        MessageState::DeliveredToDevice => "✓✓",
+        MessageState::Expired => "expired",
+        MessageState::NoSuchUser | MessageState::Failed(_) => "failed",
+        MessageState::Received | MessageState::HeldKeyChanged | MessageState::Call(_) => "",
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use hestia_protocol::envelope::EnvelopeId;
+    use hestia_protocol::identity::{Address, UserId};
+    use hestia_store::client::Origin;
+
+    pub(crate) fn contact(name: &str, n: u8) -> Contact {
+        Contact {
+            name: name.into(),
+            handle: None,
+            address: Address {
+                user: UserId([n; 32]),
+                node: "12D3KooWnode".into(),
+            },
+            trust: Trust::Unverified,
+            added_at: 0,
+            origin: Origin::Added,
+            claims: None,
+            reset_asked_at: None,
+        }
+    }
+
+    pub(crate) fn message(peer: &str, n: u8, text: &str, dir: Direction) -> StoredMessage {
+        StoredMessage {
+            envelope_id: EnvelopeId([n; 16]),
+            direction: dir,
+            peer: UserId([1; 32]),
+            peer_node: "12D3KooWnode".into(),
+            peer_name: peer.into(),
+            text: text.into(),
+            at: 1_800_000_000_000 + n as u64 * 60_000,
+            expires_at: 0,
+            state: if dir == Direction::Incoming {
+                MessageState::Received
+            } else {
+                MessageState::DeliveredToNode
+            },
+        }
+    }
+
+    fn key(c: KeyCode) -> KeyEvent {
+        KeyEvent::new(c, KeyModifiers::NONE)
+    }
+
+    #[test]
+    fn typing_and_enter_send_to_the_selected_contact_and_tab_moves_on() {
+        let mut a = App::default();
+        a.apply(Update::Contacts(vec![
+            contact("bob", 2),
+            contact("alice", 1),
+        ]));
+        assert_eq!(a.selected_name(), Some("alice"), "sorted by name");
+        for c in "hi bob".chars() {
+            assert_eq!(a.key(key(KeyCode::Char(c))), None);
+        }
+        a.key(key(KeyCode::Tab));
+        assert_eq!(
+            a.key(key(KeyCode::Enter)),
+            Some(Action::Send {
+                to: "bob".into(),
+                text: "hi bob".into()
+            })
+        );
+        assert!(a.compose.is_empty());
+        assert_eq!(a.key(key(KeyCode::Enter)), None, "nothing to send");
+        a.key(key(KeyCode::Char('?')));
+        assert!(a.help);
+        a.key(key(KeyCode::Char('x')));
+        assert!(!a.help, "any key closes the help");
+        assert_eq!(a.key(key(KeyCode::Esc)), Some(Action::Quit));
+    }
+
+    #[test]
+    fn new_incoming_messages_count_as_unread_for_other_conversations_only() {
+        let mut a = App::default();
+        a.apply(Update::Contacts(vec![
+            contact("alice", 1),
+            contact("bob", 2),
+        ]));
+        a.apply(Update::History(vec![message(
+            "bob",
+            1,
+            "old",
+            Direction::Incoming,
+        )]));
+        assert!(a.unread.is_empty(), "what was there at start is not unread");
+        a.apply(Update::History(vec![
+            message("bob", 1, "old", Direction::Incoming),
+            message("bob", 2, "new", Direction::Incoming),
+            message("alice", 3, "hey", Direction::Incoming),
+        ]));
+        assert_eq!(a.unread.get("bob"), Some(&1));
+        assert_eq!(a.unread.get("alice"), None, "alice is on screen");
+        a.key(key(KeyCode::Tab));
+        assert_eq!(a.unread.get("bob"), None, "seen once selected");
+    }
+}
