@@ -418,11 +418,7 @@ impl TurnServer {
             self.challenge(now, from, msg, code::UNAUTHORIZED);
             return None;
         };
-        if !msg
-            .nonce()
-            .is_some_and(|n| self.keys.nonce_fresh(n, from, now))
-        {
-            self.challenge(now, from, msg, code::STALE_NONCE);
+        if !self.nonce_fresh(now, from, msg) {
             return None;
         }
         let Ok((user, _)) = self.keys.open(username, now) else {
@@ -455,14 +451,22 @@ impl TurnServer {
             self.challenge(now, from, msg, code::UNAUTHORIZED);
             return None;
         }
-        if !msg
-            .nonce()
-            .is_some_and(|n| self.keys.nonce_fresh(n, from, now))
-        {
-            self.challenge(now, from, msg, code::STALE_NONCE);
+        if !self.nonce_fresh(now, from, msg) {
             return None;
         }
         Some(key)
+    }
+
+    /// Whether `msg` carries a nonce this relay made for `from` lately; if not, `from` gets a
+    /// 438 with a fresh one.
+    fn nonce_fresh(&mut self, now: Millis, from: SocketAddr, msg: &Message) -> bool {
+        let fresh = msg
+            .nonce()
+            .is_some_and(|n| self.keys.nonce_fresh(n, from, now));
+        if !fresh {
+            self.challenge(now, from, msg, code::STALE_NONCE);
+        }
+        fresh
     }
 
     /// A 401 or 438 with the realm and a fresh nonce, within the challenge budget.
