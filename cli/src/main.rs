@@ -35,7 +35,8 @@ use std::path::{Path, PathBuf};
     about = "Hestia: a privacy-first federated messenger"
 )]
 struct Cli {
-    /// Where this device keeps its identity, contacts and history.
+    /// Where this device keeps its identity, contacts and history (device commands only: a
+    /// node or bootstrap node keeps its data in its --data-dir).
     #[arg(long, global = true, env = "HESTIA_HOME")]
     home: Option<PathBuf>,
     /// Print what a reading command shows (inbox, status, contact list, account show, file

@@ -341,7 +341,19 @@ impl Device {
         }
         let c = self.contact(from)?;
         let max = setup.media.max;
-        let (route, socket) = self.media_route(conn, &setup.media).await?;
+        let (route, socket) = match self.media_route(conn, &setup.media).await {
+            Ok(r) => r,
+            Err(e) => {
+                // This side cannot take calls (no relay, say): the caller stops ringing now
+                // rather than after a minute.
+                let hangup = CallSignal::Hangup {
+                    call: id,
+                    reason: hestia_protocol::call::HangupReason::Failed,
+                };
+                let _ = self.send_call_signal(conn, &c, hangup).await;
+                return Err(e);
+            }
+        };
         let mut call =
             match Call::incoming(id, sdp, Instant::now(), route, setup.source, setup.sink) {
                 Ok(call) => call,
@@ -476,7 +488,17 @@ impl Device {
                 let _ = cmd_tx.send(cmd).await;
             }
             // Their signals (and anyone else's offers).
-            for ev in self.sync(conn, SIGNAL_POLL_MS).await? {
+            let events = match self.sync(conn, SIGNAL_POLL_MS).await {
+                Ok(events) => events,
+                // The home node is gone: no more signals either way, so the call ends here
+                // (and the other side's ends when media stops).
+                Err(e) => {
+                    let _ = cmd_tx.send(Command::Hangup).await;
+                    let _ = (&mut task).await;
+                    return Err(e);
+                }
+            };
+            for ev in events {
                 let InboxEvent::Call {
                     contact,
                     signal,
