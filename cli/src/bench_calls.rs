@@ -219,10 +219,7 @@ fn median(v: &mut [f64]) -> f64 {
 pub fn run(calls: usize) -> Result<()> {
     use_hestia_bin(std::env::current_exe()?);
     let net = Net::start_with_call_relays(2);
-    let alice = net.account("alice", 0);
-    let bob = net.account("bob", 1);
-    net.ok("alice", &["contact", "add", "bob", &bob]);
-    net.ok("bob", &["contact", "add", "alice", &alice]);
+    net.contacts_both_ways("alice", 0, "bob", 1);
     let pids: Vec<u32> = net
         .nodes
         .iter()

@@ -399,25 +399,17 @@ fn call_relay(
             s
         }
     };
-    let socket = std::net::UdpSocket::bind(listen).map_err(|e| NodeError::TurnListen {
+    let failed = |e: std::io::Error| NodeError::TurnListen {
         addr: listen,
         reason: e.to_string(),
-    })?;
-    socket
-        .set_nonblocking(true)
-        .map_err(|e| NodeError::TurnListen {
-            addr: listen,
-            reason: e.to_string(),
-        })?;
-    let server_addr = socket.local_addr().map_err(|e| NodeError::TurnListen {
-        addr: listen,
-        reason: e.to_string(),
-    })?;
+    };
+    let socket = std::net::UdpSocket::bind(listen).map_err(failed)?;
+    socket.set_nonblocking(true).map_err(failed)?;
     let config = relay::CallRelay {
-        server: server_addr,
+        server: socket.local_addr().map_err(failed)?,
         keys: std::sync::Arc::new(TurnKeys::derive(&secret)),
     };
-    let server = crate::turn::server::TurnServer::new(settings, TurnKeys::derive(&secret));
+    let server = crate::turn::server::TurnServer::new(settings, config.keys.clone());
     Ok((config, server, socket))
 }
 

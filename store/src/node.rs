@@ -199,31 +199,34 @@ impl NodeDb {
 
     /// The node's VAPID secret (a P-256 scalar), which signs its push wake-ups.
     pub fn vapid_key(&self) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
-        Ok(self
-            .db
-            .get_cf(self.cf(META), b"vapid_key")?
-            .map(zeroize::Zeroizing::new))
+        self.meta_secret(b"vapid_key")
     }
 
     pub fn set_vapid_key(&self, key: &[u8; 32]) -> Result<()> {
+        self.set_meta_secret(b"vapid_key", key)
+    }
+
+    /// A 32-byte secret the node keeps in `meta`, zeroed when dropped.
+    fn meta_secret(&self, name: &[u8]) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
+        Ok(self
+            .db
+            .get_cf(self.cf(META), name)?
+            .map(zeroize::Zeroizing::new))
+    }
+
+    fn set_meta_secret(&self, name: &[u8], secret: &[u8; 32]) -> Result<()> {
         let wo = crate::synced();
-        Ok(self.db.put_cf_opt(self.cf(META), b"vapid_key", key, &wo)?)
+        Ok(self.db.put_cf_opt(self.cf(META), name, secret, &wo)?)
     }
 
     /// The node's call-relay secret, from which its TURN credentials are derived
     /// (`hestia_protocol::turn`).
     pub fn turn_secret(&self) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
-        Ok(self
-            .db
-            .get_cf(self.cf(META), b"turn_secret")?
-            .map(zeroize::Zeroizing::new))
+        self.meta_secret(b"turn_secret")
     }
 
     pub fn set_turn_secret(&self, secret: &[u8; 32]) -> Result<()> {
-        let wo = crate::synced();
-        Ok(self
-            .db
-            .put_cf_opt(self.cf(META), b"turn_secret", secret, &wo)?)
+        self.set_meta_secret(b"turn_secret", secret)
     }
 
     /// Decodes every stored entry ([`crate::records::check`]); the number of entries.

@@ -336,6 +336,13 @@ impl Net {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Creates `a` on node `i` and `b` on node `j`, each the other's contact.
+    pub fn contacts_both_ways(&self, a: &str, i: usize, b: &str, j: usize) {
+        let (a_addr, b_addr) = (self.account(a, i), self.account(b, j));
+        self.ok(a, &["contact", "add", b, &b_addr]);
+        self.ok(b, &["contact", "add", a, &a_addr]);
+    }
+
     /// Creates `user` on node `i`; returns their address.
     pub fn account(&self, user: &str, i: usize) -> String {
         self.account_named(user, user, i)

@@ -9,10 +9,7 @@ use std::time::{Duration, Instant};
 
 /// Alice on node 0, Bob on node 1, each the other's contact.
 fn alice_and_bob(net: &Net) {
-    let alice = net.account("alice", 0);
-    let bob = net.account("bob", 1);
-    net.ok("alice", &["contact", "add", "bob", &bob]);
-    net.ok("bob", &["contact", "add", "alice", &alice]);
+    net.contacts_both_ways("alice", 0, "bob", 1);
 }
 
 /// The share of the recording's energy at `hz`, after its first second (set-up).

@@ -103,7 +103,7 @@ struct Usage {
 
 pub struct TurnServer {
     settings: TurnSettings,
-    keys: TurnKeys,
+    keys: std::sync::Arc<TurnKeys>,
     allocations: HashMap<SocketAddr, Allocation>,
     by_relay: HashMap<SocketAddr, SocketAddr>,
     usage: HashMap<UserId, Usage>,
@@ -114,10 +114,11 @@ pub struct TurnServer {
 }
 
 impl TurnServer {
-    pub fn new(settings: TurnSettings, keys: TurnKeys) -> TurnServer {
+    /// `keys` are the ones the relay core mints credentials with (shared, derived once).
+    pub fn new(settings: TurnSettings, keys: impl Into<std::sync::Arc<TurnKeys>>) -> TurnServer {
         TurnServer {
             settings,
-            keys,
+            keys: keys.into(),
             allocations: HashMap::new(),
             by_relay: HashMap::new(),
             usage: HashMap::new(),
@@ -139,12 +140,10 @@ impl TurnServer {
         self.outputs.pop_front()
     }
 
-    /// When the next allocation or permission lapses.
+    /// When the next allocation lapses. Permissions need no timer: each is checked against
+    /// `now` where it is used, and lapsed ones are pruned whenever this timer runs.
     pub fn poll_timeout(&self) -> Option<Millis> {
-        self.allocations
-            .values()
-            .flat_map(|a| std::iter::once(a.expires).chain(a.permissions.values().copied()))
-            .min()
+        self.allocations.values().map(|a| a.expires).min()
     }
 
     pub fn handle_timeout(&mut self, now: Millis) {

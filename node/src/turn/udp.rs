@@ -43,9 +43,11 @@ pub async fn serve(
     let mut relays: HashMap<SocketAddr, RelaySocket> = HashMap::new();
     let mut buf = vec![0u8; MAX_MESSAGE_BYTES + 1];
     let mut shutdown = std::pin::pin!(shutdown);
+    // The server's next deadline, asked once per turn (it looks at every allocation).
+    let mut deadline = server.poll_timeout();
     loop {
         let now = now_millis();
-        if server.poll_timeout().is_some_and(|t| t <= now) {
+        if deadline.is_some_and(|t| t <= now) {
             server.handle_timeout(now);
         }
         while let Some(o) = server.poll_output() {
@@ -81,8 +83,8 @@ pub async fn serve(
                 }
             }
         }
-        let wait = server
-            .poll_timeout()
+        deadline = server.poll_timeout();
+        let wait = deadline
             .map(|t| Duration::from_millis(t.saturating_sub(now_millis())))
             .unwrap_or(Duration::from_secs(3600));
         tokio::select! {
