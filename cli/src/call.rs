@@ -127,7 +127,7 @@ pub fn controls(ctrl_c: bool) -> mpsc::Receiver<Command> {
     rx
 }
 
-fn ended_text(peer: &str, reason: EndReason, talked: Duration) -> String {
+pub(crate) fn ended_text(peer: &str, reason: EndReason, talked: Duration) -> String {
     let peer = safe(peer);
     let secs = talked.as_secs();
     match reason {
@@ -185,7 +185,7 @@ pub async fn run(args: CallArgs, home: &Path, as_json: bool) -> Result<()> {
             ring: Some(Duration::from_secs(args.ring_secs)),
         },
     };
-    let mut d = Device::open(home)?;
+    let mut d = crate::unlock::open_device(home)?;
     let mut conn = d.connect().await?;
     let mut controls = controls(true);
     let (answer_tx, mut answer_rx) = mpsc::channel(1);

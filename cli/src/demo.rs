@@ -120,8 +120,17 @@ pub async fn run() -> Result<()> {
         node_addrs.push(node.addr);
     }
 
-    step("Alice creates an account on node 1, Bob on node 2 (each device publishes prekeys)");
-    let mut alice = Device::create(&root.join("alice"), "alice", &node_addrs[0]).await?;
+    step(
+        "Alice creates an account on node 1, her device encrypted at rest under a passphrase; \
+         Bob on node 2 (each device publishes prekeys)",
+    );
+    let mut alice = Device::create_with(
+        &root.join("alice"),
+        "alice",
+        &node_addrs[0],
+        Some(b"demo passphrase, not a good one"),
+    )
+    .await?;
     let mut bob = Device::create(&root.join("bob"), "bob", &node_addrs[1]).await?;
     println!("alice: {}", alice.address());
     println!("bob:   {}", bob.address());
@@ -273,8 +282,17 @@ pub async fn run() -> Result<()> {
         if in_bob.is_empty() {
             "not found (!)"
         } else {
-            "found (history lives on the device)"
+            "found (history lives on the device, in clear: Bob set no passphrase)"
         }
+    );
+    let in_alice = files_containing(&root.join("alice"), TEXT.as_bytes());
+    if !in_alice.is_empty() {
+        bail!("Alice's encrypted device holds the text in clear: {in_alice:?}");
+    }
+    println!(
+        "Alice's device: not found (it is encrypted at rest: {} messages readable with her \
+         passphrase only)",
+        alice.history()?.len()
     );
 
     let _ = stop.send(true);

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 /// `hestia file get ID [--out PATH]`.
 pub async fn get(home: &Path, id: &str, out: Option<PathBuf>) -> Result<()> {
-    let mut d = Device::open(home)?;
+    let mut d = crate::unlock::open_device(home)?;
     let (envelope, f) = d.find_file(id)?;
     let mut conn = d.connect().await?;
     let bar = progress_bar("downloading");
@@ -30,7 +30,7 @@ pub async fn get(home: &Path, id: &str, out: Option<PathBuf>) -> Result<()> {
 
 /// `hestia file list`.
 pub async fn list(home: &Path, as_json: bool) -> Result<()> {
-    let mut d = Device::open(home)?;
+    let mut d = crate::unlock::open_device(home)?;
     // What the home node says of files sent (fetched, expired) and of uploads (how far);
     // offline, what this device knows.
     let mut conn = d.connect().await.ok();

@@ -17,6 +17,7 @@ mod inspect;
 mod json;
 mod push;
 mod real;
+mod unlock;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -281,7 +282,18 @@ enum AccountCmd {
         /// The name you go by (letters, digits, '-', '_', '.').
         #[arg(long)]
         name: String,
+        /// Encrypt everything this device stores (identity, sessions, contacts, history)
+        /// under a passphrase, asked now and whenever a command opens the device
+        /// (HESTIA_PASSPHRASE for scripts).
+        #[arg(long)]
+        passphrase: bool,
     },
+    /// Encrypt this device's stored data under a passphrase (asked twice, or
+    /// HESTIA_PASSPHRASE).
+    Encrypt,
+    /// Change the passphrase of an encrypted device (the new one asked twice, or
+    /// HESTIA_NEW_PASSPHRASE).
+    ChangePassphrase,
     /// Show your address and contact card.
     Show {
         /// Print only the address.
@@ -529,24 +541,36 @@ async fn run(cli: Cli) -> Result<()> {
             b.run(shutdown_signal()).await;
             Ok(())
         }
-        Command::Account(AccountCmd::Create { node, name }) => {
+        Command::Account(AccountCmd::Create {
+            node,
+            name,
+            passphrase,
+        }) => {
             let dir = home(&cli.home)?;
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let d = Device::create(&dir, &name, &node).await?;
+            let pass = match passphrase {
+                true => Some(unlock::new_passphrase(unlock::ENV)?),
+                false => None,
+            };
+            let pass = pass.as_ref().map(|p| p.as_bytes());
+            let d = Device::create_with(&dir, &name, &node, pass).await?;
             println!("account created: {}", d.name());
             println!("address: {}", d.address());
             println!("fingerprint: {}", d.address().user.fingerprint());
             print!("{}", d.address().card(d.name()));
             Ok(())
         }
+        Command::Account(AccountCmd::Encrypt) => unlock::set(&home(&cli.home)?, false),
+        Command::Account(AccountCmd::ChangePassphrase) => unlock::set(&home(&cli.home)?, true),
         Command::Account(AccountCmd::Show { address }) => {
-            let d = Device::open(&home(&cli.home)?)?;
+            let d = unlock::open_device(&home(&cli.home)?)?;
             if cli.json {
                 json::print(serde_json::json!({
                     "name": d.name(),
                     "address": d.address().to_string(),
                     "key": d.address().user.fingerprint().to_string(),
                     "home_node": d.home_addr().to_string(),
+                    "encrypted": d.encryption()?.is_some(),
                 }));
             } else if address {
                 println!("{}", d.address());
@@ -555,12 +579,13 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("address: {}", d.address());
                 println!("fingerprint: {}", d.address().user.fingerprint());
                 println!("home node: {}", d.home_addr());
+                println!("data: {}", unlock::describe(&d)?);
                 print!("{}", d.address().card(d.name()));
             }
             Ok(())
         }
         Command::Account(AccountCmd::Receipts { state, max_delay }) => {
-            let mut d = Device::open(&home(&cli.home)?)?;
+            let mut d = unlock::open_device(&home(&cli.home)?)?;
             let mut p = d.receipts_policy();
             if state.is_some() || max_delay.is_some() {
                 if let Some(s) = state {
@@ -591,7 +616,7 @@ async fn run(cli: Cli) -> Result<()> {
             wait,
             ttl,
         } => {
-            let mut d = Device::open(&home(&cli.home)?)?;
+            let mut d = unlock::open_device(&home(&cli.home)?)?;
             let mut conn = d.connect().await?;
             let mut m = match &file {
                 Some(path) => {
@@ -634,7 +659,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Inbox { follow, all } => {
-            let mut d = Device::open(&home(&cli.home)?)?;
+            let mut d = unlock::open_device(&home(&cli.home)?)?;
             if all {
                 for m in d.history()? {
                     if cli.json {
@@ -731,7 +756,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Call(args) => call::run(args, &home(&cli.home)?, cli.json).await,
         Command::Chat => chat::run(&home(&cli.home)?).await,
         Command::Status => {
-            let mut d = Device::open(&home(&cli.home)?)?;
+            let mut d = unlock::open_device(&home(&cli.home)?)?;
             let mut conn = d.connect().await?;
             files::resume_uploads(&mut d, &mut conn).await;
             // Receipts arrive as messages: read them first, then ask the node about the rest.
@@ -949,7 +974,7 @@ fn node_config(args: NodeRunArgs) -> Result<NodeConfig> {
 }
 
 fn contact(cmd: ContactCmd, home: &Path, as_json: bool) -> Result<()> {
-    let mut d = Device::open(home)?;
+    let mut d = unlock::open_device(home)?;
     match cmd {
         ContactCmd::Add { name, address } => {
             let text = if address == "-" {

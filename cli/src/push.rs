@@ -5,7 +5,6 @@ use crate::inspect;
 use anyhow::{Context, Result, bail};
 use base64::Engine;
 use clap::Subcommand;
-use hestia_node::client::Device;
 use hestia_protocol::display;
 use hestia_protocol::push::{AUTH_LEN, P256DH_LEN, Subscription};
 use hestia_protocol::wire::{PushInfo, PushState, WakeFailure};
@@ -40,7 +39,7 @@ pub enum PushCmd {
 }
 
 pub async fn run(cmd: PushCmd, home: &Path, as_json: bool) -> Result<()> {
-    let d = Device::open(home)?;
+    let d = crate::unlock::open_device(home)?;
     let show = |info: &PushInfo| {
         if as_json {
             crate::json::print(crate::json::push(info));

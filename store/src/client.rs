@@ -1,17 +1,19 @@
 //! The client database on a user's device: identity, contacts with pinned keys, history.
 //! History lives here and only here; the node never holds it.
 
+use crate::records::VaultRecord;
 pub use crate::records::{
     CallOutcome, Contact, Direction, FileState, MessageState, Origin, PendingReceipts, StoredFile,
     StoredIdentity, StoredMessage, StoredUpload, Trust, UnsentEnvelope,
 };
 use crate::schema::*;
-use crate::{Result, decode_value, encode_value};
+use crate::vault::{KdfParams, Vault};
+use crate::{Result, StoreError, decode_value, encode_value};
 use hestia_protocol::envelope::EnvelopeId;
 use hestia_protocol::file::BlobId;
 use hestia_protocol::identity::{Address, UserId};
 use std::path::Path;
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 /// The stored forms of the sessions with one contact, newest first. Secret: zeroized on drop.
 pub type StoredSessions = Vec<zeroize::Zeroizing<Vec<u8>>>;
@@ -52,11 +54,34 @@ pub enum ClientWrite {
 pub struct ClientDb {
     db: rocksdb::DB,
     next_seq: u64,
+    /// The unlocked vault when the data is encrypted at rest ([`crate::vault`]).
+    vault: Option<Vault>,
+}
+
+/// A stored value in clear, zeroized on drop.
+type Plain = Zeroizing<Vec<u8>>;
+
+/// The families whose keys stay in clear under a vault: sequence numbers, for history's order.
+fn key_in_clear(cf: &str) -> bool {
+    cf == SEQ_MESSAGE
 }
 
 impl ClientDb {
-    pub fn open(path: &Path) -> Result<Self> {
+    /// Opens (or creates) the device database. If its data is encrypted, `passphrase` unlocks
+    /// it ([`StoreError::Locked`] without one, [`StoreError::WrongPassphrase`] if it does not
+    /// open); a passphrase given for a database in clear is not used.
+    pub fn open(path: &Path, passphrase: Option<&[u8]>) -> Result<Self> {
         let db = crate::open_db(path, CLIENT_CFS, "client", migrate)?;
+
+        let meta = db.cf_handle(META).expect("created at open");
+        let vault = match db.get_cf(&meta, b"vault")? {
+            Some(v) => {
+                let record: VaultRecord = decode_value(META, &v)?;
+                let pass = passphrase.ok_or(StoreError::Locked)?;
+                Some(Vault::unlock(&record, pass)?)
+            }
+            None => None,
+        };
         let next_seq = {
             let cf = db.cf_handle(SEQ_MESSAGE).expect("created at open");
             let mut it = db.iterator_cf(&cf, rocksdb::IteratorMode::End);
@@ -65,12 +90,87 @@ impl ClientDb {
                 None => 0,
             }
         };
-        Ok(ClientDb { db, next_seq })
+        Ok(ClientDb {
+            db,
+            next_seq,
+            vault,
+        })
+    }
+
+    /// Whether this device's data is encrypted at rest, and with which key derivation.
+    pub fn encryption(&self) -> Result<Option<KdfParams>> {
+        match self.db.get_cf(self.cf(META), b"vault")? {
+            Some(v) => Ok(Some(decode_value::<VaultRecord>(META, &v)?.kdf)),
+            None => Ok(None),
+        }
+    }
+
+    /// Encrypts everything stored so far under `passphrase`, in one atomic batch, and compacts
+    /// the database so no file still holds the entries in clear. (Blocks the file system freed
+    /// are not overwritten: a device encrypted from its creation never wrote them.)
+    pub fn encrypt(&mut self, passphrase: &[u8], kdf: KdfParams) -> Result<()> {
+        if self.vault.is_some() {
+            return Err(StoreError::AlreadyEncrypted);
+        }
+        let (vault, record) = Vault::create(&mut rand::rng(), passphrase, kdf)?;
+        let mut b = rocksdb::WriteBatch::default();
+        for name in CLIENT_CFS.iter().filter(|n| **n != META) {
+            let cf = self.cf(name);
+            for item in self.db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+                let (k, v) = item?;
+                let stored = if key_in_clear(name) {
+                    k.to_vec()
+                } else {
+                    b.delete_cf(cf, &k);
+                    vault.blind_key(name, &k)
+                };
+                let mut v = v;
+                b.put_cf(cf, &stored, vault.seal(name, &stored, &k, &v));
+                v.zeroize();
+            }
+        }
+        b.put_cf(self.cf(META), b"vault", encode_value(META, &record)?);
+        self.db.write_opt(b, &crate::synced())?;
+        self.vault = Some(vault);
+        self.compact()
+    }
+
+    /// Wraps the data key under a new passphrase (the old one unlocked this database).
+    pub fn change_passphrase(&mut self, passphrase: &[u8], kdf: KdfParams) -> Result<()> {
+        let vault = self.vault.as_ref().ok_or(StoreError::NotEncrypted)?;
+        let record = vault.wrap(&mut rand::rng(), passphrase, kdf)?;
+        self.put_synced(META, b"vault", &encode_value(META, &record)?)?;
+        self.compact()
+    }
+
+    /// Rewrites every file so that overwritten and deleted entries (the clear ones after
+    /// [`ClientDb::encrypt`], the old wrapped key after a passphrase change) are gone from
+    /// them, and the write-ahead log that held them is retired.
+    fn compact(&self) -> Result<()> {
+        let mut opts = rocksdb::CompactOptions::default();
+        opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        // `meta` last: its flush (it always holds a fresh vault record here) is the last change,
+        // so the last MANIFEST starts from tables that are all rewritten already.
+        let order = CLIENT_CFS.iter().filter(|n| **n != META).chain([&META]);
+        for name in order {
+            self.db.flush_cf(self.cf(name))?;
+            self.db
+                .compact_range_cf_opt(self.cf(name), None::<&[u8]>, None::<&[u8]>, &opts);
+        }
+        Ok(())
     }
 
     /// Decodes every stored entry ([`crate::records::check`]); the number of entries.
     pub fn check(&self) -> Result<u64> {
-        crate::check_all(&self.db, CLIENT_CFS)
+        let mut n = 0;
+        for name in CLIENT_CFS {
+            for item in self.scan(name) {
+                let (k, v) = item?;
+                crate::records::check(name, &k, &v)?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -79,46 +179,99 @@ impl ClientDb {
             .expect("every column family is created at open")
     }
 
-    fn put_synced(&self, cf: &str, k: &[u8], v: &[u8]) -> Result<()> {
-        let wo = crate::synced();
-        Ok(self.db.put_cf_opt(self.cf(cf), k, v, &wo)?)
+    /// The stored form of `key` in `cf`: blinded under a vault (but for `meta` and history).
+    fn stored_key(&self, cf: &str, key: &[u8]) -> Vec<u8> {
+        match &self.vault {
+            Some(v) if cf != META && !key_in_clear(cf) => v.blind_key(cf, key),
+            _ => key.to_vec(),
+        }
+    }
+
+    fn get(&self, cf: &'static str, key: &[u8]) -> Result<Option<Plain>> {
+        let stored = self.stored_key(cf, key);
+        let Some(v) = self.db.get_cf(self.cf(cf), &stored)? else {
+            return Ok(None);
+        };
+        match &self.vault {
+            Some(vault) if cf != META => Ok(Some(vault.open(cf, &stored, &v)?.1)),
+            _ => Ok(Some(Zeroizing::new(v))),
+        }
+    }
+
+    fn put(&self, b: &mut rocksdb::WriteBatch, cf: &'static str, key: &[u8], value: &[u8]) {
+        let stored = self.stored_key(cf, key);
+        match &self.vault {
+            Some(vault) if cf != META => {
+                b.put_cf(self.cf(cf), &stored, vault.seal(cf, &stored, key, value))
+            }
+            _ => b.put_cf(self.cf(cf), &stored, value),
+        }
+    }
+
+    fn delete(&self, b: &mut rocksdb::WriteBatch, cf: &'static str, key: &[u8]) {
+        b.delete_cf(self.cf(cf), self.stored_key(cf, key));
+    }
+
+    /// Every entry of `cf` in stored order: its real key and its value in clear.
+    fn scan<'a>(&'a self, cf: &'static str) -> impl Iterator<Item = Result<(Vec<u8>, Plain)>> + 'a {
+        self.db
+            .iterator_cf(self.cf(cf), rocksdb::IteratorMode::Start)
+            .map(move |item| {
+                let (k, v) = item?;
+                match &self.vault {
+                    Some(vault) if cf != META => vault.open(cf, &k, &v),
+                    _ => Ok((k.to_vec(), Zeroizing::new(v.to_vec()))),
+                }
+            })
+    }
+
+    fn write(&self, b: rocksdb::WriteBatch, sync: bool) -> Result<()> {
+        if sync {
+            Ok(self.db.write_opt(b, &crate::synced())?)
+        } else {
+            Ok(self.db.write(b)?)
+        }
+    }
+
+    fn put_synced(&self, cf: &'static str, k: &[u8], v: &[u8]) -> Result<()> {
+        let mut b = rocksdb::WriteBatch::default();
+        self.put(&mut b, cf, k, v);
+        self.write(b, true)
+    }
+
+    fn decode_scan<T: serde::de::DeserializeOwned>(&self, cf: &'static str) -> Result<Vec<T>> {
+        self.scan(cf)
+            .map(|item| decode_value(cf, &item?.1))
+            .collect()
+    }
+
+    fn decode_get<T: serde::de::DeserializeOwned>(
+        &self,
+        cf: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>> {
+        self.get(cf, key)?.map(|v| decode_value(cf, &v)).transpose()
     }
 
     pub fn identity(&self) -> Result<Option<StoredIdentity>> {
-        match self.db.get_cf(self.cf(KEY_IDENTITY), b"identity")? {
-            Some(v) => {
-                let mut v = v;
-                let id = decode_value(KEY_IDENTITY, &v);
-                v.zeroize();
-                Ok(Some(id?))
-            }
-            None => Ok(None),
-        }
+        self.decode_get(KEY_IDENTITY, b"identity")
     }
 
     pub fn set_identity(&self, id: &StoredIdentity) -> Result<()> {
-        let mut v = encode_value(KEY_IDENTITY, id)?;
-        let r = self.put_synced(KEY_IDENTITY, b"identity", &v);
-        v.zeroize();
-        r
+        let v = Zeroizing::new(encode_value(KEY_IDENTITY, id)?);
+        self.put_synced(KEY_IDENTITY, b"identity", &v)
     }
 
+    /// Every contact, by name.
     pub fn contacts(&self) -> Result<Vec<Contact>> {
-        let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(NAME_CONTACT), rocksdb::IteratorMode::Start)
-        {
-            out.push(decode_value(NAME_CONTACT, &item?.1)?);
-        }
+        let mut out: Vec<Contact> = self.decode_scan(NAME_CONTACT)?;
+        // Blinded keys have no order: sort as the names did in clear.
+        out.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
         Ok(out)
     }
 
     pub fn contact(&self, name: &str) -> Result<Option<Contact>> {
-        self.db
-            .get_cf(self.cf(NAME_CONTACT), name.as_bytes())?
-            .map(|v| decode_value(NAME_CONTACT, &v))
-            .transpose()
+        self.decode_get(NAME_CONTACT, name.as_bytes())
     }
 
     pub fn put_contact(&self, c: &Contact) -> Result<()> {
@@ -131,55 +284,39 @@ impl ClientDb {
 
     /// Whether the user rejected this key (`contact reject`): its envelopes are dropped unread.
     pub fn is_blocked(&self, user: &UserId) -> Result<bool> {
-        Ok(self
-            .db
-            .get_cf(self.cf(USERID_BLOCKED), user.as_bytes())?
-            .is_some())
+        Ok(self.get(USERID_BLOCKED, user.as_bytes())?.is_some())
     }
 
     /// The delivery receipts owed to `user`, if any.
     pub fn receipts(&self, user: &UserId) -> Result<Option<PendingReceipts>> {
-        self.db
-            .get_cf(self.cf(USERID_RECEIPTS), user.as_bytes())?
-            .map(|v| decode_value(USERID_RECEIPTS, &v))
-            .transpose()
+        self.decode_get(USERID_RECEIPTS, user.as_bytes())
     }
 
     /// Every contact's pending delivery receipts.
     pub fn pending_receipts(&self) -> Result<Vec<(UserId, PendingReceipts)>> {
-        let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(USERID_RECEIPTS), rocksdb::IteratorMode::Start)
-        {
-            let (k, v) = item?;
-            out.push((
-                user_key(USERID_RECEIPTS, &k)?,
-                decode_value(USERID_RECEIPTS, &v)?,
-            ));
-        }
-        Ok(out)
+        self.scan(USERID_RECEIPTS)
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((
+                    user_key(USERID_RECEIPTS, &k)?,
+                    decode_value(USERID_RECEIPTS, &v)?,
+                ))
+            })
+            .collect()
     }
 
-    /// A stored setting's value, if it was ever set.
     /// The file carried by this message, if any.
     pub fn file(&self, id: &EnvelopeId) -> Result<Option<StoredFile>> {
-        self.db
-            .get_cf(self.cf(ENVELOPEID_FILE), id.0)?
-            .map(|v| decode_value(ENVELOPEID_FILE, &v))
-            .transpose()
+        self.decode_get(ENVELOPEID_FILE, &id.0)
     }
 
     /// Every file sent or received, by message id.
     pub fn files(&self) -> Result<Vec<(EnvelopeId, StoredFile)>> {
         let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(ENVELOPEID_FILE), rocksdb::IteratorMode::Start)
-        {
+        for item in self.scan(ENVELOPEID_FILE) {
             let (k, v) = item?;
             let id: [u8; 16] = k
-                .as_ref()
+                .as_slice()
                 .try_into()
                 .map_err(|_| crate::StoreError::Corrupt {
                     cf: ENVELOPEID_FILE,
@@ -187,19 +324,13 @@ impl ClientDb {
                 })?;
             out.push((EnvelopeId(id), decode_value(ENVELOPEID_FILE, &v)?));
         }
+        out.sort_by_key(|(id, _)| id.0);
         Ok(out)
     }
 
-    /// Every upload begun and not yet announced.
     /// Envelopes the home node has not acknowledged, oldest first (by when they were sealed).
     pub fn unsent(&self) -> Result<Vec<UnsentEnvelope>> {
-        let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(ENVELOPEID_UNSENT), rocksdb::IteratorMode::Start)
-        {
-            out.push(decode_value::<UnsentEnvelope>(ENVELOPEID_UNSENT, &item?.1)?);
-        }
+        let mut out: Vec<UnsentEnvelope> = self.decode_scan(ENVELOPEID_UNSENT)?;
         let seq = |u: &UnsentEnvelope| self.message(&u.envelope.id).ok().flatten().map(|m| m.0);
         out.sort_by_cached_key(seq);
         Ok(out)
@@ -211,34 +342,30 @@ impl ClientDb {
     pub fn settle_unsent(&self, answered: &[(EnvelopeId, MessageState)]) -> Result<()> {
         let mut b = rocksdb::WriteBatch::default();
         for (id, state) in answered {
-            b.delete_cf(self.cf(ENVELOPEID_UNSENT), id.0);
+            self.delete(&mut b, ENVELOPEID_UNSENT, &id.0);
             if let Some((seq, mut m)) = self.message(id)?
                 && m.state != *state
             {
                 m.state = state.clone();
-                b.put_cf(
-                    self.cf(SEQ_MESSAGE),
-                    seq_key(seq),
-                    encode_value(SEQ_MESSAGE, &m)?,
+                self.put(
+                    &mut b,
+                    SEQ_MESSAGE,
+                    &seq_key(seq),
+                    &encode_value(SEQ_MESSAGE, &m)?,
                 );
             }
         }
-        Ok(self.db.write(b)?)
+        self.write(b, false)
     }
 
+    /// Every upload begun and not yet announced.
     pub fn uploads(&self) -> Result<Vec<StoredUpload>> {
-        let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(BLOBID_UPLOAD), rocksdb::IteratorMode::Start)
-        {
-            out.push(decode_value(BLOBID_UPLOAD, &item?.1)?);
-        }
-        Ok(out)
+        self.decode_scan(BLOBID_UPLOAD)
     }
 
+    /// A stored setting's value, if it was ever set.
     pub fn setting(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.db.get_cf(self.cf(NAME_SETTING), name.as_bytes())?)
+        Ok(self.get(NAME_SETTING, name.as_bytes())?.map(|v| v.to_vec()))
     }
 
     pub fn set_setting(&self, name: &str, value: &[u8]) -> Result<()> {
@@ -248,39 +375,34 @@ impl ClientDb {
     /// Stores a message unless one with the same envelope id is already stored (dedupe).
     /// Returns whether it was new. Synced: the caller acknowledges to the node after this.
     pub fn record_message(&mut self, m: &StoredMessage) -> Result<bool> {
-        if self
-            .db
-            .get_cf(self.cf(ENVELOPEID_SEQ), m.envelope_id.0)?
-            .is_some()
-        {
+        if self.has_message(&m.envelope_id)? {
             return Ok(false);
         }
         let seq = self.next_seq;
         let mut b = rocksdb::WriteBatch::default();
-        b.put_cf(
-            self.cf(SEQ_MESSAGE),
-            seq_key(seq),
-            encode_value(SEQ_MESSAGE, m)?,
+        self.put(
+            &mut b,
+            SEQ_MESSAGE,
+            &seq_key(seq),
+            &encode_value(SEQ_MESSAGE, m)?,
         );
-        b.put_cf(self.cf(ENVELOPEID_SEQ), m.envelope_id.0, seq_key(seq));
-        let wo = crate::synced();
-        self.db.write_opt(b, &wo)?;
+        self.put(&mut b, ENVELOPEID_SEQ, &m.envelope_id.0, &seq_key(seq));
+        self.write(b, true)?;
         self.next_seq += 1;
         Ok(true)
     }
 
     pub fn message(&self, id: &EnvelopeId) -> Result<Option<(u64, StoredMessage)>> {
-        let Some(seq) = self.db.get_cf(self.cf(ENVELOPEID_SEQ), id.0)? else {
+        let Some(seq) = self.get(ENVELOPEID_SEQ, &id.0)? else {
             return Ok(None);
         };
         let seq_n = decode_seq(&seq).ok_or(crate::StoreError::Corrupt {
             cf: ENVELOPEID_SEQ,
             reason: "bad sequence".into(),
         })?;
-        let Some(v) = self.db.get_cf(self.cf(SEQ_MESSAGE), &seq)? else {
-            return Ok(None);
-        };
-        Ok(Some((seq_n, decode_value(SEQ_MESSAGE, &v)?)))
+        Ok(self
+            .decode_get(SEQ_MESSAGE, &seq)?
+            .map(|m: StoredMessage| (seq_n, m)))
     }
 
     pub fn set_state(&self, id: &EnvelopeId, state: MessageState) -> Result<bool> {
@@ -302,87 +424,75 @@ impl ClientDb {
             return Ok(false);
         }
         m.state = state;
-        let v = encode_value(SEQ_MESSAGE, &m)?;
-        if sync {
-            self.put_synced(SEQ_MESSAGE, &seq_key(seq), &v)?;
-        } else {
-            self.db.put_cf(self.cf(SEQ_MESSAGE), seq_key(seq), v)?;
-        }
+        let mut b = rocksdb::WriteBatch::default();
+        self.put(
+            &mut b,
+            SEQ_MESSAGE,
+            &seq_key(seq),
+            &encode_value(SEQ_MESSAGE, &m)?,
+        );
+        self.write(b, sync)?;
         Ok(true)
     }
 
     /// Whether a message with this envelope id is stored (incoming dedupe before decrypting:
     /// a ratchet refuses a message it has already decrypted).
     pub fn has_message(&self, id: &EnvelopeId) -> Result<bool> {
-        Ok(self.db.get_cf(self.cf(ENVELOPEID_SEQ), id.0)?.is_some())
-    }
-
-    /// The prekey secrets' stored form, if any. The caller zeroizes it after use.
-    pub fn prekeys(&self) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
         Ok(self
             .db
-            .get_cf(self.cf(KEY_IDENTITY), b"prekeys")?
-            .map(zeroize::Zeroizing::new))
+            .get_cf(
+                self.cf(ENVELOPEID_SEQ),
+                self.stored_key(ENVELOPEID_SEQ, &id.0),
+            )?
+            .is_some())
+    }
+
+    /// The prekey secrets' stored form, if any.
+    pub fn prekeys(&self) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
+        self.get(KEY_IDENTITY, b"prekeys")
     }
 
     /// The stored sessions with `user`, newest first.
     pub fn sessions(&self, user: &UserId) -> Result<StoredSessions> {
-        let Some(mut v) = self.db.get_cf(self.cf(USERID_SESSIONS), user.as_bytes())? else {
+        let Some(v) = self.get(USERID_SESSIONS, user.as_bytes())? else {
             return Ok(Vec::new());
         };
-        let list: Result<Vec<Vec<u8>>> = decode_value(USERID_SESSIONS, &v);
-        v.zeroize();
-        Ok(list?.into_iter().map(zeroize::Zeroizing::new).collect())
+        decode_sessions(&v)
     }
 
     /// Skipped message keys held per remote user (as last stored with their sessions).
     pub fn skipped_counts(&self) -> Result<Vec<(UserId, u32)>> {
-        let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(USERID_SKIPPED), rocksdb::IteratorMode::Start)
-        {
-            let (k, v) = item?;
-            let n = v.as_ref().try_into().map(u32::from_be_bytes).map_err(|_| {
-                crate::StoreError::Corrupt {
-                    cf: USERID_SKIPPED,
-                    reason: "bad count".into(),
-                }
-            })?;
-            out.push((user_key(USERID_SKIPPED, &k)?, n));
-        }
-        Ok(out)
+        self.scan(USERID_SKIPPED)
+            .map(|item| {
+                let (k, v) = item?;
+                let n = v
+                    .as_slice()
+                    .try_into()
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| crate::StoreError::Corrupt {
+                        cf: USERID_SKIPPED,
+                        reason: "bad count".into(),
+                    })?;
+                Ok((user_key(USERID_SKIPPED, &k)?, n))
+            })
+            .collect()
     }
 
-    /// The remote users this device holds sessions with (keys only: nothing is decoded).
+    /// The remote users this device holds sessions with.
     pub fn session_users(&self) -> Result<Vec<UserId>> {
-        let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(USERID_SESSIONS), rocksdb::IteratorMode::Start)
-        {
-            out.push(user_key(USERID_SESSIONS, &item?.0)?);
-        }
-        Ok(out)
+        self.scan(USERID_SESSIONS)
+            .map(|item| user_key(USERID_SESSIONS, &item?.0))
+            .collect()
     }
 
     /// Every stored session, by remote user (for the device-wide bound on skipped keys).
     pub fn all_sessions(&self) -> Result<Vec<(UserId, StoredSessions)>> {
-        let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(USERID_SESSIONS), rocksdb::IteratorMode::Start)
-        {
-            let (k, mut v) = item?;
-            let user = user_key(USERID_SESSIONS, &k)?;
-            let list: Result<Vec<Vec<u8>>> = decode_value(USERID_SESSIONS, &v);
-            v.zeroize();
-            out.push((
-                user,
-                list?.into_iter().map(zeroize::Zeroizing::new).collect(),
-            ));
-        }
-        Ok(out)
+        self.scan(USERID_SESSIONS)
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((user_key(USERID_SESSIONS, &k)?, decode_sessions(&v)?))
+            })
+            .collect()
     }
 
     /// Applies these changes atomically and durably: a received message with the session state
@@ -394,117 +504,114 @@ impl ClientDb {
         for w in writes {
             match w {
                 ClientWrite::Message(m) => {
-                    b.put_cf(
-                        self.cf(SEQ_MESSAGE),
-                        seq_key(seq),
-                        encode_value(SEQ_MESSAGE, m)?,
+                    self.put(
+                        &mut b,
+                        SEQ_MESSAGE,
+                        &seq_key(seq),
+                        &encode_value(SEQ_MESSAGE, m)?,
                     );
-                    b.put_cf(self.cf(ENVELOPEID_SEQ), m.envelope_id.0, seq_key(seq));
+                    self.put(&mut b, ENVELOPEID_SEQ, &m.envelope_id.0, &seq_key(seq));
                     seq += 1;
                 }
                 ClientWrite::UpdateMessage(m) => {
                     if let Some((old_seq, _)) = self.message(&m.envelope_id)? {
-                        b.put_cf(
-                            self.cf(SEQ_MESSAGE),
-                            seq_key(old_seq),
-                            encode_value(SEQ_MESSAGE, m)?,
+                        self.put(
+                            &mut b,
+                            SEQ_MESSAGE,
+                            &seq_key(old_seq),
+                            &encode_value(SEQ_MESSAGE, m)?,
                         );
                     }
                 }
                 ClientWrite::Sessions(user, sessions, skipped) => {
                     let plain: Vec<&[u8]> = sessions.iter().map(|s| s.as_slice()).collect();
-                    let mut v = encode_value(USERID_SESSIONS, &plain)?;
-                    b.put_cf(self.cf(USERID_SESSIONS), user.as_bytes(), &v);
-                    v.zeroize();
-                    b.put_cf(
-                        self.cf(USERID_SKIPPED),
+                    let v = Zeroizing::new(encode_value(USERID_SESSIONS, &plain)?);
+                    self.put(&mut b, USERID_SESSIONS, user.as_bytes(), &v);
+                    self.put(
+                        &mut b,
+                        USERID_SKIPPED,
                         user.as_bytes(),
-                        skipped.to_be_bytes(),
+                        &skipped.to_be_bytes(),
                     );
                 }
                 ClientWrite::Prekeys(bytes) => {
-                    b.put_cf(self.cf(KEY_IDENTITY), b"prekeys", bytes.as_slice());
+                    self.put(&mut b, KEY_IDENTITY, b"prekeys", bytes.as_slice());
                 }
                 ClientWrite::Contact(c) => {
-                    b.put_cf(
-                        self.cf(NAME_CONTACT),
+                    self.put(
+                        &mut b,
+                        NAME_CONTACT,
                         c.name.as_bytes(),
-                        encode_value(NAME_CONTACT, c)?,
+                        &encode_value(NAME_CONTACT, c)?,
                     );
                 }
                 ClientWrite::RemoveContact(name) => {
-                    b.delete_cf(self.cf(NAME_CONTACT), name.as_bytes());
+                    self.delete(&mut b, NAME_CONTACT, name.as_bytes());
                 }
                 ClientWrite::RemoveSessions(user) => {
-                    b.delete_cf(self.cf(USERID_SESSIONS), user.as_bytes());
-                    b.delete_cf(self.cf(USERID_SKIPPED), user.as_bytes());
+                    self.delete(&mut b, USERID_SESSIONS, user.as_bytes());
+                    self.delete(&mut b, USERID_SKIPPED, user.as_bytes());
                 }
                 ClientWrite::Block(user) => {
-                    b.put_cf(self.cf(USERID_BLOCKED), user.as_bytes(), []);
+                    self.put(&mut b, USERID_BLOCKED, user.as_bytes(), &[]);
                 }
                 ClientWrite::RenamePeer { user, name } => {
-                    for item in self
-                        .db
-                        .iterator_cf(self.cf(SEQ_MESSAGE), rocksdb::IteratorMode::Start)
-                    {
+                    for item in self.scan(SEQ_MESSAGE) {
                         let (k, v) = item?;
                         let mut m: StoredMessage = decode_value(SEQ_MESSAGE, &v)?;
                         if m.peer == *user && m.peer_name != *name {
                             m.peer_name = name.clone();
-                            b.put_cf(self.cf(SEQ_MESSAGE), k, encode_value(SEQ_MESSAGE, &m)?);
+                            self.put(&mut b, SEQ_MESSAGE, &k, &encode_value(SEQ_MESSAGE, &m)?);
                         }
                     }
                 }
                 ClientWrite::File(id, f) => {
-                    let mut v = encode_value(ENVELOPEID_FILE, f)?;
-                    b.put_cf(self.cf(ENVELOPEID_FILE), id.0, &v);
-                    v.zeroize();
+                    let v = Zeroizing::new(encode_value(ENVELOPEID_FILE, f)?);
+                    self.put(&mut b, ENVELOPEID_FILE, &id.0, &v);
                 }
                 ClientWrite::Upload(blob, Some(u)) => {
-                    let mut v = encode_value(BLOBID_UPLOAD, u)?;
-                    b.put_cf(self.cf(BLOBID_UPLOAD), blob.0, &v);
-                    v.zeroize();
+                    let v = Zeroizing::new(encode_value(BLOBID_UPLOAD, u)?);
+                    self.put(&mut b, BLOBID_UPLOAD, &blob.0, &v);
                 }
                 ClientWrite::Upload(blob, None) => {
-                    b.delete_cf(self.cf(BLOBID_UPLOAD), blob.0);
+                    self.delete(&mut b, BLOBID_UPLOAD, &blob.0);
                 }
                 ClientWrite::Unsent(id, Some(u)) => {
-                    b.put_cf(
-                        self.cf(ENVELOPEID_UNSENT),
-                        id.0,
-                        encode_value(ENVELOPEID_UNSENT, u)?,
+                    self.put(
+                        &mut b,
+                        ENVELOPEID_UNSENT,
+                        &id.0,
+                        &encode_value(ENVELOPEID_UNSENT, u)?,
                     );
                 }
-                ClientWrite::Unsent(id, None) => b.delete_cf(self.cf(ENVELOPEID_UNSENT), id.0),
+                ClientWrite::Unsent(id, None) => self.delete(&mut b, ENVELOPEID_UNSENT, &id.0),
                 ClientWrite::Receipts(user, Some(r)) => {
-                    b.put_cf(
-                        self.cf(USERID_RECEIPTS),
+                    self.put(
+                        &mut b,
+                        USERID_RECEIPTS,
                         user.as_bytes(),
-                        encode_value(USERID_RECEIPTS, r)?,
+                        &encode_value(USERID_RECEIPTS, r)?,
                     );
                 }
                 ClientWrite::Receipts(user, None) => {
-                    b.delete_cf(self.cf(USERID_RECEIPTS), user.as_bytes());
+                    self.delete(&mut b, USERID_RECEIPTS, user.as_bytes());
                 }
             }
         }
-        let wo = crate::synced();
-        self.db.write_opt(b, &wo)?;
+        self.write(b, true)?;
         self.next_seq = seq;
         Ok(())
     }
 
     /// All messages in the order they were recorded.
     pub fn messages(&self) -> Result<Vec<StoredMessage>> {
-        let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(SEQ_MESSAGE), rocksdb::IteratorMode::Start)
-        {
-            out.push(decode_value(SEQ_MESSAGE, &item?.1)?);
-        }
-        Ok(out)
+        self.decode_scan(SEQ_MESSAGE)
     }
+}
+
+fn decode_sessions(v: &[u8]) -> Result<StoredSessions> {
+    let list: Vec<Vec<u8>> = decode_value(USERID_SESSIONS, v)?;
+    Ok(list.into_iter().map(zeroize::Zeroizing::new).collect())
 }
 
 fn user_key(cf: &'static str, k: &[u8]) -> Result<UserId> {
@@ -670,12 +777,12 @@ mod tests {
     fn history_dedupes_and_keeps_order_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut db = ClientDb::open(dir.path()).unwrap();
+            let mut db = ClientDb::open(dir.path(), None).unwrap();
             assert!(db.record_message(&msg(1)).unwrap());
             assert!(!db.record_message(&msg(1)).unwrap());
             assert!(db.record_message(&msg(2)).unwrap());
         }
-        let mut db = ClientDb::open(dir.path()).unwrap();
+        let mut db = ClientDb::open(dir.path(), None).unwrap();
         assert!(db.record_message(&msg(3)).unwrap());
         let texts: Vec<_> = db.messages().unwrap().into_iter().map(|m| m.text).collect();
         assert_eq!(texts, ["m1", "m2", "m3"]);
@@ -696,7 +803,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (bob, mallory) = (UserId([1; 32]), UserId([9; 32]));
         {
-            let mut db = ClientDb::open(dir.path()).unwrap();
+            let mut db = ClientDb::open(dir.path(), None).unwrap();
             v2::write_v2_contact(&db.db, "bob", bob, Some(mallory));
             let mut held = msg(1);
             held.peer = mallory;
@@ -707,7 +814,7 @@ mod tests {
                 .put_cf(&meta, b"schema_version", 2u32.to_be_bytes())
                 .unwrap();
         }
-        let db = ClientDb::open(dir.path()).unwrap();
+        let db = ClientDb::open(dir.path(), None).unwrap();
         let bob_c = db.contact("bob").unwrap().unwrap();
         assert_eq!(bob_c.address.user, bob, "the verified key stays");
         assert_eq!(bob_c.trust, Trust::Verified);
@@ -726,7 +833,7 @@ mod tests {
     #[test]
     fn contact_writes_block_remove_and_rename() {
         let dir = tempfile::tempdir().unwrap();
-        let mut db = ClientDb::open(dir.path()).unwrap();
+        let mut db = ClientDb::open(dir.path(), None).unwrap();
         let u = UserId([1; 32]);
         assert!(db.record_message(&msg(1)).unwrap());
         db.commit(&[
@@ -751,5 +858,130 @@ mod tests {
         assert_eq!(db.pending_receipts().unwrap()[0].1.due_at, 5);
         db.commit(&[ClientWrite::Receipts(u, None)]).unwrap();
         assert!(db.pending_receipts().unwrap().is_empty());
+    }
+
+    /// Every file under `dir`, searched for each needle; the needles found.
+    fn found_in_files(dir: &Path, needles: &[&[u8]]) -> Vec<String> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            for n in needles {
+                if bytes.windows(n.len()).any(|w| w == *n) {
+                    found.push(format!(
+                        "{} in {}",
+                        String::from_utf8_lossy(n),
+                        path.display()
+                    ));
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn encrypted_device_files_hold_no_text_name_or_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = [0x5au8; 32];
+        let peer = UserId([0x37; 32]);
+        let session = b"ratchet-root-key-0123456789abcdef".to_vec();
+        let mut first = msg(1);
+        first.text = "the eagle lands at midnight".into();
+        first.peer = peer;
+        first.peer_name = "zebediah".into();
+        let contact = Contact {
+            name: "zebediah".into(),
+            handle: Some("zebediah".into()),
+            address: Address {
+                user: peer,
+                node: "12D3KooWnode".into(),
+            },
+            trust: Trust::Verified,
+            added_at: 1,
+            origin: Origin::Accepted,
+            claims: None,
+            reset_asked_at: None,
+        };
+        {
+            // Written in clear first, as a device made before it had a passphrase.
+            let mut db = ClientDb::open(dir.path(), None).unwrap();
+            db.set_identity(&StoredIdentity {
+                seed,
+                name: "alice".into(),
+                home_node: "12D3KooWhome".into(),
+                home_addr: "/ip4/127.0.0.1/tcp/1".into(),
+            })
+            .unwrap();
+            assert!(db.record_message(&first).unwrap());
+            db.put_contact(&contact).unwrap();
+            db.commit(&[ClientWrite::Sessions(
+                peer,
+                vec![Zeroizing::new(session.clone())],
+                2,
+            )])
+            .unwrap();
+            db.encrypt(b"correct horse", KdfParams::TEST_ONLY).unwrap();
+            // Written sealed from the start.
+            let mut second = msg(2);
+            second.text = "second secret text".into();
+            assert!(db.record_message(&second).unwrap());
+            db.set_setting("receipts", b"policy-bytes").unwrap();
+        }
+        let needles: [&[u8]; 7] = [
+            b"the eagle lands",
+            b"second secret",
+            b"zebediah",
+            &seed,
+            &session,
+            peer.as_bytes(),
+            b"policy-bytes",
+        ];
+        assert_eq!(found_in_files(dir.path(), &needles), Vec::<String>::new());
+        assert!(matches!(
+            ClientDb::open(dir.path(), None),
+            Err(StoreError::Locked)
+        ));
+        assert!(matches!(
+            ClientDb::open(dir.path(), Some(b"wrong horse")),
+            Err(StoreError::WrongPassphrase)
+        ));
+        let read_back = |db: &ClientDb| {
+            let texts: Vec<_> = db.messages().unwrap().into_iter().map(|m| m.text).collect();
+            assert_eq!(texts, ["the eagle lands at midnight", "second secret text"]);
+            assert_eq!(db.identity().unwrap().unwrap().seed, seed);
+            assert_eq!(db.contact("zebediah").unwrap(), Some(contact.clone()));
+            assert_eq!(db.contacts().unwrap().len(), 1);
+            assert_eq!(*db.sessions(&peer).unwrap()[0], session);
+            assert_eq!(db.session_users().unwrap(), [peer]);
+            assert_eq!(db.skipped_counts().unwrap(), [(peer, 2)]);
+            assert!(db.has_message(&EnvelopeId([2; 16])).unwrap());
+            assert_eq!(db.setting("receipts").unwrap().unwrap(), b"policy-bytes");
+        };
+        {
+            let mut db = ClientDb::open(dir.path(), Some(b"correct horse")).unwrap();
+            read_back(&db);
+            assert!(matches!(
+                db.encrypt(b"again", KdfParams::TEST_ONLY),
+                Err(StoreError::AlreadyEncrypted)
+            ));
+            db.change_passphrase(b"battery staple", KdfParams::TEST_ONLY)
+                .unwrap();
+        }
+        assert!(matches!(
+            ClientDb::open(dir.path(), Some(b"correct horse")),
+            Err(StoreError::WrongPassphrase)
+        ));
+        let db = ClientDb::open(dir.path(), Some(b"battery staple")).unwrap();
+        read_back(&db);
+        drop(db);
+        assert_eq!(found_in_files(dir.path(), &needles), Vec::<String>::new());
+
+        // A full check reads an encrypted database through its vault: meta (kind, schema,
+        // vault), a message and its id → seq entry.
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = ClientDb::open(dir.path(), None).unwrap();
+        db.encrypt(b"correct horse", KdfParams::TEST_ONLY).unwrap();
+        assert!(db.record_message(&msg(1)).unwrap());
+        assert_eq!(db.check().unwrap(), 5);
     }
 }

@@ -20,6 +20,7 @@ pub mod client;
 pub mod node;
 pub mod records;
 pub mod schema;
+pub mod vault;
 
 use std::path::PathBuf;
 
@@ -40,6 +41,14 @@ pub enum StoreError {
     SchemaTooNew { found: u32, supported: u32 },
     #[error("database at {0} is not a {1} database")]
     WrongKind(PathBuf, &'static str),
+    #[error("this device's data is encrypted and no passphrase was given")]
+    Locked,
+    #[error("wrong passphrase (nothing was changed)")]
+    WrongPassphrase,
+    #[error("this device's data is already encrypted")]
+    AlreadyEncrypted,
+    #[error("this device's data is not encrypted")]
+    NotEncrypted,
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -95,6 +104,15 @@ pub(crate) fn open_db(
 ) -> Result<rocksdb::DB> {
     secure_dir(path)?;
     let mut opts = rocksdb::Options::default();
+    if kind == "client" {
+        // The MANIFEST keeps every table file's smallest and largest key, also of files long
+        // deleted, until it is rewritten, and a device's keys name contacts until a
+        // passphrase blinds them: start a fresh MANIFEST (a snapshot of the live files) at
+        // every change, so a device encrypted later keeps no clear key there. A device's
+        // tables change rarely; the cost is one small file per flush or compaction.
+        opts =
+            opts.get_options_from_string("max_manifest_file_size=1;max_manifest_space_amp_pct=0")?;
+    }
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     // Bodies are ciphertext: compression would spend CPU for nothing (and is not compiled in).

@@ -906,7 +906,7 @@ mod tests {
     #[test]
     fn client_database_is_not_a_node_database() {
         let dir = tempfile::tempdir().unwrap();
-        drop(crate::client::ClientDb::open(dir.path()).unwrap());
+        drop(crate::client::ClientDb::open(dir.path(), None).unwrap());
         assert!(matches!(
             NodeDb::open(dir.path()),
             Err(crate::StoreError::WrongKind(..))

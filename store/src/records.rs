@@ -14,6 +14,18 @@ use hestia_protocol::wire::{BlobPhase, BlobSpec, DeliveryState};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
+/// `meta` → `"vault"` in a device database whose data is encrypted (schema 8,
+/// [`crate::vault`]): the data key wrapped under a passphrase, and how that key is derived.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaultRecord {
+    pub version: u8,
+    pub kdf: crate::vault::KdfParams,
+    pub salt: [u8; 16],
+    pub nonce: [u8; 24],
+    /// The data key (32) and its tag (16).
+    pub wrapped: Vec<u8>,
+}
+
 // The node database.
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -309,6 +321,7 @@ pub fn check(cf: &str, key: &[u8], value: &[u8]) -> Result<()> {
             b"kind" | b"node_key" => Ok(()),
             b"vapid_key" | b"turn_secret" if value.len() == 32 => Ok(()),
             b"schema_version" if value.len() == 4 => Ok(()),
+            b"vault" => decode_value::<VaultRecord>(cf, value).map(drop),
             _ => Err(corrupt(cf, "unknown key")),
         },
         USERID_ACCOUNT => {

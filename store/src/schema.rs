@@ -9,14 +9,18 @@ use hestia_protocol::identity::UserId;
 /// Bumped with every change to a stored form; [`crate::node::NodeDb::open`] and
 /// [`crate::client::ClientDb::open`] refuse a newer database and migrate an older one step by step.
 /// 7 added call entries to a device's history (`MessageState::Call`): nothing to migrate, but an
-/// older binary would not read them.
-pub const SCHEMA_VERSION: u32 = 7;
+/// older binary would not read them. 8 lets a device's data be encrypted at rest (`meta` →
+/// `"vault"`, [`crate::vault`]): nothing to migrate, but an older binary would take the sealed
+/// values for corrupt ones.
+pub const SCHEMA_VERSION: u32 = 8;
 
 /// `meta`: `"schema_version"` → u32 BE; `"kind"` → `node` | `client`; `"node_key"` → the node's
 /// libp2p key (protobuf encoding) in the node database; `"vapid_key"` → the node's P-256 VAPID
 /// secret (32 bytes, schema 6), which signs its push wake-ups; `"turn_secret"` → 32 random
 /// bytes from which the node's call-relay credentials are derived (added without a schema
-/// change: an older node ignores it).
+/// change: an older node ignores it); `"vault"` → in a device database whose data is encrypted,
+/// the wrapped data key ([`crate::records::VaultRecord`], schema 8). With a vault, every other
+/// family's values are sealed and every key but `seq_message`'s is blinded ([`crate::vault`]).
 pub const META: &str = "meta";
 
 // Node database.

@@ -283,7 +283,7 @@ impl Net {
             assert!(n > 0, "node {i} holds nothing");
         }
         for u in users {
-            let db = hestia_store::client::ClientDb::open(&self.home(u)).unwrap();
+            let db = hestia_store::client::ClientDb::open(&self.home(u), None).unwrap();
             db.check().unwrap_or_else(|e| panic!("{u}'s device: {e}"));
         }
     }
@@ -302,6 +302,18 @@ impl Net {
             ]
             .concat(),
         )
+    }
+
+    /// Runs a client command as `user` with these environment variables set.
+    pub fn run_env(&self, user: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
+        Command::new(hestia_bin())
+            .arg("--home")
+            .arg(self.home(user))
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .expect("running hestia")
     }
 
     /// Starts a long-running client command as `user` (such as `inbox --follow`); its standard

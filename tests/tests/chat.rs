@@ -1,6 +1,7 @@
-//! `hestia chat` on a real terminal (a pseudo-terminal from util-linux `script`), against a real
-//! node: it shows a message that arrives, sends what is typed, and gives the terminal back on
-//! Ctrl-C.
+//! `hestia chat` on a real terminal against real nodes: in a pseudo-terminal from util-linux
+//! `script` read back through a terminal emulator, and in tmux as a person would use it
+//! (send-keys, capture-pane): messages both ways, the delivery mark reaching "on their
+//! device", a call rung and answered, and the terminal given back on Ctrl-C.
 
 use hestia_tests::{Net, hestia_bin};
 use std::io::Write;
@@ -80,4 +81,150 @@ fn the_terminal_client_shows_what_arrives_sends_what_is_typed_and_quits_cleanly(
         raw().contains("\u{1b}[?1049l"),
         "the terminal was not restored"
     );
+}
+
+/// A tmux server of the test's own (its own socket), killed when dropped.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    /// A session running `cmd` in directory `dir`.
+    fn start(name: &str, dir: &std::path::Path, cmd: &str) -> Tmux {
+        let t = Tmux {
+            socket: format!("hestia-test-{}-{name}", std::process::id()),
+        };
+        let dir = dir.to_str().unwrap();
+        let out = t.run(&["new-session", "-d", "-x", "110", "-y", "30", "-c", dir, cmd]);
+        assert!(out.status.success(), "tmux: {out:?}");
+        t
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new("tmux")
+            .args(["-L", &self.socket, "-f", "/dev/null"])
+            .args(args)
+            .env_remove("TMUX")
+            .env("TERM", "xterm-256color")
+            .output()
+            .expect("tmux")
+    }
+
+    /// What the pane shows now.
+    fn capture(&self) -> String {
+        String::from_utf8_lossy(&self.run(&["capture-pane", "-p"]).stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let out = self.run(&[&["send-keys"][..], keys].concat());
+        assert!(out.status.success(), "send-keys: {out:?}");
+    }
+
+    /// Waits until the pane shows `what`, doing `meanwhile` between looks; the screen.
+    fn wait_for(&self, what: &str, mut meanwhile: impl FnMut()) -> String {
+        let until = Instant::now() + Duration::from_secs(40);
+        loop {
+            let s = self.capture();
+            if s.contains(what) {
+                return s;
+            }
+            assert!(Instant::now() < until, "never showed {what:?}:\n{s}");
+            meanwhile();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+    }
+}
+
+#[test]
+fn in_tmux_across_two_nodes_messages_files_the_device_mark_and_a_call() {
+    let net = Net::start_with_call_relays(2);
+    net.contacts_both_ways("alice", 0, "bob", 1);
+    // Bob's device sends its receipt within a second of reading.
+    net.ok("bob", &["account", "receipts", "on", "--max-delay", "1"]);
+    let cmd = format!(
+        "{} --home {} chat",
+        hestia_bin().display(),
+        net.home("alice").display()
+    );
+    let downloads = net.tmp.path().join("alice-downloads");
+    std::fs::create_dir(&downloads).unwrap();
+    let tmux = Tmux::start("alice", &downloads, &cmd);
+    tmux.wait_for("connected to", || {});
+
+    // Bob writes; it appears on Alice's screen while it is open.
+    net.ok("bob", &["send", "alice", "live from node two"]);
+    tmux.wait_for("bob: live from node two", || {});
+
+    // Alice types; Bob reads it; the mark beside it moves to "on their device" (✓✓).
+    tmux.keys(&["-l", "typed in tmux"]);
+    tmux.keys(&["Enter"]);
+    let mut seen = String::new();
+    let screen = tmux.wait_for("typed in tmux  ✓✓", || {
+        if !seen.contains("typed in tmux") {
+            seen = net.ok("bob", &["inbox"]);
+        } else {
+            // Receipts leave only while Bob's device runs a command.
+            net.ok("bob", &["inbox"]);
+        }
+    });
+    assert!(seen.contains("alice: typed in tmux"), "{seen}\n{screen}");
+
+    // Files both ways: Bob's shows on Alice's screen and Ctrl-G fetches it where chat runs;
+    // Alice's, typed as /file PATH, reaches Bob.
+    let bobs = net.tmp.path().join("minutes-from-bob.txt");
+    std::fs::write(&bobs, "minutes of the meeting\n".repeat(5000)).unwrap();
+    net.ok("bob", &["send", "alice", "--file", bobs.to_str().unwrap()]);
+    tmux.wait_for("minutes-from-bob.txt", || {});
+    tmux.keys(&["C-g"]);
+    tmux.wait_for("verified, at", || {});
+    assert_eq!(
+        std::fs::read(downloads.join("minutes-from-bob.txt")).unwrap(),
+        std::fs::read(&bobs).unwrap()
+    );
+    let alices = net.tmp.path().join("agenda-from-alice.txt");
+    std::fs::write(&alices, "agenda\n".repeat(3000)).unwrap();
+    tmux.keys(&["-l", &format!("/file {}", alices.display())]);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("sent agenda-from-alice.txt", || {});
+    net.until("bob", &["inbox", "--all"], "agenda-from-alice.txt");
+
+    // Bob rings; Alice's screen says so; Ctrl-A answers; the call runs and ends.
+    let (mut caller, out) = net.spawn_client(
+        "bob",
+        &["call", "alice", "--audio", "tone:440", "--max-secs", "2"],
+    );
+    tmux.wait_for("bob is calling", || {});
+    tmux.keys(&["C-a"]);
+    tmux.wait_for("in a call with bob", || {});
+    let until = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = caller.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < until, "the call never ended");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let said = std::fs::read_to_string(&out).unwrap();
+    assert!(status.success(), "{said}");
+    assert!(said.contains("connected"), "{said}");
+    assert!(said.contains("call ended after 0:02"), "{said}");
+    let screen = tmux.wait_for("call ended after", || {});
+    assert!(
+        !screen.contains("Ctrl-A answer"),
+        "the call bar is gone:\n{screen}"
+    );
+
+    // Ctrl-C gives the terminal back.
+    tmux.keys(&["C-c"]);
+    let until = Instant::now() + Duration::from_secs(20);
+    while tmux.run(&["has-session"]).status.success() {
+        assert!(Instant::now() < until, "Ctrl-C did not quit");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

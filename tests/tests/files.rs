@@ -178,7 +178,7 @@ fn an_upload_killed_midway_resumes_without_sending_stored_chunks_again() {
 /// sender's client could have written it: the letter is what the sender chose).
 fn tamper(net: &Net, id: &str, edit: impl FnOnce(&mut hestia_store::client::StoredFile)) {
     use hestia_store::client::{ClientDb, ClientWrite};
-    let mut db = ClientDb::open(&net.home("bob")).unwrap();
+    let mut db = ClientDb::open(&net.home("bob"), None).unwrap();
     let (envelope, mut f) = db
         .files()
         .unwrap()

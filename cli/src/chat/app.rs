@@ -1,9 +1,13 @@
 //! The terminal client's state and what keys do to it, without a terminal or a device: keys and
 //! the device worker's updates go in, [`Action`]s for the worker come out, and `ui` draws it.
 
-use hestia_store::client::{Contact, Direction, MessageState, StoredMessage, Trust};
+use hestia_protocol::envelope::EnvelopeId;
+use hestia_store::client::{
+    Contact, Direction, FileState, MessageState, StoredFile, StoredMessage, Trust,
+};
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 /// Messages kept on screen per conversation (older ones stay in the history on the device).
 pub const MAX_SHOWN_PER_CONTACT: usize = 500;
@@ -21,7 +25,38 @@ pub enum Action {
     SafetyNumber {
         of: String,
     },
+    /// Encrypt and upload this file, then send it (typed as `/file PATH`).
+    SendFile {
+        to: String,
+        path: PathBuf,
+    },
+    /// Download, decrypt and verify a received file into the downloads directory.
+    GetFile {
+        id: EnvelopeId,
+    },
+    /// Ring this contact.
+    Ring {
+        to: String,
+    },
+    /// Answer, decline or hang up the call on screen (goes to the running call, not the
+    /// worker's queue: the worker is inside the call).
+    Call(CallKey),
     Quit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKey {
+    Answer,
+    Decline,
+    Hangup,
+}
+
+/// The call on screen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallBar {
+    pub peer: String,
+    pub incoming: bool,
+    pub connected: bool,
 }
 
 /// What the device worker tells the screen.
@@ -41,6 +76,10 @@ pub enum Update {
     },
     /// A one-line status (connected, reconnecting, an error).
     Status(String),
+    /// The call ringing or running (none: it ended).
+    Call(Option<CallBar>),
+    /// Every file sent or received, by the id of its message.
+    Files(Vec<(EnvelopeId, StoredFile)>),
 }
 
 #[derive(Debug, Default)]
@@ -60,6 +99,10 @@ pub struct App {
     pub safety: Option<(String, String)>,
     /// Lines scrolled back from the newest.
     pub scroll: usize,
+    /// The call ringing or running.
+    pub call: Option<CallBar>,
+    /// Files sent and received, by the id of the message that carries each.
+    pub files: HashMap<EnvelopeId, StoredFile>,
     /// Incoming messages counted already, so a new history counts only new ones as unread.
     seen: HashMap<String, usize>,
     /// A history came already (the first one is what was there before: nothing unread).
@@ -100,6 +143,32 @@ impl App {
             }
             (KeyCode::PageUp, _) => self.scroll = self.scroll.saturating_add(10),
             (KeyCode::PageDown, _) => self.scroll = self.scroll.saturating_sub(10),
+            (KeyCode::Char('r'), true) if self.call.is_none() => {
+                return self
+                    .selected_name()
+                    .map(|n| Action::Ring { to: n.to_string() });
+            }
+            (KeyCode::Char('a'), true) if self.call.as_ref().is_some_and(|c| c.incoming) => {
+                return Some(Action::Call(CallKey::Answer));
+            }
+            (KeyCode::Char('d'), true)
+                if self
+                    .call
+                    .as_ref()
+                    .is_some_and(|c| c.incoming && !c.connected) =>
+            {
+                return Some(Action::Call(CallKey::Decline));
+            }
+            (KeyCode::Char('e'), true) if self.call.is_some() => {
+                return Some(Action::Call(CallKey::Hangup));
+            }
+            (KeyCode::Char('g'), true) => {
+                let newest = self.fetchable_file();
+                if newest.is_none() {
+                    self.status = "no file to fetch in this conversation".into();
+                }
+                return newest.map(|id| Action::GetFile { id });
+            }
             (KeyCode::Char('v'), true) => {
                 return self
                     .selected_name()
@@ -113,6 +182,12 @@ impl App {
                 }
                 self.compose.clear();
                 self.scroll = 0;
+                if let Some(path) = text.strip_prefix("/file ") {
+                    return Some(Action::SendFile {
+                        to,
+                        path: PathBuf::from(path.trim()),
+                    });
+                }
                 return Some(Action::Send { to, text });
             }
             (KeyCode::Backspace, _) => {
@@ -126,6 +201,22 @@ impl App {
             _ => {}
         }
         None
+    }
+
+    /// The newest file received in the selected conversation that is not downloaded yet.
+    pub fn fetchable_file(&self) -> Option<EnvelopeId> {
+        let name = self.selected_name()?;
+        self.messages
+            .get(name)?
+            .iter()
+            .rev()
+            .filter(|m| m.direction == Direction::Incoming)
+            .find(|m| {
+                self.files.get(&m.envelope_id).is_some_and(|f| {
+                    matches!(f.state, FileState::Received | FileState::Downloading { .. })
+                })
+            })
+            .map(|m| m.envelope_id)
     }
 
     fn select(&mut self, i: usize) {
@@ -183,6 +274,8 @@ impl App {
             }
             Update::SafetyNumber { of, text } => self.safety = Some((of, text)),
             Update::Status(s) => self.status = s,
+            Update::Call(c) => self.call = c,
+            Update::Files(fs) => self.files = fs.into_iter().collect(),
         }
     }
 }
@@ -308,5 +401,80 @@ pub(crate) mod tests {
         assert_eq!(a.unread.get("alice"), None, "alice is on screen");
         a.key(key(KeyCode::Tab));
         assert_eq!(a.unread.get("bob"), None, "seen once selected");
+    }
+
+    #[test]
+    fn call_keys_ring_answer_decline_and_hang_up_only_when_they_apply() {
+        let ctrl = |c| KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL);
+        let mut a = App::default();
+        a.apply(Update::Contacts(vec![contact("bob", 2)]));
+        assert_eq!(a.key(ctrl('a')), None, "nothing to answer");
+        assert_eq!(a.key(ctrl('e')), None, "nothing to hang up");
+        assert_eq!(a.key(ctrl('r')), Some(Action::Ring { to: "bob".into() }));
+        a.apply(Update::Call(Some(CallBar {
+            peer: "bob".into(),
+            incoming: true,
+            connected: false,
+        })));
+        assert_eq!(a.key(ctrl('r')), None, "one call at a time");
+        assert_eq!(a.key(ctrl('d')), Some(Action::Call(CallKey::Decline)));
+        assert_eq!(a.key(ctrl('a')), Some(Action::Call(CallKey::Answer)));
+        a.apply(Update::Call(Some(CallBar {
+            peer: "bob".into(),
+            incoming: true,
+            connected: true,
+        })));
+        assert_eq!(
+            a.key(ctrl('d')),
+            None,
+            "an answered call is hung up, not declined"
+        );
+        assert_eq!(a.key(ctrl('e')), Some(Action::Call(CallKey::Hangup)));
+        a.apply(Update::Call(None));
+        assert_eq!(a.call, None);
+    }
+
+    #[test]
+    fn slash_file_sends_a_file_and_ctrl_g_fetches_the_newest_one_not_yet_here() {
+        let mut a = App::default();
+        a.apply(Update::Contacts(vec![contact("bob", 2)]));
+        for c in "/file ./talk.mp4".chars() {
+            a.key(key(KeyCode::Char(c)));
+        }
+        assert_eq!(
+            a.key(key(KeyCode::Enter)),
+            Some(Action::SendFile {
+                to: "bob".into(),
+                path: "./talk.mp4".into()
+            })
+        );
+        let ctrl_g = KeyEvent::new(KeyCode::Char('g'), KeyModifiers::CONTROL);
+        assert_eq!(a.key(ctrl_g), None, "no file yet");
+        assert!(a.status.contains("no file"));
+        a.apply(Update::History(vec![
+            message("bob", 1, "", Direction::Incoming),
+            message("bob", 2, "", Direction::Incoming),
+        ]));
+        let file = |state| StoredFile {
+            file: crate::chat::ui::tests::file_ref("a.pdf", 2048),
+            direction: Direction::Incoming,
+            state,
+        };
+        a.apply(Update::Files(vec![
+            (EnvelopeId([1; 16]), file(FileState::Received)),
+            (
+                EnvelopeId([2; 16]),
+                file(FileState::Downloaded {
+                    path: "/tmp/a.pdf".into(),
+                }),
+            ),
+        ]));
+        assert_eq!(
+            a.key(ctrl_g),
+            Some(Action::GetFile {
+                id: EnvelopeId([1; 16])
+            }),
+            "the newest one not downloaded yet"
+        );
     }
 }

@@ -1,15 +1,21 @@
 //! `hestia chat`: the terminal client. Three parts, so the screen never waits on the network:
 //! a thread reading the terminal's keys, the screen loop (`App` state, `ui` drawing), and one
 //! device worker task that owns the `Device` and its connection, performs the screen's
-//! [`Action`]s and reads the inbox, and sends the screen [`Update`]s. Works over SSH (plain
+//! [`Action`]s and reads the inbox, and sends the screen [`Update`]s. A call (rung with Ctrl-R,
+//! or ringing in) runs inside the worker; its keys reach it on a channel of their own. Works over SSH (plain
 //! crossterm, no mouse), redraws on resize, restores the terminal on exit and on panic.
 
 pub mod app;
 pub mod ui;
 
 use anyhow::Result;
-use app::{Action, App, Update};
+use app::{Action, App, CallBar, CallKey, Update};
+use hestia_node::client::call::audio::{Meter, Silence};
+use hestia_node::client::call::udp::Command;
+use hestia_node::client::calls::{CallProgress, CallSetup, Media};
 use hestia_node::client::{ClientLibError, Connection, Device, InboxEvent};
+use hestia_node::driver::now_millis;
+use hestia_protocol::call::{CallSignal, MAX_OFFER_AGE_MS};
 use ratatui::crossterm::event::{self, Event, KeyEventKind};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -26,14 +32,16 @@ enum Input {
 }
 
 pub async fn run(home: &Path) -> Result<()> {
-    let d = Device::open(home)?;
+    let d = crate::unlock::open_device(home)?;
     // Fail before the screen takes over, with the usual one-line error.
     let conn = d.connect().await?;
     let (upd_tx, mut updates) = mpsc::channel(256);
     let (act_tx, actions) = mpsc::channel(64);
+    // Call keys go straight to the running call: the worker is inside it, not at its queue.
+    let (call_tx, call_rx) = mpsc::channel(8);
     // The worker runs beside the screen in this task (a device is not `Send`); closing the
     // actions channel ends it at its next turn, between operations, never inside one.
-    let worker = worker(d, conn, actions, upd_tx);
+    let worker = worker(d, conn, actions, call_rx, upd_tx);
     let (key_tx, mut keys) = mpsc::channel(256);
     std::thread::spawn(move || {
         loop {
@@ -60,10 +68,23 @@ pub async fn run(home: &Path) -> Result<()> {
                     if let Input::Key(k) = input
                         && let Some(a) = app.key(k)
                     {
-                        if a == Action::Quit {
-                            return Ok(());
+                        match a {
+                            Action::Quit => return Ok(()),
+                            Action::Call(k) => {
+                                let _ = call_tx.try_send(match k {
+                                    CallKey::Answer => Command::Answer,
+                                    CallKey::Decline => Command::Decline,
+                                    CallKey::Hangup => Command::Hangup,
+                                });
+                            }
+                            // Never wait here: the screen keeps drawing while the worker is
+                            // busy (in a call, say); a full queue drops the key.
+                            a => {
+                                if act_tx.try_send(a).is_err() {
+                                    app.status = "busy: try again in a moment".into();
+                                }
+                            }
                         }
-                        let _ = act_tx.send(a).await;
                     }
                 }
                 Some(u) = updates.recv() => app.apply(u),
@@ -81,10 +102,78 @@ pub async fn run(home: &Path) -> Result<()> {
     result
 }
 
+/// A transfer's progress on the status line, once per percent.
+fn percent<'a>(
+    what: &'a str,
+    name: &'a str,
+    updates: &'a mpsc::Sender<Update>,
+) -> impl FnMut(u64, u64) + 'a {
+    let mut last = None;
+    move |done, total| {
+        let p = done * 100 / total.max(1);
+        if last != Some(p) {
+            last = Some(p);
+            let _ = updates.try_send(Update::Status(format!("{what} {name}: {p}%")));
+        }
+    }
+}
+
+/// A call from the terminal client: it sends silence (no microphone in this build) and
+/// hears into a meter.
+fn call_setup() -> CallSetup {
+    CallSetup {
+        source: Box::new(Silence),
+        sink: Box::new(Meter::default()),
+        media: Media::default(),
+    }
+}
+
+/// Shows a running call's progress on the screen.
+fn show_call(
+    updates: &mpsc::Sender<Update>,
+    peer: &str,
+    incoming: bool,
+) -> impl FnMut(CallProgress) + Send {
+    let updates = updates.clone();
+    let mut bar = CallBar {
+        peer: peer.to_string(),
+        incoming,
+        connected: false,
+    };
+    move |p| {
+        let u = match p {
+            CallProgress::Ringing { to } => {
+                bar.peer = to;
+                Update::Call(Some(bar.clone()))
+            }
+            CallProgress::Incoming { from } => {
+                bar.peer = from;
+                bar.incoming = true;
+                Update::Call(Some(bar.clone()))
+            }
+            CallProgress::Connected { .. } => {
+                bar.connected = true;
+                Update::Call(Some(bar.clone()))
+            }
+            CallProgress::Text(t) => Update::Status(format!("{} (in the call): {t}", bar.peer)),
+            CallProgress::Busy { from } => {
+                Update::Status(format!("{from} called too and was told you are busy"))
+            }
+            CallProgress::Ended { reason, talked } => {
+                let _ = updates.try_send(Update::Call(None));
+                Update::Status(crate::call::ended_text(&bar.peer, reason, talked))
+            }
+            CallProgress::Inbox(_) => return,
+        };
+        let _ = updates.try_send(u);
+    }
+}
+
 async fn worker(
     mut d: Device,
     mut conn: Connection,
     mut actions: mpsc::Receiver<Action>,
+    mut calls: mpsc::Receiver<Command>,
     updates: mpsc::Sender<Update>,
 ) {
     let say = |u: Update| {
@@ -93,6 +182,9 @@ async fn worker(
     let refresh = |d: &Device| {
         if let Ok(c) = d.contacts() {
             say(Update::Contacts(c));
+        }
+        if let Ok(fs) = d.files() {
+            say(Update::Files(fs));
         }
         if let Ok(h) = d.history() {
             say(Update::History(h));
@@ -119,10 +211,44 @@ async fn worker(
                     }
                     Err(e) => say(Update::Status(e.to_string())),
                 },
+                Ok(Action::SendFile { to, path }) => {
+                    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+                    let name = name.unwrap_or_default();
+                    let mut tick = percent("uploading", &name, &updates);
+                    match d.send_file(&mut conn, &to, &path, "", &mut tick).await {
+                        Ok(_) => say(Update::Status(format!("sent {name}"))),
+                        Err(e) => say(Update::Status(format!("not sent: {e}"))),
+                    }
+                    changed = true;
+                }
+                Ok(Action::GetFile { id }) => {
+                    let mut tick = percent("downloading", "the file", &updates);
+                    match d.fetch_file(&mut conn, &id, None, &mut tick).await {
+                        Ok(place) => {
+                            say(Update::Status(format!("verified, at {}", place.display())))
+                        }
+                        Err(e) => say(Update::Status(format!("not fetched: {e}"))),
+                    }
+                    changed = true;
+                }
+                Ok(Action::Ring { to }) => {
+                    while calls.try_recv().is_ok() {}
+                    let mut on = show_call(&updates, &to, false);
+                    if let Err(e) = d
+                        .call(&mut conn, &to, call_setup(), &mut calls, &mut on)
+                        .await
+                    {
+                        say(Update::Call(None));
+                        say(Update::Status(format!("call failed: {e}")));
+                    }
+                    changed = true;
+                }
+                Ok(Action::Call(_)) => {}
                 Ok(Action::Quit) | Err(mpsc::error::TryRecvError::Disconnected) => return,
                 Err(mpsc::error::TryRecvError::Empty) => break,
             }
         }
+        let mut offers = Vec::new();
         match d.sync(&mut conn, POLL_MS).await {
             Ok(events) => {
                 for ev in &events {
@@ -137,16 +263,38 @@ async fn worker(
                         }),
                         InboxEvent::Call {
                             contact,
-                            signal: hestia_protocol::call::CallSignal::Offer { .. },
-                            ..
-                        } => say(Update::Status(format!(
-                            "{contact} called (missed here: calls are taken by `hestia call --listen` \
-                                 or `hestia inbox --follow`)"
-                        ))),
+                            signal: CallSignal::Offer { call, sdp },
+                            sent_at,
+                        } => offers.push((contact.clone(), *call, sdp.clone(), *sent_at)),
                         _ => {}
                     }
                 }
                 changed |= !events.is_empty();
+                // Rings here until answered, declined or given up (an offer too old to
+                // answer is passed over: it is a missed call in the history).
+                for (from, id, sdp, sent_at) in offers.drain(..) {
+                    if now_millis().saturating_sub(sent_at) > MAX_OFFER_AGE_MS {
+                        continue;
+                    }
+                    while calls.try_recv().is_ok() {}
+                    let mut on = show_call(&updates, &from, true);
+                    let answered = d
+                        .answer_offer(
+                            &mut conn,
+                            &from,
+                            id,
+                            &sdp,
+                            sent_at,
+                            call_setup(),
+                            &mut calls,
+                            &mut on,
+                        )
+                        .await;
+                    say(Update::Call(None));
+                    if let Err(e) = answered {
+                        say(Update::Status(format!("call failed: {e}")));
+                    }
+                }
             }
             Err(e @ (ClientLibError::RequestFailed(_) | ClientLibError::Unreachable { .. })) => {
                 say(Update::Status(format!(

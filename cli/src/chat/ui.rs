@@ -17,6 +17,10 @@ Enter        send what you typed to the selected contact
 Tab, Ctrl-N  next contact          Shift-Tab, Ctrl-P  previous
 PgUp, PgDn   scroll the conversation
 Ctrl-V       the contact's safety number and QR code (compare it in person)
+/file PATH   send a file (encrypted here, uploaded to your node, then announced)
+Ctrl-G       fetch the newest file they sent (decrypted, verified, put where chat started)
+Ctrl-R       ring the contact       Ctrl-A answer   Ctrl-D decline   Ctrl-E hang up
+             (this build sends silence: no microphone yet)
 Esc          clear the line; quit when it is empty     Ctrl-C  quit
 ?            this help (any key closes it)
 
@@ -50,16 +54,64 @@ pub fn draw(f: &mut Frame, app: &App) {
             .block(Block::default().borders(Borders::ALL).title(to)),
         compose,
     );
-    f.render_widget(
-        Paragraph::new(format!(" {}   ? help", display::line(&app.status)))
-            .style(Style::default().fg(Color::DarkGray)),
-        status,
-    );
+    match &app.call {
+        Some(c) => f.render_widget(
+            Paragraph::new(format!(" ☎ {}", call_line(c))).style(
+                Style::default()
+                    .fg(Color::Yellow)
+                    .add_modifier(Modifier::BOLD),
+            ),
+            status,
+        ),
+        None => f.render_widget(
+            Paragraph::new(format!(" {}   ? help", display::line(&app.status)))
+                .style(Style::default().fg(Color::DarkGray)),
+            status,
+        ),
+    }
     if app.help {
         overlay(f, " help ", HELP);
     }
     if let Some((of, text)) = &app.safety {
         overlay(f, &format!(" safety number: {} ", display::line(of)), text);
+    }
+}
+
+/// A file's message: name, size, where it stands, and its caption (all neutralised).
+fn file_text(f: &hestia_store::client::StoredFile) -> String {
+    use hestia_store::client::FileState;
+    let incoming = f.direction == Direction::Incoming;
+    let state = match &f.state {
+        FileState::Received => "Ctrl-G to fetch".to_string(),
+        FileState::Downloading { done, .. } => format!(
+            "{}% here, Ctrl-G to go on",
+            u64::from(*done) * 100 / u64::from(f.file.cipher.chunks.max(1))
+        ),
+        FileState::Downloaded { path } => format!("at {}", display::line(path)),
+        FileState::Expired => "file expired".into(),
+        FileState::Sent if incoming => String::new(),
+        FileState::Sent => "on your node".into(),
+        FileState::Fetched => "fetched by them".into(),
+    };
+    let mut t = format!(
+        "📎 {} ({}) {state}",
+        display::line(&f.file.name),
+        crate::files::mib(f.file.size)
+    );
+    if !f.file.caption.is_empty() {
+        t.push('\n');
+        t.push_str(&display::block(&f.file.caption));
+    }
+    t
+}
+
+/// What the call bar says, and which keys apply.
+pub fn call_line(c: &super::app::CallBar) -> String {
+    let peer = display::line(&c.peer);
+    match (c.incoming, c.connected) {
+        (_, true) => format!("in a call with {peer} (you send silence)   Ctrl-E hang up"),
+        (true, false) => format!("{peer} is calling   Ctrl-A answer   Ctrl-D decline"),
+        (false, false) => format!("ringing {peer}…   Ctrl-E hang up"),
     }
 }
 
@@ -157,7 +209,10 @@ fn draw_conversation(f: &mut Frame, app: &App, area: Rect) {
             ]));
             continue;
         }
-        let body = display::block(&m.text);
+        let body = match app.files.get(&m.envelope_id) {
+            Some(f) => file_text(f),
+            None => display::block(&m.text).into_owned(),
+        };
         let (who, mark) = match m.direction {
             Direction::Incoming => (display::line(&m.peer_name).into_owned(), String::new()),
             Direction::Outgoing => ("me".into(), format!("  {}", delivery_mark(&m.state))),
@@ -207,7 +262,7 @@ fn draw_conversation(f: &mut Frame, app: &App, area: Rect) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::app::{App, Update};
     use hestia_store::client::Direction;
     use ratatui::Terminal;
@@ -251,5 +306,74 @@ mod tests {
         assert!(s.contains("me: hello bob  ✓"), "{s}");
         assert!(!s.contains('\u{1b}'), "no raw escape reaches the screen");
         assert!(s.contains("connected"), "{s}");
+    }
+
+    #[test]
+    fn a_call_takes_the_status_line_with_the_keys_that_apply() {
+        use super::super::app::CallBar;
+        let mut a = App::default();
+        a.apply(Update::Status("connected".into()));
+        a.apply(Update::Call(Some(CallBar {
+            peer: "bob\u{1b}[31m".into(),
+            incoming: true,
+            connected: false,
+        })));
+        let s = screen(&a);
+        assert!(
+            s.contains("is calling   Ctrl-A answer   Ctrl-D decline"),
+            "{s}"
+        );
+        assert!(!s.contains('\u{1b}'), "{s}");
+        a.apply(Update::Call(Some(CallBar {
+            peer: "bob".into(),
+            incoming: true,
+            connected: true,
+        })));
+        assert!(screen(&a).contains("in a call with bob"));
+        a.apply(Update::Call(None));
+        assert!(screen(&a).contains("connected"), "the status line is back");
+    }
+
+    pub(crate) fn file_ref(name: &str, size: u64) -> hestia_protocol::file::FileRef {
+        use hestia_protocol::file::{BlobId, Capability, FileCipher, FileRef};
+        FileRef {
+            name: name.into(),
+            mime: "application/pdf".into(),
+            caption: "minutes \u{1b}[2J".into(),
+            size,
+            digest: [0; 32],
+            cipher: FileCipher::generate(&mut rand::rng(), size).unwrap(),
+            node: "12D3KooWnode".into(),
+            blob: BlobId([0; 16]),
+            cap: Capability([0; 32]),
+            expires_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_file_shows_its_name_size_state_and_caption() {
+        use super::super::app::tests::{contact, message};
+        use hestia_protocol::envelope::EnvelopeId;
+        use hestia_store::client::{FileState, StoredFile};
+        let mut a = App::default();
+        a.apply(Update::Contacts(vec![contact("bob", 2)]));
+        a.apply(Update::History(vec![message(
+            "bob",
+            1,
+            "",
+            Direction::Incoming,
+        )]));
+        a.apply(Update::Files(vec![(
+            EnvelopeId([1; 16]),
+            StoredFile {
+                file: file_ref("report.pdf", 3 << 20),
+                direction: Direction::Incoming,
+                state: FileState::Received,
+            },
+        )]));
+        let s = screen(&a);
+        assert!(s.contains("report.pdf (3.0 MiB) Ctrl-G to fetch"), "{s}");
+        assert!(s.contains("minutes"), "{s}");
+        assert!(!s.contains('\u{1b}'), "{s}");
     }
 }

@@ -48,6 +48,7 @@ use hestia_store::client::{
     CallOutcome, ClientDb, ClientWrite, Contact, Direction, FileState, MessageState, Origin,
     PendingReceipts, StoredFile, StoredIdentity, StoredMessage, Trust, UnsentEnvelope,
 };
+use hestia_store::vault::KdfParams;
 use libp2p::{Multiaddr, PeerId};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -274,10 +275,26 @@ impl Device {
         name: &str,
         node_addr: &Multiaddr,
     ) -> Result<Device, ClientLibError> {
+        Device::create_with(dir, name, node_addr, None).await
+    }
+
+    /// [`Device::create`], with everything this device stores encrypted under `passphrase`
+    /// from the first write ([`hestia_store::vault`]).
+    pub async fn create_with(
+        dir: &Path,
+        name: &str,
+        node_addr: &Multiaddr,
+        passphrase: Option<&[u8]>,
+    ) -> Result<Device, ClientLibError> {
         check_name(name)?;
-        let mut db = ClientDb::open(dir)?;
+        let mut db = ClientDb::open(dir, passphrase)?;
         if let Some(existing) = db.identity()? {
             return Err(ClientLibError::AccountExists(existing.name.clone()));
+        }
+        if let Some(pass) = passphrase
+            && db.encryption()?.is_none()
+        {
+            db.encrypt(pass, KdfParams::DEFAULT)?;
         }
         let rng = &mut rand::rng();
         let key = IdentityKey::generate(rng);
@@ -310,11 +327,17 @@ impl Device {
         Ok(device)
     }
 
+    /// Opens the device in `dir` (its data must not be encrypted: see [`Device::open_with`]).
     pub fn open(dir: &Path) -> Result<Device, ClientLibError> {
+        Device::open_with(dir, None)
+    }
+
+    /// Opens the device in `dir`, unlocking its data with `passphrase` if it is encrypted.
+    pub fn open_with(dir: &Path, passphrase: Option<&[u8]>) -> Result<Device, ClientLibError> {
         if !dir.join("CURRENT").exists() {
             return Err(ClientLibError::NoAccount);
         }
-        let mut db = ClientDb::open(dir)?;
+        let mut db = ClientDb::open(dir, passphrase)?;
         let id = db.identity()?.ok_or(ClientLibError::NoAccount)?;
         let home_addr = id
             .home_addr
@@ -346,6 +369,21 @@ impl Device {
             last_prekey_check: None,
             none_waiting: false,
         })
+    }
+
+    /// How this device's data is encrypted at rest, if it is.
+    pub fn encryption(&self) -> Result<Option<KdfParams>, ClientLibError> {
+        Ok(self.db.encryption()?)
+    }
+
+    /// Encrypts everything this device has stored under `passphrase` (it was in clear).
+    pub fn encrypt(&mut self, passphrase: &[u8]) -> Result<(), ClientLibError> {
+        Ok(self.db.encrypt(passphrase, KdfParams::DEFAULT)?)
+    }
+
+    /// Sets a new passphrase (the old one opened this device).
+    pub fn change_passphrase(&mut self, passphrase: &[u8]) -> Result<(), ClientLibError> {
+        Ok(self.db.change_passphrase(passphrase, KdfParams::DEFAULT)?)
     }
 
     pub async fn connect(&self) -> Result<Connection, ClientLibError> {
@@ -1487,7 +1525,7 @@ mod tests {
 
     /// A device with an identity and prekeys but no node (nothing here connects).
     fn offline_device(dir: &Path, name: &str) -> Device {
-        let mut db = ClientDb::open(dir).unwrap();
+        let mut db = ClientDb::open(dir, None).unwrap();
         let key = IdentityKey::generate(&mut rand::rng());
         let node = libp2p::identity::Keypair::generate_ed25519()
             .public()
