@@ -378,18 +378,23 @@ impl ClientDb {
         if self.has_message(&m.envelope_id)? {
             return Ok(false);
         }
-        let seq = self.next_seq;
         let mut b = rocksdb::WriteBatch::default();
+        self.put_message(&mut b, self.next_seq, m)?;
+        self.write(b, true)?;
+        self.next_seq += 1;
+        Ok(true)
+    }
+
+    /// A new message under `seq`, and its envelope id → `seq` entry.
+    fn put_message(&self, b: &mut rocksdb::WriteBatch, seq: u64, m: &StoredMessage) -> Result<()> {
         self.put(
-            &mut b,
+            b,
             SEQ_MESSAGE,
             &seq_key(seq),
             &encode_value(SEQ_MESSAGE, m)?,
         );
-        self.put(&mut b, ENVELOPEID_SEQ, &m.envelope_id.0, &seq_key(seq));
-        self.write(b, true)?;
-        self.next_seq += 1;
-        Ok(true)
+        self.put(b, ENVELOPEID_SEQ, &m.envelope_id.0, &seq_key(seq));
+        Ok(())
     }
 
     pub fn message(&self, id: &EnvelopeId) -> Result<Option<(u64, StoredMessage)>> {
@@ -504,13 +509,7 @@ impl ClientDb {
         for w in writes {
             match w {
                 ClientWrite::Message(m) => {
-                    self.put(
-                        &mut b,
-                        SEQ_MESSAGE,
-                        &seq_key(seq),
-                        &encode_value(SEQ_MESSAGE, m)?,
-                    );
-                    self.put(&mut b, ENVELOPEID_SEQ, &m.envelope_id.0, &seq_key(seq));
+                    self.put_message(&mut b, seq, m)?;
                     seq += 1;
                 }
                 ClientWrite::UpdateMessage(m) => {

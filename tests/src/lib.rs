@@ -406,6 +406,18 @@ impl Net {
     }
 }
 
+/// Waits for `child` to exit by itself, for at most `secs`; its exit status.
+pub fn wait_exit(child: &mut Child, secs: u64, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(s) = child.try_wait().expect("waiting for a child") {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{what} did not end");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Resident and peak resident memory of a process, in KiB (`VmRSS`, `VmHWM` in /proc).
 pub fn memory_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

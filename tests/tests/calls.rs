@@ -68,14 +68,7 @@ fn a_call_across_two_nodes_is_relayed_by_both_and_each_side_hears_the_others_ton
         "{alice_said}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = bob.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "Bob's call did not end");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = hestia_tests::wait_exit(&mut bob, 20, "Bob's call");
     let bob_said = std::fs::read_to_string(&bob_out).unwrap();
     assert!(status.success(), "{bob_said}");
 
@@ -178,13 +171,7 @@ fn a_call_rings_a_following_inbox_and_is_answered_by_typing_a() {
         std::thread::sleep(Duration::from_millis(50));
     }
     bob.stdin.as_mut().unwrap().write_all(b"a\n").unwrap();
-    let status = loop {
-        if let Some(s) = alice.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < until, "the call never ended");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = hestia_tests::wait_exit(&mut alice, 30, "the call");
     assert!(status.success(), "{}", said(&alice_out));
     assert!(
         said(&alice_out).contains("connected"),

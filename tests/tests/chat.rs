@@ -3,7 +3,7 @@
 //! (send-keys, capture-pane): messages both ways, the delivery mark reaching "on their
 //! device", a call rung and answered, and the terminal given back on Ctrl-C.
 
-use hestia_tests::{Net, hestia_bin};
+use hestia_tests::{Net, hestia_bin, wait_exit};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -68,13 +68,7 @@ fn the_terminal_client_shows_what_arrives_sends_what_is_typed_and_quits_cleanly(
 
     keys.write_all(b"\x03").unwrap();
     keys.flush().unwrap();
-    let status = loop {
-        if let Some(s) = chat.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < until, "Ctrl-C did not quit");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_exit(&mut chat, 20, "hestia chat after Ctrl-C");
     assert!(status.success(), "{status}");
     // The alternate screen was left: the terminal is the user's again.
     assert!(
@@ -202,14 +196,7 @@ fn in_tmux_across_two_nodes_messages_files_the_device_mark_and_a_call() {
     tmux.wait_for("bob is calling", || {});
     tmux.keys(&["C-a"]);
     tmux.wait_for("in a call with bob", || {});
-    let until = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = caller.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < until, "the call never ended");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = wait_exit(&mut caller, 30, "the call");
     let said = std::fs::read_to_string(&out).unwrap();
     assert!(status.success(), "{said}");
     assert!(said.contains("connected"), "{said}");
