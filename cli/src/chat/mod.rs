@@ -14,8 +14,7 @@ use hestia_node::client::call::audio::{Meter, Silence};
 use hestia_node::client::call::udp::Command;
 use hestia_node::client::calls::{CallProgress, CallSetup, Media};
 use hestia_node::client::{ClientLibError, Connection, Device, InboxEvent};
-use hestia_node::driver::now_millis;
-use hestia_protocol::call::{CallSignal, MAX_OFFER_AGE_MS};
+use hestia_protocol::call::CallSignal;
 use ratatui::crossterm::event::{self, Event, KeyEventKind};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -270,12 +269,9 @@ async fn worker(
                     }
                 }
                 changed |= !events.is_empty();
-                // Rings here until answered, declined or given up (an offer too old to
-                // answer is passed over: it is a missed call in the history).
+                // Rings here until answered, declined or given up (`answer_offer` passes over
+                // an offer too old to answer: it is a missed call in the history).
                 for (from, id, sdp, sent_at) in offers.drain(..) {
-                    if now_millis().saturating_sub(sent_at) > MAX_OFFER_AGE_MS {
-                        continue;
-                    }
                     while calls.try_recv().is_ok() {}
                     let mut on = show_call(&updates, &from, true);
                     let answered = d
