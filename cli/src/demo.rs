@@ -64,8 +64,12 @@ pub async fn start_local_node(
         data_dir: dir.to_path_buf(),
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
         bootstrap,
-        registration_open: true,
+        registration: hestia_node::relay::Registration::Open,
         limits,
+        metrics_listen: None,
+        backup_dir: None,
+        backups_keep: hestia_node::driver::BACKUPS_KEPT,
+        log_control: None,
         limit_loopback: false,
         crash_after_sends: None,
         push: hestia_node::driver::PushSettings::default(),
@@ -129,6 +133,7 @@ pub async fn run() -> Result<()> {
         "alice",
         &node_addrs[0],
         Some(b"demo passphrase, not a good one"),
+        None,
     )
     .await?;
     let mut bob = Device::create(&root.join("bob"), "bob", &node_addrs[1]).await?;

@@ -15,18 +15,17 @@ mod demo;
 mod files;
 mod inspect;
 mod json;
+mod node;
 mod push;
 mod real;
 mod unlock;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use hestia_node::client::{ClientLibError, Device, InboxEvent};
-use hestia_node::driver::{Node, NodeConfig, PushSettings};
-use hestia_protocol::wire::BlobSpec;
 use hestia_store::client::{CallOutcome, Direction, MessageState, StoredMessage, Trust};
 use libp2p::Multiaddr;
-use serde::Deserialize;
+use node::NodeCmd;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -41,7 +40,8 @@ struct Cli {
     #[arg(long, global = true, env = "HESTIA_HOME")]
     home: Option<PathBuf>,
     /// Print what a reading command shows (inbox, status, contact list, account show, file
-    /// list, push status) as JSON: one object per line, with ids and Unix-millisecond times.
+    /// list, push status, node admin) as JSON: one object per line, with ids and
+    /// Unix-millisecond times.
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -132,115 +132,6 @@ enum FileCmd {
 }
 
 #[derive(Subcommand)]
-enum NodeCmd {
-    /// Run a node until interrupted.
-    Run(Box<NodeRunArgs>),
-    /// Show what a node stores (it may be running): sizes, recipients, expiries. Never text.
-    Inspect {
-        /// The node's data directory (as given to `hestia node run --data-dir`).
-        #[arg(long)]
-        data_dir: PathBuf,
-    },
-}
-
-#[derive(Args, Default)]
-struct NodeRunArgs {
-    /// TOML config file with any of: data_dir, listen, bootstrap, registration_open,
-    /// send_burst, sends_per_second, max_file_mib, file_quota_mib, file_storage_gib, push,
-    /// push_contact, push_delay_max_secs, turn_listen, turn_calls_per_user, turn_calls.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Where the node keeps its key and its database (default: the platform data directory,
-    /// ~/.local/share/hestia/node on Linux).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Address to listen on (repeatable). Default /ip4/0.0.0.0/tcp/4001 and
-    /// /ip4/0.0.0.0/udp/4001/quic-v1.
-    #[arg(long)]
-    listen: Vec<Multiaddr>,
-    /// Bootstrap node address ending in /p2p/<peer id> (repeatable).
-    #[arg(long)]
-    bootstrap: Vec<Multiaddr>,
-    /// Refuse new accounts.
-    #[arg(long)]
-    closed_registration: bool,
-    /// Envelopes one user may send in a burst (then `--sends-per-second`).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
-    send_burst: Option<u64>,
-    /// Sustained envelopes per second one user may send.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
-    sends_per_second: Option<u64>,
-    /// Largest file a local user may upload, in MiB (default 2048).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65_536))]
-    max_file_mib: Option<u64>,
-    /// Encrypted file bytes one local user may have stored at once, in MiB (default 8192).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
-    file_quota_mib: Option<u64>,
-    /// Count loopback connections against the per-address limit too (for testing that limit).
-    #[arg(long, hide = true)]
-    limit_loopback: bool,
-    /// Abort after making the N-th device send durable, before answering it (for testing
-    /// lost answers).
-    #[arg(long, hide = true)]
-    crash_after_sends: Option<u32>,
-    /// Encrypted file bytes all local users together may have stored, in GiB (default 256).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
-    file_storage_gib: Option<u64>,
-    /// Send no push wake-ups, and refuse push registrations.
-    #[arg(long)]
-    no_push: bool,
-    /// Where push services can reach you, the operator: a mailto: or https: URL sent with
-    /// every wake-up (the VAPID contact).
-    #[arg(long)]
-    push_contact: Option<String>,
-    /// Wait a random time of up to this many seconds before each wake-up, so its timing tells
-    /// the push service less about when mail arrived (default 0).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=3600))]
-    push_delay_max_secs: Option<u64>,
-    /// Accept push endpoints on loopback addresses: only for tests against a local push
-    /// service. Private and link-local addresses stay refused.
-    #[arg(long)]
-    push_allow_loopback: bool,
-    /// Relay this node's users' calls (TURN over UDP) on this address, `IP:PORT` (for
-    /// example 203.0.113.5:3478): the address their devices reach this node at, not a
-    /// wildcard. Without it this node's users cannot make or take calls.
-    #[arg(long)]
-    turn_listen: Option<std::net::SocketAddr>,
-    /// Calls one user may relay at once (default 4).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64))]
-    turn_calls_per_user: Option<u64>,
-    /// Calls this node relays at once, for all its users (default 256).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65_536))]
-    turn_calls: Option<u64>,
-    /// Let calls reach peers on loopback addresses: only for tests on one machine. Private
-    /// and link-local peers stay refused.
-    #[arg(long)]
-    turn_allow_loopback: bool,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct NodeFile {
-    data_dir: Option<PathBuf>,
-    #[serde(default)]
-    listen: Vec<String>,
-    #[serde(default)]
-    bootstrap: Vec<String>,
-    registration_open: Option<bool>,
-    send_burst: Option<u64>,
-    sends_per_second: Option<u64>,
-    max_file_mib: Option<u64>,
-    file_quota_mib: Option<u64>,
-    file_storage_gib: Option<u64>,
-    push: Option<bool>,
-    push_contact: Option<String>,
-    push_delay_max_secs: Option<u64>,
-    turn_listen: Option<std::net::SocketAddr>,
-    turn_calls_per_user: Option<u64>,
-    turn_calls: Option<u64>,
-}
-
-#[derive(Subcommand)]
 enum SimCmd {
     /// Run a scenario (default: the bundled one) and write summary.json, timeseries.csv and
     /// latency_cdf.svg.
@@ -287,6 +178,10 @@ enum AccountCmd {
         /// (HESTIA_PASSPHRASE for scripts).
         #[arg(long)]
         passphrase: bool,
+        /// An invite token from the node's admin (nodes that take new accounts by invite
+        /// only).
+        #[arg(long)]
+        invite: Option<String>,
     },
     /// Encrypt this device's stored data under a passphrase (asked twice, or
     /// HESTIA_PASSPHRASE).
@@ -429,6 +324,7 @@ fn main() {
         cli.command,
         Command::Node(NodeCmd::Run(_)) | Command::Bootstrap(_)
     );
+    let log_json = matches!(&cli.command, Command::Node(NodeCmd::Run(a)) if a.log_format == node::LogFormat::Json);
     let default_filter = if node_like {
         // request-response warns once per stream it drops at capacity: a peer would choose how
         // much the node logs. Refused frames are summarised by Hestia's codec instead.
@@ -436,13 +332,7 @@ fn main() {
     } else {
         "warn"
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let log = init_logging(default_filter, log_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -453,7 +343,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = runtime.block_on(run(cli)) {
+    if let Err(e) = runtime.block_on(run(cli, log)) {
         // One line: the error and its causes.
         let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
         eprintln!("error: {}", chain.join(": "));
@@ -465,7 +355,36 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-async fn run(cli: Cli) -> Result<()> {
+/// Logs to stderr, as text (coloured only on a terminal) or JSON lines, through a filter that
+/// `RUST_LOG` sets and that a running node may change (the returned control).
+fn init_logging(default_filter: &str, json: bool) -> hestia_node::driver::LogControl {
+    use std::io::IsTerminal;
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{EnvFilter, fmt, reload};
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    if json {
+        registry
+            .with(fmt::layer().json().with_writer(std::io::stderr))
+            .init();
+    } else {
+        registry
+            .with(
+                fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
+            .init();
+    }
+    std::sync::Arc::new(move |level: &str| {
+        let f = EnvFilter::try_new(level).map_err(|e| format!("not a log filter: {e}"))?;
+        handle.reload(f).map_err(|e| e.to_string())
+    })
+}
+
+async fn run(cli: Cli, log: hestia_node::driver::LogControl) -> Result<()> {
     match cli.command {
         Command::Demo => demo::run().await,
         Command::Bench(args) => bench::run(args).await,
@@ -515,14 +434,7 @@ async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Node(NodeCmd::Run(args)) => {
-            let config = node_config(*args)?;
-            let node = Node::start(config)?;
-            println!("node {} started", node.peer_id());
-            node.run(shutdown_signal()).await?;
-            Ok(())
-        }
-        Command::Node(NodeCmd::Inspect { data_dir }) => inspect::print(&data_dir),
+        Command::Node(cmd) => node::run(cmd, Some(log), cli.json).await,
         Command::Bootstrap(BootstrapCmd::Run { data_dir, listen }) => {
             let dir = match data_dir {
                 Some(d) => d,
@@ -545,6 +457,7 @@ async fn run(cli: Cli) -> Result<()> {
             node,
             name,
             passphrase,
+            invite,
         }) => {
             let dir = home(&cli.home)?;
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -553,7 +466,7 @@ async fn run(cli: Cli) -> Result<()> {
                 false => None,
             };
             let pass = pass.as_ref().map(|p| p.as_bytes());
-            let d = Device::create_with(&dir, &name, &node, pass).await?;
+            let d = Device::create_with(&dir, &name, &node, pass, invite.as_deref()).await?;
             println!("account created: {}", d.name());
             println!("address: {}", d.address());
             println!("fingerprint: {}", d.address().user.fingerprint());
@@ -868,111 +781,6 @@ fn simulate(scenario: Option<PathBuf>, seed: u64, out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn node_config(args: NodeRunArgs) -> Result<NodeConfig> {
-    let file: NodeFile = match &args.config {
-        Some(p) => {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?
-        }
-        None => NodeFile::default(),
-    };
-    let parse = |v: &[String]| -> Result<Vec<Multiaddr>> {
-        v.iter()
-            .map(|s| s.parse().with_context(|| format!("bad multiaddr {s:?}")))
-            .collect()
-    };
-    let data_dir = match args.data_dir.or(file.data_dir) {
-        Some(d) => d,
-        None => default_dir("node")?,
-    };
-    let mut listen = if args.listen.is_empty() {
-        parse(&file.listen)?
-    } else {
-        args.listen
-    };
-    if listen.is_empty() {
-        listen.push("/ip4/0.0.0.0/tcp/4001".parse()?);
-        listen.push("/ip4/0.0.0.0/udp/4001/quic-v1".parse()?);
-    }
-    let bootstrap = if args.bootstrap.is_empty() {
-        parse(&file.bootstrap)?
-    } else {
-        args.bootstrap
-    };
-    Ok(NodeConfig {
-        data_dir,
-        listen,
-        bootstrap,
-        registration_open: !args.closed_registration && file.registration_open.unwrap_or(true),
-        limit_loopback: args.limit_loopback,
-        crash_after_sends: args.crash_after_sends,
-        turn_listen: args.turn_listen.or(file.turn_listen),
-        turn: {
-            let d = hestia_node::turn::server::TurnSettings::default();
-            hestia_node::turn::server::TurnSettings {
-                max_allocations: args
-                    .turn_calls
-                    .or(file.turn_calls)
-                    .map_or(d.max_allocations, |n| n as usize),
-                max_allocations_per_user: args
-                    .turn_calls_per_user
-                    .or(file.turn_calls_per_user)
-                    .map_or(d.max_allocations_per_user, |n| n as usize),
-                allow_loopback_peers: args.turn_allow_loopback,
-                ..d
-            }
-        },
-        push: {
-            let contact = args.push_contact.or(file.push_contact);
-            if let Some(c) = &contact
-                && !(c.starts_with("mailto:") || c.starts_with("https://"))
-            {
-                bail!("--push-contact must be a mailto: or https:// URL, not {c:?}");
-            }
-            PushSettings {
-                enabled: !args.no_push && file.push.unwrap_or(true),
-                allow_loopback: args.push_allow_loopback,
-                max_delay_ms: args
-                    .push_delay_max_secs
-                    .or(file.push_delay_max_secs)
-                    .unwrap_or(0)
-                    .min(3600)
-                    * 1000,
-                contact: contact.unwrap_or_else(|| PushSettings::default().contact),
-            }
-        },
-        limits: hestia_node::relay::Limits {
-            send: hestia_node::relay::SendLimit {
-                burst: args
-                    .send_burst
-                    .or(file.send_burst)
-                    .unwrap_or(hestia_node::relay::SEND_BURST),
-                per_second: args
-                    .sends_per_second
-                    .or(file.sends_per_second)
-                    .unwrap_or(hestia_node::relay::SENDS_PER_SECOND)
-                    .max(1),
-            },
-            fed: hestia_node::relay::FED_LIMIT,
-            stored_per_node: hestia_node::relay::MAX_STORED_BYTES_PER_NODE,
-            // The sealed size of the largest file: its padding and tags count too.
-            max_blob_bytes: match args.max_file_mib.or(file.max_file_mib) {
-                Some(mib) => BlobSpec::of_file(mib << 20, [0; 32], 0).total_bytes(),
-                None => hestia_node::relay::MAX_BLOB_BYTES,
-            },
-            blob_quota: args
-                .file_quota_mib
-                .or(file.file_quota_mib)
-                .map_or(hestia_node::relay::BLOB_QUOTA_PER_USER, |mib| mib << 20),
-            blob_total: args
-                .file_storage_gib
-                .or(file.file_storage_gib)
-                .map_or(hestia_node::relay::MAX_BLOB_STORED_BYTES, |gib| gib << 30),
-        },
-    })
-}
-
 fn contact(cmd: ContactCmd, home: &Path, as_json: bool) -> Result<()> {
     let mut d = unlock::open_device(home)?;
     match cmd {
@@ -1253,56 +1061,6 @@ fn print_event(ev: &InboxEvent) {
         InboxEvent::Undecryptable { id, reason } => {
             println!("{id}: dropped, could not open: {}", safe(reason))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn node_config_file_and_flags() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("node.toml");
-        std::fs::write(
-            &file,
-            "data_dir = \"/tmp/x\"\nlisten = [\"/ip4/127.0.0.1/tcp/5000\"]\n\
-             bootstrap = [\"/ip4/127.0.0.1/tcp/4000/p2p/12D3KooWGzXw9PvnqVxGJrG4Z1oB2LBmFm3s2oHU1Fh6FhFj7y3e\"]\n\
-             registration_open = false\n",
-        )
-        .unwrap();
-        let c = node_config(NodeRunArgs {
-            config: Some(file.clone()),
-            ..Default::default()
-        })
-        .unwrap();
-        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
-        assert_eq!(c.listen[0].to_string(), "/ip4/127.0.0.1/tcp/5000");
-        assert_eq!(c.bootstrap.len(), 1);
-        assert!(!c.registration_open);
-        // Flags win over the file.
-        let args = NodeRunArgs {
-            config: Some(file.clone()),
-            data_dir: Some("/tmp/y".into()),
-            listen: vec!["/ip4/127.0.0.1/tcp/6000".parse().unwrap()],
-            ..Default::default()
-        };
-        let c = node_config(args).unwrap();
-        assert_eq!(c.data_dir, PathBuf::from("/tmp/y"));
-        assert_eq!(c.listen[0].to_string(), "/ip4/127.0.0.1/tcp/6000");
-
-        std::fs::write(&file, "listen = [\"not a multiaddr\"]\n").unwrap();
-        let e = node_config(NodeRunArgs {
-            config: Some(file.clone()),
-            ..Default::default()
-        });
-        assert!(format!("{:#}", e.err().unwrap()).contains("bad multiaddr"));
-        std::fs::write(&file, "lissten = []\n").unwrap();
-        let e = node_config(NodeRunArgs {
-            config: Some(file),
-            ..Default::default()
-        });
-        assert!(format!("{:#}", e.err().unwrap()).contains("unknown field"));
     }
 }
 

@@ -13,8 +13,9 @@ use hestia_protocol::wire::{
 };
 use hestia_protocol::wire::{BlobPhase, BlobSpec, DeliveryState};
 use hestia_store::records::{
-    AccountRecord, BlobRecord, Contact, Direction, MessageState, Origin, OutboxRecord,
-    PendingReceipts, PushRecord, StatusRecord, StoredIdentity, StoredMessage, Trust, UnsentEnvelope,
+    AccountRecord, BlobRecord, Contact, Direction, FederationRecord, FederationRule,
+    InviteRecord, MessageState, Origin, OutboxRecord, PendingReceipts, PushRecord, StatusRecord,
+    StoredIdentity, StoredMessage, SuspensionRecord, Trust, UnsentEnvelope,
 };
 use hestia_store::schema::{self, *};
 use std::path::Path;
@@ -302,6 +303,37 @@ fn main() {
         })
         .unwrap(),
     );
+    let suspension = SuspensionRecord {
+        at: NOW,
+        note: "spam".into(),
+    };
+    stored(
+        USERID_SUSPENSION,
+        bob.as_bytes(),
+        &codec::encode(&suspension).unwrap(),
+    );
+    let invite = InviteRecord {
+        created_at: NOW,
+        expires_at: Some(NOW + 1),
+        uses: 2,
+        used: 1,
+        note: String::new(),
+    };
+    stored(INVITEHASH_INVITE, &[9; 32], &codec::encode(&invite).unwrap());
+    let rule = FederationRecord {
+        rule: FederationRule::Deny,
+        at: NOW,
+    };
+    stored(
+        NODEID_FEDERATION,
+        b"12D3KooWother",
+        &codec::encode(&rule).unwrap(),
+    );
+    let invited = ClientRequest {
+        auth: Auth::Session(bob),
+        op: ClientOp::RegisterWithInvite("0123456789abcdef".into()),
+    };
+    write("client_wire", "register_invite", &codec::encode(&invited).unwrap());
     let register = ClientRequest {
         auth: Auth::Session(bob),
         op: ClientOp::PushRegister(subscription),

@@ -3,8 +3,12 @@
 //! is already ready into the core (up to [`MAX_EVENTS_PER_TURN`]), writes the core's writes in
 //! one synced batch (group commit), then sends the core's outputs.
 
+use crate::admin_socket::AdminCall;
 use crate::frame::FrameCodec;
-use crate::relay::{self, BatchId, FedFailure, Ready, Token, WakeId, WakeOutcome};
+use crate::metrics::{HttpCall, Metrics, Probe};
+use crate::relay::{
+    self, AdminRequest, AdminResponse, BatchId, FedFailure, Ready, Token, WakeId, WakeOutcome,
+};
 use crate::webpush;
 use futures::{FutureExt, StreamExt};
 use hestia_protocol::Millis;
@@ -12,8 +16,9 @@ use hestia_protocol::wire::{
     self, ClientRequest, ClientResponse, FedRequest, FedResponse, PROTOCOL_VERSION, Presence,
 };
 use hestia_store::node::{NodeDb, NodeStore};
+use libp2p::metrics::Recorder;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, identity, kad, noise, ping, tcp,
     yamux,
@@ -60,6 +65,12 @@ pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
 pub const LOOKUP_INTERVAL_MS: Millis = 30_000;
 /// Peers whose last lookup time is remembered.
 pub const MAX_LOOKUP_RECORDS: usize = 1024;
+/// After a shutdown signal the node stops listening, then spends at most this long sending the
+/// answers already made (everything it acknowledged is durable before that) and closing its
+/// connections; it exits within about this bound.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Backups kept by default (`backups_keep`).
+pub const BACKUPS_KEPT: usize = 7;
 
 /// Decides whether a failed dial may start a lookup of the peer: once per
 /// [`LOOKUP_INTERVAL_MS`] per peer, for at most [`MAX_LOOKUP_RECORDS`] peers at a time.
@@ -109,6 +120,24 @@ pub enum NodeError {
         addr: std::net::SocketAddr,
         reason: String,
     },
+    #[error(transparent)]
+    Admin(#[from] crate::admin_socket::AdminError),
+    #[error("the metrics listener cannot listen on {addr}: {reason}")]
+    MetricsListen {
+        addr: std::net::SocketAddr,
+        reason: String,
+    },
+}
+
+/// Sets the process's log filter (the CLI owns the subscriber); a bad filter is refused with
+/// why.
+pub type LogControl = std::sync::Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// What a reload (SIGHUP) changes while the node runs.
+#[derive(Clone, Debug, Default)]
+pub struct Reload {
+    pub registration: Option<relay::Registration>,
+    pub log_level: Option<String>,
 }
 
 /// A task that ends when this is dropped.
@@ -295,8 +324,15 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub listen: Vec<Multiaddr>,
     pub bootstrap: Vec<Multiaddr>,
-    pub registration_open: bool,
+    pub registration: relay::Registration,
     pub limits: relay::Limits,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (`None`: not at all).
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where backups go (default: `backups` in the data directory), and how many are kept.
+    pub backup_dir: Option<PathBuf>,
+    pub backups_keep: usize,
+    /// Lets `node admin log-level` and reloads change the log filter.
+    pub log_control: Option<LogControl>,
     /// Apply the per-address connection limit to loopback too (tests of that limit).
     pub limit_loopback: bool,
     pub push: PushSettings,
@@ -365,6 +401,28 @@ pub struct Node {
     crash_after_sends: Option<u32>,
     /// The call relay, until `run` starts it.
     turn: Option<(crate::turn::server::TurnServer, std::net::UdpSocket)>,
+    /// The admin socket and the metrics listener, until `run` starts serving them.
+    admin_listener: Option<tokio::net::UnixListener>,
+    metrics_listener: Option<std::net::TcpListener>,
+    admin_rx: tokio::sync::mpsc::Receiver<AdminCall>,
+    admin_tx: tokio::sync::mpsc::Sender<AdminCall>,
+    http_rx: tokio::sync::mpsc::Receiver<HttpCall>,
+    http_tx: tokio::sync::mpsc::Sender<HttpCall>,
+    reload_rx: tokio::sync::mpsc::Receiver<Reload>,
+    reload_tx: tokio::sync::mpsc::Sender<Reload>,
+    /// Admin requests whose answers wait for their writes.
+    admin_replies: HashMap<Token, tokio::sync::oneshot::Sender<AdminResponse>>,
+    metrics: Metrics,
+    started: std::time::Instant,
+    backup_dir: PathBuf,
+    backups_keep: usize,
+    log_control: Option<LogControl>,
+    /// The remote address of each connection, for counting registrations per address
+    /// (loopback is left out unless `limit_loopback`).
+    connection_ips: HashMap<ConnectionId, std::net::IpAddr>,
+    limit_loopback: bool,
+    listener_ids: Vec<libp2p::core::transport::ListenerId>,
+    shutting_down: bool,
 }
 
 /// Binds the call relay's socket and derives its keys from the node's relay secret (made at
@@ -421,6 +479,26 @@ impl Node {
             other => other.into(),
         })?;
         let store = NodeDb::open(&config.data_dir.join("db"))?;
+        // Refuses to start beside another node on the same directory (its socket answers).
+        let admin_listener = crate::admin_socket::bind(&config.data_dir)?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => {
+                let failed = |e: std::io::Error| NodeError::MetricsListen {
+                    addr,
+                    reason: e.to_string(),
+                };
+                let l = std::net::TcpListener::bind(addr).map_err(failed)?;
+                l.set_nonblocking(true).map_err(failed)?;
+                let bound = l.local_addr().map_err(failed)?;
+                tracing::info!(addr = %bound, "metrics and health checks listening");
+                let path = config.data_dir.join("metrics.addr");
+                if let Err(e) = std::fs::write(&path, format!("{bound}\n")) {
+                    tracing::warn!(error = %e, "could not record the metrics address");
+                }
+                Some(l)
+            }
+            None => None,
+        };
         // Listen addresses are recorded afresh each run (ports may differ).
         let _ = std::fs::remove_file(config.data_dir.join("listen.addr"));
         let key = node_key(&store)?;
@@ -436,13 +514,16 @@ impl Node {
             .gossipsub
             .subscribe(&presence_topic)
             .map_err(|e| NodeError::Transport(e.to_string()))?;
+        let mut listener_ids = Vec::new();
         for addr in &config.listen {
-            swarm
-                .listen_on(addr.clone())
-                .map_err(|e| NodeError::Listen {
-                    addr: addr.clone(),
-                    reason: e.to_string(),
-                })?;
+            listener_ids.push(
+                swarm
+                    .listen_on(addr.clone())
+                    .map_err(|e| NodeError::Listen {
+                        addr: addr.clone(),
+                        reason: e.to_string(),
+                    })?,
+            );
         }
         for addr in &config.bootstrap {
             let id =
@@ -479,7 +560,7 @@ impl Node {
         let core = relay::Core::from_store(
             relay::Config {
                 node_id: peer.to_string(),
-                registration_open: config.registration_open,
+                registration: config.registration,
                 seed,
                 limits: config.limits,
                 push: relay::PushConfig {
@@ -493,7 +574,32 @@ impl Node {
             now_millis(),
         )?;
         tracing::info!(peer = %peer, stats = ?core.stats(), "node started");
+        let (admin_tx, admin_rx) = tokio::sync::mpsc::channel(crate::admin_socket::MAX_CONNECTIONS);
+        let (http_tx, http_rx) = tokio::sync::mpsc::channel(crate::metrics::MAX_CONNECTIONS);
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+        let backup_dir = config
+            .backup_dir
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("backups"));
         Ok(Node {
+            admin_listener: Some(admin_listener),
+            metrics_listener,
+            admin_rx,
+            admin_tx,
+            http_rx,
+            http_tx,
+            reload_rx,
+            reload_tx,
+            admin_replies: HashMap::new(),
+            metrics: Metrics::new(),
+            started: std::time::Instant::now(),
+            backup_dir,
+            backups_keep: config.backups_keep.max(1),
+            log_control: config.log_control,
+            connection_ips: HashMap::new(),
+            limit_loopback: config.limit_loopback,
+            listener_ids,
+            shutting_down: false,
             swarm,
             store,
             core,
@@ -525,6 +631,11 @@ impl Node {
         self.core.stats()
     }
 
+    /// Where to send reloads (the CLI sends one on SIGHUP).
+    pub fn reloads(&self) -> tokio::sync::mpsc::Sender<Reload> {
+        self.reload_tx.clone()
+    }
+
     /// Runs until `shutdown` resolves. Errors from the store end the run: a node that cannot
     /// make writes durable must not acknowledge anything.
     pub async fn run(
@@ -543,6 +654,23 @@ impl Node {
                     std::future::pending(),
                 ));
                 Some(AbortOnDrop(task))
+            }
+            None => None,
+        };
+        let _admin = self.admin_listener.take().map(|l| {
+            AbortOnDrop(tokio::spawn(crate::admin_socket::serve(
+                l,
+                self.admin_tx.clone(),
+            )))
+        });
+        let _http = match self.metrics_listener.take() {
+            Some(l) => {
+                let l = tokio::net::TcpListener::from_std(l)
+                    .map_err(|e| NodeError::Transport(format!("metrics listener: {e}")))?;
+                Some(AbortOnDrop(tokio::spawn(crate::metrics::serve(
+                    l,
+                    self.http_tx.clone(),
+                ))))
             }
             None => None,
         };
@@ -571,13 +699,7 @@ impl Node {
                 }
             };
             tokio::select! {
-                _ = &mut shutdown => {
-                    tracing::info!("node shutting down");
-                    // Everything acknowledged is already durable in the log; this only spares
-                    // the next start replaying it.
-                    self.store.flush()?;
-                    return Ok(());
-                }
+                _ = &mut shutdown => return self.shut_down().await,
                 event = self.swarm.select_next_some() => {
                     self.on_event(event);
                     // Group commit: take whatever else is ready before writing once.
@@ -596,6 +718,132 @@ impl Node {
                 Some((token, verdict)) = self.checks_rx.recv() => {
                     self.core.handle_endpoint_checked(now_millis(), token, verdict);
                 }
+                Some(call) = self.admin_rx.recv() => self.on_admin(call),
+                Some(call) = self.http_rx.recv() => self.on_http(call),
+                Some(reload) = self.reload_rx.recv() => self.on_reload(reload),
+            }
+        }
+    }
+
+    /// Stops listening, sends what is already answered, closes connections and flushes the
+    /// database, within about [`SHUTDOWN_GRACE`]. Nothing acknowledged is at risk at any point:
+    /// every answer left after its writes were durable.
+    async fn shut_down(mut self) -> Result<(), NodeError> {
+        tracing::info!("node shutting down");
+        self.shutting_down = true;
+        for id in std::mem::take(&mut self.listener_ids) {
+            self.swarm.remove_listener(id);
+        }
+        self.flush()?;
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        // Answers queued in the swarm go out while it is driven; requests still arriving are
+        // handled as usual (their answers too are sent only after their writes).
+        while tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await {
+                Ok(event) => {
+                    self.on_event(event);
+                    self.flush()?;
+                }
+                Err(_) => break,
+            }
+            if self.client_channels.is_empty() && self.fed_channels.is_empty() {
+                break;
+            }
+        }
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for p in peers {
+            let _ = self.swarm.disconnect_peer_id(p);
+        }
+        self.store.flush()?;
+        let _ = std::fs::remove_file(self.data_dir.join(crate::admin_socket::SOCKET_NAME));
+        tracing::info!("node stopped");
+        Ok(())
+    }
+
+    fn on_admin(&mut self, call: AdminCall) {
+        let AdminCall { request, reply } = call;
+        let response = match request {
+            AdminRequest::LogLevel { level } => match &self.log_control {
+                None => AdminResponse::Error("this node's log level is fixed".into()),
+                Some(set) => match set(&level) {
+                    Ok(()) => {
+                        tracing::info!(level = %level, "log level changed");
+                        AdminResponse::Done(format!("log level is {level}"))
+                    }
+                    Err(e) => AdminResponse::Error(e),
+                },
+            },
+            AdminRequest::BackupCreate => {
+                let dir = self.backup_dir.clone();
+                let keep = self.backups_keep;
+                match tokio::task::block_in_place(|| self.store.backup(&dir, keep)) {
+                    Ok(b) => {
+                        tracing::info!(id = b.id, bytes = b.bytes, "backup taken");
+                        AdminResponse::Backups(vec![backup_info(b)])
+                    }
+                    Err(e) => AdminResponse::Error(format!("backup failed: {e}")),
+                }
+            }
+            AdminRequest::BackupList => {
+                match tokio::task::block_in_place(|| hestia_store::backup::list(&self.backup_dir)) {
+                    Ok(list) => AdminResponse::Backups(list.into_iter().map(backup_info).collect()),
+                    Err(e) => AdminResponse::Error(format!("cannot list backups: {e}")),
+                }
+            }
+            AdminRequest::BackupVerify { id } => {
+                match tokio::task::block_in_place(|| {
+                    hestia_store::backup::verify(&self.backup_dir, id)
+                }) {
+                    Ok((id, entries)) => AdminResponse::Done(format!(
+                        "backup {id} is sound: {entries} entries decoded"
+                    )),
+                    Err(e) => AdminResponse::Error(format!("backup is not sound: {e}")),
+                }
+            }
+            AdminRequest::Status => {
+                let mut s = self.core.admin_status();
+                s.version = env!("CARGO_PKG_VERSION").to_string();
+                s.uptime_secs = self.started.elapsed().as_secs();
+                s.connected_peers = self.swarm.connected_peers().count();
+                AdminResponse::Status(s)
+            }
+            request => {
+                let token = self.token();
+                self.admin_replies.insert(token, reply);
+                let entropy: [u8; 16] = rand::random();
+                self.core
+                    .handle_admin(now_millis(), token, request, entropy);
+                return;
+            }
+        };
+        let _ = reply.send(response);
+    }
+
+    fn on_http(&mut self, call: HttpCall) {
+        let answer = match call.probe {
+            Probe::Metrics => {
+                let peers = self.swarm.connected_peers().count();
+                (200, self.metrics.render(&self.core, peers))
+            }
+            Probe::Health => (200, "ok\n".to_string()),
+            Probe::Ready if self.shutting_down => (503, "shutting down\n".to_string()),
+            Probe::Ready if self.swarm.listeners().next().is_none() => {
+                (503, "not listening yet\n".to_string())
+            }
+            Probe::Ready => (200, "ready\n".to_string()),
+        };
+        let _ = call.reply.send(answer);
+    }
+
+    fn on_reload(&mut self, reload: Reload) {
+        if let Some(r) = reload.registration {
+            self.core.set_registration(r);
+            tracing::info!(registration = ?r, "registration policy reloaded");
+        }
+        if let (Some(level), Some(set)) = (reload.log_level, &self.log_control) {
+            match set(&level) {
+                Ok(()) => tracing::info!(level = %level, "log level reloaded"),
+                Err(e) => tracing::warn!(error = %e, "log level in the config not applied"),
             }
         }
     }
@@ -604,12 +852,19 @@ impl Node {
     fn flush(&mut self) -> Result<(), NodeError> {
         let writes = self.core.take_writes();
         if !writes.is_empty() {
+            let started = std::time::Instant::now();
             tokio::task::block_in_place(|| self.store.apply(&writes))?;
+            self.metrics.record_write(started.elapsed().as_secs_f64());
         }
         while let Some(out) = self.core.poll_output() {
             // Mail is named by id; its bodies come from the store here (bounded by a batch).
             let ready = tokio::task::block_in_place(|| out.load(&self.store))?;
             match ready {
+                Ready::Admin { token, response } => {
+                    if let Some(reply) = self.admin_replies.remove(&token) {
+                        let _ = reply.send(response);
+                    }
+                }
                 Ready::Client { token, response } => {
                     if matches!(response, ClientResponse::Sent(_)) {
                         self.sends_answered += 1;
@@ -687,7 +942,36 @@ impl Node {
     }
 
     fn on_event(&mut self, event: SwarmEvent<NodeBehaviourEvent>) {
+        self.metrics.libp2p.record(&event);
         match event {
+            SwarmEvent::ConnectionEstablished {
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                let ip = endpoint.get_remote_address().iter().find_map(|p| match p {
+                    libp2p::multiaddr::Protocol::Ip4(a) => Some(std::net::IpAddr::V4(a)),
+                    libp2p::multiaddr::Protocol::Ip6(a) => Some(std::net::IpAddr::V6(a)),
+                    _ => None,
+                });
+                if let Some(ip) = ip
+                    && endpoint.is_listener()
+                    && (self.limit_loopback || !ip.is_loopback())
+                {
+                    self.connection_ips.insert(connection_id, ip);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                ..
+            } => {
+                self.connection_ips.remove(&connection_id);
+                if num_established == 0 {
+                    self.core.handle_client_disconnected(&peer_id.to_string());
+                }
+            }
             SwarmEvent::NewListenAddr { address, .. } => {
                 let full = address
                     .clone()
@@ -724,13 +1008,6 @@ impl Node {
                     tracing::trace!(%peer, %error, "dial failed");
                 }
             }
-            SwarmEvent::ConnectionClosed {
-                peer_id,
-                num_established: 0,
-                ..
-            } => {
-                self.core.handle_client_disconnected(&peer_id.to_string());
-            }
             SwarmEvent::IncomingConnectionError { error, .. } => {
                 tracing::debug!(%error, "incoming connection failed");
             }
@@ -742,16 +1019,22 @@ impl Node {
         match ev {
             request_response::Event::Message {
                 peer,
+                connection_id,
                 message:
                     request_response::Message::Request {
                         request, channel, ..
                     },
-                ..
             } => {
                 let token = self.token();
                 self.client_channels.insert(token, channel);
-                self.core
-                    .handle_client(now_millis(), token, &peer.to_string(), request);
+                let source = self.connection_ips.get(&connection_id).copied();
+                self.core.handle_client_from(
+                    now_millis(),
+                    token,
+                    &peer.to_string(),
+                    source,
+                    request,
+                );
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::info!(%peer, %error, "client request failed (malformed or closed)");
@@ -862,6 +1145,15 @@ impl Node {
             }
             Err(e) => tracing::debug!(error = %e, "presence not published"),
         }
+    }
+}
+
+fn backup_info(b: hestia_store::backup::Backup) -> relay::BackupInfo {
+    relay::BackupInfo {
+        id: b.id,
+        created_at: b.created_at,
+        bytes: b.bytes,
+        files: b.files,
     }
 }
 

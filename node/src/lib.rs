@@ -9,10 +9,12 @@
 //! - [`webpush`]: the driver's Web Push sender (push wake-ups the core decides on).
 //! - [`client`]: the device side: a connection to the home node and the user's local state.
 
+pub mod admin_socket;
 pub mod client;
 pub mod driver;
 pub mod frame;
 pub mod ip_limits;
+pub mod metrics;
 pub mod relay;
 pub mod turn;
 pub mod webpush;

@@ -93,6 +93,8 @@ pub enum Refusal {
     RateLimited {
         retry_after_ms: u32,
     },
+    /// This node's operator does not federate with the sending node.
+    Denied,
 }
 
 /// A request from a user's device.
@@ -191,7 +193,13 @@ pub enum ClientOp {
     /// Short-lived credentials for this node's call relay (`crate::turn`), asked for just
     /// before a call.
     TurnCredentials,
+    /// `Register` with an invite token from the node's operator (a node that registers by
+    /// invite only refuses a plain `Register`). At most [`MAX_INVITE_TOKEN_LEN`] bytes.
+    RegisterWithInvite(String),
 }
+
+/// Longest invite token a node reads.
+pub const MAX_INVITE_TOKEN_LEN: usize = 128;
 
 /// What a node needs to hold an upload: its shape, who may fetch it, until when.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -384,6 +392,16 @@ pub enum SendResult {
     Invalid,
     /// This node holds too much for that destination; try later.
     Full,
+    /// This node's operator does not federate with the recipient's node.
+    Denied,
+    /// The body is larger than this node takes.
+    TooLarge {
+        max_bytes: u32,
+    },
+    /// The envelope would be held longer than this node holds mail.
+    TtlTooLong {
+        max_secs: u32,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -445,6 +463,17 @@ pub enum ClientError {
     PushDisabled,
     /// This node runs no call relay.
     CallsDisabled,
+    /// The node's operator suspended this account: it can neither send nor fetch.
+    Suspended,
+    /// This node registers new accounts by invite only.
+    InviteRequired,
+    /// No such invite (mistyped, or revoked).
+    InviteInvalid,
+    InviteExpired,
+    /// The invite has made all the registrations it was made for.
+    InviteUsedUp,
+    /// The operator of this node, or of the other, does not federate between them.
+    NodeDenied,
 }
 
 /// A node's signed presence announcement (gossipsub signs it with the node key).

@@ -613,7 +613,7 @@ impl Sim {
             let core = relay::Core::new(
                 relay::Config {
                     node_id: sim.nodes[n].id.clone(),
-                    registration_open: true,
+                    registration: hestia_node::relay::Registration::Open,
                     seed: rng.next_u64(),
                     limits: relay::Limits::UNLIMITED,
                     push: relay::PushConfig::default(),
@@ -882,7 +882,7 @@ impl Sim {
                 }
                 // The model's nodes have push off (no VAPID key), so none is ever due; push
                 // wake-ups enter the model with issue 16.
-                Ready::Wake { .. } | Ready::CheckEndpoint { .. } => {}
+                Ready::Wake { .. } | Ready::CheckEndpoint { .. } | Ready::Admin { .. } => {}
                 Ready::FedResponse { token, response } => {
                     let Some((from, batch, ids)) = self.nodes[n].fed_tokens.remove(&token) else {
                         continue;
@@ -1346,7 +1346,7 @@ impl Sim {
         let seed = self.rng.next_u64();
         let config = relay::Config {
             node_id: self.nodes[n].id.clone(),
-            registration_open: true,
+            registration: hestia_node::relay::Registration::Open,
             seed,
             limits: relay::Limits::UNLIMITED,
             push: relay::PushConfig::default(),

@@ -13,6 +13,8 @@
 //! [`schema`] build without RocksDB (the default feature `rocksdb`), for the fuzz targets.
 
 #[cfg(feature = "rocksdb")]
+pub mod backup;
+#[cfg(feature = "rocksdb")]
 mod chunks;
 #[cfg(feature = "rocksdb")]
 pub mod client;
@@ -49,6 +51,10 @@ pub enum StoreError {
     AlreadyEncrypted,
     #[error("this device's data is not encrypted")]
     NotEncrypted,
+    #[error("{0}")]
+    NoBackup(String),
+    #[error("the database at {0} is in use: stop the node first")]
+    InUse(PathBuf),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -1,7 +1,10 @@
 //! The node database and the interface the relay core's writes go through.
 
 use crate::chunks::ChunkFiles;
-pub use crate::records::{AccountRecord, BlobRecord, OutboxRecord, PushRecord, StatusRecord};
+pub use crate::records::{
+    AccountRecord, BlobRecord, FederationRecord, FederationRule, InviteRecord, OutboxRecord,
+    PushRecord, StatusRecord, SuspensionRecord,
+};
 use crate::records::{MailboxMeta, OutboxMeta};
 use crate::schema::{self, *};
 use crate::{Result, decode_value, encode_value};
@@ -37,6 +40,16 @@ pub enum NodeWrite {
     PutPush(UserId, PushRecord),
     /// A user's push subscription, by endpoint id.
     DeletePush(UserId, [u8; 16]),
+    /// An account and its signed prekey (the operator deleted it; the rest of what it held
+    /// goes in writes of its own).
+    DeleteAccount(UserId),
+    PutSuspension(UserId, SuspensionRecord),
+    DeleteSuspension(UserId),
+    /// An invite, by the SHA-256 of its token.
+    PutInvite([u8; 32], InviteRecord),
+    DeleteInvite([u8; 32]),
+    PutFederation(String, FederationRecord),
+    DeleteFederation(String),
 }
 
 /// What the relay core keeps of an envelope held for a local user: enough to decide (order,
@@ -95,6 +108,9 @@ pub struct NodeSnapshot {
     pub one_time_prekeys: Vec<(UserId, [u8; 32])>,
     pub blobs: Vec<(BlobId, BlobRecord)>,
     pub push: Vec<(UserId, PushRecord)>,
+    pub suspensions: Vec<(UserId, SuspensionRecord)>,
+    pub invites: Vec<([u8; 32], InviteRecord)>,
+    pub federation: Vec<(String, FederationRecord)>,
 }
 
 /// Where the relay core's state lives. `apply` is atomic and durable when it returns `Ok`:
@@ -170,6 +186,10 @@ impl NodeDb {
             db,
             chunks: ChunkFiles::beside(path, true)?,
         })
+    }
+
+    pub(crate) fn rocks(&self) -> &rocksdb::DB {
+        &self.db
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -338,6 +358,28 @@ impl NodeStore for NodeDb {
                 Ok((user, v))
             })
             .collect::<Result<_>>()?;
+        let key32 = |cf: &'static str, k: &[u8]| -> Result<[u8; 32]> {
+            k.try_into().map_err(|_| corrupt(cf))
+        };
+        let suspensions = self
+            .scan::<SuspensionRecord>(USERID_SUSPENSION)?
+            .into_iter()
+            .map(|(k, v)| Ok((UserId(key32(USERID_SUSPENSION, &k)?), v)))
+            .collect::<Result<_>>()?;
+        let invites = self
+            .scan::<InviteRecord>(INVITEHASH_INVITE)?
+            .into_iter()
+            .map(|(k, v)| Ok((key32(INVITEHASH_INVITE, &k)?, v)))
+            .collect::<Result<_>>()?;
+        let federation = self
+            .scan::<FederationRecord>(NODEID_FEDERATION)?
+            .into_iter()
+            .map(|(k, v)| {
+                let node =
+                    String::from_utf8(k.into_vec()).map_err(|_| corrupt(NODEID_FEDERATION))?;
+                Ok((node, v))
+            })
+            .collect::<Result<_>>()?;
         Ok(NodeSnapshot {
             accounts,
             outbox,
@@ -346,6 +388,9 @@ impl NodeStore for NodeDb {
             one_time_prekeys,
             blobs,
             push,
+            suspensions,
+            invites,
+            federation,
         })
     }
 
@@ -438,6 +483,32 @@ impl NodeStore for NodeDb {
                 ),
                 NodeWrite::DeletePush(u, id) => {
                     batch.delete_cf(self.cf(USERID_ENDPOINT_PUSH), schema::push_key(u, id))
+                }
+                NodeWrite::DeleteAccount(u) => {
+                    batch.delete_cf(self.cf(USERID_ACCOUNT), u.as_bytes());
+                    batch.delete_cf(self.cf(USERID_SIGNEDPREKEY), u.as_bytes());
+                }
+                NodeWrite::PutSuspension(u, rec) => batch.put_cf(
+                    self.cf(USERID_SUSPENSION),
+                    u.as_bytes(),
+                    encode_value(USERID_SUSPENSION, rec)?,
+                ),
+                NodeWrite::DeleteSuspension(u) => {
+                    batch.delete_cf(self.cf(USERID_SUSPENSION), u.as_bytes())
+                }
+                NodeWrite::PutInvite(h, rec) => batch.put_cf(
+                    self.cf(INVITEHASH_INVITE),
+                    h,
+                    encode_value(INVITEHASH_INVITE, rec)?,
+                ),
+                NodeWrite::DeleteInvite(h) => batch.delete_cf(self.cf(INVITEHASH_INVITE), h),
+                NodeWrite::PutFederation(node, rec) => batch.put_cf(
+                    self.cf(NODEID_FEDERATION),
+                    node.as_bytes(),
+                    encode_value(NODEID_FEDERATION, rec)?,
+                ),
+                NodeWrite::DeleteFederation(node) => {
+                    batch.delete_cf(self.cf(NODEID_FEDERATION), node.as_bytes())
                 }
             }
         }
@@ -594,6 +665,9 @@ pub struct MemNodeStore {
     blobs: BTreeMap<BlobId, BlobRecord>,
     chunks: BTreeMap<(BlobId, u32), Vec<u8>>,
     push: BTreeMap<[u8; 48], (UserId, PushRecord)>,
+    suspensions: BTreeMap<UserId, SuspensionRecord>,
+    invites: BTreeMap<[u8; 32], InviteRecord>,
+    federation: BTreeMap<String, FederationRecord>,
     /// Number of `apply` calls, so tests can check batching.
     pub batches: u64,
 }
@@ -640,6 +714,17 @@ impl NodeStore for MemNodeStore {
             one_time_prekeys: self.one_time_prekeys.iter().copied().collect(),
             blobs: self.blobs.iter().map(|(k, v)| (*k, v.clone())).collect(),
             push: self.push.values().cloned().collect(),
+            suspensions: self
+                .suspensions
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect(),
+            invites: self.invites.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            federation: self
+                .federation
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         })
     }
 
@@ -698,6 +783,28 @@ impl NodeStore for MemNodeStore {
                 }
                 NodeWrite::DeletePush(u, id) => {
                     self.push.remove(&schema::push_key(u, id));
+                }
+                NodeWrite::DeleteAccount(u) => {
+                    self.accounts.remove(u);
+                    self.signed_prekeys.remove(u);
+                }
+                NodeWrite::PutSuspension(u, r) => {
+                    self.suspensions.insert(*u, r.clone());
+                }
+                NodeWrite::DeleteSuspension(u) => {
+                    self.suspensions.remove(u);
+                }
+                NodeWrite::PutInvite(h, r) => {
+                    self.invites.insert(*h, r.clone());
+                }
+                NodeWrite::DeleteInvite(h) => {
+                    self.invites.remove(h);
+                }
+                NodeWrite::PutFederation(n, r) => {
+                    self.federation.insert(n.clone(), r.clone());
+                }
+                NodeWrite::DeleteFederation(n) => {
+                    self.federation.remove(n);
                 }
             }
         }

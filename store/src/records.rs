@@ -33,6 +33,46 @@ pub struct AccountRecord {
     pub created_at: Millis,
 }
 
+/// A local account the operator suspended (schema 9): it can neither send nor fetch until
+/// unsuspended; its mail is kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuspensionRecord {
+    pub at: Millis,
+    /// The operator's note, at most [`MAX_ADMIN_NOTE_LEN`] bytes; shown to admins only.
+    pub note: String,
+}
+
+/// Longest operator note on a suspension or an invite.
+pub const MAX_ADMIN_NOTE_LEN: usize = 200;
+
+/// A registration invite (schema 9), stored under the SHA-256 of its token: the token itself
+/// is shown once, when made, and is not in the database (nor in its backups).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteRecord {
+    pub created_at: Millis,
+    /// `None`: does not expire.
+    pub expires_at: Option<Millis>,
+    /// Registrations it allows in all, and those it has made.
+    pub uses: u32,
+    pub used: u32,
+    pub note: String,
+}
+
+/// The operator's federation policy for one node (schema 9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FederationRule {
+    /// Refused in both directions.
+    Deny,
+    /// Listed as a peer; once any node is allowed, only allowed nodes are federated with.
+    Allow,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FederationRecord {
+    pub rule: FederationRule,
+    pub at: Millis,
+}
+
 /// An envelope a local user sent, waiting for the recipient's node to accept it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxRecord {
@@ -298,6 +338,10 @@ fn named(cf: &'static str, same: bool) -> Result<()> {
     }
 }
 
+fn holds(cf: &'static str, ok: bool, reason: &str) -> Result<()> {
+    if ok { Ok(()) } else { Err(corrupt(cf, reason)) }
+}
+
 fn key_len(cf: &'static str, key: &[u8], len: usize) -> Result<()> {
     if key.len() == len {
         Ok(())
@@ -355,6 +399,27 @@ pub fn check(cf: &str, key: &[u8], value: &[u8]) -> Result<()> {
             decode_value::<SignedPrekey>(cf, value).map(drop)
         }
         USERID_ONETIMEPREKEY => key_len(cf, key, 64),
+        USERID_SUSPENSION => {
+            key_len(cf, key, 32)?;
+            let r: SuspensionRecord = decode_value(cf, value)?;
+            holds(cf, r.note.len() <= MAX_ADMIN_NOTE_LEN, "note too long")
+        }
+        INVITEHASH_INVITE => {
+            key_len(cf, key, 32)?;
+            let r: InviteRecord = decode_value(cf, value)?;
+            holds(cf, r.note.len() <= MAX_ADMIN_NOTE_LEN, "note too long")?;
+            holds(cf, r.used <= r.uses, "used more often than allowed")
+        }
+        NODEID_FEDERATION => {
+            let node = std::str::from_utf8(key).map_err(|_| corrupt(cf, "bad key"))?;
+            let len = node.len();
+            holds(
+                cf,
+                len > 0 && len <= hestia_protocol::identity::MAX_NODE_ID_LEN,
+                "bad node id",
+            )?;
+            decode_value::<FederationRecord>(cf, value).map(drop)
+        }
         BLOBID_BLOB => {
             key_len(cf, key, 16)?;
             let r: BlobRecord = decode_value(cf, value)?;

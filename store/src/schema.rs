@@ -12,7 +12,9 @@ use hestia_protocol::identity::UserId;
 /// older binary would not read them. 8 lets a device's data be encrypted at rest (`meta` →
 /// `"vault"`, [`crate::vault`]): nothing to migrate, but an older binary would take the sealed
 /// values for corrupt ones.
-pub const SCHEMA_VERSION: u32 = 8;
+/// 9 added the operator's state to a node's database (suspensions, invites, federation
+/// policy): nothing to migrate, but an older binary would not open its new families.
+pub const SCHEMA_VERSION: u32 = 9;
 
 /// `meta`: `"schema_version"` → u32 BE; `"kind"` → `node` | `client`; `"node_key"` → the node's
 /// libp2p key (protobuf encoding) in the node database; `"vapid_key"` → the node's P-256 VAPID
@@ -55,6 +57,13 @@ pub const USERID_SIGNEDPREKEY: &str = "userid_signedprekey";
 /// handed out.
 pub const USERID_ONETIMEPREKEY: &str = "userid_onetimeprekey";
 
+/// `userid_suspension`: user id (32) → the operator's suspension of that account (schema 9).
+pub const USERID_SUSPENSION: &str = "userid_suspension";
+/// `invitehash_invite`: SHA-256 of an invite token (32) → the invite (schema 9).
+pub const INVITEHASH_INVITE: &str = "invitehash_invite";
+/// `nodeid_federation`: node peer id (UTF-8) → the operator's rule for it (schema 9).
+pub const NODEID_FEDERATION: &str = "nodeid_federation";
+
 pub const NODE_CFS: &[&str] = &[
     META,
     USERID_ACCOUNT,
@@ -68,6 +77,9 @@ pub const NODE_CFS: &[&str] = &[
     BLOBID_BLOB,
     BLOBID_INDEX_CHUNK,
     USERID_ENDPOINT_PUSH,
+    USERID_SUSPENSION,
+    INVITEHASH_INVITE,
+    NODEID_FEDERATION,
 ];
 
 // Client database.

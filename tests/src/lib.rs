@@ -75,6 +75,26 @@ impl Proc {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// SIGTERM, then waits at most `secs` for the process to exit by itself; its status and
+    /// how long it took.
+    pub fn terminate(mut self, secs: u64) -> (std::process::ExitStatus, Duration) {
+        let started = Instant::now();
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "could not signal {pid}");
+        let status = wait_exit(&mut self.child, secs, "the terminated process");
+        (status, started.elapsed())
+    }
+
+    /// Sends `signal` (such as `HUP`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args([format!("-{signal}").as_str(), &pid])
+            .status();
+        assert!(sent.is_ok_and(|s| s.success()), "could not signal {pid}");
+    }
+
     /// The QUIC address the process listens on, once it does.
     pub fn quic_addr(&self) -> String {
         let start = Instant::now();
@@ -264,6 +284,33 @@ impl Net {
 
     pub fn kill9(&mut self, i: usize) {
         self.nodes[i].take().expect("node is running").kill9();
+    }
+
+    /// Stops node `i` with SIGTERM; its exit status and how long it took.
+    pub fn terminate(&mut self, i: usize, secs: u64) -> (std::process::ExitStatus, Duration) {
+        self.nodes[i]
+            .take()
+            .expect("node is running")
+            .terminate(secs)
+    }
+
+    /// Runs `hestia node admin --data-dir <node i's> ARGS`.
+    pub fn admin(&self, i: usize, args: &[&str]) -> Output {
+        let dir = self.node_dir(i);
+        let dir = dir.to_str().expect("temporary paths are UTF-8");
+        hestia(&[&["node", "admin", "--data-dir", dir], args].concat())
+    }
+
+    /// [`Net::admin`] that must succeed; its standard output.
+    pub fn admin_ok(&self, i: usize, args: &[&str]) -> String {
+        let out = self.admin(i, args);
+        assert!(
+            out.status.success(),
+            "hestia node admin {args:?} on node {i} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Restarts node `i` on its old port, with its old data directory.

@@ -249,6 +249,19 @@ fn describe_refusal(e: &ClientError) -> String {
         ClientError::CallsDisabled => {
             "your node does not relay calls (its admin has not given it --turn-listen)".into()
         }
+        ClientError::Suspended => "your account on this node is suspended by its admin".into(),
+        ClientError::InviteRequired => {
+            "this node takes new accounts by invite only: ask its admin for one and give \
+             --invite TOKEN"
+                .into()
+        }
+        ClientError::InviteInvalid => "that invite is not valid (mistyped, or revoked)".into(),
+        ClientError::InviteExpired => "that invite has expired: ask for a new one".into(),
+        ClientError::InviteUsedUp => "that invite has been used up: ask for a new one".into(),
+        ClientError::RegistrationClosed => "this node takes no new accounts".into(),
+        ClientError::NodeDenied => {
+            "your node and theirs do not federate (an admin's policy)".into()
+        }
         other => format!("{other:?}"),
     }
 }
@@ -275,16 +288,18 @@ impl Device {
         name: &str,
         node_addr: &Multiaddr,
     ) -> Result<Device, ClientLibError> {
-        Device::create_with(dir, name, node_addr, None).await
+        Device::create_with(dir, name, node_addr, None, None).await
     }
 
     /// [`Device::create`], with everything this device stores encrypted under `passphrase`
-    /// from the first write ([`hestia_store::vault`]).
+    /// from the first write ([`hestia_store::vault`]), registering with the node operator's
+    /// `invite` token if given.
     pub async fn create_with(
         dir: &Path,
         name: &str,
         node_addr: &Multiaddr,
         passphrase: Option<&[u8]>,
+        invite: Option<&str>,
     ) -> Result<Device, ClientLibError> {
         check_name(name)?;
         let mut db = ClientDb::open(dir, passphrase)?;
@@ -299,8 +314,13 @@ impl Device {
         let rng = &mut rand::rng();
         let key = IdentityKey::generate(rng);
         let mut conn = Connection::open(node_addr).await?;
-        match conn.call(&key, ClientOp::Register).await? {
+        let op = match invite {
+            Some(token) => ClientOp::RegisterWithInvite(token.trim().to_string()),
+            None => ClientOp::Register,
+        };
+        match conn.call(&key, op).await? {
             ClientResponse::Registered => {}
+            ClientResponse::Error(e) => return Err(ClientLibError::Refused(e)),
             other => return Err(unexpected(other)),
         }
         let stored_id = StoredIdentity {

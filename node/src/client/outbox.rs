@@ -21,6 +21,16 @@ fn sent_state(result: SendResult) -> MessageState {
         SendResult::NoSuchUser => MessageState::NoSuchUser,
         SendResult::Invalid => MessageState::Failed("refused by the home node as invalid".into()),
         SendResult::Full => MessageState::Failed("the home node's queue is full".into()),
+        SendResult::Denied => MessageState::Failed(
+            "your node does not federate with theirs (its admin's policy)".into(),
+        ),
+        SendResult::TooLarge { max_bytes } => MessageState::Failed(format!(
+            "larger than your node takes ({max_bytes} bytes); send it as a file"
+        )),
+        SendResult::TtlTooLong { max_secs } => MessageState::Failed(format!(
+            "your node holds mail for at most {} days: send it with a shorter --ttl",
+            max_secs / 86_400
+        )),
     }
 }
 

@@ -144,6 +144,23 @@ impl Blobs {
         Some(blob)
     }
 
+    /// Deletes every blob `owner` uploaded (the operator deleted the account).
+    pub(super) fn remove_owned(&mut self, owner: &UserId, writes: &mut Vec<NodeWrite>) {
+        if !self.owners.contains_key(owner) {
+            return;
+        }
+        let ids: Vec<BlobId> = self
+            .map
+            .iter()
+            .filter(|(_, b)| b.rec.owner == *owner)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.remove(&id);
+            writes.push(NodeWrite::DeleteBlob(id));
+        }
+    }
+
     /// Sealed bytes held for all users (fetched blobs hold none).
     pub(super) fn stored_bytes(&self) -> u64 {
         self.stored_bytes

@@ -37,16 +37,23 @@ use hestia_store::node::{
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+mod admin;
 mod blobs;
+mod counters;
 mod origins;
 mod parked;
 mod push;
 
+pub use admin::{
+    AdminRequest, AdminResponse, AdminStatus, BackupInfo, FederationEntry, InviteInfo,
+    MAX_INVITE_USES, REGISTRATIONS_PER_ADDRESS_PER_HOUR, Registration, UserInfo,
+};
 use blobs::Blobs;
 pub use blobs::{
     BLOB_QUOTA_PER_USER, IDLE_UPLOAD_MS, MAX_BLOB_BYTES, MAX_BLOB_STORED_BYTES, MAX_BLOBS,
     MAX_BLOBS_PER_USER, MAX_UPLOADS_PER_USER,
 };
+pub use counters::Counters;
 pub use origins::MAX_STORED_BYTES_PER_NODE;
 use origins::{Origins, UNATTRIBUTED};
 use parked::{Parked, ParkedFetches};
@@ -195,6 +202,13 @@ pub struct Limits {
     pub blob_quota: u64,
     /// Sealed file bytes all local users together may have stored at once.
     pub blob_total: u64,
+    /// Envelopes and body bytes one local user's mailbox may hold.
+    pub mailbox_envelopes: usize,
+    pub mailbox_bytes: u64,
+    /// Largest envelope body taken, from local users and from other nodes.
+    pub max_envelope_bytes: usize,
+    /// Longest an envelope may be held: one that expires later is refused.
+    pub max_ttl_ms: Millis,
 }
 
 impl Default for Limits {
@@ -206,6 +220,10 @@ impl Default for Limits {
             max_blob_bytes: MAX_BLOB_BYTES,
             blob_quota: BLOB_QUOTA_PER_USER,
             blob_total: MAX_BLOB_STORED_BYTES,
+            mailbox_envelopes: MAX_MAILBOX_ENVELOPES,
+            mailbox_bytes: MAX_MAILBOX_BYTES,
+            max_envelope_bytes: hestia_protocol::envelope::MAX_BODY_BYTES,
+            max_ttl_ms: hestia_protocol::envelope::MAX_TTL_MS,
         }
     }
 }
@@ -220,6 +238,10 @@ impl Limits {
         max_blob_bytes: MAX_BLOB_BYTES,
         blob_quota: BLOB_QUOTA_PER_USER,
         blob_total: MAX_BLOB_STORED_BYTES,
+        mailbox_envelopes: MAX_MAILBOX_ENVELOPES,
+        mailbox_bytes: MAX_MAILBOX_BYTES,
+        max_envelope_bytes: hestia_protocol::envelope::MAX_BODY_BYTES,
+        max_ttl_ms: hestia_protocol::envelope::MAX_TTL_MS,
     };
 }
 
@@ -279,7 +301,9 @@ pub struct BatchId(pub u64);
 pub struct Config {
     /// This node's peer id, as text: what clients sign and senders put in `to_node`.
     pub node_id: String,
-    pub registration_open: bool,
+    /// Who may create an account (the operator's suspensions, invites and federation policy
+    /// are in the store).
+    pub registration: Registration,
     /// Seeds the retry jitter, so simulations replay.
     pub seed: u64,
     pub limits: Limits,
@@ -349,6 +373,11 @@ pub enum Output {
         wake: WakeId,
         target: hestia_protocol::push::Subscription,
     },
+    /// Answer the admin request `token` ([`Core::handle_admin`]).
+    Admin {
+        token: Token,
+        response: AdminResponse,
+    },
 }
 
 /// An [`Output`] with its envelope bodies read from the store: what goes on the wire.
@@ -375,6 +404,10 @@ pub enum Ready {
         token: Token,
         endpoint: String,
     },
+    Admin {
+        token: Token,
+        response: AdminResponse,
+    },
 }
 
 impl Output {
@@ -384,6 +417,7 @@ impl Output {
     pub fn load(self, store: &impl NodeStore) -> Result<Ready, StoreError> {
         Ok(match self {
             Output::Client { token, response } => Ready::Client { token, response },
+            Output::Admin { token, response } => Ready::Admin { token, response },
             Output::ClientMail { token, user, ids } => Ready::Client {
                 token,
                 response: ClientResponse::Envelopes(store.mailbox_envelopes(&user, &ids)?),
@@ -616,6 +650,9 @@ pub struct Core {
     pushes: Pushes,
     /// Sessions open per user: a user with none has no device connected (push wakes them).
     online: HashMap<UserId, u32>,
+    /// Registration, suspensions, invites, federation policy.
+    policy: admin::Policy,
+    counters: Counters,
 }
 
 impl Core {
@@ -624,6 +661,12 @@ impl Core {
     pub fn new(config: Config, snapshot: NodeSnapshot, now: Millis) -> Core {
         let rng = config.seed | 1;
         let push_config = config.push.clone();
+        let policy = admin::Policy::new(
+            config.registration,
+            snapshot.suspensions,
+            snapshot.invites,
+            snapshot.federation,
+        );
         let mut core = Core {
             config,
             now,
@@ -664,6 +707,8 @@ impl Core {
             blob_requests: HashMap::default(),
             pushes: Pushes::new(push_config, snapshot.push),
             online: HashMap::default(),
+            policy,
+            counters: Counters::default(),
         };
         for (user, key) in snapshot.one_time_prekeys {
             core.one_time_prekeys.entry(user).or_default().insert(key);
@@ -702,6 +747,11 @@ impl Core {
         &self.config.node_id
     }
 
+    /// Totals since start, for the operator's metrics.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
     pub fn stats(&self) -> Stats {
         Stats {
             accounts: self.accounts.len(),
@@ -730,6 +780,19 @@ impl Core {
         client_peer: &str,
         req: ClientRequest,
     ) {
+        self.handle_client_from(now, token, client_peer, None, req)
+    }
+
+    /// [`Core::handle_client`] from the address `source`, which registrations are counted
+    /// against (the driver leaves loopback out).
+    pub fn handle_client_from(
+        &mut self,
+        now: Millis,
+        token: Token,
+        client_peer: &str,
+        source: Option<std::net::IpAddr>,
+        req: ClientRequest,
+    ) {
         let now = self.advance(now);
         let user = req.auth.user();
         let checked = match &req.auth {
@@ -746,22 +809,52 @@ impl Core {
         if matches!(req.auth, Auth::Signed(_)) {
             self.open_session(client_peer, user);
         }
-        if !matches!(req.op, ClientOp::Register) && !self.accounts.contains_key(&user) {
+        let registers = matches!(req.op, ClientOp::Register | ClientOp::RegisterWithInvite(_));
+        if !registers && !self.accounts.contains_key(&user) {
             return self.respond_client(token, ClientResponse::Error(ClientError::NotRegistered));
         }
+        if !registers && self.policy.is_suspended(&user) {
+            self.counters.refuse("suspended", 1);
+            return self.respond_client(token, ClientResponse::Error(ClientError::Suspended));
+        }
         let response = match req.op {
-            ClientOp::Register => self.register(user, now),
+            ClientOp::Register => self.register(user, None, source, now),
+            ClientOp::RegisterWithInvite(t)
+                if t.len() > hestia_protocol::wire::MAX_INVITE_TOKEN_LEN =>
+            {
+                ClientResponse::Error(ClientError::InviteInvalid)
+            }
+            ClientOp::RegisterWithInvite(t) => self.register(user, Some(&t), source, now),
             ClientOp::Send(items) if items.len() > MAX_BATCH_ENVELOPES => {
                 ClientResponse::Error(ClientError::TooMany)
             }
             ClientOp::Send(items) => match self.spend(&user, items.len() as u64, now) {
-                Err(e) => ClientResponse::Error(e),
-                Ok(()) => ClientResponse::Sent(
-                    items
+                Err(e) => {
+                    self.counters.refuse("rate_limited", items.len() as u64);
+                    ClientResponse::Error(e)
+                }
+                Ok(()) => {
+                    let results: Vec<SendResult> = items
                         .into_iter()
                         .map(|o| self.accept_send(user, o.to_node, o.envelope))
-                        .collect(),
-                ),
+                        .collect();
+                    for r in &results {
+                        match r {
+                            SendResult::Queued | SendResult::DeliveredToNode => {
+                                self.counters.received_from_devices += 1
+                            }
+                            SendResult::NoSuchUser => self.counters.refuse("no_such_user", 1),
+                            SendResult::Invalid => self.counters.refuse("invalid", 1),
+                            SendResult::Full => self.counters.refuse("full", 1),
+                            SendResult::Denied => self.counters.refuse("denied", 1),
+                            SendResult::TooLarge { .. } => self.counters.refuse("too_large", 1),
+                            SendResult::TtlTooLong { .. } => {
+                                self.counters.refuse("ttl_too_long", 1)
+                            }
+                        }
+                    }
+                    ClientResponse::Sent(results)
+                }
             },
             ClientOp::Fetch { limit, wait_ms } => {
                 let limit = (limit as usize).clamp(1, MAX_BATCH_ENVELOPES);
@@ -796,6 +889,7 @@ impl Core {
             }
             ClientOp::Ack(ids) => {
                 let removed = ids.iter().filter(|id| self.ack(&user, id)).count() as u32;
+                self.counters.delivered += u64::from(removed);
                 if !self.holds_mail(&user) {
                     self.pushes.drained(&user);
                 }
@@ -822,6 +916,8 @@ impl Core {
                         Some(b) => ClientResponse::Bundle(Box::new(b)),
                         None => ClientResponse::Error(ClientError::NoBundle),
                     }
+                } else if !self.policy.federates_with(&node) {
+                    ClientResponse::Error(ClientError::NodeDenied)
                 } else if node.len() > MAX_NODE_ID_LEN
                     || self.bundle_fetches.len() + self.bundle_retries.len()
                         >= MAX_PENDING_BUNDLE_FETCHES
@@ -963,9 +1059,18 @@ impl Core {
         req: FedRequest,
     ) {
         let now = self.advance(now);
+        if !self.policy.federates_with(from_node) {
+            tracing::debug!(from = from_node, "federation request refused: policy");
+            self.counters.refuse("denied", 1);
+            return self.outputs.push_back(Output::FedResponse {
+                token,
+                response: FedResponse::Refused(Refusal::Denied),
+            });
+        }
         let response = match req {
             FedRequest::Deliver(envs) if envs.len() > MAX_BATCH_ENVELOPES => {
                 tracing::info!(from = from_node, n = envs.len(), "refused oversized batch");
+                self.counters.refuse("too_many", envs.len() as u64);
                 FedResponse::Refused(Refusal::TooManyEnvelopes)
             }
             FedRequest::Deliver(envs) => match self.spend_fed(from_node, envs.len() as u64, now) {
@@ -975,15 +1080,29 @@ impl Core {
                         n = envs.len(),
                         "delivery refused: rate limit"
                     );
+                    self.counters.refuse("rate_limited", envs.len() as u64);
                     FedResponse::Refused(Refusal::RateLimited {
                         retry_after_ms: wait.min(u32::MAX as u64) as u32,
                     })
                 }
-                Ok(()) => FedResponse::Delivered(
-                    envs.into_iter()
+                Ok(()) => {
+                    let results: Vec<DeliverResult> = envs
+                        .into_iter()
                         .map(|e| self.deliver_local(e, Some(from_node), now))
-                        .collect(),
-                ),
+                        .collect();
+                    for r in &results {
+                        match r {
+                            DeliverResult::Accepted => self.counters.received_from_nodes += 1,
+                            DeliverResult::Duplicate => {}
+                            DeliverResult::NoSuchUser => self.counters.refuse("no_such_user", 1),
+                            DeliverResult::MailboxFull => self.counters.refuse("full", 1),
+                            DeliverResult::Expired | DeliverResult::Invalid => {
+                                self.counters.refuse("invalid", 1)
+                            }
+                        }
+                    }
+                    FedResponse::Delivered(results)
+                }
             },
             FedRequest::FetchBundle(user) => {
                 FedResponse::Bundle(self.take_bundle(from_node, &user, now).map(Box::new))
@@ -1028,6 +1147,9 @@ impl Core {
                 Ok(FedResponse::Refused(Refusal::RateLimited { retry_after_ms })) => {
                     ClientResponse::Error(ClientError::RateLimited { retry_after_ms })
                 }
+                Ok(FedResponse::Refused(Refusal::Denied)) => {
+                    ClientResponse::Error(ClientError::NodeDenied)
+                }
                 Ok(_) | Err(_) => ClientResponse::Error(ClientError::NodeUnreachable),
             };
             return self.respond_client(token, response);
@@ -1045,6 +1167,9 @@ impl Core {
             let response = match result {
                 Ok(FedResponse::Bundle(Some(b))) if b.identity == user => ClientResponse::Bundle(b),
                 Ok(FedResponse::Bundle(_)) => ClientResponse::Error(ClientError::NoBundle),
+                Ok(FedResponse::Refused(Refusal::Denied)) => {
+                    ClientResponse::Error(ClientError::NodeDenied)
+                }
                 Ok(_) | Err(_) => ClientResponse::Error(ClientError::NodeUnreachable),
             };
             return self.respond_client(token, response);
@@ -1056,6 +1181,11 @@ impl Core {
         self.in_flight_bytes -= bytes;
         let results = match result {
             Ok(FedResponse::Delivered(results)) if results.len() == ids.len() => Some(results),
+            Ok(FedResponse::Refused(Refusal::Denied)) => {
+                // Their operator does not take mail from here: final, not a failure to retry.
+                tracing::info!(to = %node, n = ids.len(), "federation batch refused: their policy");
+                Some(vec![DeliverResult::Invalid; ids.len()])
+            }
             Ok(FedResponse::Refused(Refusal::RateLimited { .. })) => {
                 // Backed off below like any failure; the envelopes stay queued.
                 tracing::debug!(to = %node, "federation batch refused: their rate limit");
@@ -1067,6 +1197,11 @@ impl Core {
             }
             Err(failure) => {
                 tracing::debug!(to = %node, ?failure, "federation batch failed");
+                self.counters.fed_failed(match failure {
+                    FedFailure::Unreachable => "unreachable",
+                    FedFailure::Timeout => "timeout",
+                    FedFailure::Protocol => "protocol",
+                });
                 None
             }
         };
@@ -1081,6 +1216,7 @@ impl Core {
                 for (id, r) in ids.iter().zip(results) {
                     let state = match r {
                         DeliverResult::Accepted | DeliverResult::Duplicate => {
+                            self.counters.relayed += 1;
                             DeliveryState::DeliveredToNode { at: now }
                         }
                         DeliverResult::NoSuchUser => DeliveryState::NoSuchUser,
@@ -1145,6 +1281,7 @@ impl Core {
             let (_, ix, id) = self.mail_expiries.pop_first().expect("first() was Some");
             let user = self.users.id(ix);
             if self.remove_mailbox(&user, &id) {
+                self.counters.expired_mailbox += 1;
                 tracing::debug!(user = %redact::User(&user), "expired envelope dropped");
             }
         }
@@ -1160,6 +1297,7 @@ impl Core {
                     };
                     let in_flight = self.in_flight.values().any(|(_, ids, _)| ids.contains(&id));
                     if !in_flight {
+                        self.counters.expired_outbox += 1;
                         self.finish_outbox(&node, &id, DeliveryState::Expired);
                     } else {
                         // Try again once the batch in flight is answered.
@@ -1299,6 +1437,9 @@ impl Core {
         if node.len() > MAX_NODE_ID_LEN || !hestia_protocol::envelope::valid_node_id(&node) {
             return Err(ClientError::NoSuchBlob);
         }
+        if !self.policy.federates_with(&node) {
+            return Err(ClientError::NodeDenied);
+        }
         if self.blob_requests.len() >= MAX_PENDING_BLOB_REQUESTS
             || self.blob_requests.values().filter(|r| r.1 == user).count()
                 >= MAX_PENDING_BLOB_REQUESTS_PER_USER
@@ -1338,23 +1479,6 @@ impl Core {
                 self.went_offline(&u);
             }
         }
-    }
-
-    fn register(&mut self, user: UserId, now: Millis) -> ClientResponse {
-        if self.accounts.contains_key(&user) {
-            return ClientResponse::Registered;
-        }
-        if !self.config.registration_open {
-            return ClientResponse::Error(ClientError::RegistrationClosed);
-        }
-        if self.accounts.len() >= MAX_ACCOUNTS {
-            return ClientResponse::Error(ClientError::Overloaded);
-        }
-        let rec = AccountRecord { created_at: now };
-        self.writes.push(NodeWrite::PutAccount(user, rec.clone()));
-        self.accounts.insert(user, rec);
-        tracing::info!(user = %redact::User(&user), "account registered");
-        ClientResponse::Registered
     }
 
     /// Takes `n` sends from the user's allowance (the configured [`SendLimit`]), or says when
@@ -1464,6 +1588,9 @@ impl Core {
         if envelope.check_header(self.now).is_err() {
             return SendResult::Invalid;
         }
+        if let Err(refused) = self.within_limits(&envelope, self.now) {
+            return refused;
+        }
         let id = envelope.id;
         let expires_at = envelope.expires_at;
         let result = if to_node == self.config.node_id {
@@ -1479,6 +1606,9 @@ impl Core {
                 || !to_node.chars().all(|c| c.is_ascii_alphanumeric())
             {
                 return SendResult::Invalid;
+            }
+            if !self.policy.federates_with(&to_node) {
+                return SendResult::Denied;
             }
             let full = match self.outboxes.get(&to_node) {
                 Some(o) => o.records.len() >= MAX_OUTBOX_PER_NODE,
@@ -1523,6 +1653,9 @@ impl Core {
             SendResult::Queued
             | SendResult::NoSuchUser
             | SendResult::Invalid
+            | SendResult::Denied
+            | SendResult::TooLarge { .. }
+            | SendResult::TtlTooLong { .. }
             | SendResult::Full => {
                 return result;
             }
@@ -1536,6 +1669,23 @@ impl Core {
             },
         );
         result
+    }
+
+    /// The operator's largest envelope and longest hold ([`Limits`]).
+    fn within_limits(&self, envelope: &Envelope, now: Millis) -> Result<(), SendResult> {
+        let limits = &self.config.limits;
+        if envelope.body.len() > limits.max_envelope_bytes {
+            return Err(SendResult::TooLarge {
+                max_bytes: limits.max_envelope_bytes.min(u32::MAX as usize) as u32,
+            });
+        }
+        // A minute of clock skew, as `Envelope::check_header` allows.
+        if envelope.expires_at > now.saturating_add(limits.max_ttl_ms.saturating_add(60_000)) {
+            return Err(SendResult::TtlTooLong {
+                max_secs: (limits.max_ttl_ms / 1000).min(u32::MAX as u64) as u32,
+            });
+        }
+        Ok(())
     }
 
     fn set_status(&mut self, id: EnvelopeId, rec: StatusRecord) {
@@ -1599,6 +1749,10 @@ impl Core {
             }
             Err(_) => return DeliverResult::Invalid,
         }
+        if let Err(r) = self.within_limits(&envelope, now) {
+            tracing::debug!(result = ?r, "envelope refused: past this node's limits");
+            return DeliverResult::Invalid;
+        }
         let user = envelope.recipient;
         if !self.accounts.contains_key(&user) {
             return DeliverResult::NoSuchUser;
@@ -1617,8 +1771,8 @@ impl Core {
         if self
             .mailboxes
             .get(&ix)
-            .is_some_and(|m| m.len() >= MAX_MAILBOX_ENVELOPES)
-            || user_bytes.saturating_add(size) > MAX_MAILBOX_BYTES
+            .is_some_and(|m| m.len() >= self.config.limits.mailbox_envelopes)
+            || user_bytes.saturating_add(size) > self.config.limits.mailbox_bytes
             || self.stored_bytes.saturating_add(size) > MAX_STORED_BYTES
         {
             return DeliverResult::MailboxFull;

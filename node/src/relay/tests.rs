@@ -5,6 +5,8 @@ use hestia_protocol::identity::IdentityKey;
 use hestia_protocol::wire::{ClientAuth, Outgoing};
 use hestia_store::node::{MemNodeStore, NodeStore};
 
+mod admin;
+
 pub(super) const T0: Millis = 1_700_000_000_000;
 
 pub(super) struct Harness {
@@ -22,12 +24,14 @@ pub(super) struct Harness {
     pub(super) wakes: Vec<(super::WakeId, hestia_protocol::push::Subscription)>,
     /// Endpoint checks either node asked for, in order.
     pub(super) checks: Vec<(Token, String)>,
+    /// Admin answers either node gave, in order.
+    pub(super) admin: Vec<AdminResponse>,
 }
 
 fn config(id: &str) -> Config {
     Config {
         node_id: id.into(),
-        registration_open: true,
+        registration: Registration::Open,
         seed: 7,
         limits: Limits::default(),
         push: super::PushConfig {
@@ -71,6 +75,7 @@ impl Harness {
             stash: Vec::new(),
             wakes: Vec::new(),
             checks: Vec::new(),
+            admin: Vec::new(),
         };
         assert_eq!(
             h.client(true, T0, ClientOp::Register),
@@ -151,6 +156,7 @@ impl Harness {
                 } => reqs.push((batch, to_node, request)),
                 Ready::Wake { wake, target } => self.wakes.push((wake, target)),
                 Ready::CheckEndpoint { token, endpoint } => self.checks.push((token, endpoint)),
+                Ready::Admin { response, .. } => self.admin.push(response),
             }
         }
         (reqs, fed, cl)
