@@ -574,8 +574,13 @@ async fn stop_signal() {
     }
 }
 
-/// On each SIGHUP, reads the config file again and hands the node what may change.
-fn reload_on_hangup(config: Option<PathBuf>, reloads: tokio::sync::mpsc::Sender<Reload>) {
+/// On each SIGHUP, reads the config file again and hands the node what may change, as a
+/// restart would: a setting given as a flag stays as the flag says.
+fn reload_on_hangup(
+    config: Option<PathBuf>,
+    registration_flag: bool,
+    reloads: tokio::sync::mpsc::Sender<Reload>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
@@ -590,6 +595,7 @@ fn reload_on_hangup(config: Option<PathBuf>, reloads: tokio::sync::mpsc::Sender<
                 }
             };
             let registration = match file_registration(&file) {
+                Ok(_) if registration_flag => None,
                 Ok(r) => Some(r),
                 Err(e) => {
                     tracing::warn!(error = %e, "registration not reloaded");
@@ -611,6 +617,7 @@ pub async fn run(cmd: NodeCmd, log: Option<LogControl>, as_json: bool) -> Result
     match cmd {
         NodeCmd::Run(args) => {
             let config_path = args.config.clone();
+            let registration_flag = args.registration.is_some() || args.closed_registration;
             let mut config = node_config(*args)?;
             config.log_control = log.clone();
             if let (Some(level), Some(set)) =
@@ -622,7 +629,7 @@ pub async fn run(cmd: NodeCmd, log: Option<LogControl>, as_json: bool) -> Result
             }
             let node = Node::start(config)?;
             println!("node {} started", node.peer_id());
-            reload_on_hangup(config_path, node.reloads());
+            reload_on_hangup(config_path, registration_flag, node.reloads());
             node.run(stop_signal()).await?;
             Ok(())
         }

@@ -72,30 +72,17 @@ pub fn bind(data_dir: &Path) -> Result<UnixListener, AdminError> {
 
 /// Accepts connections until the node's loop goes away.
 pub async fn serve(listener: UnixListener, calls: mpsc::Sender<AdminCall>) {
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin socket accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        if calls.is_closed() {
-            return;
-        }
-        let calls = calls.clone();
-        tokio::spawn(async move {
+    crate::local_server::accept_loop(
+        listener,
+        MAX_CONNECTIONS,
+        calls,
+        |stream, calls| async move {
             if let Err(e) = answer(stream, calls).await {
                 tracing::debug!(error = %e, "admin connection ended");
             }
-            drop(permit);
-        });
-    }
+        },
+    )
+    .await
 }
 
 async fn answer(stream: UnixStream, calls: mpsc::Sender<AdminCall>) -> std::io::Result<()> {

@@ -14,6 +14,7 @@ pub mod client;
 pub mod driver;
 pub mod frame;
 pub mod ip_limits;
+mod local_server;
 pub mod metrics;
 pub mod relay;
 pub mod turn;

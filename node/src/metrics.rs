@@ -258,24 +258,15 @@ impl Metrics {
 
 /// Serves `/metrics`, `/healthz` and `/readyz` until the node's loop goes away.
 pub async fn serve(listener: TcpListener, calls: mpsc::Sender<HttpCall>) {
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        if calls.is_closed() {
-            return;
-        }
-        let calls = calls.clone();
-        tokio::spawn(async move {
+    crate::local_server::accept_loop(
+        listener,
+        MAX_CONNECTIONS,
+        calls,
+        |stream, calls| async move {
             let _ = respond(stream, calls).await;
-            drop(permit);
-        });
-    }
+        },
+    )
+    .await
 }
 
 async fn respond(mut stream: TcpStream, calls: mpsc::Sender<HttpCall>) -> std::io::Result<()> {

@@ -224,6 +224,30 @@ fn admin_commands_invites_suspension_and_metrics() {
 }
 
 #[test]
+fn sighup_reloads_registration_from_the_config_file() {
+    let conf = tempfile::tempdir().unwrap();
+    let file = conf.path().join("node.toml");
+    std::fs::write(&file, "registration = \"open\"\n").unwrap();
+    let net = Net::start_with(1, &["--config", file.to_str().unwrap()]);
+    assert!(create(&net, "alice", None).status.success());
+    std::fs::write(
+        &file,
+        "registration = \"closed\"\nlog_level = \"info,hestia_node=debug\"\n",
+    )
+    .unwrap();
+    net.nodes[0].as_ref().unwrap().signal("HUP");
+    let log = net.node_dir(0).join("process.log");
+    hestia_tests::wait_for_text(&log, "registration policy reloaded");
+    hestia_tests::wait_for_text(&log, "log level reloaded");
+    let out = create(&net, "bob", None);
+    assert!(
+        !out.status.success() && stderr(&out).contains("takes no new accounts"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn a_denied_node_is_refused_both_ways() {
     let net = Net::start(2);
     net.contacts_both_ways("alice", 0, "bob", 1);

@@ -10,6 +10,15 @@ impl Harness {
         self.admin.pop().expect("an answer")
     }
 
+    /// Alice fetches without waiting.
+    fn fetch_now(&mut self) -> Vec<ClientResponse> {
+        let op = ClientOp::Fetch {
+            limit: 1,
+            wait_ms: 0,
+        };
+        self.client(true, T0, op)
+    }
+
     /// A request signed by `key` to node A.
     fn as_user(&mut self, key: &IdentityKey, now: Millis, op: ClientOp) -> Vec<ClientResponse> {
         let auth = ClientAuth::sign(key, "NodeA", "device-2", now, &op).unwrap();
@@ -165,14 +174,7 @@ fn a_suspended_user_can_neither_send_nor_fetch_and_a_deleted_one_leaves_nothing(
     );
     h.a = restarted("NodeA", &h.store_a, T0);
     assert_eq!(
-        h.client(
-            true,
-            T0,
-            ClientOp::Fetch {
-                limit: 1,
-                wait_ms: 0
-            }
-        ),
+        h.fetch_now(),
         vec![ClientResponse::Error(ClientError::Suspended)],
         "a restart keeps the suspension"
     );
@@ -213,14 +215,7 @@ fn a_suspended_user_can_neither_send_nor_fetch_and_a_deleted_one_leaves_nothing(
     h.store_a.for_each_mailbox(&mut |_| left += 1).unwrap();
     assert_eq!(left, 0);
     assert_eq!(
-        h.client(
-            true,
-            T0,
-            ClientOp::Fetch {
-                limit: 1,
-                wait_ms: 0
-            }
-        ),
+        h.fetch_now(),
         vec![ClientResponse::Error(ClientError::NotRegistered)]
     );
     assert!(matches!(
