@@ -345,7 +345,7 @@ fn print_status(s: &AdminStatus) {
         s.node_id, s.version, s.uptime_secs
     );
     println!(
-        "registration: {:?}; accounts {} ({} suspended), {} online on {} device connections",
+        "registration: {}; accounts {} ({} suspended), {} online on {} device connections",
         s.registration, s.accounts, s.suspended, s.online_users, s.connected_devices
     );
     println!("peers connected: {}", s.connected_peers);

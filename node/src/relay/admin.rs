@@ -47,6 +47,16 @@ pub enum Registration {
     Closed,
 }
 
+impl std::fmt::Display for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Registration::Open => "open",
+            Registration::Invite => "by invite",
+            Registration::Closed => "closed",
+        })
+    }
+}
+
 impl std::str::FromStr for Registration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
