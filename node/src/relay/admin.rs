@@ -8,7 +8,7 @@
 
 use super::{Core, Output, Token};
 use hestia_protocol::Millis;
-use hestia_protocol::identity::{MAX_NODE_ID_LEN, UserId};
+use hestia_protocol::identity::{MAX_NODE_ID_LEN, UserId, hex};
 use hestia_protocol::redact;
 use hestia_protocol::wire::{ClientError, ClientResponse};
 use hestia_store::node::{
@@ -247,10 +247,6 @@ pub(super) fn invite_hash(token: &str) -> [u8; 32] {
     h.update(b"hestia/invite/v1");
     h.update(token.trim().as_bytes());
     h.finalize().into()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn invite_info(hash: &[u8; 32], r: &InviteRecord, now: Millis) -> InviteInfo {
@@ -633,7 +629,7 @@ impl Core {
                 .copied()
                 .unwrap_or(0),
             one_time_prekeys: self.one_time_prekeys.get(user).map_or(0, |k| k.len()),
-            push_subscriptions: self.pushes.info(user).subscriptions.len(),
+            push_subscriptions: self.pushes.count(user),
         }
     }
 

@@ -176,6 +176,11 @@ impl Pushes {
         }
     }
 
+    /// How many subscriptions `user` holds.
+    pub(super) fn count(&self, user: &UserId) -> usize {
+        self.subs.get(user).map_or(0, Vec::len)
+    }
+
     pub(super) fn info(&self, user: &UserId) -> PushInfo {
         PushInfo {
             vapid_key: self.config.vapid_key.clone().unwrap_or_default(),
