@@ -50,6 +50,9 @@ pub struct CallArgs {
     /// The local address for the call's media (default: any).
     #[arg(long)]
     bind: Option<IpAddr>,
+    /// Print the call's events as JSON, one object per line, and a summary at the end.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Hears into a meter (for the summary) and, if asked, a WAV file; notes when the first
@@ -158,6 +161,7 @@ fn reason_name(reason: EndReason) -> &'static str {
 
 /// `hestia call`.
 pub async fn run(args: CallArgs, home: &Path, as_json: bool) -> Result<()> {
+    let as_json = as_json || args.json;
     if args.contact.is_none() && !args.listen {
         bail!("name a contact to ring, or --listen to wait for a call");
     }

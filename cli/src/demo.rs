@@ -69,6 +69,7 @@ pub async fn start_local_node(
         metrics_listen: None,
         backup_dir: None,
         backups_keep: hestia_node::driver::BACKUPS_KEPT,
+        db: Default::default(),
         log_control: None,
         limit_loopback: false,
         crash_after_sends: None,

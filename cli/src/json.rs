@@ -10,6 +10,14 @@ use hestia_store::client::{
 };
 use serde_json::{Value, json};
 
+/// `--json` on a command that reads.
+#[derive(clap::Args, Clone, Copy, Debug, Default)]
+pub struct JsonFlag {
+    /// Print as JSON, one object per line, with ids and Unix-millisecond times.
+    #[arg(long)]
+    pub json: bool,
+}
+
 pub fn print(v: Value) {
     println!("{v}");
 }

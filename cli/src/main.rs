@@ -35,14 +35,13 @@ use std::path::{Path, PathBuf};
     about = "Hestia: a privacy-first federated messenger"
 )]
 struct Cli {
-    /// Where this device keeps its identity, contacts and history (device commands only: a
-    /// node or bootstrap node keeps its data in its --data-dir).
-    #[arg(long, global = true, env = "HESTIA_HOME")]
+    /// Where this device keeps its identity, contacts and history, for the device commands
+    /// (account, contact, send, inbox, status, file, push, call, chat); default
+    /// ~/.local/share/hestia/client on Linux. A node keeps its data in its --data-dir.
+    #[arg(long, env = "HESTIA_HOME")]
     home: Option<PathBuf>,
-    /// Print what a reading command shows (inbox, status, contact list, account show, file
-    /// list, push status, node admin) as JSON: one object per line, with ids and
-    /// Unix-millisecond times.
-    #[arg(long, global = true)]
+    /// Print what a reading command shows as JSON (the same as that command's own --json).
+    #[arg(long)]
     json: bool,
     #[command(subcommand)]
     command: Command,
@@ -94,15 +93,19 @@ enum Command {
         /// Show the whole history, not only what just arrived.
         #[arg(long)]
         all: bool,
+        #[command(flatten)]
+        out: json::JsonFlag,
     },
     /// Show the delivery state of sent messages.
-    Status,
+    Status {
+        #[command(flatten)]
+        out: json::JsonFlag,
+    },
     /// Files sent and received.
     #[command(subcommand)]
     File(FileCmd),
     /// Push wake-ups for this device (Web Push / UnifiedPush).
-    #[command(subcommand)]
-    Push(push::PushCmd),
+    Push(push::PushArgs),
     /// Ring a contact (voice, end-to-end encrypted, relayed by your node), or wait for a call
     /// with --listen.
     Call(call::CallArgs),
@@ -128,7 +131,10 @@ enum FileCmd {
         out: Option<PathBuf>,
     },
     /// Files sent and received, and where each stands.
-    List,
+    List {
+        #[command(flatten)]
+        out: json::JsonFlag,
+    },
 }
 
 #[derive(Subcommand)]
@@ -194,6 +200,8 @@ enum AccountCmd {
         /// Print only the address.
         #[arg(long)]
         address: bool,
+        #[command(flatten)]
+        out: json::JsonFlag,
     },
     /// Show or set delivery receipts (whether your device tells senders it got their messages)
     ///
@@ -219,7 +227,10 @@ enum ContactCmd {
         address: String,
     },
     /// List contacts and their trust state.
-    List,
+    List {
+        #[command(flatten)]
+        out: json::JsonFlag,
+    },
     /// Show the safety number you share with a contact, as digits and a QR code
     ///
     /// Compare it out of band (in person, on a call). --confirm then marks the contact
@@ -281,6 +292,35 @@ fn home(cli_home: &Option<PathBuf>) -> Result<PathBuf> {
     }
 }
 
+/// Parses the command line; `--home` given to a command that keeps no device data (a node,
+/// the demo, a simulation) is refused rather than ignored (HESTIA_HOME in the environment is
+/// left alone: it is meant for the device commands run from that shell).
+fn parse_args(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> std::result::Result<Cli, clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().try_get_matches_from(args)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    let on_command_line =
+        matches.value_source("home") == Some(clap::parser::ValueSource::CommandLine);
+    let device_command = !matches!(
+        cli.command,
+        Command::Demo
+            | Command::Node(_)
+            | Command::Bootstrap(_)
+            | Command::Sim(_)
+            | Command::Bench(_)
+    );
+    if on_command_line && !device_command {
+        return Err(Cli::command().error(
+            clap::error::ErrorKind::ArgumentConflict,
+            "--home is for device commands; a node or bootstrap node keeps its data in its \
+             --data-dir, and the demo, simulations and benchmarks in directories of their own",
+        ));
+    }
+    Ok(cli)
+}
+
 fn main() {
     // Everything this process creates (device and node databases, keys, logs it writes) is
     // for its owner only: identity seeds, sessions and history must not be readable by other
@@ -289,7 +329,7 @@ fn main() {
     unsafe {
         libc::umask(0o077);
     }
-    let cli = match Cli::try_parse() {
+    let cli = match parse_args(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;
@@ -475,9 +515,9 @@ async fn run(cli: Cli, log: hestia_node::driver::LogControl) -> Result<()> {
         }
         Command::Account(AccountCmd::Encrypt) => unlock::set(&home(&cli.home)?, false),
         Command::Account(AccountCmd::ChangePassphrase) => unlock::set(&home(&cli.home)?, true),
-        Command::Account(AccountCmd::Show { address }) => {
+        Command::Account(AccountCmd::Show { address, out }) => {
             let d = unlock::open_device(&home(&cli.home)?)?;
-            if cli.json {
+            if cli.json || out.json {
                 json::print(serde_json::json!({
                     "name": d.name(),
                     "address": d.address().to_string(),
@@ -571,11 +611,12 @@ async fn run(cli: Cli, log: hestia_node::driver::LogControl) -> Result<()> {
             }
             Ok(())
         }
-        Command::Inbox { follow, all } => {
+        Command::Inbox { follow, all, out } => {
+            let as_json = cli.json || out.json;
             let mut d = unlock::open_device(&home(&cli.home)?)?;
             if all {
                 for m in d.history()? {
-                    if cli.json {
+                    if as_json {
                         json::print(serde_json::json!({
                             "event": "history", "message": json::message(&d, &m),
                         }));
@@ -589,7 +630,7 @@ async fn run(cli: Cli, log: hestia_node::driver::LogControl) -> Result<()> {
             files::resume_uploads(&mut d, &mut conn).await;
             if !follow {
                 for ev in d.sync(&mut conn, 0).await? {
-                    show_event(&d, &ev, cli.json);
+                    show_event(&d, &ev, as_json);
                 }
                 return Ok(());
             }
@@ -627,7 +668,7 @@ async fn run(cli: Cli, log: hestia_node::driver::LogControl) -> Result<()> {
                             {
                                 let offer = (contact.as_str(), *call, sdp.as_str(), *sent_at);
                                 if let Err(e) = call::ring_in_inbox(
-                                    &mut d, &mut conn, &mut typed, offer, cli.json,
+                                    &mut d, &mut conn, &mut typed, offer, as_json,
                                 )
                                 .await
                                 {
@@ -635,7 +676,7 @@ async fn run(cli: Cli, log: hestia_node::driver::LogControl) -> Result<()> {
                                 }
                                 continue;
                             }
-                            show_event(&d, &ev, cli.json);
+                            show_event(&d, &ev, as_json);
                         }
                     }
                     Err(
@@ -664,24 +705,27 @@ async fn run(cli: Cli, log: hestia_node::driver::LogControl) -> Result<()> {
             }
         }
         Command::File(FileCmd::Get { id, out }) => files::get(&home(&cli.home)?, &id, out).await,
-        Command::File(FileCmd::List) => files::list(&home(&cli.home)?, cli.json).await,
+        Command::File(FileCmd::List { out }) => {
+            files::list(&home(&cli.home)?, cli.json || out.json).await
+        }
         Command::Push(cmd) => push::run(cmd, &home(&cli.home)?, cli.json).await,
         Command::Call(args) => call::run(args, &home(&cli.home)?, cli.json).await,
         Command::Chat => chat::run(&home(&cli.home)?).await,
-        Command::Status => {
+        Command::Status { out } => {
+            let as_json = cli.json || out.json;
             let mut d = unlock::open_device(&home(&cli.home)?)?;
             let mut conn = d.connect().await?;
             files::resume_uploads(&mut d, &mut conn).await;
             // Receipts arrive as messages: read them first, then ask the node about the rest.
             for ev in d.sync(&mut conn, 0).await? {
-                if cli.json {
+                if as_json {
                     json::print(json::event(&d, &ev));
                 } else {
                     print_event(&ev);
                 }
             }
             for m in d.refresh_status(&mut conn).await? {
-                if cli.json {
+                if as_json {
                     json::print(serde_json::json!({
                         "event": "status", "message": json::message(&d, &m),
                     }));
@@ -800,12 +844,12 @@ fn contact(cmd: ContactCmd, home: &Path, as_json: bool) -> Result<()> {
                 c.address.user.fingerprint()
             );
         }
-        ContactCmd::List if as_json => {
+        ContactCmd::List { out } if as_json || out.json => {
             for c in d.contacts()? {
                 json::print(json::contact(&c));
             }
         }
-        ContactCmd::List => {
+        ContactCmd::List { .. } => {
             let contacts = d.contacts()?;
             for c in &contacts {
                 let mut trust = match &c.trust {
@@ -1084,12 +1128,64 @@ mod parse_tests {
         let cli = Cli::try_parse_from(args)
             .map_err(|e| e.to_string())
             .unwrap();
-        let Command::Push(push::PushCmd::Register { p256dh, auth, .. }) = cli.command else {
+        let Command::Push(push::PushArgs {
+            cmd: push::PushCmd::Register { p256dh, auth, .. },
+            ..
+        }) = cli.command
+        else {
             panic!("not a push register")
         };
         assert_eq!(
             (p256dh.as_str(), auth.as_str()),
             ("-BZD1AW", "-C8nhelv0sjxdtKdQwz7jg")
+        );
+    }
+
+    fn parse(args: &[&str]) -> std::result::Result<Cli, String> {
+        let all = std::iter::once("hestia").chain(args.iter().copied());
+        parse_args(all.map(std::ffi::OsString::from)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn options_are_offered_only_where_they_apply() {
+        use clap::CommandFactory;
+        // --json before the command, or as the reading command's own option.
+        for args in [
+            &["--json", "inbox"][..],
+            &["inbox", "--follow", "--json"],
+            &["status", "--json"],
+            &["contact", "list", "--json"],
+            &["account", "show", "--json"],
+            &["file", "list", "--json"],
+            &["push", "status", "--json"],
+            &["push", "--json", "status"],
+            &["call", "bob", "--json"],
+            &["node", "admin", "--json", "status"],
+            &["node", "admin", "status", "--json"],
+            &["--home", "/tmp/h", "send", "bob", "hi"],
+        ] {
+            parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
+        // Not on commands that write, nor on a node's.
+        for args in [
+            &["send", "bob", "hi", "--json"][..],
+            &["node", "run", "--json"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?}");
+        }
+        let e = parse(&["--home", "/tmp/h", "node", "run"]).err().unwrap();
+        assert!(e.contains("--home is for device commands"), "{e}");
+        assert!(parse(&["--home", "/tmp/h", "bootstrap", "run"]).is_err());
+        // A node's help lists neither.
+        let mut cmd = Cli::command();
+        let run = cmd
+            .find_subcommand_mut("node")
+            .and_then(|n| n.find_subcommand_mut("run"))
+            .unwrap();
+        let help = run.render_long_help().to_string();
+        assert!(
+            !help.contains("--home") && !help.contains("--json"),
+            "{help}"
         );
     }
 }

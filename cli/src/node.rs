@@ -13,6 +13,7 @@ use hestia_node::relay::{
     Registration, UserInfo,
 };
 use hestia_protocol::wire::BlobSpec;
+use hestia_store::tuning::DbTuning;
 use libp2p::Multiaddr;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -44,8 +45,9 @@ pub struct NodeRunArgs {
     /// registration_open, send_burst, sends_per_second, max_file_mib, file_quota_mib,
     /// file_storage_gib, push, push_contact, push_delay_max_secs, turn_listen,
     /// turn_calls_per_user, turn_calls, mailbox_max_messages, mailbox_max_mib,
-    /// max_message_kib, max_ttl_days, metrics_listen, backup_dir, backups_keep, log_level.
-    /// SIGHUP reloads registration and log_level from it.
+    /// max_message_kib, max_ttl_days, metrics_listen, backup_dir, backups_keep, log_level, and
+    /// the database's db_memory_mib, db_log_file_mib, db_log_files_kept, db_wal_recovery
+    /// (docs/operating.md). SIGHUP reloads registration and log_level from it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Where the node keeps its key and its database (default: the platform data directory,
@@ -167,6 +169,10 @@ struct NodeFile {
     backup_dir: Option<PathBuf>,
     backups_keep: Option<u64>,
     log_level: Option<String>,
+    db_memory_mib: Option<u64>,
+    db_log_file_mib: Option<u64>,
+    db_log_files_kept: Option<u64>,
+    db_wal_recovery: Option<String>,
     send_burst: Option<u64>,
     sends_per_second: Option<u64>,
     max_file_mib: Option<u64>,
@@ -186,6 +192,9 @@ pub struct AdminArgs {
     /// platform's, ~/.local/share/hestia/node on Linux).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Print what the command shows as JSON, one object per line.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     cmd: AdminCmd,
 }
@@ -472,6 +481,7 @@ fn confirm_delete(user: &str, yes: bool) -> Result<()> {
 }
 
 async fn admin(args: AdminArgs, as_json: bool) -> Result<()> {
+    let as_json = as_json || args.json;
     let data_dir = match args.data_dir {
         Some(d) => d,
         None => default_dir("node")?,
@@ -638,8 +648,46 @@ pub async fn run(cmd: NodeCmd, log: Option<LogControl>, as_json: bool) -> Result
     }
 }
 
+/// The database settings of the config file, each checked against its range.
+fn db_tuning(file: &NodeFile) -> Result<DbTuning> {
+    use hestia_store::tuning::{MAX_LOG_FILES_KEPT, MAX_MEMORY_BYTES, MIN_MEMORY_BYTES};
+    let d = DbTuning::default();
+    let in_range = |key: &str, v: Option<u64>, lo: u64, hi: u64| -> Result<Option<u64>> {
+        match v {
+            Some(n) if !(lo..=hi).contains(&n) => {
+                bail!("{key} in the config must be from {lo} to {hi}, not {n}")
+            }
+            v => Ok(v),
+        }
+    };
+    let mib = 1u64 << 20;
+    Ok(DbTuning {
+        memory_bytes: in_range(
+            "db_memory_mib",
+            file.db_memory_mib,
+            MIN_MEMORY_BYTES as u64 / mib,
+            MAX_MEMORY_BYTES as u64 / mib,
+        )?
+        .map_or(d.memory_bytes, |n| (n * mib) as usize),
+        log_file_bytes: in_range("db_log_file_mib", file.db_log_file_mib, 1, 1024)?
+            .map_or(d.log_file_bytes, |n| (n * mib) as usize),
+        log_files_kept: in_range(
+            "db_log_files_kept",
+            file.db_log_files_kept,
+            1,
+            MAX_LOG_FILES_KEPT as u64,
+        )?
+        .map_or(d.log_files_kept, |n| n as usize),
+        wal_recovery: match &file.db_wal_recovery {
+            Some(s) => s.parse().context("db_wal_recovery in the config")?,
+            None => d.wal_recovery,
+        },
+    })
+}
+
 fn node_config(args: NodeRunArgs) -> Result<NodeConfig> {
     let file = read_file(args.config.as_deref())?;
+    let db = db_tuning(&file)?;
     let registration = if args.closed_registration {
         Registration::Closed
     } else {
@@ -682,6 +730,7 @@ fn node_config(args: NodeRunArgs) -> Result<NodeConfig> {
             .backups_keep
             .or(file.backups_keep)
             .map_or(hestia_node::driver::BACKUPS_KEPT, |n| n as usize),
+        db,
         log_control: None,
         limit_loopback: args.limit_loopback,
         crash_after_sends: args.crash_after_sends,
@@ -819,6 +868,53 @@ mod tests {
             ..Default::default()
         });
         assert!(format!("{:#}", e.err().unwrap()).contains("unknown field"));
+    }
+
+    #[test]
+    fn database_settings_in_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        let config = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            node_config(NodeRunArgs {
+                config: Some(file.clone()),
+                ..Default::default()
+            })
+        };
+        let c = config("").unwrap();
+        assert_eq!(c.db, DbTuning::default());
+        let c = config(
+            "db_memory_mib = 256
+db_log_file_mib = 8
+db_log_files_kept = 10
+             db_wal_recovery = \"absolute\"
+",
+        )
+        .unwrap();
+        assert_eq!(c.db.memory_bytes, 256 << 20);
+        assert_eq!(c.db.log_file_bytes, 8 << 20);
+        assert_eq!(c.db.log_files_kept, 10);
+        assert_eq!(
+            c.db.wal_recovery,
+            hestia_store::tuning::WalRecovery::Absolute
+        );
+        let e = config(
+            "db_memory_mib = 1
+",
+        )
+        .err()
+        .unwrap();
+        assert_eq!(
+            format!("{e:#}"),
+            "db_memory_mib in the config must be from 8 to 65536, not 1"
+        );
+        let e = config(
+            "db_wal_recovery = \"skip\"
+",
+        )
+        .err()
+        .unwrap();
+        assert!(format!("{e:#}").contains("point-in-time, absolute or tolerate-tail"));
     }
 
     #[test]

@@ -38,7 +38,18 @@ pub enum PushCmd {
     },
 }
 
-pub async fn run(cmd: PushCmd, home: &Path, as_json: bool) -> Result<()> {
+/// `hestia push`: the commands, and `--json` for all of them (each prints what it leaves).
+#[derive(clap::Args)]
+pub struct PushArgs {
+    #[command(subcommand)]
+    pub cmd: PushCmd,
+    /// Print as JSON, one object per line, with Unix-millisecond times.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+pub async fn run(args: PushArgs, home: &Path, as_json: bool) -> Result<()> {
+    let (cmd, as_json) = (args.cmd, as_json || args.json);
     let d = crate::unlock::open_device(home)?;
     let show = |info: &PushInfo| {
         if as_json {

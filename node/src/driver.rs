@@ -331,6 +331,8 @@ pub struct NodeConfig {
     /// Where backups go (default: `backups` in the data directory), and how many are kept.
     pub backup_dir: Option<PathBuf>,
     pub backups_keep: usize,
+    /// The database's memory budget, info-log rotation and crash recovery.
+    pub db: hestia_store::tuning::DbTuning,
     /// Lets `node admin log-level` and reloads change the log filter.
     pub log_control: Option<LogControl>,
     /// Apply the per-address connection limit to loopback too (tests of that limit).
@@ -478,7 +480,7 @@ impl Node {
             hestia_store::StoreError::Io { path, source } => NodeError::DataDir { path, source },
             other => other.into(),
         })?;
-        let store = NodeDb::open(&config.data_dir.join("db"))?;
+        let store = NodeDb::open_tuned(&config.data_dir.join("db"), &config.db)?;
         // Refuses to start beside another node on the same directory (its socket answers).
         let admin_listener = crate::admin_socket::bind(&config.data_dir)?;
         let metrics_listener = match config.metrics_listen {

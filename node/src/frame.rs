@@ -37,7 +37,11 @@ const READ_CHUNK: usize = 16 * 1024;
 pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 static BUFFERED: AtomicUsize = AtomicUsize::new(0);
-static REFUSED: AtomicU64 = AtomicU64::new(0);
+/// Frames refused since start, by [`REFUSAL_REASONS`].
+static REFUSED: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+/// Why a frame was refused, as the metrics name it: a length prefix above the limit, bytes
+/// that do not decode, a frame that did not arrive in time, a buffer budget spent.
+pub const REFUSAL_REASONS: [&str; 4] = ["oversized", "malformed", "too_slow", "over_budget"];
 static LAST_REFUSAL_LOG: Mutex<Option<Instant>> = Mutex::new(None);
 
 /// Bytes taken from [`MAX_BUFFERED_BYTES`] (and from its connection's budget, if it has one)
@@ -99,9 +103,33 @@ pub fn buffered_bytes() -> usize {
     BUFFERED.load(Ordering::Relaxed)
 }
 
-/// Frames refused since the process started (malformed, oversized, too slow, over budget).
+/// Frames refused since the process started, all reasons together.
 pub fn refused_frames() -> u64 {
-    REFUSED.load(Ordering::Relaxed)
+    REFUSED.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+}
+
+/// Frames refused since the process started, by reason ([`REFUSAL_REASONS`]).
+pub fn refused_frames_by_reason() -> [(&'static str, u64); 4] {
+    std::array::from_fn(|i| (REFUSAL_REASONS[i], REFUSED[i].load(Ordering::Relaxed)))
+}
+
+/// Which of [`REFUSAL_REASONS`] an error of the codec is, if it is a refusal at all (a stream
+/// the peer closed early or reset is not).
+fn refusal_reason(e: &io::Error) -> Option<usize> {
+    match e.kind() {
+        io::ErrorKind::InvalidData => Some(
+            if e.get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<frame::FrameError>().is_some())
+            {
+                0
+            } else {
+                1
+            },
+        ),
+        io::ErrorKind::TimedOut => Some(2),
+        io::ErrorKind::OutOfMemory => Some(3),
+        _ => None,
+    }
 }
 
 /// The codec. Each connection gets its own buffer budget ([`MAX_BUFFERED_PER_CONNECTION`])
@@ -289,13 +317,11 @@ async fn write_bytes<W: AsyncWrite + Unpin>(io: &mut W, bytes: Vec<u8>) -> io::R
 
 /// Counts a refused frame; logs a summary (not one line per stream) when the interval passed.
 fn log_refusal(protocol: &StreamProtocol, e: &io::Error) {
-    if !matches!(
-        e.kind(),
-        io::ErrorKind::InvalidData | io::ErrorKind::TimedOut | io::ErrorKind::OutOfMemory
-    ) {
+    let Some(reason) = refusal_reason(e) else {
         return;
-    }
-    let total = REFUSED.fetch_add(1, Ordering::Relaxed) + 1;
+    };
+    REFUSED[reason].fetch_add(1, Ordering::Relaxed);
+    let total = refused_frames();
     let Ok(mut last) = LAST_REFUSAL_LOG.lock() else {
         return;
     };
@@ -384,12 +410,30 @@ mod tests {
             let mut big = Cursor::new(((MAX_FRAME_BYTES + 1) as u32).to_be_bytes().to_vec());
             let e = read_frame::<Vec<u8>, _>(&mut big).await.unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+            assert_eq!(
+                refusal_reason(&e).map(|i| REFUSAL_REASONS[i]),
+                Some("oversized")
+            );
             let mut junk = vec![0, 0, 0, 3];
             junk.extend_from_slice(&[0xff, 0xff, 0xff]);
             let e = read_frame::<hestia_protocol::wire::FedRequest, _>(&mut Cursor::new(junk))
                 .await
                 .unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+            assert_eq!(
+                refusal_reason(&e).map(|i| REFUSAL_REASONS[i]),
+                Some("malformed")
+            );
+            assert_eq!(
+                refusal_reason(&too_slow()).map(|i| REFUSAL_REASONS[i]),
+                Some("too_slow")
+            );
+            let eof: io::Error = io::ErrorKind::UnexpectedEof.into();
+            assert_eq!(
+                refusal_reason(&eof),
+                None,
+                "a peer hanging up is not a refusal"
+            );
             let mut buf = Cursor::new(Vec::new());
             write_frame(&mut buf, &vec![1u8, 2, 3]).await.unwrap();
             buf.set_position(0);
@@ -429,6 +473,10 @@ mod tests {
             frame.set_position(0);
             let e = read_frame::<Vec<u8>, _>(&mut frame).await.unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::OutOfMemory);
+            assert_eq!(
+                refusal_reason(&e).map(|i| REFUSAL_REASONS[i]),
+                Some("over_budget")
+            );
         });
         drop(hog);
         assert_eq!(buffered_bytes(), 0);

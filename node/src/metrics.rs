@@ -54,7 +54,7 @@ pub struct Metrics {
     expired: Family<Labels, Counter>,
     refused: Family<Labels, Counter>,
     federation_failures: Family<Labels, Counter>,
-    refused_input: Counter,
+    refused_input: Family<Labels, Counter>,
     mailbox_envelopes: Gauge,
     mailbox_bytes: Gauge,
     outbox_envelopes: Gauge,
@@ -65,7 +65,7 @@ pub struct Metrics {
     write_seconds: Histogram,
     /// The core's totals at the last scrape (counters move by the difference).
     last: Counters,
-    last_refused_input: u64,
+    last_refused_input: BTreeMap<&'static str, u64>,
 }
 
 fn label(k: &str, v: &str) -> Labels {
@@ -106,7 +106,7 @@ impl Metrics {
             expired: Family::default(),
             refused: Family::default(),
             federation_failures: Family::default(),
-            refused_input: Counter::default(),
+            refused_input: Family::default(),
             mailbox_envelopes: Gauge::default(),
             mailbox_bytes: Gauge::default(),
             outbox_envelopes: Gauge::default(),
@@ -117,7 +117,7 @@ impl Metrics {
             // 100 µs to ~3 s.
             write_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 15)),
             last: Counters::default(),
-            last_refused_input: 0,
+            last_refused_input: BTreeMap::new(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -153,7 +153,7 @@ impl Metrics {
         );
         r.register(
             "input_refused",
-            "Frames refused by the wire codec (oversized, malformed, over a buffer budget, too slow)",
+            "Frames refused by the wire codec, by reason (oversized, malformed, too_slow, over_budget)",
             m.refused_input.clone(),
         );
         r.register(
@@ -234,8 +234,15 @@ impl Metrics {
             &c.federation_failures,
         );
         self.last = c;
-        let refused = crate::frame::refused_frames();
-        advance(&self.refused_input, self.last_refused_input, refused);
+        let refused: BTreeMap<&'static str, u64> = crate::frame::refused_frames_by_reason()
+            .into_iter()
+            .collect();
+        advance_family(
+            &self.refused_input,
+            "reason",
+            &self.last_refused_input,
+            &refused,
+        );
         self.last_refused_input = refused;
         let s = core.admin_status();
         let g = |g: &Gauge, v: u64| {

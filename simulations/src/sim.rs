@@ -434,9 +434,10 @@ pub struct Summary {
     /// node), so without cover traffic this is 1.0; cover envelopes, indistinguishable by size
     /// and timing, make each observed envelope possibly a dummy. See docs/simulations.md.
     pub linkable_by_one_operator: f64,
-    /// The same for two colluding operators (the sender's and the recipient's home nodes). Their
-    /// joint view adds the recipient's fetches, which devices make alike for real and dummy
-    /// envelopes, so in this protocol it equals the single-operator figure.
+    /// The same for two colluding operators (the sender's and the recipient's home nodes).
+    /// Their joint view adds what the recipient sends back to the sender (replies, receipts),
+    /// seen at the recipient's node: both directions' envelopes must all be dummies for the
+    /// pair not to be a conversation. At least the single-operator figure.
     pub linkable_by_two_colluding_operators: f64,
 }
 
@@ -1381,8 +1382,14 @@ impl Sim {
             }
         }
         let (node, device) = (self.count_node, self.count_device);
+        // The closing sample of a run that went to its full end falls on the last scheduled
+        // one: it replaces it rather than repeating it.
+        let t_s = (self.now - EPOCH_MS) as f64 / 1000.0;
+        if self.series.last().is_some_and(|last| last.t_s == t_s) {
+            self.series.pop();
+        }
         self.series.push(Sample {
-            t_s: (self.now - EPOCH_MS) as f64 / 1000.0,
+            t_s,
             sent: self.msgs.len() as u64,
             delivered_to_node: node,
             delivered_to_device: device,
@@ -1426,14 +1433,15 @@ impl Sim {
         self.finish()
     }
 
-    /// Mean over conversations of the sender's home node's posterior that the pair is real.
-    /// Each envelope it saw from s to r is a dummy with probability q = (c / (N - 1)) /
-    /// (c / (N - 1) + m · p_r), where c and m are the cover and message rates, N the users and
-    /// p_r the chance a message goes to r; so after k envelopes the pair is real with
-    /// probability 1 - q^k. Summed in sorted order, so the figure does not depend on hashing.
-    fn linkability(&self) -> f64 {
+    /// Mean posteriors that a conversation is real: for the best single operator, and for
+    /// the sender's and the recipient's home nodes together (docs/simulations.md). Each
+    /// envelope seen from s to r is a dummy with probability q = (c / (N - 1)) / (c / (N - 1)
+    /// + m · p_r), where c and m are the cover and message rates, N the users and p_r the
+    /// chance a message goes to r; so after k envelopes the pair is real with probability
+    /// 1 - q^k. Summed in sorted order, so the figure does not depend on hashing.
+    fn linkability(&self) -> (f64, f64) {
         if self.all_conversations.is_empty() {
-            return 0.0;
+            return (0.0, 0.0);
         }
         let n = self.devices.len().max(2) as f64;
         let c = self.sc.cover_messages_per_user_per_hour;
@@ -1451,31 +1459,57 @@ impl Sim {
                 (self.recipient_weights[r] - prev) / total_weight
             }
         };
+        // The chance that one envelope seen from `s` to `r` is a dummy, and how many the
+        // sender's home node saw.
+        let q = |r: usize| {
+            let cover = c / (n - 1.0);
+            if cover <= 0.0 {
+                0.0
+            } else {
+                cover / (cover + m * p_r(r))
+            }
+        };
+        let seen = |s: usize, r: usize| {
+            self.nodes[self.devices[s].node]
+                .observed
+                .user_to_recipient
+                .get(&(s, r))
+                .copied()
+                .unwrap_or(0) as i32
+        };
         let mut pairs: Vec<(usize, usize)> = self.all_conversations.iter().copied().collect();
         pairs.sort_unstable();
-        let sum: f64 = pairs
-            .iter()
-            .map(|&(s, r)| {
-                let home = self.devices[s].node;
-                let k = self.nodes[home]
-                    .observed
-                    .user_to_recipient
-                    .get(&(s, r))
-                    .copied()
-                    .unwrap_or(0);
-                if k == 0 {
-                    return 0.0; // never reached the node (it was down): nothing observed
-                }
-                let cover = c / (n - 1.0);
-                let q = if cover <= 0.0 {
-                    0.0
-                } else {
-                    cover / (cover + m * p_r(r))
-                };
-                1.0 - q.powi(k as i32)
-            })
-            .sum();
-        sum / pairs.len() as f64
+        let (mut one, mut two) = (0.0, 0.0);
+        for &(s, r) in &pairs {
+            let (k_sr, k_rs) = (seen(s, r), seen(r, s));
+            // Every envelope either way a dummy: the pair is not a conversation. `s`'s node
+            // sees the envelopes from s to r; `r`'s node those from r to s (its own user
+            // sending), which replies and receipts make.
+            let both_dummies = q(r).powi(k_sr) * q(s).powi(k_rs);
+            let joint = if k_sr + k_rs == 0 {
+                0.0 // never reached a node (it was down): nothing observed
+            } else {
+                1.0 - both_dummies
+            };
+            let forward = if k_sr == 0 {
+                0.0
+            } else {
+                1.0 - q(r).powi(k_sr)
+            };
+            let backward = if k_rs == 0 {
+                0.0
+            } else {
+                1.0 - q(s).powi(k_rs)
+            };
+            // One node homing both users sees both directions by itself.
+            one += if self.devices[s].node == self.devices[r].node {
+                joint
+            } else {
+                forward.max(backward)
+            };
+            two += joint;
+        }
+        (one / pairs.len() as f64, two / pairs.len() as f64)
     }
 
     fn finish(self) -> Outcome {
@@ -1533,7 +1567,7 @@ impl Sim {
         let (node_p, _) = pct(to_node);
         let (other_node_p, _) = pct(to_other_node);
         let (device_p, device_sorted) = pct(to_device);
-        let linkable = self.linkability();
+        let (linkable, linkable_colluding) = self.linkability();
         let summary = Summary {
             scenario: self.sc.name.clone(),
             interrupted: self.interrupted,
@@ -1582,7 +1616,7 @@ impl Sim {
             conversations: self.all_conversations.len(),
             cover_envelopes_sent: self.cover_sent,
             linkable_by_one_operator: linkable,
-            linkable_by_two_colluding_operators: linkable,
+            linkable_by_two_colluding_operators: linkable_colluding,
         };
         let operators = self
             .nodes

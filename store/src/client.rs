@@ -71,7 +71,13 @@ impl ClientDb {
     /// it ([`StoreError::Locked`] without one, [`StoreError::WrongPassphrase`] if it does not
     /// open); a passphrase given for a database in clear is not used.
     pub fn open(path: &Path, passphrase: Option<&[u8]>) -> Result<Self> {
-        let db = crate::open_db(path, CLIENT_CFS, "client", migrate)?;
+        let db = crate::open_db(
+            path,
+            CLIENT_CFS,
+            "client",
+            &crate::tuning::DbTuning::default(),
+            migrate,
+        )?;
 
         let meta = db.cf_handle(META).expect("created at open");
         let vault = match db.get_cf(&meta, b"vault")? {

@@ -22,6 +22,7 @@ pub mod client;
 pub mod node;
 pub mod records;
 pub mod schema;
+pub mod tuning;
 pub mod vault;
 
 use std::path::PathBuf;
@@ -81,21 +82,12 @@ pub(crate) fn synced() -> rocksdb::WriteOptions {
     wo
 }
 
-/// One memtable's size: writes are small envelopes, so a few MiB batch plenty of them.
-#[cfg(feature = "rocksdb")]
-const MEMTABLE_BYTES: usize = 4 << 20;
-/// All memtables of a database together; beyond this RocksDB flushes.
-#[cfg(feature = "rocksdb")]
-const MEMTABLES_TOTAL_BYTES: usize = 16 << 20;
 /// Values at least this large in the chunk family go to blob files.
 #[cfg(feature = "rocksdb")]
 const CHUNK_BLOB_MIN_BYTES: u64 = 4096;
 /// Size of one blob file.
 #[cfg(feature = "rocksdb")]
 const BLOB_FILE_BYTES: u64 = 64 << 20;
-/// Cached table blocks (bodies being read for fetches and batches, indexes).
-#[cfg(feature = "rocksdb")]
-const BLOCK_CACHE_BYTES: usize = 8 << 20;
 
 /// Opens (or creates) a database with the given column families, checks its kind and schema
 /// version, and writes both on first open. `migrate(db, from)` runs the kind's own migration
@@ -106,6 +98,7 @@ pub(crate) fn open_db(
     path: &std::path::Path,
     cfs: &[&str],
     kind: &'static str,
+    tuning: &tuning::DbTuning,
     migrate: impl FnOnce(&rocksdb::DB, u32) -> Result<()>,
 ) -> Result<rocksdb::DB> {
     secure_dir(path)?;
@@ -124,14 +117,12 @@ pub(crate) fn open_db(
     // Bodies are ciphertext: compression would spend CPU for nothing (and is not compiled in).
     opts.set_compression_type(rocksdb::DBCompressionType::None);
     opts.set_max_open_files(256);
-    opts.set_keep_log_file_num(4);
     // Memory does not grow with what is stored: memtables are small and capped together (a
     // restart after a crash replays at most this much of the write-ahead log into memory),
-    // and reads go through one small block cache.
-    opts.set_write_buffer_size(MEMTABLE_BYTES);
-    opts.set_db_write_buffer_size(MEMTABLES_TOTAL_BYTES);
+    // and reads go through one small block cache; the operator sets the budget.
+    let cache = tuning.apply(&mut opts);
     let mut table = rocksdb::BlockBasedOptions::default();
-    table.set_block_cache(&rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES));
+    table.set_block_cache(&cache);
     // Index blocks live in that cache too, instead of beside every open table file, so they
     // do not grow with the data either.
     table.set_cache_index_and_filter_blocks(true);

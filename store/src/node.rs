@@ -7,6 +7,7 @@ pub use crate::records::{
 };
 use crate::records::{MailboxMeta, OutboxMeta};
 use crate::schema::{self, *};
+use crate::tuning::DbTuning;
 use crate::{Result, decode_value, encode_value};
 use hestia_protocol::Millis;
 use hestia_protocol::envelope::{Envelope, EnvelopeId};
@@ -138,8 +139,13 @@ pub struct NodeDb {
 
 impl NodeDb {
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_tuned(path, &DbTuning::default())
+    }
+
+    /// [`NodeDb::open`] with the operator's database settings.
+    pub fn open_tuned(path: &Path, tuning: &DbTuning) -> Result<Self> {
         let chunks = ChunkFiles::beside(path, false)?;
-        let db = crate::open_db(path, NODE_CFS, "node", |db, from| {
+        let db = crate::open_db(path, NODE_CFS, "node", tuning, |db, from| {
             migrate(db, from, &chunks)
         })?;
         let db = NodeDb { db, chunks };

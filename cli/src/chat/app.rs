@@ -9,8 +9,8 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-/// Messages kept on screen per conversation (older ones stay in the history on the device).
-pub const MAX_SHOWN_PER_CONTACT: usize = 500;
+/// Lines PgUp and PgDn move the conversation by.
+pub const PAGE_LINES: usize = 10;
 /// Longest line the compose box takes (a message is at most 12 288 bytes).
 pub const MAX_COMPOSE_BYTES: usize = 12_288;
 
@@ -37,6 +37,19 @@ pub enum Action {
     /// Ring this contact.
     Ring {
         to: String,
+    },
+    /// The user compared this contact's safety number and it matches: mark it verified, or,
+    /// for a key that claims another contact's name, accept it as that contact's new key.
+    Confirm {
+        of: String,
+    },
+    /// Answer a message request without writing: a contact from now on.
+    AcceptRequest {
+        name: String,
+    },
+    /// Reject this contact's key (asked twice): removed, and what it sends dropped.
+    Reject {
+        name: String,
     },
     /// Answer, decline or hang up the call on screen (goes to the running call, not the
     /// worker's queue: the worker is inside the call).
@@ -97,8 +110,10 @@ pub struct App {
     pub help: bool,
     /// A safety number being shown: (contact, text).
     pub safety: Option<(String, String)>,
-    /// Lines scrolled back from the newest.
+    /// Lines scrolled back from the newest (at most the conversation's lines).
     pub scroll: usize,
+    /// A contact whose rejection waits for a second Ctrl-X.
+    pub rejecting: Option<String>,
     /// The call ringing or running.
     pub call: Option<CallBar>,
     /// Files sent and received, by the id of the message that carries each.
@@ -122,13 +137,22 @@ impl App {
     pub fn key(&mut self, k: KeyEvent) -> Option<Action> {
         let ctrl = k.modifiers.contains(KeyModifiers::CONTROL);
         if self.help || self.safety.is_some() {
-            // Any key closes an overlay (Ctrl-C still quits).
+            // Any key closes an overlay (Ctrl-C still quits); on a safety number, `y` says it
+            // matched.
             if ctrl && k.code == KeyCode::Char('c') {
                 return Some(Action::Quit);
             }
             self.help = false;
-            self.safety = None;
+            let shown = self.safety.take();
+            if let (Some((of, _)), KeyCode::Char('y'), false) = (shown, k.code, ctrl) {
+                return Some(Action::Confirm { of });
+            }
             return None;
+        }
+        // A rejection is confirmed by a second Ctrl-X and nothing else.
+        let rejecting = self.rejecting.take();
+        if rejecting.is_some() && !(ctrl && k.code == KeyCode::Char('x')) {
+            self.status = "kept".into();
         }
         match (k.code, ctrl) {
             (KeyCode::Char('c'), true) | (KeyCode::Char('q'), true) => return Some(Action::Quit),
@@ -141,8 +165,43 @@ impl App {
             (KeyCode::BackTab, _) | (KeyCode::Up, true) | (KeyCode::Char('p'), true) => {
                 self.select(self.selected + self.contacts.len().max(1) - 1)
             }
-            (KeyCode::PageUp, _) => self.scroll = self.scroll.saturating_add(10),
-            (KeyCode::PageDown, _) => self.scroll = self.scroll.saturating_sub(10),
+            (KeyCode::PageUp, _) => {
+                self.scroll = self
+                    .scroll
+                    .saturating_add(PAGE_LINES)
+                    .min(self.max_scroll())
+            }
+            (KeyCode::PageDown, _) => self.scroll = self.scroll.saturating_sub(PAGE_LINES),
+            (KeyCode::Home, true) => self.scroll = self.max_scroll(),
+            (KeyCode::End, true) => self.scroll = 0,
+            (KeyCode::Char('y'), true) => {
+                let c = self.selected_contact()?;
+                if c.claims.is_some() {
+                    self.status = "this key claims another contact's name: compare its safety \
+                                   number first (Ctrl-V), then y if it matches"
+                        .into();
+                    return None;
+                }
+                if c.origin != hestia_store::client::Origin::Request {
+                    self.status = "not a message request".into();
+                    return None;
+                }
+                return Some(Action::AcceptRequest {
+                    name: c.name.clone(),
+                });
+            }
+            (KeyCode::Char('x'), true) => {
+                let name = self.selected_name()?.to_string();
+                if rejecting.as_deref() == Some(name.as_str()) {
+                    return Some(Action::Reject { name });
+                }
+                self.status = format!(
+                    "reject {}'s key (removed, and what it sends dropped)? Ctrl-X again to \
+                     reject, any other key to keep it",
+                    hestia_protocol::display::line(&name)
+                );
+                self.rejecting = Some(name);
+            }
             (KeyCode::Char('r'), true) if self.call.is_none() => {
                 return self
                     .selected_name()
@@ -203,6 +262,17 @@ impl App {
         None
     }
 
+    /// How far the selected conversation scrolls back: its lines less one screen's worth is
+    /// enough, but the screen's height is the drawing's, so all its lines.
+    pub fn max_scroll(&self) -> usize {
+        let Some(name) = self.selected_name() else {
+            return 0;
+        };
+        self.messages.get(name).map_or(0, |ms| {
+            ms.iter().map(|m| m.text.lines().count().max(1)).sum()
+        })
+    }
+
     /// The newest file received in the selected conversation that is not downloaded yet.
     pub fn fetchable_file(&self) -> Option<EnvelopeId> {
         let name = self.selected_name()?;
@@ -247,10 +317,7 @@ impl App {
                     by.entry(m.peer_name.clone()).or_default().push(m);
                 }
                 let current = self.selected_name().map(str::to_string);
-                for (name, list) in &mut by {
-                    if list.len() > MAX_SHOWN_PER_CONTACT {
-                        list.drain(..list.len() - MAX_SHOWN_PER_CONTACT);
-                    }
+                for (name, list) in &by {
                     let incoming = list
                         .iter()
                         .filter(|m| m.direction == Direction::Incoming)
@@ -476,5 +543,92 @@ pub(crate) mod tests {
             }),
             "the newest one not downloaded yet"
         );
+    }
+
+    #[test]
+    fn requests_and_claims_are_answered_with_keys_and_a_rejection_is_asked_twice() {
+        let ctrl = |c| KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL);
+        let mut a = App::default();
+        let mut request = contact("carol", 3);
+        request.origin = Origin::Request;
+        let mut claim = contact("bob-1a2b3c4d", 4);
+        claim.claims = Some("bob".into());
+        a.apply(Update::Contacts(vec![
+            contact("bob", 2),
+            request,
+            claim.clone(),
+        ]));
+        assert_eq!(a.selected_name(), Some("bob-1a2b3c4d"), "claims first");
+        assert_eq!(a.key(ctrl('y')), None, "a claim is not accepted blind");
+        assert!(a.status.contains("compare its safety"));
+        // The safety number on screen, then `y`: it matched.
+        a.apply(Update::SafetyNumber {
+            of: claim.name.clone(),
+            text: "12345".into(),
+        });
+        assert_eq!(
+            a.key(key(KeyCode::Char('y'))),
+            Some(Action::Confirm {
+                of: "bob-1a2b3c4d".into()
+            })
+        );
+        a.apply(Update::SafetyNumber {
+            of: claim.name.clone(),
+            text: "12345".into(),
+        });
+        assert_eq!(a.key(key(KeyCode::Char('n'))), None, "any other key: no");
+        assert!(a.safety.is_none());
+        // A plain request.
+        a.key(key(KeyCode::Tab));
+        a.key(key(KeyCode::Tab));
+        assert_eq!(a.selected_name(), Some("carol"));
+        assert_eq!(
+            a.key(ctrl('y')),
+            Some(Action::AcceptRequest {
+                name: "carol".into()
+            })
+        );
+        // Rejecting: twice, with nothing between.
+        assert_eq!(a.key(ctrl('x')), None);
+        assert!(a.status.contains("Ctrl-X again"));
+        assert_eq!(a.key(key(KeyCode::Char('z'))), None);
+        assert_eq!(a.status, "kept");
+        assert_eq!(a.key(ctrl('x')), None);
+        assert_eq!(
+            a.key(ctrl('x')),
+            Some(Action::Reject {
+                name: "carol".into()
+            })
+        );
+        // Bob is neither: Ctrl-Y says so.
+        a.key(key(KeyCode::BackTab));
+        assert_eq!(a.selected_name(), Some("bob"));
+        assert_eq!(a.key(ctrl('y')), None);
+        assert_eq!(a.status, "not a message request");
+    }
+
+    #[test]
+    fn a_long_history_is_kept_whole_and_scrolls_back_to_its_beginning() {
+        let mut a = App::default();
+        a.apply(Update::Contacts(vec![contact("bob", 2)]));
+        let many: Vec<StoredMessage> = (0..2000u32)
+            .map(|i| {
+                let mut m = message("bob", 0, &format!("m{i}"), Direction::Incoming);
+                m.envelope_id = EnvelopeId([(i % 256) as u8; 16]);
+                m
+            })
+            .collect();
+        a.apply(Update::History(many));
+        assert_eq!(a.messages["bob"].len(), 2000, "nothing dropped past 500");
+        for _ in 0..500 {
+            a.key(key(KeyCode::PageUp));
+        }
+        assert_eq!(a.scroll, 2000, "PgUp stops at the beginning");
+        a.key(key(KeyCode::PageDown));
+        assert_eq!(a.scroll, 2000 - PAGE_LINES);
+        a.key(KeyEvent::new(KeyCode::End, KeyModifiers::CONTROL));
+        assert_eq!(a.scroll, 0);
+        a.key(KeyEvent::new(KeyCode::Home, KeyModifiers::CONTROL));
+        assert_eq!(a.scroll, 2000);
     }
 }

@@ -168,6 +168,11 @@ fn show_call(
     }
 }
 
+/// A contact's name for the status line, control characters made visible.
+fn display(name: &str) -> String {
+    hestia_protocol::display::line(name).into_owned()
+}
+
 async fn worker(
     mut d: Device,
     mut conn: Connection,
@@ -240,6 +245,39 @@ async fn worker(
                         say(Update::Call(None));
                         say(Update::Status(format!("call failed: {e}")));
                     }
+                    changed = true;
+                }
+                Ok(Action::Confirm { of }) => {
+                    let claims = d.contact(&of).ok().and_then(|c| c.claims);
+                    let done = match &claims {
+                        Some(old) => d.accept_new_key(&of).map(|_| {
+                            format!("{of}'s key is now {old}'s, verified", of = display(&of))
+                        }),
+                        None => d
+                            .verify_contact(&of)
+                            .map(|_| format!("{} verified", display(&of))),
+                    };
+                    say(Update::Status(match done {
+                        Ok(s) => s,
+                        Err(e) => e.to_string(),
+                    }));
+                    changed = true;
+                }
+                Ok(Action::AcceptRequest { name }) => {
+                    say(Update::Status(match d.accept_request(&name) {
+                        Ok(_) => format!("{} is a contact now (unverified)", display(&name)),
+                        Err(e) => e.to_string(),
+                    }));
+                    changed = true;
+                }
+                Ok(Action::Reject { name }) => {
+                    say(Update::Status(match d.reject_contact(&name) {
+                        Ok(_) => format!(
+                            "{}'s key rejected: what it sends is dropped unread",
+                            display(&name)
+                        ),
+                        Err(e) => e.to_string(),
+                    }));
                     changed = true;
                 }
                 Ok(Action::Call(_)) => {}

@@ -5,7 +5,7 @@
 
 use super::app::{App, delivery_mark, trust_mark};
 use hestia_protocol::display;
-use hestia_store::client::{Direction, MessageState};
+use hestia_store::client::{Direction, MessageState, StoredMessage};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
@@ -15,8 +15,10 @@ use ratatui::widgets::{Block, Borders, Clear, List, ListItem, ListState, Paragra
 const HELP: &str = "\
 Enter        send what you typed to the selected contact
 Tab, Ctrl-N  next contact          Shift-Tab, Ctrl-P  previous
-PgUp, PgDn   scroll the conversation
-Ctrl-V       the contact's safety number and QR code (compare it in person)
+PgUp, PgDn   scroll the conversation   Ctrl-Home  its beginning   Ctrl-End  the newest
+Ctrl-V       the contact's safety number and QR code (compare it in person); y there
+             says it matched: the contact is verified (a key claiming a name: accepted)
+Ctrl-Y       accept a message request     Ctrl-X twice  reject the contact's key
 /file PATH   send a file (encrypted here, uploaded to your node, then announced)
 Ctrl-G       fetch the newest file they sent (decrypted, verified, put where chat started)
 Ctrl-R       ring the contact       Ctrl-A answer   Ctrl-D decline   Ctrl-E hang up
@@ -26,7 +28,6 @@ Esc          clear the line; quit when it is empty     Ctrl-C  quit
 
 Marks: ✓ verified  · unverified (trusted on first use)  ? message request
        ! a new key claims this name: compare its safety number before accepting it
-       (hestia contact accept NAME --confirm, or reject)
 Sent:  … waiting   ✓ on their node   ✓✓ on their device";
 
 fn hhmm(at: u64) -> String {
@@ -171,86 +172,130 @@ fn draw_contacts(f: &mut Frame, app: &App, area: Rect) {
     );
 }
 
+/// Key warnings pinned above the conversation (the newest, if there are more).
+const MAX_PINNED_WARNINGS: usize = 3;
+
+/// The lines one message takes on screen.
+fn message_lines(app: &App, m: &StoredMessage) -> Vec<Line<'static>> {
+    let time = Span::styled(hhmm(m.at), Style::default().fg(Color::DarkGray));
+    if let MessageState::Call(o) = &m.state {
+        let incoming = m.direction == Direction::Incoming;
+        let what = crate::describe_call(o, incoming);
+        let text = if incoming {
+            format!(" call from them: {what}")
+        } else {
+            format!(" call to them: {what}")
+        };
+        return vec![Line::from(vec![
+            time,
+            Span::styled(text, Style::default().fg(Color::Cyan)),
+        ])];
+    }
+    let body = match app.files.get(&m.envelope_id) {
+        Some(f) => file_text(f),
+        None => display::block(&m.text).into_owned(),
+    };
+    let (who, mark) = match m.direction {
+        Direction::Incoming => (display::line(&m.peer_name).into_owned(), String::new()),
+        Direction::Outgoing => ("me".into(), format!("  {}", delivery_mark(&m.state))),
+    };
+    let mut lines = Vec::new();
+    let mut first = true;
+    for part in body.lines() {
+        let mut spans = Vec::new();
+        if first {
+            spans.push(time.clone());
+            spans.push(Span::styled(
+                format!(" {who}: "),
+                Style::default().add_modifier(Modifier::BOLD),
+            ));
+        } else {
+            spans.push(Span::raw("       "));
+        }
+        spans.push(Span::raw(part.to_string()));
+        first = false;
+        lines.push(Line::from(spans));
+    }
+    if lines.is_empty() {
+        lines.push(Line::from(vec![
+            time,
+            Span::styled(
+                format!(" {who}: "),
+                Style::default().add_modifier(Modifier::BOLD),
+            ),
+        ]));
+    }
+    if !mark.is_empty()
+        && let Some(last) = lines.last_mut()
+    {
+        last.spans
+            .push(Span::styled(mark, Style::default().fg(Color::DarkGray)));
+    }
+    lines
+}
+
 fn draw_conversation(f: &mut Frame, app: &App, area: Rect) {
     let Some(c) = app.selected_contact() else {
         f.render_widget(Block::default().borders(Borders::ALL), area);
         return;
     };
-    let mut lines: Vec<Line> = Vec::new();
+    // Warnings stay in view however far back the conversation is scrolled.
+    let loud = Style::default().fg(Color::Red).add_modifier(Modifier::BOLD);
+    let mut pinned: Vec<Line> = Vec::new();
     if let Some(claimed) = &c.claims {
-        lines.push(Line::styled(
+        pinned.push(Line::styled(
             format!(
                 "!! this key wrote as {:?}, whose key is another: it may be them on a new device, \
-                 or someone else. Compare safety numbers (Ctrl-V) before `hestia contact accept`.",
+                 or someone else. Compare safety numbers (Ctrl-V, then y if they match) or \
+                 reject it (Ctrl-X).",
                 display::line(claimed)
             ),
-            Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
+            loud,
+        ));
+    } else if c.origin == hestia_store::client::Origin::Request {
+        pinned.push(Line::styled(
+            "? a message request from a key you do not know: reply or Ctrl-Y to accept it, \
+             Ctrl-X to reject it",
+            Style::default().fg(Color::Yellow),
         ));
     }
-    for w in app.warnings.get(&c.name).into_iter().flatten() {
-        lines.push(Line::styled(
-            format!("!! {}", display::line(w)),
-            Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
-        ));
-    }
-    for m in app.messages.get(&c.name).into_iter().flatten() {
-        let time = Span::styled(hhmm(m.at), Style::default().fg(Color::DarkGray));
-        if let MessageState::Call(o) = &m.state {
-            let incoming = m.direction == Direction::Incoming;
-            let what = crate::describe_call(o, incoming);
-            let text = if incoming {
-                format!(" call from them: {what}")
-            } else {
-                format!(" call to them: {what}")
-            };
-            lines.push(Line::from(vec![
-                time,
-                Span::styled(text, Style::default().fg(Color::Cyan)),
-            ]));
-            continue;
-        }
-        let body = match app.files.get(&m.envelope_id) {
-            Some(f) => file_text(f),
-            None => display::block(&m.text).into_owned(),
-        };
-        let (who, mark) = match m.direction {
-            Direction::Incoming => (display::line(&m.peer_name).into_owned(), String::new()),
-            Direction::Outgoing => ("me".into(), format!("  {}", delivery_mark(&m.state))),
-        };
-        let mut first = true;
-        for part in body.lines() {
-            let mut spans = Vec::new();
-            if first {
-                spans.push(time.clone());
-                spans.push(Span::styled(
-                    format!(" {who}: "),
-                    Style::default().add_modifier(Modifier::BOLD),
-                ));
-            } else {
-                spans.push(Span::raw("       "));
-            }
-            spans.push(Span::raw(part.to_string()));
-            first = false;
-            lines.push(Line::from(spans));
-        }
-        if !mark.is_empty()
-            && let Some(last) = lines.last_mut()
-        {
-            last.spans
-                .push(Span::styled(mark, Style::default().fg(Color::DarkGray)));
-        }
+    let warnings = app.warnings.get(&c.name).map_or(&[][..], |w| &w[..]);
+    for w in &warnings[warnings.len().saturating_sub(MAX_PINNED_WARNINGS)..] {
+        pinned.push(Line::styled(format!("!! {}", display::line(w)), loud));
     }
     let height = area.height.saturating_sub(2) as usize;
-    let end = lines.len().saturating_sub(app.scroll);
-    let start = end.saturating_sub(height);
-    let shown: Vec<Line> = lines[start..end].to_vec();
+    let room = height.saturating_sub(pinned.len());
+    // Only the messages on screen are laid out, newest first: a long history costs nothing
+    // until it is scrolled to.
+    let want = room.saturating_add(app.scroll);
+    let mut window: Vec<Line> = Vec::new();
+    let messages = app.messages.get(&c.name).map_or(&[][..], |m| &m[..]);
+    for m in messages.iter().rev() {
+        if window.len() >= want {
+            break;
+        }
+        let mut ls = message_lines(app, m);
+        ls.reverse();
+        window.extend(ls);
+    }
+    window.reverse();
+    let scroll = app.scroll.min(window.len().saturating_sub(room));
+    let end = window.len() - scroll;
+    let start = end.saturating_sub(room);
+    let mut shown = pinned;
+    shown.extend_from_slice(&window[start..end]);
     let title = format!(
-        " {} {} ",
+        " {} {}{} ",
         display::line(&c.name),
         if c.trust == hestia_store::client::Trust::Verified {
             "(verified)"
         } else {
             "(unverified)"
+        },
+        if scroll > 0 {
+            format!(", {scroll} lines back (Ctrl-End: newest)")
+        } else {
+            String::new()
         }
     );
     f.render_widget(
@@ -375,5 +420,39 @@ pub(crate) mod tests {
         assert!(s.contains("report.pdf (3.0 MiB) Ctrl-G to fetch"), "{s}");
         assert!(s.contains("minutes"), "{s}");
         assert!(!s.contains('\u{1b}'), "{s}");
+    }
+
+    #[test]
+    fn paging_reaches_the_first_of_thousands_of_messages_and_warnings_stay_in_view() {
+        use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+        let mut a = App::default();
+        a.apply(Update::Contacts(vec![super::super::app::tests::contact(
+            "bob", 2,
+        )]));
+        let many = (0..3000u32)
+            .map(|i| {
+                super::super::app::tests::message(
+                    "bob",
+                    0,
+                    &format!("msg-{i}"),
+                    Direction::Incoming,
+                )
+            })
+            .collect();
+        a.apply(Update::History(many));
+        a.apply(Update::KeyWarning {
+            contact: "bob".into(),
+            text: "bob's key changed".into(),
+        });
+        let s = screen(&a);
+        assert!(s.contains("msg-2999") && !s.contains("msg-0 "), "{s}");
+        a.key(KeyEvent::new(KeyCode::Home, KeyModifiers::CONTROL));
+        let s = screen(&a);
+        assert!(s.contains("msg-0 ") && s.contains("msg-1 "), "{s}");
+        assert!(!s.contains("msg-2999"));
+        assert!(s.contains("bob's key changed"), "pinned: {s}");
+        assert!(s.contains("lines back"));
+        a.key(KeyEvent::new(KeyCode::End, KeyModifiers::CONTROL));
+        assert!(screen(&a).contains("msg-2999"));
     }
 }

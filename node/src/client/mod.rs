@@ -108,6 +108,11 @@ pub enum ClientLibError {
          with `hestia contact verify {0}`"
     )]
     NotAClaim(String),
+    #[error(
+        "{0:?} claims to be another contact: compare its safety number first, then accept it \
+         as that contact's new key (`hestia contact accept {0} --confirm`) or reject it"
+    )]
+    IsAClaim(String),
     #[error("that key is already your contact {0:?}")]
     KeyAlreadyContact(String),
     #[error(
@@ -556,6 +561,21 @@ impl Device {
             c.origin = Origin::Accepted;
         }
         self.db.put_contact(&c)?;
+        Ok(c)
+    }
+
+    /// Answers a message request without writing to it: the stranger becomes a contact
+    /// (unverified, trusted on first use). A key that claims another contact's name is not a
+    /// request to accept this way: [`Device::accept_new_key`] after comparing safety numbers.
+    pub fn accept_request(&self, name: &str) -> Result<Contact, ClientLibError> {
+        let mut c = self.contact(name)?;
+        if c.claims.is_some() {
+            return Err(ClientLibError::IsAClaim(name.into()));
+        }
+        if c.origin == Origin::Request {
+            c.origin = Origin::Accepted;
+            self.db.put_contact(&c)?;
+        }
         Ok(c)
     }
 
