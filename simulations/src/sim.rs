@@ -1435,10 +1435,10 @@ impl Sim {
 
     /// Mean posteriors that a conversation is real: for the best single operator, and for
     /// the sender's and the recipient's home nodes together (docs/simulations.md). Each
-    /// envelope seen from s to r is a dummy with probability q = (c / (N - 1)) / (c / (N - 1)
-    /// + m · p_r), where c and m are the cover and message rates, N the users and p_r the
-    /// chance a message goes to r; so after k envelopes the pair is real with probability
-    /// 1 - q^k. Summed in sorted order, so the figure does not depend on hashing.
+    /// envelope seen from s to r is a dummy with probability `q = (c/(N-1)) / (c/(N-1) +
+    /// m·p_r)`, where c and m are the cover and message rates, N the users and p_r the chance
+    /// a message goes to r; so after k envelopes the pair is real with probability `1 - q^k`.
+    /// Summed in sorted order, so the figure does not depend on hashing.
     fn linkability(&self) -> (f64, f64) {
         if self.all_conversations.is_empty() {
             return (0.0, 0.0);
