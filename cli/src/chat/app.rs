@@ -195,10 +195,10 @@ impl App {
                 if rejecting.as_deref() == Some(name.as_str()) {
                     return Some(Action::Reject { name });
                 }
+                // The status line is made safe where it is drawn (`ui::draw`).
                 self.status = format!(
-                    "reject {}'s key (removed, and what it sends dropped)? Ctrl-X again to \
-                     reject, any other key to keep it",
-                    hestia_protocol::display::line(&name)
+                    "reject {name}'s key (removed, and what it sends dropped)? Ctrl-X again to \
+                     reject, any other key to keep it"
                 );
                 self.rejecting = Some(name);
             }

@@ -168,11 +168,6 @@ fn show_call(
     }
 }
 
-/// A contact's name for the status line, control characters made visible.
-fn display(name: &str) -> String {
-    hestia_protocol::display::line(name).into_owned()
-}
-
 async fn worker(
     mut d: Device,
     mut conn: Connection,
@@ -250,12 +245,10 @@ async fn worker(
                 Ok(Action::Confirm { of }) => {
                     let claims = d.contact(&of).ok().and_then(|c| c.claims);
                     let done = match &claims {
-                        Some(old) => d.accept_new_key(&of).map(|_| {
-                            format!("{of}'s key is now {old}'s, verified", of = display(&of))
-                        }),
-                        None => d
-                            .verify_contact(&of)
-                            .map(|_| format!("{} verified", display(&of))),
+                        Some(old) => d
+                            .accept_new_key(&of)
+                            .map(|_| format!("{of}'s key is now {old}'s, verified")),
+                        None => d.verify_contact(&of).map(|_| format!("{of} verified")),
                     };
                     say(Update::Status(match done {
                         Ok(s) => s,
@@ -265,17 +258,14 @@ async fn worker(
                 }
                 Ok(Action::AcceptRequest { name }) => {
                     say(Update::Status(match d.accept_request(&name) {
-                        Ok(_) => format!("{} is a contact now (unverified)", display(&name)),
+                        Ok(_) => format!("{name} is a contact now (unverified)"),
                         Err(e) => e.to_string(),
                     }));
                     changed = true;
                 }
                 Ok(Action::Reject { name }) => {
                     say(Update::Status(match d.reject_contact(&name) {
-                        Ok(_) => format!(
-                            "{}'s key rejected: what it sends is dropped unread",
-                            display(&name)
-                        ),
+                        Ok(_) => format!("{name}'s key rejected: what it sends is dropped unread"),
                         Err(e) => e.to_string(),
                     }));
                     changed = true;
