@@ -139,13 +139,25 @@ enum FileCmd {
 
 #[derive(Subcommand)]
 enum SimCmd {
-    /// Run a scenario (default: the bundled one) and write summary.json, timeseries.csv and
-    /// latency_cdf.svg.
+    /// Run a scenario (default: the bundled one) and write summary.json, scenario.toml,
+    /// timeseries.csv, operators.csv and latency_cdf.svg.
+    ///
+    /// A scenario is TOML; every field has a default, so a file names only what it changes:
+    /// name, nodes, users_per_node, node_sizes (equal|power_law), node_size_exponent,
+    /// duration_s, drain_s, messages_per_user_per_hour, diurnal_amplitude, diurnal_period_s,
+    /// social_graph (uniform|power_law), power_law_exponent, client_latency_ms,
+    /// link_latency_ms [min, max], regions, inter_region_latency_ms, link_bandwidth_mbps,
+    /// link_loss, online_fraction, session_mean_s, ttl_s, sample_every_s, padding,
+    /// mean_text_bytes, cover_messages_per_user_per_hour, batching_delay_ms, and the faults
+    /// [[crashes]] (node, at_s, down_s, disk_loss) and [[partitions]] (start_s, end_s, split).
+    /// docs/simulations.md explains each; simulations/scenarios/ holds examples.
     Run {
         /// Scenario file (TOML); see simulations/scenarios/.
         scenario: Option<PathBuf>,
+        /// The run's seed: the same scenario and seed give the same files.
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// Directory for the results (created if missing).
         #[arg(long, default_value = "results")]
         out: PathBuf,
         /// Also run the scenario on real node processes (libp2p, RocksDB) in real time, crashes
@@ -153,6 +165,20 @@ enum SimCmd {
         /// scenarios only; partitions need root (one network namespace per node).
         #[arg(long)]
         real: bool,
+    },
+    /// Run a scenario once as given and once per privacy knob changed alone (cover traffic at
+    /// 1, 10 and 100 dummies per message, a 10 s batching delay, padding flipped), on the same
+    /// seed and so on the same messages; write knobs.md (a table), knobs.json and knobs.svg
+    /// (linkability against bytes moved).
+    Knobs {
+        /// Scenario file (TOML); default: simulations/scenarios/privacy-knobs.toml.
+        scenario: Option<PathBuf>,
+        /// The seed every run shares.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Directory for the results (created if missing).
+        #[arg(long, default_value = "results-knobs")]
+        out: PathBuf,
     },
 }
 
@@ -441,39 +467,20 @@ async fn run(cli: Cli, log: hestia_node::driver::LogControl) -> Result<()> {
             real: true,
         }) => {
             let sc = load_scenario(&scenario)?;
-            let c = real::run(sc, seed, &out).await?;
-            println!(
-                "network: {}, {} crashes, {} partitions",
-                c.network, c.crashes, c.partitions
-            );
-            println!(
-                "                 sent  not sent  delivered  ratio   p50 ms   p90 ms   p99 ms"
-            );
-            for (name, s) in [("real stack", &c.real), ("model", &c.model)] {
-                println!(
-                    "{name:<12} {:>9} {:>9} {:>10} {:>6.3} {:>8.1} {:>8.1} {:>8.1}",
-                    s.messages_sent,
-                    s.not_sent_home_node_down,
-                    s.delivered_to_device,
-                    s.delivery_ratio,
-                    s.p50_ms,
-                    s.p90_ms,
-                    s.p99_ms
-                );
+            match real::run(sc, seed, &out).await? {
+                Some(c) => real::report(&c, &scenario, &out),
+                None => eprintln!(
+                    "interrupted while the model ran; its partial results are in {}",
+                    out.display()
+                ),
             }
-            println!(
-                "messages with the same fate on both sides (latency within ±{slack} ms): {:.3}\n\
-                 latency CDFs apart by {:.3} (with ±{slack} ms of slack)\n\
-                 agree within ±{} delivery ratio and {} of CDF: {}",
-                c.paired_within_slack,
-                c.cdf_gap,
-                c.ratio_tolerance,
-                c.cdf_tolerance,
-                if c.agree { "yes" } else { "NO" },
-                slack = c.latency_tolerance_ms,
-            );
             Ok(())
         }
+        Command::Sim(SimCmd::Knobs {
+            scenario,
+            seed,
+            out,
+        }) => sim_knobs(scenario, seed, &out),
         Command::Node(cmd) => node::run(cmd, Some(log), cli.json).await,
         Command::Bootstrap(BootstrapCmd::Run { data_dir, listen }) => {
             let dir = match data_dir {
@@ -752,7 +759,59 @@ fn load_scenario(path: &Option<PathBuf>) -> Result<hestia_simulations::Scenario>
         }
         None => hestia_simulations::DEFAULT_SCENARIO.to_string(),
     };
-    Ok(hestia_simulations::Scenario::from_toml(&text)?)
+    let mut sc = hestia_simulations::Scenario::from_toml(&text)?;
+    if sc.name.is_empty() {
+        sc.name = path
+            .as_ref()
+            .and_then(|p| p.file_stem())
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "unnamed".into());
+    }
+    Ok(sc)
+}
+
+fn sim_knobs(scenario: Option<PathBuf>, seed: u64, out: &Path) -> Result<()> {
+    use hestia_simulations::knobs;
+    let sc = match &scenario {
+        Some(_) => load_scenario(&scenario)?,
+        None => hestia_simulations::Scenario::from_toml(hestia_simulations::KNOBS_SCENARIO)?,
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            on_signal.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let total = knobs::variants(&sc).len();
+    let mut n = 0;
+    let runs = knobs::sweep(
+        &sc,
+        seed,
+        |knob| {
+            n += 1;
+            eprintln!("[{n}/{total}] {knob}");
+        },
+        || !stop.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    if runs.len() < total {
+        eprintln!(
+            "interrupted: {} of {total} runs finished; writing those",
+            runs.len()
+        );
+    }
+    let title = format!("privacy knobs ({}; seed {seed})", sc.name);
+    knobs::write_sweep(out, &title, &runs).with_context(|| format!("writing {}", out.display()))?;
+    print!("{}", knobs::table(&runs));
+    let file = scenario
+        .map(|p| format!("{} ", p.display()))
+        .unwrap_or_default();
+    println!(
+        "results in {} (knobs.md, knobs.json, knobs.svg)\nreplay with: hestia sim knobs {file}--seed {seed} --out {}",
+        out.display(),
+        out.display()
+    );
+    Ok(())
 }
 
 fn simulate(scenario: Option<PathBuf>, seed: u64, out: &Path) -> Result<()> {
@@ -821,7 +880,10 @@ fn simulate(scenario: Option<PathBuf>, seed: u64, out: &Path) -> Result<()> {
     let file = scenario
         .map(|p| format!("{} ", p.display()))
         .unwrap_or_default();
-    println!("replay with: hestia sim run {file}--seed {seed}");
+    println!(
+        "replay with: hestia sim run {file}--seed {seed} --out {}",
+        out.display()
+    );
     Ok(())
 }
 

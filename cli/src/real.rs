@@ -16,6 +16,11 @@
 //! and for the partition's span the router silently drops packets between the two sides, as a
 //! cut in the middle of a network does. Devices stay reachable from their home node.
 //!
+//! The nodes die with this process however it ends (a parent-death signal, SIGKILL included);
+//! a run's temporary directory and namespaces carry its process id, so the next run removes
+//! what a killed one left. Ctrl-C stops sending, stops the nodes, removes the namespaces and
+//! the directory, and writes what the run reached, marked `"interrupted": true`.
+//!
 //! `HESTIA_REAL_KEEP=1` keeps the nodes' directories and logs (the path is printed);
 //! `HESTIA_REAL_NODE_LOG` sets the nodes' `RUST_LOG` (default `warn,libp2p=error`).
 //!
@@ -91,6 +96,11 @@ pub struct Comparison {
     pub latency_tolerance_ms: f64,
     pub cdf_tolerance: f64,
     pub agree: bool,
+    /// Ctrl-C stopped the run: the real side covers only `real_s` seconds of sending (the
+    /// model's side is the whole scenario), so the two are not compared (`agree` is false).
+    pub interrupted: bool,
+    /// Seconds of the scenario the real side ran, from the first send to the last.
+    pub real_s: f64,
 }
 
 fn check(sc: &Scenario) -> Result<()> {
@@ -155,13 +165,23 @@ fn cdf_gap(a: &[f64], b: &[f64], slack_ms: f64) -> f64 {
     gap.max(0.0)
 }
 
-/// Both send-to-device latency CDFs at log-spaced latencies from 0.5 ms to 5 minutes.
+/// Both send-to-device latency CDFs (sorted samples) at log-spaced latencies, ten a decade from
+/// 0.5 ms up to the first grid point at or past the larger of the two maxima (where both CDFs
+/// read 1).
 fn cdf_table(real: &[f64], model: &[f64]) -> String {
     let mut csv = String::from("latency_ms,real_cdf,model_cdf\n");
-    let mut x = 0.5f64;
-    while x <= 300_000.0 {
+    let max = real
+        .last()
+        .copied()
+        .unwrap_or(0.0)
+        .max(model.last().copied().unwrap_or(0.0));
+    let step = 10f64.powf(0.1);
+    for k in 0.. {
+        let x = 0.5 * step.powi(k);
         csv += &format!("{x:.1},{:.4},{:.4}\n", ecdf(real, x), ecdf(model, x));
-        x *= 10f64.powf(0.1);
+        if x >= max {
+            break;
+        }
     }
     csv
 }
@@ -367,6 +387,25 @@ impl Fleet {
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true);
+        // The node dies with this process, even when this process is SIGKILLed and no Drop
+        // runs: a parent-death signal, asked for in the child before exec (`ip netns exec`
+        // execs the node in place, so it carries over). The signal follows the forking thread,
+        // a runtime worker that lives as long as the run. If the parent is already gone, the
+        // child leaves at once.
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: between fork and exec only async-signal-safe calls are made (prctl, getppid,
+        // _exit), touching no memory of the parent's.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
         for b in bootstrap {
             cmd.args(["--bootstrap", &b.to_string()]);
         }
@@ -553,13 +592,43 @@ async fn send_one(
     false
 }
 
-pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Comparison> {
+/// Runs the scenario on the model, then on the real stack, and compares them; writes both
+/// sides' results to `out`. None if Ctrl-C came while the model ran (its partial results are
+/// written; the real stack never started).
+pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Option<Comparison>> {
     check(&sc)?;
+    // From here Ctrl-C stops the run in order instead of ending the process. The handler is
+    // registered now, not when a task is first polled, so a signal during the model's run is
+    // caught too.
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let (interrupt_tx, interrupt) = watch::channel(false);
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let interrupted = interrupted.clone();
+        tokio::spawn(async move {
+            if sigint.recv().await.is_some() {
+                eprintln!(
+                    "\ninterrupted: stopping devices and nodes, then writing what the run reached"
+                );
+                interrupted.store(true, Ordering::SeqCst);
+                let _ = interrupt_tx.send(true);
+                // The sender stays alive, so receivers never see it closed.
+                std::future::pending::<()>().await;
+            }
+        });
+    }
     // The model runs first: its trace is the workload the real devices replay.
     let model_run = hestia_simulations::Sim::new(sc.clone(), seed)
         .traced()
-        .run(|_, _| true);
-    let tmp = tempfile::tempdir()?;
+        .run(|_, _| !interrupted.load(Ordering::SeqCst));
+    if model_run.summary.interrupted {
+        hestia_simulations::write_results(out, &model_run)?;
+        return Ok(None);
+    }
+    remove_stale_dirs();
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!("{TMP_PREFIX}{}-", std::process::id()))
+        .tempdir()?;
     let tmp_keep = std::env::var_os("HESTIA_REAL_KEEP").is_some();
     let namespaces = if sc.partitions.is_empty() {
         None
@@ -648,9 +717,13 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Comparison> {
     let plan = fault_plan(&sc);
     let faults = {
         let (sc, tally) = (sc.clone(), tally.clone());
+        let mut stop = interrupt.clone();
         tokio::spawn(async move {
             for (at, fault) in plan {
-                tokio::time::sleep_until((start + Duration::from_secs_f64(at)).into()).await;
+                tokio::select! {
+                    _ = tokio::time::sleep_until((start + Duration::from_secs_f64(at)).into()) => {}
+                    Ok(_) = stop.wait_for(|s| *s) => break,
+                }
                 match fault {
                     Fault::Crash(c) => {
                         let n = sc.crashes[c].node;
@@ -684,8 +757,10 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Comparison> {
         schedules[m.from_user].push(i);
     }
     let plan = Arc::new(model_run.messages.clone());
+    let progress_line = tokio::spawn(progress(start, sc.duration_s, tally.clone()));
     let mut send_tasks = Vec::new();
     for ((u, conn), schedule) in senders.into_iter().enumerate().zip(schedules) {
+        let mut stop = interrupt.clone();
         let key = keys[u].clone();
         let all_keys = keys.clone();
         let peers = peers.clone();
@@ -699,7 +774,10 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Comparison> {
             for i in schedule {
                 let m = &plan[i];
                 let at = start + Duration::from_millis(m.sent_ms);
-                tokio::time::sleep_until(at.into()).await;
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                    Ok(_) = stop.wait_for(|s| *s) => break,
+                }
                 if tally.down[homes[u]].load(Ordering::SeqCst) {
                     tally.not_sent.fetch_add(1, Ordering::Relaxed);
                     continue;
@@ -734,6 +812,12 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Comparison> {
     for t in send_tasks {
         t.await??;
     }
+    let was_interrupted = || interrupted.load(Ordering::SeqCst);
+    let real_s = if was_interrupted() {
+        start.elapsed().as_secs_f64().min(sc.duration_s)
+    } else {
+        sc.duration_s
+    };
     let mut fleet = faults.await??;
     // Drain: until every message arrived or drain_s passes.
     let deadline = Instant::now() + Duration::from_secs_f64(sc.drain_s);
@@ -741,9 +825,11 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Comparison> {
         let sent = tally.sent.lock().expect("sent");
         sent.values().any(|m| m.latency_ms.is_none())
     };
-    while undelivered() && Instant::now() < deadline {
+    while undelivered() && Instant::now() < deadline && !was_interrupted() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    progress_line.abort();
+    eprintln!();
     let _ = stop_devices.send(true);
     for r in receivers {
         r.await?;
@@ -800,7 +886,9 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Comparison> {
         }
     }
     let gap = cdf_gap(&lat, &o.device_latencies, LATENCY_TOLERANCE_MS);
-    let agree = (real.delivery_ratio - model.delivery_ratio).abs() <= RATIO_TOLERANCE
+    let interrupted = was_interrupted();
+    let agree = !interrupted
+        && (real.delivery_ratio - model.delivery_ratio).abs() <= RATIO_TOLERANCE
         && gap <= CDF_TOLERANCE;
     let c = Comparison {
         scenario: sc.name.clone(),
@@ -824,6 +912,8 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Comparison> {
         latency_tolerance_ms: LATENCY_TOLERANCE_MS,
         cdf_tolerance: CDF_TOLERANCE,
         agree,
+        interrupted,
+        real_s,
     };
     std::fs::create_dir_all(out)?;
     std::fs::write(
@@ -852,7 +942,134 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Comparison> {
         cdf_table(&lat, &o.device_latencies),
     )?;
     hestia_simulations::write_results(out, &o)?;
-    Ok(c)
+    // The model's plot, redrawn with the real stack's curve beside it.
+    let title = format!(
+        "send to device latency, CDF ({}; seed {seed}): real stack and model",
+        sc.name
+    );
+    let curves = [("real stack", &lat[..]), ("model", &o.device_latencies[..])];
+    std::fs::write(
+        out.join("latency_cdf.svg"),
+        hestia_simulations::plots::latency_cdf(&title, &curves)?,
+    )?;
+    Ok(Some(c))
+}
+
+/// Where a run keeps its nodes' directories: under the system's temporary directory, named
+/// with the process id so the next run can tell a dead run's leftovers.
+const TMP_PREFIX: &str = "hestia-real-";
+
+/// Removes the temporary directories of runs whose process is gone (killed before it could
+/// clean up).
+fn remove_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(TMP_PREFIX)) else {
+            continue;
+        };
+        let pid: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        if !pid.is_empty() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// A progress line on standard error, once a second: time, messages the nodes took and
+/// delivered, nodes down.
+async fn progress(start: Instant, duration_s: f64, tally: Arc<Tally>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let t = start.elapsed().as_secs_f64();
+        let (sent, delivered) = {
+            let s = tally.sent.lock().expect("sent");
+            let delivered = s.values().filter(|m| m.latency_ms.is_some()).count();
+            (s.len(), delivered)
+        };
+        let down = tally
+            .down
+            .iter()
+            .filter(|d| d.load(Ordering::Relaxed))
+            .count();
+        let done = ((t / duration_s.max(1.0)) * 30.0).clamp(0.0, 30.0) as usize;
+        let phase = if t < duration_s {
+            format!("{t:>5.0}/{duration_s:.0} s sending")
+        } else {
+            "draining".to_string()
+        };
+        eprint!(
+            "\r[{}{}] real stack: {phase}  taken {sent}  delivered {delivered}  nodes down {down} ",
+            "#".repeat(done),
+            ".".repeat(30 - done)
+        );
+    }
+}
+
+/// Prints the comparison, where the results are and how to run it again.
+pub fn report(c: &Comparison, scenario: &Option<PathBuf>, out: &Path) {
+    println!(
+        "scenario {} (seed {}): network {}, {} crashes, {} partitions",
+        c.scenario, c.seed, c.network, c.crashes, c.partitions
+    );
+    if c.interrupted {
+        println!(
+            "interrupted after {:.0} s of sending: the real side covers those, the model's the \
+             whole scenario; not compared",
+            c.real_s
+        );
+    }
+    println!("                 sent  not sent  delivered  ratio   p50 ms   p90 ms   p99 ms");
+    for (name, s) in [("real stack", &c.real), ("model", &c.model)] {
+        println!(
+            "{name:<12} {:>9} {:>9} {:>10} {:>6.3} {:>8.1} {:>8.1} {:>8.1}",
+            s.messages_sent,
+            s.not_sent_home_node_down,
+            s.delivered_to_device,
+            s.delivery_ratio,
+            s.p50_ms,
+            s.p90_ms,
+            s.p99_ms
+        );
+    }
+    println!(
+        "(not sent: due while the sender's home node was down, or not taken by it within {} s; \
+         none unless the scenario crashes a node)",
+        SEND_GIVE_UP.as_secs()
+    );
+    println!(
+        "messages with the same fate on both sides (latency within ±{slack} ms): {:.3}\n\
+         latency CDFs apart by {:.3} (with ±{slack} ms of slack)\n\
+         agree within ±{} delivery ratio and {} of CDF: {}",
+        c.paired_within_slack,
+        c.cdf_gap,
+        c.ratio_tolerance,
+        c.cdf_tolerance,
+        if c.interrupted {
+            "not judged"
+        } else if c.agree {
+            "yes"
+        } else {
+            "NO"
+        },
+        slack = c.latency_tolerance_ms,
+    );
+    println!(
+        "results in {} (real.json, real_messages.csv, real_vs_model_cdf.csv, latency_cdf.svg and \
+         the model's files)",
+        out.display()
+    );
+    let file = scenario
+        .as_ref()
+        .map(|p| format!("{} ", p.display()))
+        .unwrap_or_default();
+    println!(
+        "replay with: hestia sim run {file}--real --seed {} --out {}",
+        c.seed,
+        out.display()
+    );
 }
 
 #[cfg(test)]

@@ -7,8 +7,13 @@
 //!
 //! - [`scenario`]: what a run simulates, read from TOML.
 //! - [`sim`]: the engine and its results.
-//! - [`write_results`]: `summary.json`, `timeseries.csv`, `operators.csv` and `latency_cdf.svg`.
+//! - [`plots`]: the SVG plots, drawn with plotters.
+//! - [`knobs`]: a privacy-knob sweep, each knob's effect on the same messages.
+//! - [`write_results`]: `summary.json`, `scenario.toml`, `timeseries.csv`, `operators.csv`,
+//!   `latency_cdf.svg` and `held.svg`.
 
+pub mod knobs;
+pub mod plots;
 pub mod scenario;
 pub mod sim;
 
@@ -20,18 +25,30 @@ pub use sim::{Outcome, Sim, Summary};
 
 /// The scenario `hestia sim run` uses when given none.
 pub const DEFAULT_SCENARIO: &str = include_str!("../scenarios/default.toml");
+/// The scenario `hestia sim knobs` uses when given none.
+pub const KNOBS_SCENARIO: &str = include_str!("../scenarios/privacy-knobs.toml");
 
 /// Runs a scenario with a seed.
 pub fn run(scenario: Scenario, seed: u64, progress: impl FnMut(f64, u64) -> bool) -> Outcome {
     Sim::new(scenario, seed).run(progress)
 }
 
-/// Writes the summary as JSON, the time series and what each operator observed as CSV, and the
-/// send-to-device latency CDF as SVG.
+/// Writes the summary as JSON, the resolved scenario as TOML, the time series and what each
+/// operator observed as CSV, and the send-to-device latency CDF and the envelopes held over
+/// time as SVG.
 pub fn write_results(out: &Path, o: &Outcome) -> std::io::Result<()> {
     std::fs::create_dir_all(out)?;
     let json = serde_json::to_string_pretty(&o.summary).map_err(std::io::Error::other)?;
     std::fs::write(out.join("summary.json"), json + "\n")?;
+    // The resolved scenario, so a result directory replays without the original file.
+    let scenario = toml::to_string(&o.summary.resolved_scenario).map_err(std::io::Error::other)?;
+    std::fs::write(
+        out.join("scenario.toml"),
+        format!(
+            "# The scenario this run resolved to; replay: hestia sim run scenario.toml --seed {}\n{scenario}",
+            o.summary.seed
+        ),
+    )?;
     let mut csv = String::from(
         "t_s,sent,delivered_to_node,delivered_to_device,outbox_envelopes,mailbox_envelopes,max_node_envelopes\n",
     );
@@ -67,89 +84,19 @@ pub fn write_results(out: &Path, o: &Outcome) -> std::io::Result<()> {
         );
     }
     std::fs::write(out.join("operators.csv"), ops)?;
-    std::fs::write(
-        out.join("latency_cdf.svg"),
-        cdf_svg(&o.device_latencies, &o.summary),
-    )?;
-    Ok(())
-}
-
-/// A cumulative distribution plot of send-to-device latency, log-scaled in time.
-fn cdf_svg(sorted_ms: &[f64], s: &Summary) -> String {
-    let (w, h, left, bottom) = (640.0, 400.0, 60.0, 50.0);
-    let (pw, ph) = (w - left - 40.0, h - bottom - 30.0);
-    let lo = sorted_ms
-        .first()
-        .copied()
-        .unwrap_or(1.0)
-        .max(1.0)
-        .log10()
-        .floor();
-    let hi = sorted_ms
-        .last()
-        .copied()
-        .unwrap_or(10.0)
-        .max(10.0)
-        .log10()
-        .ceil()
-        .max(lo + 1.0);
-    let x = |v: f64| left + (v.max(1.0).log10() - lo) / (hi - lo) * pw;
-    let y = |f: f64| 30.0 + (1.0 - f) * ph;
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{left}\" y=\"18\">send to device latency, CDF ({}; seed {}; {} messages)</text>\n",
+    let s = &o.summary;
+    let title = format!(
+        "send to device latency, CDF ({}; seed {}; {} messages)",
         s.scenario, s.seed, s.latency_send_to_device.count
     );
-    for d in (lo as i64)..=(hi as i64) {
-        let v = 10f64.powi(d as i32);
-        let label = if v >= 1000.0 {
-            format!("{} s", v / 1000.0)
-        } else {
-            format!("{v} ms")
-        };
-        let _ = writeln!(
-            svg,
-            "<line x1=\"{0}\" y1=\"30\" x2=\"{0}\" y2=\"{1}\" stroke=\"#ddd\"/><text x=\"{0}\" y=\"{2}\" text-anchor=\"middle\">{label}</text>",
-            x(v),
-            30.0 + ph,
-            30.0 + ph + 18.0
-        );
-    }
-    for f in [0.0, 0.5, 0.9, 0.99] {
-        let _ = writeln!(
-            svg,
-            "<line x1=\"{left}\" y1=\"{0}\" x2=\"{1}\" y2=\"{0}\" stroke=\"#ddd\"/><text x=\"{2}\" y=\"{3}\" text-anchor=\"end\">{f}</text>",
-            y(f),
-            left + pw,
-            left - 6.0,
-            y(f) + 4.0
-        );
-    }
-    let n = sorted_ms.len();
-    if n > 0 {
-        let step = (n / 500).max(1);
-        let mut points = String::new();
-        for i in (0..n).step_by(step).chain(std::iter::once(n - 1)) {
-            let _ = write!(
-                points,
-                "{:.1},{:.1} ",
-                x(sorted_ms[i]),
-                y((i + 1) as f64 / n as f64)
-            );
-        }
-        let _ = writeln!(
-            svg,
-            "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\" points=\"{points}\"/>"
-        );
-    }
-    let _ = writeln!(
-        svg,
-        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">latency (log scale)</text>\n</svg>",
-        left + pw / 2.0,
-        h - 8.0
-    );
-    svg
+    let cdf = plots::latency_cdf(&title, &[("model", &o.device_latencies)])?;
+    std::fs::write(out.join("latency_cdf.svg"), cdf)?;
+    let title = format!("envelopes held over time ({}; seed {})", s.scenario, s.seed);
+    std::fs::write(
+        out.join("held.svg"),
+        plots::held_over_time(&title, &o.series)?,
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -188,6 +135,73 @@ mod tests {
     }
 
     #[test]
+    fn a_result_directory_replays_from_its_own_scenario_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = run(small(), 4, |_, _| true);
+        write_results(dir.path(), &first).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("scenario.toml")).unwrap();
+        let sc = Scenario::from_toml(&text).unwrap();
+        assert_eq!(sc, small());
+        let again = tempfile::tempdir().unwrap();
+        write_results(again.path(), &run(sc, 4, |_, _| true)).unwrap();
+        for f in ["summary.json", "timeseries.csv", "operators.csv"] {
+            assert_eq!(
+                std::fs::read(dir.path().join(f)).unwrap(),
+                std::fs::read(again.path().join(f)).unwrap(),
+                "{f}"
+            );
+        }
+    }
+
+    /// Common random numbers: turning a privacy knob on changes how messages travel, not which
+    /// messages are written, so knob comparisons are paired message for message.
+    #[test]
+    fn a_privacy_knob_leaves_the_messages_alone() {
+        let base = Scenario {
+            online_fraction: 0.6,
+            session_mean_s: 120.0,
+            mean_text_bytes: 200.0,
+            diurnal_amplitude: 0.5,
+            diurnal_period_s: 600.0,
+            ..small()
+        };
+        let messages = |sc: Scenario| {
+            let o = Sim::new(sc, 11).traced().run(|_, _| true);
+            let m: Vec<(u64, usize, usize)> = o
+                .messages
+                .iter()
+                .map(|m| (m.sent_ms, m.from_user, m.to_user))
+                .collect();
+            (m, o.summary.not_sent_home_node_down)
+        };
+        let plain = messages(base.clone());
+        assert!(plain.0.len() > 50, "{}", plain.0.len());
+        for knob in [
+            Scenario {
+                cover_messages_per_user_per_hour: 20.0,
+                ..base.clone()
+            },
+            Scenario {
+                batching_delay_ms: 2_000,
+                ..base.clone()
+            },
+            Scenario {
+                padding: !base.padding,
+                ..base.clone()
+            },
+        ] {
+            assert_eq!(messages(knob), plain);
+        }
+        // Another seed is another workload.
+        let other = Sim::new(base, 12).traced().run(|_, _| true);
+        assert_ne!(other.messages.len(), 0);
+        assert_ne!(
+            other.messages.iter().map(|m| m.sent_ms).collect::<Vec<_>>(),
+            plain.0.iter().map(|m| m.0).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
     fn same_seed_same_bytes_other_seed_other_run() {
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
@@ -200,6 +214,7 @@ mod tests {
             "timeseries.csv",
             "operators.csv",
             "latency_cdf.svg",
+            "held.svg",
         ] {
             let x = std::fs::read(a.path().join(f)).unwrap();
             assert_eq!(
@@ -327,9 +342,47 @@ mod tests {
         assert!(Scenario::from_toml("nodes = 0").is_err());
         assert!(Scenario::from_toml("nodez = 3").is_err());
         assert!(Scenario::from_toml("link_loss = 2.0").is_err());
-        let e = Scenario::from_toml("nodes = 2\n[[crashes]]\nnode = 5\nat_s = 1.0\ndown_s = 1.0")
-            .unwrap_err();
-        assert!(e.to_string().contains("node 5"));
+        // Each error names the field, on one line, once.
+        let refused = |text: &str, field: &str| {
+            let e = Scenario::from_toml(text).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains(field), "{text:?}: {msg}");
+            assert!(!msg.contains('\n'), "{text:?}: not one line: {msg}");
+            assert!(
+                std::error::Error::source(&e).is_none(),
+                "{text:?}: printed twice"
+            );
+        };
+        refused(
+            "nodes = 2\n[[crashes]]\nnode = 5\nat_s = 1.0\ndown_s = 1.0",
+            "crashes[0].node",
+        );
+        refused("nodes = 4\nnodez = 3", "line 2: unknown field `nodez`");
+        refused(
+            "[[crashes]]\nnode = 1\nat_s = 1.0\ndown_s = -3",
+            "crashes[0].down_s",
+        );
+        refused(
+            "duration_s = 10\n[[crashes]]\nnode = 1\nat_s = 11\ndown_s = 3",
+            "crashes[0].at_s",
+        );
+        let cut = |start: f64, end: f64, split: usize| {
+            format!("nodes = 4\n[[partitions]]\nstart_s = {start}\nend_s = {end}\nsplit = {split}")
+        };
+        refused(&cut(10.0, 5.0, 2), "partitions[0].end_s");
+        refused(&cut(1.0, 5.0, 0), "partitions[0].split");
+        refused(&cut(1.0, 5.0, 4), "partitions[0].split");
+        assert!(Scenario::from_toml(&cut(1.0, 5.0, 3)).is_ok());
+        refused("session_mean_s = 0", "session_mean_s");
+        refused(
+            "messages_per_user_per_hour = -1",
+            "messages_per_user_per_hour",
+        );
+        refused("ttl_s = nan", "ttl_s");
+        // A file that names only its size inherits no faults and no name.
+        let sc = Scenario::from_toml("nodes = 10").unwrap();
+        assert!(sc.crashes.is_empty() && sc.partitions.is_empty(), "{sc:?}");
+        assert_eq!(sc.name, "");
         assert!(Scenario::from_toml(DEFAULT_SCENARIO).is_ok());
     }
 }
@@ -354,6 +407,51 @@ mod privacy_tests {
             mean_text_bytes: 80.0,
             ..Scenario::default()
         }
+    }
+
+    #[test]
+    fn a_knob_sweep_runs_each_knob_on_the_same_messages_and_plots_it() {
+        let sc = Scenario {
+            nodes: 4,
+            users_per_node: 5,
+            duration_s: 600.0,
+            ..plain()
+        };
+        let runs = knobs::sweep(&sc, 5, |_| {}, || true);
+        assert_eq!(runs.len(), knobs::variants(&sc).len());
+        let base = &runs[0];
+        assert_eq!(base.knob, "as given");
+        assert_eq!(base.bytes_relative, 1.0);
+        for r in &runs {
+            assert_eq!(
+                r.messages_sent, base.messages_sent,
+                "{}: other messages",
+                r.knob
+            );
+        }
+        // More cover, less linkable, more bytes, in order.
+        let cover: Vec<&knobs::KnobRun> = runs
+            .iter()
+            .filter(|r| r.knob.starts_with("cover"))
+            .collect();
+        assert_eq!(cover.len(), 3);
+        let mut last = (base.linkable_by_one_operator, 1.0);
+        for r in cover {
+            assert!(r.linkable_by_one_operator < last.0, "{r:?}");
+            assert!(r.bytes_relative > last.1, "{r:?}");
+            assert!(r.linkable_by_two_colluding_operators >= r.linkable_by_one_operator);
+            last = (r.linkable_by_one_operator, r.bytes_relative);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        knobs::write_sweep(dir.path(), "test <sweep>", &runs).unwrap();
+        let svg = std::fs::read_to_string(dir.path().join("knobs.svg")).unwrap();
+        assert!(
+            svg.contains("padding off") && svg.contains("two colluding"),
+            "{svg}"
+        );
+        assert!(!svg.contains("<sweep>"), "text is escaped");
+        let md = std::fs::read_to_string(dir.path().join("knobs.md")).unwrap();
+        assert_eq!(md.lines().count(), 2 + runs.len());
     }
 
     #[test]

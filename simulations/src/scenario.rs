@@ -1,5 +1,7 @@
 //! A scenario: the federation, its users, their traffic and the faults, read from TOML. Every
-//! field has a default, so a file names only what its question changes.
+//! field has a default, so a file names only what its question changes. The defaults have no
+//! faults: a crash or a partition happens only where a file asks for it. A file that names no
+//! `name` is named after the file (`hestia sim run`).
 
 use serde::{Deserialize, Serialize};
 
@@ -11,6 +13,7 @@ pub const MAX_DURATION_S: f64 = 7.0 * 24.0 * 3600.0;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Scenario {
+    /// Shown in the summary and the plots; default: the file's name without `.toml`.
     pub name: String,
     pub nodes: usize,
     /// Users per node: exactly, or on average when `node_sizes` is `power_law`.
@@ -108,7 +111,7 @@ pub struct Partition {
 impl Default for Scenario {
     fn default() -> Self {
         Scenario {
-            name: "default".into(),
+            name: String::new(),
             nodes: 50,
             users_per_node: 20,
             node_sizes: NodeSizes::Equal,
@@ -129,25 +132,8 @@ impl Default for Scenario {
             online_fraction: 0.5,
             session_mean_s: 900.0,
             ttl_s: 7.0 * 24.0 * 3600.0,
-            crashes: vec![
-                Crash {
-                    node: 1,
-                    at_s: 600.0,
-                    down_s: 300.0,
-                    disk_loss: false,
-                },
-                Crash {
-                    node: 2,
-                    at_s: 1200.0,
-                    down_s: 300.0,
-                    disk_loss: true,
-                },
-            ],
-            partitions: vec![Partition {
-                start_s: 1800.0,
-                end_s: 2100.0,
-                split: 25,
-            }],
+            crashes: Vec::new(),
+            partitions: Vec::new(),
             sample_every_s: 60.0,
             padding: true,
             mean_text_bytes: 0.0,
@@ -159,10 +145,16 @@ impl Default for Scenario {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
-    #[error("scenario file: {0}")]
-    Parse(#[from] toml::de::Error),
+    /// The file is not TOML or names a field that does not exist: one line, with where.
+    #[error("scenario file{0}")]
+    Parse(String),
     #[error("scenario: {0}")]
     Invalid(String),
+}
+
+/// A finite number above 0.
+fn positive(v: f64) -> bool {
+    v.is_finite() && v > 0.0
 }
 
 impl Scenario {
@@ -200,7 +192,18 @@ impl Scenario {
     }
 
     pub fn from_toml(text: &str) -> Result<Scenario, ScenarioError> {
-        let s: Scenario = toml::from_str(text)?;
+        let s: Scenario = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|r| {
+                    format!(
+                        ", line {}",
+                        1 + text[..r.start.min(text.len())].matches('\n').count()
+                    )
+                })
+                .unwrap_or_default();
+            ScenarioError::Parse(format!("{line}: {}", e.message().trim()))
+        })?;
         s.check()?;
         Ok(s)
     }
@@ -240,11 +243,18 @@ impl Scenario {
                     .into(),
             );
         }
-        if self.messages_per_user_per_hour < 0.0 || self.session_mean_s <= 0.0 {
-            return bad("rates and means must be positive".into());
+        if !(self.messages_per_user_per_hour.is_finite() && self.messages_per_user_per_hour >= 0.0)
+        {
+            return bad("messages_per_user_per_hour must be >= 0".into());
         }
-        if self.ttl_s <= 0.0 || self.sample_every_s <= 0.0 {
-            return bad("ttl_s and sample_every_s must be positive".into());
+        for (name, v) in [
+            ("session_mean_s", self.session_mean_s),
+            ("ttl_s", self.ttl_s),
+            ("sample_every_s", self.sample_every_s),
+        ] {
+            if !positive(v) {
+                return bad(format!("{name} must be above 0"));
+            }
         }
         if !(0.0..=hestia_protocol::envelope::MAX_TEXT_BYTES as f64).contains(&self.mean_text_bytes)
             || self.cover_messages_per_user_per_hour < 0.0
@@ -259,8 +269,41 @@ impl Scenario {
         if !(0.0..=4.0).contains(&self.node_size_exponent) || self.node_size_exponent.is_nan() {
             return bad("node_size_exponent must be 0..=4".into());
         }
-        if let Some(c) = self.crashes.iter().find(|c| c.node >= self.nodes) {
-            return bad(format!("crash names node {} of {}", c.node, self.nodes));
+        for (i, c) in self.crashes.iter().enumerate() {
+            if c.node >= self.nodes {
+                return bad(format!(
+                    "crashes[{i}].node is {}, but nodes are numbered 0..{}",
+                    c.node, self.nodes
+                ));
+            }
+            if !(0.0..=self.duration_s).contains(&c.at_s) {
+                return bad(format!(
+                    "crashes[{i}].at_s must be 0..=duration_s ({})",
+                    self.duration_s
+                ));
+            }
+            if !positive(c.down_s) {
+                return bad(format!("crashes[{i}].down_s must be above 0"));
+            }
+        }
+        for (i, p) in self.partitions.iter().enumerate() {
+            if !(0.0..=self.duration_s).contains(&p.start_s) {
+                return bad(format!(
+                    "partitions[{i}].start_s must be 0..=duration_s ({})",
+                    self.duration_s
+                ));
+            }
+            if !(p.end_s.is_finite() && p.end_s > p.start_s) {
+                return bad(format!("partitions[{i}].end_s must be after its start_s"));
+            }
+            if p.split == 0 || p.split >= self.nodes {
+                return bad(format!(
+                    "partitions[{i}].split must be 1..={}: nodes below it are cut off from the \
+                     rest, so 0 or {} cuts nothing",
+                    self.nodes.saturating_sub(1),
+                    self.nodes
+                ));
+            }
         }
         Ok(())
     }

@@ -215,3 +215,56 @@ fn in_tmux_across_two_nodes_messages_files_the_device_mark_and_a_call() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn in_tmux_a_message_request_is_accepted_and_a_strangers_key_rejected_with_keys() {
+    let net = Net::start(1);
+    net.contacts_both_ways("alice", 0, "bob", 0);
+    let alice = net.ok("alice", &["account", "show", "--address"]);
+    // Two strangers know Alice's address; she knows neither.
+    for (who, text) in [("carol", "hello from carol"), ("dave", "buy now from dave")] {
+        net.account(who, 0);
+        net.ok(who, &["contact", "add", "alice", alice.trim()]);
+        net.ok(who, &["send", "alice", text]);
+    }
+    let cmd = format!(
+        "{} --home {} chat",
+        hestia_bin().display(),
+        net.home("alice").display()
+    );
+    let tmux = Tmux::start("requests", net.tmp.path(), &cmd);
+    tmux.wait_for("connected to", || {});
+    tmux.wait_for("dave", || {});
+    // Contacts are listed by name: bob, carol, dave. Tab to carol: her request is explained.
+    tmux.keys(&["Tab"]);
+    tmux.wait_for("hello from carol", || {});
+    tmux.wait_for("a message request from a key you do not know", || {});
+    tmux.keys(&["C-y"]);
+    tmux.wait_for("carol is a contact now (unverified)", || {});
+    // Tab to dave: one Ctrl-X asks, a second rejects.
+    tmux.keys(&["Tab"]);
+    tmux.wait_for("buy now from dave", || {});
+    tmux.keys(&["C-x"]);
+    tmux.wait_for("Ctrl-X again to reject", || {});
+    tmux.keys(&["C-x"]);
+    tmux.wait_for("dave's key rejected", || {});
+    tmux.keys(&["C-c"]);
+    let until = Instant::now() + Duration::from_secs(20);
+    while tmux.run(&["has-session"]).status.success() {
+        assert!(Instant::now() < until, "Ctrl-C did not quit");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // What the keys did is stored: carol is a contact, not a request; dave is gone, and what
+    // he sends now is dropped unread.
+    let contacts = net.ok("alice", &["contact", "list"]);
+    let carol = contacts.lines().find(|l| l.contains("carol")).unwrap_or("");
+    assert!(
+        !carol.is_empty() && !carol.contains("MESSAGE REQUEST"),
+        "{contacts}"
+    );
+    assert!(!contacts.contains("dave"), "{contacts}");
+    net.ok("dave", &["send", "alice", "second try from dave"]);
+    net.ok("carol", &["send", "alice", "carol again"]);
+    let inbox = net.until("alice", &["inbox"], "carol again");
+    assert!(!inbox.contains("second try from dave"), "{inbox}");
+}

@@ -3,8 +3,17 @@
 use hestia_tests::hestia;
 
 fn fails_with_one_line(args: &[&str], needle: &str) {
+    // Device commands get a fresh, empty home; the others refuse --home, so get none.
     let home = tempfile::tempdir().unwrap();
-    let out = hestia(&[&["--home", home.path().to_str().unwrap()], args].concat());
+    let device_command = !matches!(
+        args.first(),
+        Some(&("sim" | "node" | "bootstrap" | "bench" | "demo"))
+    );
+    let out = if device_command {
+        hestia(&[&["--home", home.path().to_str().unwrap()], args].concat())
+    } else {
+        hestia(args)
+    };
     assert!(!out.status.success(), "{args:?} succeeded");
     let err = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -101,7 +110,14 @@ fn sim_run_writes_results_and_refuses_bad_scenarios() {
         stdout.contains("replay with: hestia sim run") && stdout.contains("--seed 3"),
         "{stdout}"
     );
-    for f in ["summary.json", "timeseries.csv", "latency_cdf.svg"] {
+    for f in [
+        "summary.json",
+        "scenario.toml",
+        "timeseries.csv",
+        "operators.csv",
+        "latency_cdf.svg",
+        "held.svg",
+    ] {
         assert!(std::fs::metadata(out.join(f)).unwrap().len() > 0, "{f}");
     }
     let summary = std::fs::read_to_string(out.join("summary.json")).unwrap();

@@ -111,15 +111,14 @@ fn expired_envelopes_are_dropped_and_reported() {
     let sent = net.ok("alice", &["send", "bob", TEXT, "--wait", "0", "--ttl", "1"]);
     assert!(sent.contains("queued"), "{sent}");
     net.until("alice", &["status"], "expired undelivered");
-    let stored = net.ok(
-        "alice",
-        &[
-            "node",
-            "inspect",
-            "--data-dir",
-            net.node_dir(0).to_str().unwrap(),
-        ],
-    );
+    let out = hestia_tests::hestia(&[
+        "node",
+        "inspect",
+        "--data-dir",
+        net.node_dir(0).to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let stored = String::from_utf8_lossy(&out.stdout);
     assert!(
         stored.contains("outbox (waiting for other nodes): 0"),
         "{stored}"

@@ -109,3 +109,135 @@ fn real_mode_refuses_what_it_cannot_reproduce() {
         "{err}"
     );
 }
+
+/// The processes whose parent is `pid` (from /proc).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut kids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // pid (comm) state ppid ...: the command may hold spaces, so read after its ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            kids.push(child);
+        }
+    }
+    kids
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie has exited; only its parent's wait is missing.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.is_empty()
+        && !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+}
+
+fn run_dirs_of(pid: u32) -> Vec<std::path::PathBuf> {
+    let prefix = format!("hestia-real-{pid}-");
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Starts a minute-long `--real` run and waits until its nodes are up and its devices send.
+fn start_long_real_run(dir: &Path) -> (std::process::Child, std::path::PathBuf, Vec<u32>) {
+    let scenario = dir.join("long.toml");
+    std::fs::write(
+        &scenario,
+        "name = \"long\"\nnodes = 3\nusers_per_node = 2\nduration_s = 60\ndrain_s = 10\n\
+         messages_per_user_per_hour = 600\nlink_loss = 0.0\nonline_fraction = 1.0\n\
+         crashes = []\npartitions = []\n",
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let log = dir.join("run.log");
+    let child = std::process::Command::new(hestia_tests::hestia_bin())
+        .args(["sim", "run", scenario.to_str().unwrap(), "--real", "--out"])
+        .arg(&out)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(dir.join("run.out")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    hestia_tests::wait_for_text(&log, "real stack:");
+    let nodes = children_of(child.id());
+    assert_eq!(nodes.len(), 3, "three node processes");
+    assert_eq!(run_dirs_of(child.id()).len(), 1);
+    (child, out, nodes)
+}
+
+#[test]
+fn an_interrupted_real_run_cleans_up_and_writes_what_it_reached() {
+    let _one = REAL_RUNS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, out, nodes) = start_long_real_run(dir.path());
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = hestia_tests::wait_exit(&mut child, 30, "the interrupted run");
+    let stdout = std::fs::read_to_string(dir.path().join("run.out")).unwrap();
+    assert!(status.success(), "{stdout}");
+    assert!(stdout.contains("interrupted after"), "{stdout}");
+    assert!(stdout.contains("replay with: hestia sim run"), "{stdout}");
+    let json = std::fs::read_to_string(out.join("real.json")).unwrap();
+    assert!(json.contains("\"interrupted\": true"), "{json}");
+    assert!(json.contains("\"agree\": false"), "{json}");
+    assert!(field(&json, "real_s") < 60.0, "{json}");
+    // The model's files are there too, and the plot carries both curves.
+    let svg = std::fs::read_to_string(out.join("latency_cdf.svg")).unwrap();
+    assert!(svg.contains("real stack") && svg.contains("model"), "{svg}");
+    assert!(out.join("summary.json").exists());
+    for n in nodes {
+        assert!(!alive(n), "node process {n} outlived the run");
+    }
+    assert!(
+        run_dirs_of(child.id()).is_empty(),
+        "the temporary directory is left"
+    );
+}
+
+#[test]
+fn a_killed_real_run_takes_its_nodes_along_and_the_next_run_removes_its_directory() {
+    let _one = REAL_RUNS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, _, nodes) = start_long_real_run(dir.path());
+    let pid = child.id();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The parent-death signal: each node is gone within moments, without any cleanup code.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while nodes.iter().any(|n| alive(*n)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nodes outlived a SIGKILLed harness"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(run_dirs_of(pid).len(), 1, "nothing could remove it yet");
+    // The next run (a short one) removes what the killed one left.
+    let scenario = dir.path().join("short.toml");
+    std::fs::write(
+        &scenario,
+        "name = \"short\"\nnodes = 2\nusers_per_node = 1\nduration_s = 1\ndrain_s = 1\n\
+         link_loss = 0.0\nonline_fraction = 1.0\ncrashes = []\npartitions = []\n",
+    )
+    .unwrap();
+    run_real(&scenario, &dir.path().join("out2"), "1");
+    assert!(
+        run_dirs_of(pid).is_empty(),
+        "the killed run's directory is left"
+    );
+}

@@ -1,5 +1,6 @@
-//! The discrete-event engine. One virtual clock, one seeded RNG, one event queue ordered by
-//! (time, sequence number): the same seed and scenario replay the same run exactly.
+//! The discrete-event engine. One virtual clock, two seeded random streams (the workload's and
+//! the rest's), one event queue ordered by (time, sequence number) ([`queue`]): the same seed and
+//! scenario replay the same run exactly. What a run reports is built in [`results`].
 //!
 //! Each node is the production [`relay::Core`] over a [`MemNodeStore`]; the engine plays the
 //! driver's part (apply writes, then deliver outputs) and the network's (latency, loss,
@@ -7,6 +8,11 @@
 //! long-poll fetch open while online, acknowledge what they receive and send on a Poisson
 //! schedule. Envelope bodies are filler of the smallest padded size: the relay never looks
 //! inside, and the simulation measures the relay, not the crypto.
+
+mod queue;
+mod results;
+
+pub use results::{OperatorView, Outcome, Percentiles, Sample, Summary, TracedMessage};
 
 use crate::scenario::{Scenario, SocialGraph};
 use hestia_node::relay::{self, BatchId, FedFailure, Ready, Token};
@@ -22,6 +28,7 @@ use hestia_protocol::wire::{
     FedRequest, FedResponse, Outgoing,
 };
 use hestia_store::node::{MemNodeStore, NodeStore};
+use queue::{EventQueue, Scheduled};
 use rand::{Rng, RngExt, SeedableRng};
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -186,151 +193,6 @@ enum Ev {
     Sample,
 }
 
-/// Boxed so the queue moves 24 bytes per sift, not a whole request.
-struct Scheduled {
-    at: Millis,
-    seq: u64,
-    ev: Box<Ev>,
-}
-
-impl Scheduled {
-    fn key(&self) -> (Millis, u64) {
-        (self.at, self.seq)
-    }
-}
-
-/// A 4-ary min-heap on (time, sequence number), for events beyond the calendar's window. Four
-/// children per node halve the depth of a binary heap; each level of a pop is a likely cache
-/// miss, so fewer levels is what counts.
-#[derive(Default)]
-struct Heap {
-    heap: Vec<Scheduled>,
-}
-
-impl Heap {
-    const D: usize = 4;
-
-    fn peek_at(&self) -> Option<Millis> {
-        self.heap.first().map(|s| s.at)
-    }
-
-    fn push(&mut self, item: Scheduled) {
-        self.heap.push(item);
-        let mut i = self.heap.len() - 1;
-        while i > 0 {
-            let parent = (i - 1) / Self::D;
-            if self.heap[parent].key() <= self.heap[i].key() {
-                break;
-            }
-            self.heap.swap(parent, i);
-            i = parent;
-        }
-    }
-
-    fn pop(&mut self) -> Option<Scheduled> {
-        let last = self.heap.pop()?;
-        if self.heap.is_empty() {
-            return Some(last);
-        }
-        let top = std::mem::replace(&mut self.heap[0], last);
-        let n = self.heap.len();
-        let mut i = 0;
-        loop {
-            let first = i * Self::D + 1;
-            if first >= n {
-                break;
-            }
-            let end = (first + Self::D).min(n);
-            let mut min = first;
-            for c in first + 1..end {
-                if self.heap[c].key() < self.heap[min].key() {
-                    min = c;
-                }
-            }
-            if self.heap[i].key() <= self.heap[min].key() {
-                break;
-            }
-            self.heap.swap(i, min);
-            i = min;
-        }
-        Some(top)
-    }
-}
-
-/// The event queue, ordered by (time, sequence number); the sequence number makes the order
-/// total, so runs replay exactly. A calendar of one bucket per millisecond covers the next
-/// [`EventQueue::WINDOW`] ms (most events: request and answer hops, long-poll expiries); later
-/// events wait in a heap and move into their bucket when the window reaches them. A bucket is
-/// first in, first out, and events enter it in sequence order: those from the heap move in (in
-/// heap order) the moment the window first covers their millisecond, before anything can be
-/// scheduled there directly. Push and pop are O(1) inside the window.
-struct EventQueue {
-    buckets: Vec<std::collections::VecDeque<Scheduled>>,
-    /// The millisecond being drained: every bucketed event is in [cursor, cursor + WINDOW).
-    cursor: Millis,
-    in_buckets: usize,
-    far: Heap,
-}
-
-impl Default for EventQueue {
-    fn default() -> Self {
-        EventQueue {
-            buckets: (0..Self::WINDOW)
-                .map(|_| std::collections::VecDeque::new())
-                .collect(),
-            cursor: 0,
-            in_buckets: 0,
-            far: Heap::default(),
-        }
-    }
-}
-
-impl EventQueue {
-    const WINDOW: u64 = 1 << 16;
-
-    fn slot(at: Millis) -> usize {
-        (at % Self::WINDOW) as usize
-    }
-
-    fn push(&mut self, item: Scheduled) {
-        // The simulator schedules at now + a delay, never in the past.
-        debug_assert!(item.at >= self.cursor, "event scheduled in the past");
-        if item.at < self.cursor + Self::WINDOW {
-            self.buckets[Self::slot(item.at)].push_back(item);
-            self.in_buckets += 1;
-        } else {
-            self.far.push(item);
-        }
-    }
-
-    fn pop(&mut self) -> Option<Scheduled> {
-        loop {
-            if self.in_buckets == 0 {
-                // Nothing in the window: jump to the next far event.
-                let next = self.far.peek_at()?;
-                self.advance(next.max(self.cursor));
-            }
-            if let Some(item) = self.buckets[Self::slot(self.cursor)].pop_front() {
-                self.in_buckets -= 1;
-                return Some(item);
-            }
-            self.advance(self.cursor + 1);
-        }
-    }
-
-    /// Moves the window to start at `t`, taking in the far events it now covers.
-    fn advance(&mut self, t: Millis) {
-        self.cursor = t;
-        while let Some(at) = self.far.peek_at()
-            && at < self.cursor + Self::WINDOW
-        {
-            let item = self.far.pop().expect("peeked");
-            self.buckets[Self::slot(item.at)].push_back(item);
-            self.in_buckets += 1;
-        }
-    }
-}
-
 struct Node {
     id: String,
     core: Option<relay::Core>,
@@ -369,97 +231,6 @@ struct Msg {
     refused: bool,
 }
 
-/// One row of the time series.
-#[derive(Clone, Debug, Serialize)]
-pub struct Sample {
-    pub t_s: f64,
-    pub sent: u64,
-    pub delivered_to_node: u64,
-    pub delivered_to_device: u64,
-    pub outbox_envelopes: usize,
-    pub mailbox_envelopes: usize,
-    pub max_node_envelopes: usize,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Percentiles {
-    pub count: usize,
-    pub p50_ms: f64,
-    pub p90_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Summary {
-    pub scenario: String,
-    /// The run was stopped before its end: every figure covers only the simulated time reached.
-    pub interrupted: bool,
-    pub seed: u64,
-    pub nodes: usize,
-    pub users: usize,
-    pub simulated_s: f64,
-    pub events: u64,
-    pub messages_sent: u64,
-    pub not_sent_home_node_down: u64,
-    pub delivered_to_node: u64,
-    pub delivered_to_device: u64,
-    /// delivered_to_device / messages_sent.
-    pub delivery_ratio: f64,
-    pub undelivered_expired: u64,
-    pub undelivered_lost_with_disk: u64,
-    /// Refused by the recipient's node because it did not know the user: it had lost its disk
-    /// and the user's device had not registered again yet. The sender is told.
-    pub undelivered_refused_unknown_user: u64,
-    pub undelivered_pending: u64,
-    pub latency_send_to_node: Percentiles,
-    /// `latency_send_to_node` over only the messages whose recipient is homed on another node
-    /// than the sender: what federation links (bandwidth, latency, queueing) add.
-    pub latency_send_to_other_node: Percentiles,
-    pub latency_send_to_device: Percentiles,
-    pub max_outbox_envelopes: usize,
-    pub max_mailbox_envelopes: usize,
-    pub max_envelopes_on_one_node: usize,
-    pub bytes_client: u64,
-    pub bytes_fed_requests: u64,
-    pub bytes_fed_responses: u64,
-    /// Conversations (sender, recipient) with any message.
-    pub conversations: usize,
-    /// Dummy envelopes sent (cover traffic); not counted in `messages_sent`.
-    pub cover_envelopes_sent: u64,
-    /// How well one operator can link conversations: the mean, over conversations (sender,
-    /// recipient), of the best single operator's posterior probability that the pair is a real
-    /// conversation given the envelopes it saw between them. The sender's home node sees every
-    /// envelope's sender and recipient (sealed sender hides the sender only from the recipient's
-    /// node), so without cover traffic this is 1.0; cover envelopes, indistinguishable by size
-    /// and timing, make each observed envelope possibly a dummy. See docs/simulations.md.
-    pub linkable_by_one_operator: f64,
-    /// The same for two colluding operators (the sender's and the recipient's home nodes).
-    /// Their joint view adds what the recipient sends back to the sender (replies, receipts),
-    /// seen at the recipient's node: both directions' envelopes must all be dummies for the
-    /// pair not to be a conversation. At least the single-operator figure.
-    pub linkable_by_two_colluding_operators: f64,
-}
-
-/// What one node's operator observed over the run (counts of distinct pairs).
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct OperatorView {
-    pub node: usize,
-    /// Local users seen sending.
-    pub senders: usize,
-    /// Distinct (local user, remote node) pairs: which of its users talk to which nodes.
-    pub user_to_node_pairs: usize,
-    /// Distinct (local user, recipient) pairs: conversations it can link outright.
-    pub user_to_recipient_pairs: usize,
-    /// Distinct (sending node, local recipient) pairs seen on federation traffic.
-    pub node_to_user_pairs: usize,
-    /// Envelopes its users handed it (messages and cover alike: it cannot tell them apart).
-    pub envelopes_from_local_users: u64,
-    pub envelopes_for_local_users: u64,
-    /// Distinct body sizes it saw (at most the number of padding buckets when padding is on).
-    pub distinct_body_sizes: usize,
-}
-
 #[derive(Default)]
 struct Observed {
     senders: FxSet<usize>,
@@ -472,33 +243,25 @@ struct Observed {
     received: u64,
 }
 
-pub struct Outcome {
-    pub summary: Summary,
-    pub series: Vec<Sample>,
-    /// One row per node, in node order.
-    pub operators: Vec<OperatorView>,
-    /// Send-to-device latencies in ms, sorted.
-    pub device_latencies: Vec<f64>,
-    /// Every message sent, in sending order, when the run was traced ([`Sim::traced`]); empty
-    /// otherwise (a million-message run need not keep them).
-    pub messages: Vec<TracedMessage>,
-}
+/// Mixed into the seed for the workload's stream (the bytes of "workload").
+const WORKLOAD_STREAM: u64 = 0x776f_726b_6c6f_6164;
 
-/// One message of a traced run: who sent it to whom when, and what became of it.
-#[derive(Clone, Debug, Serialize)]
-pub struct TracedMessage {
-    /// Milliseconds after the start of the run.
-    pub sent_ms: Millis,
-    pub from_user: usize,
-    pub to_user: usize,
-    /// Send-to-device latency; None if it never arrived.
-    pub latency_ms: Option<Millis>,
+fn exp_from(rng: &mut rand::rngs::StdRng, mean_ms: f64) -> Millis {
+    let u: f64 = rng.random::<f64>().max(1e-12);
+    (-u.ln() * mean_ms).max(1.0) as Millis
 }
 
 pub struct Sim {
     sc: Scenario,
     seed: u64,
+    /// Everything the network and the privacy knobs draw: link latencies and losses, ids, cover
+    /// traffic, batching delays, the cores' seeds and the users' keys.
     rng: rand::rngs::StdRng,
+    /// What the people do, drawn from a stream of its own (common random numbers): when each
+    /// user is online, when they write, to whom and how much. A knob that draws more or fewer
+    /// numbers from `rng` (cover traffic, batching) leaves the messages themselves unchanged, so
+    /// two runs that differ in one knob are compared on the same messages.
+    workload: rand::rngs::StdRng,
     now: Millis,
     seq: u64,
     queue: EventQueue,
@@ -605,6 +368,7 @@ impl Sim {
             series: Vec::new(),
             interrupted: false,
             rng: rand::rngs::StdRng::seed_from_u64(0),
+            workload: rand::rngs::StdRng::seed_from_u64(seed ^ WORKLOAD_STREAM),
             sc,
         };
         // Key seeds are drawn in order from the one RNG; the keys (a scalar multiplication each)
@@ -669,7 +433,7 @@ impl Sim {
         };
         for (u, auth) in registrations.into_iter().enumerate() {
             sim.send_client_request(u, Kind::Register, ClientOp::Register, Some(auth));
-            let online = sim.rng.random::<f64>() < sim.sc.online_fraction;
+            let online = sim.workload.random::<f64>() < sim.sc.online_fraction;
             let t = sim.now + 1;
             if online {
                 sim.schedule(t, Ev::Toggle(u));
@@ -702,8 +466,12 @@ impl Sim {
     }
 
     fn exp(&mut self, mean_ms: f64) -> Millis {
-        let u: f64 = self.rng.random::<f64>().max(1e-12);
-        (-u.ln() * mean_ms).max(1.0) as Millis
+        exp_from(&mut self.rng, mean_ms)
+    }
+
+    /// An exponential draw from the workload's own stream.
+    fn exp_workload(&mut self, mean_ms: f64) -> Millis {
+        exp_from(&mut self.workload, mean_ms)
     }
 
     /// Gaps between a user's send opportunities: Poisson at the peak rate (the diurnal
@@ -713,12 +481,12 @@ impl Sim {
             return Millis::MAX / 4;
         }
         let peak = self.sc.messages_per_user_per_hour * (1.0 + self.sc.diurnal_amplitude);
-        self.exp(3_600_000.0 / peak)
+        self.exp_workload(3_600_000.0 / peak)
     }
 
     fn offline_span(&mut self) -> Millis {
         let f = self.sc.online_fraction.clamp(1e-6, 1.0 - 1e-6);
-        self.exp(self.sc.session_mean_s * 1000.0 * (1.0 - f) / f)
+        self.exp_workload(self.sc.session_mean_s * 1000.0 * (1.0 - f) / f)
     }
 
     /// One-way time for `bytes` from node `a` to node `b`: the latency of their region pair, plus,
@@ -826,10 +594,10 @@ impl Sim {
         let n = self.devices.len();
         loop {
             let r = if self.recipient_weights.is_empty() {
-                self.rng.random_range(0..n)
+                self.workload.random_range(0..n)
             } else {
                 let total = *self.recipient_weights.last().expect("users exist");
-                let x = self.rng.random::<f64>() * total;
+                let x = self.workload.random::<f64>() * total;
                 self.recipient_weights
                     .partition_point(|w| *w < x)
                     .min(n - 1)
@@ -1115,7 +883,7 @@ impl Sim {
                 let online = !self.devices[u].online;
                 self.devices[u].online = online;
                 let next = if online {
-                    self.exp(self.sc.session_mean_s * 1000.0)
+                    self.exp_workload(self.sc.session_mean_s * 1000.0)
                 } else {
                     self.offline_span()
                 };
@@ -1159,7 +927,7 @@ impl Sim {
             let a = self.sc.diurnal_amplitude;
             let t = (self.now - EPOCH_MS) as f64 / 1000.0;
             let rate = 1.0 + a * (2.0 * std::f64::consts::PI * t / self.sc.diurnal_period_s).sin();
-            if self.rng.random::<f64>() * (1.0 + a) > rate {
+            if self.workload.random::<f64>() * (1.0 + a) > rate {
                 return; // a quiet hour: this opportunity passes
             }
         }
@@ -1170,7 +938,8 @@ impl Sim {
         }
         let r = self.pick_recipient(u);
         self.all_conversations.insert((u, r));
-        let envelope = self.envelope_for(r);
+        let text = self.text_len(true);
+        let envelope = self.envelope_for(r, text);
         self.msgs.insert(
             envelope.id,
             Msg {
@@ -1208,7 +977,8 @@ impl Sim {
             }
         };
         self.cover_sent += 1;
-        let envelope = self.envelope_for(r);
+        let text = self.text_len(false);
+        let envelope = self.envelope_for(r, text);
         let to_node = self.nodes[self.devices[r].node].id.clone();
         self.submit(u, Vec::new(), Outgoing { to_node, envelope });
     }
@@ -1217,15 +987,28 @@ impl Sim {
         self.exp(3_600_000.0 / self.sc.cover_messages_per_user_per_hour)
     }
 
-    /// An envelope for `r` whose body has the size a message of a drawn text length would have
-    /// (padded to its bucket, or exact when padding is off).
-    fn envelope_for(&mut self, r: usize) -> Envelope {
+    /// A text length drawn from the scenario's distribution: a message's from the workload's
+    /// stream, a dummy's from the other, so cover traffic does not change the messages.
+    fn text_len(&mut self, message: bool) -> usize {
+        if self.sc.mean_text_bytes <= 0.0 {
+            return 0;
+        }
+        let drawn = if message {
+            self.exp_workload(self.sc.mean_text_bytes)
+        } else {
+            self.exp(self.sc.mean_text_bytes)
+        };
+        (drawn as usize).min(MAX_TEXT_BYTES)
+    }
+
+    /// An envelope for `r` whose body has the size a message of `text` bytes would have (padded
+    /// to its bucket, or exact when padding is off).
+    fn envelope_for(&mut self, r: usize, text: usize) -> Envelope {
         let mut id = [0u8; 16];
         self.rng.fill_bytes(&mut id);
         let body_len = if self.sc.mean_text_bytes <= 0.0 {
             PADDING_BUCKETS[0] + seal::OVERHEAD
         } else {
-            let text = (self.exp(self.sc.mean_text_bytes) as usize).min(MAX_TEXT_BYTES);
             // The sealed box holds `len (4) ‖ sealed-sender bytes`, padded or not.
             let inner = 4 + self.session_overhead + text;
             // Padding picks the bucket as if an X3DH header were present, as the protocol does.
@@ -1431,229 +1214,6 @@ impl Sim {
         }
         self.sample();
         self.finish()
-    }
-
-    /// Mean posteriors that a conversation is real: for the best single operator, and for
-    /// the sender's and the recipient's home nodes together (docs/simulations.md). Each
-    /// envelope seen from s to r is a dummy with probability `q = (c/(N-1)) / (c/(N-1) +
-    /// m·p_r)`, where c and m are the cover and message rates, N the users and p_r the chance
-    /// a message goes to r; so after k envelopes the pair is real with probability `1 - q^k`.
-    /// Summed in sorted order, so the figure does not depend on hashing.
-    fn linkability(&self) -> (f64, f64) {
-        if self.all_conversations.is_empty() {
-            return (0.0, 0.0);
-        }
-        let n = self.devices.len().max(2) as f64;
-        let c = self.sc.cover_messages_per_user_per_hour;
-        let m = self.sc.messages_per_user_per_hour;
-        let total_weight = self.recipient_weights.last().copied().unwrap_or(0.0);
-        let p_r = |r: usize| {
-            if self.recipient_weights.is_empty() {
-                1.0 / (n - 1.0)
-            } else {
-                let prev = if r == 0 {
-                    0.0
-                } else {
-                    self.recipient_weights[r - 1]
-                };
-                (self.recipient_weights[r] - prev) / total_weight
-            }
-        };
-        // The chance that one envelope seen from `s` to `r` is a dummy, and how many the
-        // sender's home node saw.
-        let q = |r: usize| {
-            let cover = c / (n - 1.0);
-            if cover <= 0.0 {
-                0.0
-            } else {
-                cover / (cover + m * p_r(r))
-            }
-        };
-        let seen = |s: usize, r: usize| {
-            self.nodes[self.devices[s].node]
-                .observed
-                .user_to_recipient
-                .get(&(s, r))
-                .copied()
-                .unwrap_or(0) as i32
-        };
-        let mut pairs: Vec<(usize, usize)> = self.all_conversations.iter().copied().collect();
-        pairs.sort_unstable();
-        let (mut one, mut two) = (0.0, 0.0);
-        for &(s, r) in &pairs {
-            let (k_sr, k_rs) = (seen(s, r), seen(r, s));
-            // Every envelope either way a dummy: the pair is not a conversation. `s`'s node
-            // sees the envelopes from s to r; `r`'s node those from r to s (its own user
-            // sending), which replies and receipts make.
-            let both_dummies = q(r).powi(k_sr) * q(s).powi(k_rs);
-            let joint = if k_sr + k_rs == 0 {
-                0.0 // never reached a node (it was down): nothing observed
-            } else {
-                1.0 - both_dummies
-            };
-            let forward = if k_sr == 0 {
-                0.0
-            } else {
-                1.0 - q(r).powi(k_sr)
-            };
-            let backward = if k_rs == 0 {
-                0.0
-            } else {
-                1.0 - q(s).powi(k_rs)
-            };
-            // One node homing both users sees both directions by itself.
-            one += if self.devices[s].node == self.devices[r].node {
-                joint
-            } else {
-                forward.max(backward)
-            };
-            two += joint;
-        }
-        (one / pairs.len() as f64, two / pairs.len() as f64)
-    }
-
-    fn finish(self) -> Outcome {
-        let pct = |mut v: Vec<f64>| {
-            v.sort_by(|a, b| a.total_cmp(b));
-            let at = |p: f64| {
-                if v.is_empty() {
-                    0.0
-                } else {
-                    v[((v.len() - 1) as f64 * p).round() as usize]
-                }
-            };
-            (
-                Percentiles {
-                    count: v.len(),
-                    p50_ms: at(0.5),
-                    p90_ms: at(0.9),
-                    p99_ms: at(0.99),
-                    max_ms: v.last().copied().unwrap_or(0.0),
-                },
-                v,
-            )
-        };
-        let to_node: Vec<f64> = self
-            .msgs
-            .values()
-            .filter_map(|m| Some((m.node_at? - m.sent_at) as f64))
-            .collect();
-        let to_other_node: Vec<f64> = self
-            .msgs
-            .values()
-            .filter(|m| m.across)
-            .filter_map(|m| Some((m.node_at? - m.sent_at) as f64))
-            .collect();
-        let to_device: Vec<f64> = self
-            .msgs
-            .values()
-            .filter_map(|m| Some((m.device_at? - m.sent_at) as f64))
-            .collect();
-        let ttl = ms(self.sc.ttl_s);
-        let undelivered = self.msgs.values().filter(|m| m.device_at.is_none());
-        let (mut expired, mut lost, mut refused, mut pending) = (0, 0, 0, 0);
-        for m in undelivered {
-            if m.lost_disk {
-                lost += 1;
-            } else if m.refused {
-                refused += 1;
-            } else if m.sent_at + ttl <= self.now {
-                expired += 1;
-            } else {
-                pending += 1;
-            }
-        }
-        let sent = self.msgs.len() as u64;
-        let (node_p, _) = pct(to_node);
-        let (other_node_p, _) = pct(to_other_node);
-        let (device_p, device_sorted) = pct(to_device);
-        let (linkable, linkable_colluding) = self.linkability();
-        let summary = Summary {
-            scenario: self.sc.name.clone(),
-            interrupted: self.interrupted,
-            seed: self.seed,
-            nodes: self.sc.nodes,
-            users: self.devices.len(),
-            simulated_s: (self.now - EPOCH_MS) as f64 / 1000.0,
-            events: self.events,
-            messages_sent: sent,
-            not_sent_home_node_down: self.not_sent,
-            delivered_to_node: node_p.count as u64,
-            delivered_to_device: device_p.count as u64,
-            delivery_ratio: if sent == 0 {
-                1.0
-            } else {
-                device_p.count as f64 / sent as f64
-            },
-            undelivered_expired: expired,
-            undelivered_lost_with_disk: lost,
-            undelivered_refused_unknown_user: refused,
-            undelivered_pending: pending,
-            latency_send_to_node: node_p,
-            latency_send_to_other_node: other_node_p,
-            latency_send_to_device: device_p,
-            max_outbox_envelopes: self
-                .series
-                .iter()
-                .map(|s| s.outbox_envelopes)
-                .max()
-                .unwrap_or(0),
-            max_mailbox_envelopes: self
-                .series
-                .iter()
-                .map(|s| s.mailbox_envelopes)
-                .max()
-                .unwrap_or(0),
-            max_envelopes_on_one_node: self
-                .series
-                .iter()
-                .map(|s| s.max_node_envelopes)
-                .max()
-                .unwrap_or(0),
-            bytes_client: self.bytes_client,
-            bytes_fed_requests: self.bytes_fed_req,
-            bytes_fed_responses: self.bytes_fed_resp,
-            conversations: self.all_conversations.len(),
-            cover_envelopes_sent: self.cover_sent,
-            linkable_by_one_operator: linkable,
-            linkable_by_two_colluding_operators: linkable_colluding,
-        };
-        let operators = self
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(node, n)| OperatorView {
-                node,
-                senders: n.observed.senders.len(),
-                user_to_node_pairs: n.observed.user_to_node.len(),
-                user_to_recipient_pairs: n.observed.user_to_recipient.len(),
-                node_to_user_pairs: n.observed.node_to_user.len(),
-                envelopes_from_local_users: n.observed.sent,
-                envelopes_for_local_users: n.observed.received,
-                distinct_body_sizes: n.observed.sizes.len(),
-            })
-            .collect();
-        let messages = self
-            .trace
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(from_user, to_user, id)| {
-                let m = &self.msgs[&id];
-                TracedMessage {
-                    sent_ms: m.sent_at - EPOCH_MS,
-                    from_user,
-                    to_user,
-                    latency_ms: m.device_at.map(|d| d - m.sent_at),
-                }
-            })
-            .collect();
-        Outcome {
-            summary,
-            series: self.series,
-            operators,
-            device_latencies: device_sorted,
-            messages,
-        }
     }
 }
 

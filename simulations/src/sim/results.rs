@@ -1,0 +1,347 @@
+//! What a run reports: the summary, the time series, each operator's view, traced messages,
+//! and the figures computed at the end (percentiles, linkability).
+
+use super::*;
+
+/// One row of the time series.
+#[derive(Clone, Debug, Serialize)]
+pub struct Sample {
+    pub t_s: f64,
+    pub sent: u64,
+    pub delivered_to_node: u64,
+    pub delivered_to_device: u64,
+    pub outbox_envelopes: usize,
+    pub mailbox_envelopes: usize,
+    pub max_node_envelopes: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Percentiles {
+    pub count: usize,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub scenario: String,
+    /// The run was stopped before its end: every figure covers only the simulated time reached.
+    pub interrupted: bool,
+    pub seed: u64,
+    pub nodes: usize,
+    pub users: usize,
+    pub simulated_s: f64,
+    pub events: u64,
+    pub messages_sent: u64,
+    pub not_sent_home_node_down: u64,
+    pub delivered_to_node: u64,
+    pub delivered_to_device: u64,
+    /// delivered_to_device / messages_sent.
+    pub delivery_ratio: f64,
+    pub undelivered_expired: u64,
+    pub undelivered_lost_with_disk: u64,
+    /// Refused by the recipient's node because it did not know the user: it had lost its disk
+    /// and the user's device had not registered again yet. The sender is told.
+    pub undelivered_refused_unknown_user: u64,
+    pub undelivered_pending: u64,
+    pub latency_send_to_node: Percentiles,
+    /// `latency_send_to_node` over only the messages whose recipient is homed on another node
+    /// than the sender: what federation links (bandwidth, latency, queueing) add.
+    pub latency_send_to_other_node: Percentiles,
+    pub latency_send_to_device: Percentiles,
+    pub max_outbox_envelopes: usize,
+    pub max_mailbox_envelopes: usize,
+    pub max_envelopes_on_one_node: usize,
+    pub bytes_client: u64,
+    pub bytes_fed_requests: u64,
+    pub bytes_fed_responses: u64,
+    /// Conversations (sender, recipient) with any message.
+    pub conversations: usize,
+    /// Dummy envelopes sent (cover traffic); not counted in `messages_sent`.
+    pub cover_envelopes_sent: u64,
+    /// How well one operator can link conversations: the mean, over conversations (sender,
+    /// recipient), of the best single operator's posterior probability that the pair is a real
+    /// conversation given the envelopes it saw between them. The sender's home node sees every
+    /// envelope's sender and recipient (sealed sender hides the sender only from the recipient's
+    /// node), so without cover traffic this is 1.0; cover envelopes, indistinguishable by size
+    /// and timing, make each observed envelope possibly a dummy. See docs/simulations.md.
+    pub linkable_by_one_operator: f64,
+    /// The same for two colluding operators (the sender's and the recipient's home nodes).
+    /// Their joint view adds what the recipient sends back to the sender (replies, receipts),
+    /// seen at the recipient's node: both directions' envelopes must all be dummies for the
+    /// pair not to be a conversation. At least the single-operator figure.
+    pub linkable_by_two_colluding_operators: f64,
+    /// The scenario as run, every setting with its default filled in: with `seed`, all it
+    /// takes to run it again (`write_results` also writes it as `scenario.toml`).
+    pub resolved_scenario: Scenario,
+}
+
+/// What one node's operator observed over the run (counts of distinct pairs).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct OperatorView {
+    pub node: usize,
+    /// Local users seen sending.
+    pub senders: usize,
+    /// Distinct (local user, remote node) pairs: which of its users talk to which nodes.
+    pub user_to_node_pairs: usize,
+    /// Distinct (local user, recipient) pairs: conversations it can link outright.
+    pub user_to_recipient_pairs: usize,
+    /// Distinct (sending node, local recipient) pairs seen on federation traffic.
+    pub node_to_user_pairs: usize,
+    /// Envelopes its users handed it (messages and cover alike: it cannot tell them apart).
+    pub envelopes_from_local_users: u64,
+    pub envelopes_for_local_users: u64,
+    /// Distinct body sizes it saw (at most the number of padding buckets when padding is on).
+    pub distinct_body_sizes: usize,
+}
+
+pub struct Outcome {
+    pub summary: Summary,
+    pub series: Vec<Sample>,
+    /// One row per node, in node order.
+    pub operators: Vec<OperatorView>,
+    /// Send-to-device latencies in ms, sorted.
+    pub device_latencies: Vec<f64>,
+    /// Every message sent, in sending order, when the run was traced ([`Sim::traced`]); empty
+    /// otherwise (a million-message run need not keep them).
+    pub messages: Vec<TracedMessage>,
+}
+
+/// One message of a traced run: who sent it to whom when, and what became of it.
+#[derive(Clone, Debug, Serialize)]
+pub struct TracedMessage {
+    /// Milliseconds after the start of the run.
+    pub sent_ms: Millis,
+    pub from_user: usize,
+    pub to_user: usize,
+    /// Send-to-device latency; None if it never arrived.
+    pub latency_ms: Option<Millis>,
+}
+
+impl Sim {
+    /// Mean posteriors that a conversation is real: for the best single operator, and for
+    /// the sender's and the recipient's home nodes together (docs/simulations.md). Each
+    /// envelope seen from s to r is a dummy with probability `q = (c/(N-1)) / (c/(N-1) +
+    /// m·p_r)`, where c and m are the cover and message rates, N the users and p_r the chance
+    /// a message goes to r; so after k envelopes the pair is real with probability `1 - q^k`.
+    /// Summed in sorted order, so the figure does not depend on hashing.
+    pub(super) fn linkability(&self) -> (f64, f64) {
+        if self.all_conversations.is_empty() {
+            return (0.0, 0.0);
+        }
+        let n = self.devices.len().max(2) as f64;
+        let c = self.sc.cover_messages_per_user_per_hour;
+        let m = self.sc.messages_per_user_per_hour;
+        let total_weight = self.recipient_weights.last().copied().unwrap_or(0.0);
+        let p_r = |r: usize| {
+            if self.recipient_weights.is_empty() {
+                1.0 / (n - 1.0)
+            } else {
+                let prev = if r == 0 {
+                    0.0
+                } else {
+                    self.recipient_weights[r - 1]
+                };
+                (self.recipient_weights[r] - prev) / total_weight
+            }
+        };
+        // The chance that one envelope seen from `s` to `r` is a dummy, and how many the
+        // sender's home node saw.
+        let q = |r: usize| {
+            let cover = c / (n - 1.0);
+            if cover <= 0.0 {
+                0.0
+            } else {
+                cover / (cover + m * p_r(r))
+            }
+        };
+        let seen = |s: usize, r: usize| {
+            self.nodes[self.devices[s].node]
+                .observed
+                .user_to_recipient
+                .get(&(s, r))
+                .copied()
+                .unwrap_or(0) as i32
+        };
+        let mut pairs: Vec<(usize, usize)> = self.all_conversations.iter().copied().collect();
+        pairs.sort_unstable();
+        let (mut one, mut two) = (0.0, 0.0);
+        for &(s, r) in &pairs {
+            let (k_sr, k_rs) = (seen(s, r), seen(r, s));
+            // Every envelope either way a dummy: the pair is not a conversation. `s`'s node
+            // sees the envelopes from s to r; `r`'s node those from r to s (its own user
+            // sending), which replies and receipts make.
+            let both_dummies = q(r).powi(k_sr) * q(s).powi(k_rs);
+            let joint = if k_sr + k_rs == 0 {
+                0.0 // never reached a node (it was down): nothing observed
+            } else {
+                1.0 - both_dummies
+            };
+            let forward = if k_sr == 0 {
+                0.0
+            } else {
+                1.0 - q(r).powi(k_sr)
+            };
+            let backward = if k_rs == 0 {
+                0.0
+            } else {
+                1.0 - q(s).powi(k_rs)
+            };
+            // One node homing both users sees both directions by itself.
+            one += if self.devices[s].node == self.devices[r].node {
+                joint
+            } else {
+                forward.max(backward)
+            };
+            two += joint;
+        }
+        (one / pairs.len() as f64, two / pairs.len() as f64)
+    }
+
+    pub(super) fn finish(self) -> Outcome {
+        let pct = |mut v: Vec<f64>| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            let at = |p: f64| {
+                if v.is_empty() {
+                    0.0
+                } else {
+                    v[((v.len() - 1) as f64 * p).round() as usize]
+                }
+            };
+            (
+                Percentiles {
+                    count: v.len(),
+                    p50_ms: at(0.5),
+                    p90_ms: at(0.9),
+                    p99_ms: at(0.99),
+                    max_ms: v.last().copied().unwrap_or(0.0),
+                },
+                v,
+            )
+        };
+        let to_node: Vec<f64> = self
+            .msgs
+            .values()
+            .filter_map(|m| Some((m.node_at? - m.sent_at) as f64))
+            .collect();
+        let to_other_node: Vec<f64> = self
+            .msgs
+            .values()
+            .filter(|m| m.across)
+            .filter_map(|m| Some((m.node_at? - m.sent_at) as f64))
+            .collect();
+        let to_device: Vec<f64> = self
+            .msgs
+            .values()
+            .filter_map(|m| Some((m.device_at? - m.sent_at) as f64))
+            .collect();
+        let ttl = ms(self.sc.ttl_s);
+        let undelivered = self.msgs.values().filter(|m| m.device_at.is_none());
+        let (mut expired, mut lost, mut refused, mut pending) = (0, 0, 0, 0);
+        for m in undelivered {
+            if m.lost_disk {
+                lost += 1;
+            } else if m.refused {
+                refused += 1;
+            } else if m.sent_at + ttl <= self.now {
+                expired += 1;
+            } else {
+                pending += 1;
+            }
+        }
+        let sent = self.msgs.len() as u64;
+        let (node_p, _) = pct(to_node);
+        let (other_node_p, _) = pct(to_other_node);
+        let (device_p, device_sorted) = pct(to_device);
+        let (linkable, linkable_colluding) = self.linkability();
+        let summary = Summary {
+            scenario: self.sc.name.clone(),
+            interrupted: self.interrupted,
+            seed: self.seed,
+            nodes: self.sc.nodes,
+            users: self.devices.len(),
+            simulated_s: (self.now - EPOCH_MS) as f64 / 1000.0,
+            events: self.events,
+            messages_sent: sent,
+            not_sent_home_node_down: self.not_sent,
+            delivered_to_node: node_p.count as u64,
+            delivered_to_device: device_p.count as u64,
+            delivery_ratio: if sent == 0 {
+                1.0
+            } else {
+                device_p.count as f64 / sent as f64
+            },
+            undelivered_expired: expired,
+            undelivered_lost_with_disk: lost,
+            undelivered_refused_unknown_user: refused,
+            undelivered_pending: pending,
+            latency_send_to_node: node_p,
+            latency_send_to_other_node: other_node_p,
+            latency_send_to_device: device_p,
+            max_outbox_envelopes: self
+                .series
+                .iter()
+                .map(|s| s.outbox_envelopes)
+                .max()
+                .unwrap_or(0),
+            max_mailbox_envelopes: self
+                .series
+                .iter()
+                .map(|s| s.mailbox_envelopes)
+                .max()
+                .unwrap_or(0),
+            max_envelopes_on_one_node: self
+                .series
+                .iter()
+                .map(|s| s.max_node_envelopes)
+                .max()
+                .unwrap_or(0),
+            bytes_client: self.bytes_client,
+            bytes_fed_requests: self.bytes_fed_req,
+            bytes_fed_responses: self.bytes_fed_resp,
+            conversations: self.all_conversations.len(),
+            cover_envelopes_sent: self.cover_sent,
+            linkable_by_one_operator: linkable,
+            linkable_by_two_colluding_operators: linkable_colluding,
+            resolved_scenario: self.sc.clone(),
+        };
+        let operators = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(node, n)| OperatorView {
+                node,
+                senders: n.observed.senders.len(),
+                user_to_node_pairs: n.observed.user_to_node.len(),
+                user_to_recipient_pairs: n.observed.user_to_recipient.len(),
+                node_to_user_pairs: n.observed.node_to_user.len(),
+                envelopes_from_local_users: n.observed.sent,
+                envelopes_for_local_users: n.observed.received,
+                distinct_body_sizes: n.observed.sizes.len(),
+            })
+            .collect();
+        let messages = self
+            .trace
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(from_user, to_user, id)| {
+                let m = &self.msgs[&id];
+                TracedMessage {
+                    sent_ms: m.sent_at - EPOCH_MS,
+                    from_user,
+                    to_user,
+                    latency_ms: m.device_at.map(|d| d - m.sent_at),
+                }
+            })
+            .collect();
+        Outcome {
+            summary,
+            series: self.series,
+            operators,
+            device_latencies: device_sorted,
+            messages,
+        }
+    }
+}
