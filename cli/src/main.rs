@@ -140,7 +140,7 @@ enum FileCmd {
 #[derive(Subcommand)]
 enum SimCmd {
     /// Run a scenario (default: the bundled one) and write summary.json, scenario.toml,
-    /// timeseries.csv, operators.csv and latency_cdf.svg.
+    /// timeseries.csv, operators.csv, latency_cdf.svg, held.svg and storage.svg.
     ///
     /// A scenario is TOML; every field has a default, so a file names only what it changes:
     /// name, nodes, users_per_node, node_sizes (equal|power_law), node_size_exponent,
@@ -148,8 +148,12 @@ enum SimCmd {
     /// social_graph (uniform|power_law), power_law_exponent, client_latency_ms,
     /// link_latency_ms [min, max], regions, inter_region_latency_ms, link_bandwidth_mbps,
     /// link_loss, online_fraction, session_mean_s, ttl_s, sample_every_s, padding,
-    /// mean_text_bytes, cover_messages_per_user_per_hour, batching_delay_ms, and the faults
-    /// [[crashes]] (node, at_s, down_s, disk_loss) and [[partitions]] (start_s, end_s, split).
+    /// mean_text_bytes, cover_messages_per_user_per_hour, batching_delay_ms; files:
+    /// files_per_user_per_hour, file_median_bytes, file_size_sigma, file_ttl_s,
+    /// device_bandwidth_mbps; push: phone_fraction, push_latency_ms [min, max], wake_window_s,
+    /// push_max_delay_ms; calls: calls_per_user_per_hour, call_answer_probability,
+    /// call_answer_mean_s, call_mean_s; and the faults [[crashes]] (node, at_s, down_s,
+    /// disk_loss) and [[partitions]] (start_s, end_s, split).
     /// docs/simulations.md explains each; simulations/scenarios/ holds examples.
     Run {
         /// Scenario file (TOML); see simulations/scenarios/.
@@ -871,6 +875,9 @@ fn simulate(scenario: Option<PathBuf>, seed: u64, out: &Path) -> Result<()> {
         s.linkable_by_two_colluding_operators * 100.0,
         s.cover_envelopes_sent
     );
+    for line in sims::sim::feature_lines(s) {
+        println!("{line}");
+    }
     println!(
         "{} events in {wall:.2} s wall ({:.0} events/s); results in {}",
         s.events,

@@ -25,7 +25,7 @@
 //! `HESTIA_REAL_NODE_LOG` sets the nodes' `RUST_LOG` (default `warn,libp2p=error`).
 //!
 //! Not reproduced (refused with a message): link loss, offline users, regions, bandwidth,
-//! diurnal rates, cover traffic and batching. Bounded: at most 50 nodes, 200 users and 300 s.
+//! diurnal rates, cover traffic, batching, files, phones and calls. Bounded: at most 50 nodes, 200 users and 300 s.
 
 use crate::demo::listen_addr;
 use anyhow::{Context, Result, bail};
@@ -125,6 +125,15 @@ fn check(sc: &Scenario) -> Result<()> {
         bail!(
             "--real does not reproduce regions, bandwidth limits, diurnal rates, cover traffic or \
              batching delays yet; run those in the model only"
+        );
+    }
+    if sc.files_per_user_per_hour > 0.0
+        || sc.phone_fraction > 0.0
+        || sc.calls_per_user_per_hour > 0.0
+    {
+        bail!(
+            "--real does not reproduce files, phones woken by push or calls yet; run those in \
+             the model only"
         );
     }
     Ok(())

@@ -1,5 +1,6 @@
 //! A privacy-knob sweep: the scenario as given, then one knob changed at a time (cover traffic
-//! at 1, 10 and 100 dummies per message, a batching delay, padding flipped), all with one seed.
+//! at 1, 10 and 100 dummies per message, a batching delay, a wake-up delay when the scenario
+//! has phones, padding flipped), all with one seed.
 //! The workload has a random stream of its own, so every run carries the same messages and the
 //! differences are the knobs' alone. Each run reports what it buys (how well one operator, or two
 //! colluding, link conversations) and what it costs (latency, bytes, storage).
@@ -29,6 +30,11 @@ pub struct KnobRun {
     pub most_body_sizes_one_operator_saw: usize,
     pub max_envelopes_on_one_node: usize,
     pub messages_sent: u64,
+    /// With phones: the share of wake-ups that left within a second of the arrival that armed
+    /// them (what the push service learns of arrival times), and the send-to-device median of
+    /// messages to phones.
+    pub wake_ups_timed_within_1s: f64,
+    pub send_to_phone_p50_ms: f64,
 }
 
 /// The scenario as given, then each knob changed alone.
@@ -51,6 +57,15 @@ pub fn variants(base: &Scenario) -> Vec<(String, Scenario)> {
             ..base.clone()
         },
     ));
+    if base.phone_fraction > 0.0 {
+        v.push((
+            "wake-up delay up to 30 s".into(),
+            Scenario {
+                push_max_delay_ms: 30_000,
+                ..base.clone()
+            },
+        ));
+    }
     v.push((
         if base.padding {
             "padding off"
@@ -106,20 +121,30 @@ pub fn sweep(
                 .unwrap_or(0),
             max_envelopes_on_one_node: s.max_envelopes_on_one_node,
             messages_sent: s.messages_sent,
+            wake_ups_timed_within_1s: s.push.arrivals_timed_within_1s,
+            send_to_phone_p50_ms: s.push.latency_to_phones.p50_ms,
         });
     }
     runs
 }
 
-/// The sweep as a Markdown table (what docs/simulations.md shows).
+/// The sweep as a Markdown table (what docs/simulations.md shows), with two columns on
+/// wake-ups when the scenario has phones.
 pub fn table(runs: &[KnobRun]) -> String {
+    let phones = runs.iter().any(|r| r.knob.starts_with("wake-up delay"));
     let mut t = String::from(
         "| knob | linkable (one operator) | linkable (two colluding) | send→node p50 / p99 | \
          send→device p50 | client bytes | federation request bytes | all bytes vs as given | \
-         most body sizes one operator saw |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+         most body sizes one operator saw |",
     );
+    if phones {
+        t.push_str(" wake-ups within 1 s of the arrival | send→phone p50 |");
+    }
+    t.push_str("\n|");
+    t.push_str(&" --- |".repeat(if phones { 11 } else { 9 }));
+    t.push('\n');
     for r in runs {
-        let _ = writeln!(
+        let _ = write!(
             t,
             "| {} | {:.3} | {:.3} | {:.0} / {:.0} ms | {:.0} ms | {:.1} MB | {:.1} MB | {:.2}× | {} |",
             r.knob,
@@ -133,6 +158,15 @@ pub fn table(runs: &[KnobRun]) -> String {
             r.bytes_relative,
             r.most_body_sizes_one_operator_saw
         );
+        if phones {
+            let _ = write!(
+                t,
+                " {:.0}% | {:.1} s |",
+                r.wake_ups_timed_within_1s * 100.0,
+                r.send_to_phone_p50_ms / 1000.0
+            );
+        }
+        t.push('\n');
     }
     t
 }

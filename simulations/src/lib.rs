@@ -10,7 +10,7 @@
 //! - [`plots`]: the SVG plots, drawn with plotters.
 //! - [`knobs`]: a privacy-knob sweep, each knob's effect on the same messages.
 //! - [`write_results`]: `summary.json`, `scenario.toml`, `timeseries.csv`, `operators.csv`,
-//!   `latency_cdf.svg` and `held.svg`.
+//!   `latency_cdf.svg`, `held.svg` and `storage.svg`.
 
 pub mod knobs;
 pub mod plots;
@@ -50,29 +50,32 @@ pub fn write_results(out: &Path, o: &Outcome) -> std::io::Result<()> {
         ),
     )?;
     let mut csv = String::from(
-        "t_s,sent,delivered_to_node,delivered_to_device,outbox_envelopes,mailbox_envelopes,max_node_envelopes\n",
+        "t_s,sent,delivered_to_node,delivered_to_device,outbox_envelopes,mailbox_envelopes,max_node_envelopes,mailbox_bytes,file_bytes,max_node_bytes\n",
     );
     for s in &o.series {
         let _ = writeln!(
             csv,
-            "{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{}",
             s.t_s,
             s.sent,
             s.delivered_to_node,
             s.delivered_to_device,
             s.outbox_envelopes,
             s.mailbox_envelopes,
-            s.max_node_envelopes
+            s.max_node_envelopes,
+            s.mailbox_bytes,
+            s.file_bytes,
+            s.max_node_bytes
         );
     }
     std::fs::write(out.join("timeseries.csv"), csv)?;
     let mut ops = String::from(
-        "node,senders,user_to_node_pairs,user_to_recipient_pairs,node_to_user_pairs,envelopes_from_local_users,envelopes_for_local_users,distinct_body_sizes\n",
+        "node,senders,user_to_node_pairs,user_to_recipient_pairs,node_to_user_pairs,envelopes_from_local_users,envelopes_for_local_users,distinct_body_sizes,uploader_to_fetching_node_pairs,uploader_to_local_fetcher_pairs,distinct_file_sizes\n",
     );
     for v in &o.operators {
         let _ = writeln!(
             ops,
-            "{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{}",
             v.node,
             v.senders,
             v.user_to_node_pairs,
@@ -80,7 +83,10 @@ pub fn write_results(out: &Path, o: &Outcome) -> std::io::Result<()> {
             v.node_to_user_pairs,
             v.envelopes_from_local_users,
             v.envelopes_for_local_users,
-            v.distinct_body_sizes
+            v.distinct_body_sizes,
+            v.uploader_to_fetching_node_pairs,
+            v.uploader_to_local_fetcher_pairs,
+            v.distinct_file_sizes
         );
     }
     std::fs::write(out.join("operators.csv"), ops)?;
@@ -95,6 +101,14 @@ pub fn write_results(out: &Path, o: &Outcome) -> std::io::Result<()> {
     std::fs::write(
         out.join("held.svg"),
         plots::held_over_time(&title, &o.series)?,
+    )?;
+    let title = format!(
+        "mail and files held over time ({}; seed {})",
+        s.scenario, s.seed
+    );
+    std::fs::write(
+        out.join("storage.svg"),
+        plots::storage_over_time(&title, &o.series)?,
     )?;
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The run's plots, drawn with plotters as SVG: send-to-device latency CDFs (log time axis, one
-//! curve per sample: the model's, and with `--real` the real stack's beside it) and envelopes
-//! held over time. Text comes from the run (a scenario's name); plotters escapes it.
+//! curve per sample: the model's, and with `--real` the real stack's beside it), envelopes
+//! and bytes held over time, and linkability against the cost of each privacy knob. Text comes from the run (a scenario's name); plotters escapes it.
 
 use crate::sim::Sample;
 use plotters::prelude::*;
@@ -97,27 +97,51 @@ pub fn latency_cdf(title: &str, curves: &[(&str, &[f64])]) -> io::Result<String>
 /// Envelopes held over simulated time: in outboxes (waiting for other nodes), in mailboxes
 /// (waiting for devices), and on the fullest node.
 pub fn held_over_time(title: &str, series: &[Sample]) -> io::Result<String> {
+    over_time(
+        title,
+        "envelopes held",
+        series,
+        &[
+            ("in outboxes (waiting for other nodes)", |s| {
+                s.outbox_envelopes as f64
+            }),
+            ("in mailboxes (waiting for devices)", |s| {
+                s.mailbox_envelopes as f64
+            }),
+            ("on the fullest node", |s| s.max_node_envelopes as f64),
+        ],
+    )
+}
+
+/// Bytes held over simulated time, in MiB: envelope bodies in mailboxes and sealed file chunks
+/// across all nodes, and both together on the fullest node.
+pub fn storage_over_time(title: &str, series: &[Sample]) -> io::Result<String> {
+    const MIB: f64 = (1u64 << 20) as f64;
+    over_time(
+        title,
+        "MiB held",
+        series,
+        &[
+            ("mail (envelope bodies)", |s| s.mailbox_bytes as f64 / MIB),
+            ("files (sealed chunks)", |s| s.file_bytes as f64 / MIB),
+            ("mail and files on the fullest node", |s| {
+                s.max_node_bytes as f64 / MIB
+            }),
+        ],
+    )
+}
+
+type Line<'a> = (&'a str, fn(&Sample) -> f64);
+
+/// Lines of the time series against simulated time.
+fn over_time(title: &str, y_desc: &str, series: &[Sample], lines: &[Line]) -> io::Result<String> {
     let t_max = series.last().map(|s| s.t_s).unwrap_or(0.0).max(1.0);
     let y_max = series
         .iter()
-        .map(|s| {
-            s.outbox_envelopes
-                .max(s.mailbox_envelopes)
-                .max(s.max_node_envelopes)
-        })
-        .max()
-        .unwrap_or(0)
-        .max(1) as f64
+        .flat_map(|s| lines.iter().map(move |(_, v)| v(s)))
+        .fold(0.0, f64::max)
+        .max(1.0)
         * 1.05;
-    let lines: [(&str, fn(&Sample) -> usize); 3] = [
-        ("in outboxes (waiting for other nodes)", |s| {
-            s.outbox_envelopes
-        }),
-        ("in mailboxes (waiting for devices)", |s| {
-            s.mailbox_envelopes
-        }),
-        ("on the fullest node", |s| s.max_node_envelopes),
-    ];
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
@@ -132,12 +156,12 @@ pub fn held_over_time(title: &str, series: &[Sample]) -> io::Result<String> {
         chart
             .configure_mesh()
             .x_desc("simulated time (s)")
-            .y_desc("envelopes held")
+            .y_desc(y_desc)
             .draw()
             .map_err(plot_error)?;
         for (k, (name, value)) in lines.iter().enumerate() {
             let colour = COLOURS[k % COLOURS.len()];
-            let points = series.iter().map(|s| (s.t_s, value(s) as f64));
+            let points = series.iter().map(|s| (s.t_s, value(s)));
             chart
                 .draw_series(LineSeries::new(points, colour.stroke_width(2)))
                 .map_err(plot_error)?

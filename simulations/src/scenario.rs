@@ -72,6 +72,45 @@ pub struct Scenario {
     /// Privacy knob: a device holds each outgoing envelope (real or cover) for a uniformly
     /// random time up to this before handing it to its node.
     pub batching_delay_ms: u64,
+    /// Files each online user sends per hour (Poisson, from a stream of its own, so turning
+    /// files on leaves the text messages unchanged). 0: no files. A file is sealed and padded
+    /// as `hestia send --file` does, uploaded in chunks to the sender's home node, announced
+    /// to the recipient in a message, and fetched chunk by chunk through the recipient's home
+    /// node (which fetches across the federation), then deleted from the holding node.
+    pub files_per_user_per_hour: f64,
+    /// File sizes are log-normal: this median in bytes, and this standard deviation of the
+    /// size's natural logarithm (1.5: a tenth of files under a seventh of the median, a tenth
+    /// over seven times it).
+    pub file_median_bytes: f64,
+    pub file_size_sigma: f64,
+    /// How long the holding node keeps a file's chunks (at most the protocol's longest TTL).
+    pub file_ttl_s: f64,
+    /// Bandwidth between a device and its home node, each way, in megabits per second, for
+    /// file chunks (0: unlimited). Text requests are small and take `client_latency_ms` only.
+    pub device_bandwidth_mbps: f64,
+    /// Share of users on phones: their device drops its connection whenever the person is not
+    /// using it, registers a Web Push subscription, and is woken by the node's wake-ups (then
+    /// stays connected `wake_window_s` to fetch). The others stay connected while online and
+    /// are not pushed. Who is on a phone is a fixed draw per user, not from the workload.
+    pub phone_fraction: f64,
+    /// One-way time from a node's wake-up request to the phone waking (push service and mobile
+    /// network), uniform in this range.
+    pub push_latency_ms: (u64, u64),
+    pub wake_window_s: f64,
+    /// Privacy knob: each node holds a wake-up for a uniformly random time up to this before it
+    /// goes out (`push.max_delay_ms` in the node's config), so the push service times arrivals
+    /// less precisely.
+    pub push_max_delay_ms: u64,
+    /// Calls each online user places per hour (Poisson, from a stream of its own). 0: none.
+    /// Only the signalling is modelled (offer, answer, candidates, busy, hang-up, each an
+    /// end-to-end message), not media.
+    pub calls_per_user_per_hour: f64,
+    /// The chance a person whose device rings answers, and the mean time they take
+    /// (exponential); one who would take longer than the ring timeout misses it.
+    pub call_answer_probability: f64,
+    pub call_answer_mean_s: f64,
+    /// Mean length of an answered call (exponential); the caller hangs up.
+    pub call_mean_s: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +178,19 @@ impl Default for Scenario {
             mean_text_bytes: 0.0,
             cover_messages_per_user_per_hour: 0.0,
             batching_delay_ms: 0,
+            files_per_user_per_hour: 0.0,
+            file_median_bytes: 500_000.0,
+            file_size_sigma: 1.5,
+            file_ttl_s: 7.0 * 24.0 * 3600.0,
+            device_bandwidth_mbps: 20.0,
+            phone_fraction: 0.0,
+            push_latency_ms: (100, 1500),
+            wake_window_s: 20.0,
+            push_max_delay_ms: 0,
+            calls_per_user_per_hour: 0.0,
+            call_answer_probability: 0.8,
+            call_answer_mean_s: 6.0,
+            call_mean_s: 180.0,
         }
     }
 }
@@ -265,6 +317,53 @@ impl Scenario {
                  batching_delay_ms <= 3600000"
                     .into(),
             );
+        }
+        for (name, v) in [
+            ("files_per_user_per_hour", self.files_per_user_per_hour),
+            ("calls_per_user_per_hour", self.calls_per_user_per_hour),
+            ("device_bandwidth_mbps", self.device_bandwidth_mbps),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(format!("{name} must be >= 0"));
+            }
+        }
+        for (name, v) in [
+            ("file_median_bytes", self.file_median_bytes),
+            ("file_size_sigma", self.file_size_sigma),
+            ("file_ttl_s", self.file_ttl_s),
+            ("wake_window_s", self.wake_window_s),
+            ("call_answer_mean_s", self.call_answer_mean_s),
+            ("call_mean_s", self.call_mean_s),
+        ] {
+            if !positive(v) {
+                return bad(format!("{name} must be above 0"));
+            }
+        }
+        let max_file = hestia_protocol::file::MAX_FILE_BYTES as f64;
+        if self.file_median_bytes > max_file || self.file_size_sigma > 5.0 {
+            return bad(format!(
+                "file_median_bytes must be at most {max_file} and file_size_sigma at most 5"
+            ));
+        }
+        let max_ttl_s = hestia_protocol::envelope::MAX_TTL_MS as f64 / 1000.0;
+        if self.file_ttl_s > max_ttl_s {
+            return bad(format!(
+                "file_ttl_s must be at most {max_ttl_s} (the longest TTL)"
+            ));
+        }
+        for (name, v) in [
+            ("phone_fraction", self.phone_fraction),
+            ("call_answer_probability", self.call_answer_probability),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return bad(format!("{name} is a probability (0..=1)"));
+            }
+        }
+        if self.push_latency_ms.0 > self.push_latency_ms.1 {
+            return bad("push_latency_ms is (min, max)".into());
+        }
+        if self.push_max_delay_ms > 3_600_000 {
+            return bad("push_max_delay_ms must be <= 3600000".into());
         }
         if !(0.0..=4.0).contains(&self.node_size_exponent) || self.node_size_exponent.is_nan() {
             return bad("node_size_exponent must be 0..=4".into());

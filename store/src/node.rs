@@ -676,6 +676,37 @@ pub struct MemNodeStore {
     federation: BTreeMap<String, FederationRecord>,
     /// Number of `apply` calls, so tests can check batching.
     pub batches: u64,
+    /// Chunks are kept as their length only and read back as zeros (see
+    /// [`MemNodeStore::without_chunk_bytes`]).
+    sparse_chunks: bool,
+}
+
+impl MemNodeStore {
+    /// A store that keeps which chunks it holds but not their bytes, and reads a chunk back as
+    /// zeros of its length: for simulations, whose chunks are filler, so that a federation
+    /// holding terabytes of files fits in memory. Everything else is kept as usual.
+    pub fn without_chunk_bytes() -> MemNodeStore {
+        MemNodeStore {
+            sparse_chunks: true,
+            ..MemNodeStore::default()
+        }
+    }
+
+    /// Whether this store was made by [`MemNodeStore::without_chunk_bytes`].
+    pub fn keeps_chunk_bytes(&self) -> bool {
+        !self.sparse_chunks
+    }
+
+    fn delete_chunks(&mut self, id: &BlobId) {
+        let keys: Vec<(BlobId, u32)> = self
+            .chunks
+            .range((*id, 0)..=(*id, u32::MAX))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            self.chunks.remove(&k);
+        }
+    }
 }
 
 impl NodeStore for MemNodeStore {
@@ -697,7 +728,18 @@ impl NodeStore for MemNodeStore {
     }
 
     fn blob_chunk(&self, blob: &BlobId, index: u32) -> Result<Option<Vec<u8>>> {
-        Ok(self.chunks.get(&(*blob, index)).cloned())
+        let Some(bytes) = self.chunks.get(&(*blob, index)) else {
+            return Ok(None);
+        };
+        if !self.sparse_chunks {
+            return Ok(Some(bytes.clone()));
+        }
+        let len = self
+            .blobs
+            .get(blob)
+            .and_then(|r| r.spec.chunk_len(index))
+            .unwrap_or(0);
+        Ok(Some(vec![0; len as usize]))
     }
 
     fn for_each_mailbox(&self, each: &mut dyn FnMut(MailboxEntry)) -> Result<()> {
@@ -774,13 +816,16 @@ impl NodeStore for MemNodeStore {
                     self.blobs.insert(*id, r.clone());
                 }
                 NodeWrite::PutChunk(id, i, c) => {
-                    self.chunks.insert((*id, *i), c.clone());
+                    let bytes = if self.sparse_chunks {
+                        Vec::new()
+                    } else {
+                        c.clone()
+                    };
+                    self.chunks.insert((*id, *i), bytes);
                 }
-                NodeWrite::DeleteChunks(id) => {
-                    self.chunks.retain(|(b, _), _| b != id);
-                }
+                NodeWrite::DeleteChunks(id) => self.delete_chunks(id),
                 NodeWrite::DeleteBlob(id) => {
-                    self.chunks.retain(|(b, _), _| b != id);
+                    self.delete_chunks(id);
                     self.blobs.remove(id);
                 }
                 NodeWrite::PutPush(u, r) => {

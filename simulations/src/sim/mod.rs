@@ -6,16 +6,26 @@
 //! driver's part (apply writes, then deliver outputs) and the network's (latency, loss,
 //! partitions, crashed nodes). Devices are modelled: they sign real client requests, keep a
 //! long-poll fetch open while online, acknowledge what they receive and send on a Poisson
-//! schedule. Envelope bodies are filler of the smallest padded size: the relay never looks
-//! inside, and the simulation measures the relay, not the crypto.
+//! schedule. Envelope bodies are filler of the sizes the real messages would have: the relay
+//! never looks inside, and the simulation measures the relay, not the crypto.
+//!
+//! Beside text, a scenario can carry files ([`files`]: chunked uploads, fetches across the
+//! federation, expiry), push wake-ups of phones that sleep ([`push`]) and call signalling
+//! ([`calls`]), each through the same core and each drawn from a random stream of its own.
 
+mod calls;
+mod files;
+mod push;
 mod queue;
 mod results;
 
-pub use results::{OperatorView, Outcome, Percentiles, Sample, Summary, TracedMessage};
+pub use results::{
+    CallFigures, FileFigures, OperatorView, Outcome, Percentiles, PushFigures, Sample, Summary,
+    TracedMessage, feature_lines,
+};
 
 use crate::scenario::{Scenario, SocialGraph};
-use hestia_node::relay::{self, BatchId, FedFailure, Ready, Token};
+use hestia_node::relay::{self, BatchId, FedFailure, Ready, Token, WakeId};
 use hestia_protocol::Millis;
 use hestia_protocol::codec;
 use hestia_protocol::envelope::{
@@ -143,6 +153,22 @@ enum Kind {
     Send(Vec<EnvelopeId>),
     Fetch,
     Ack,
+    /// Of file `.0`, in request generation `.1` (see [`files`]).
+    BlobBegin(usize, u32),
+    BlobPut(usize, u32, u32),
+    BlobGet(usize, u32, u32),
+    BlobDone,
+    PushRegister,
+}
+
+/// What a tracked envelope carries to the person.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Carries {
+    Text,
+    /// The message that announces file `.0`.
+    File(usize),
+    /// A signal of call `.0`.
+    Call(usize, calls::Signal),
 }
 
 #[derive(Debug)]
@@ -183,6 +209,23 @@ enum Ev {
         out: Outgoing,
     },
     Toggle(usize),
+    /// A user sends a file / places a call (their own random streams).
+    ComposeFile(usize),
+    ComposeCall(usize),
+    /// A file transfer that waited out a passing failure goes on.
+    FileRetry(usize),
+    /// The push service's answer to a node's wake-up request.
+    WakeResult {
+        node: usize,
+        wake: WakeId,
+    },
+    /// A wake-up reaches a phone; a woken phone's window ends.
+    DeviceWake(usize),
+    Sleep(usize),
+    /// Of call `.0`: the callee picks up; the caller hangs up; the ring timeout.
+    CallAnswer(usize),
+    CallEnd(usize),
+    RingTimeout(usize),
     Crash(usize),
     Restart(usize),
     /// A device finds its restarted home node again (and registers again if it lost its disk).
@@ -199,7 +242,8 @@ struct Node {
     store: MemNodeStore,
     timer_at: Option<Millis>,
     next_token: u64,
-    client_tokens: FxMap<Token, (usize, Kind)>,
+    /// The device, what it asked, and the connection it asked on ([`Device::conn`]).
+    client_tokens: FxMap<Token, (usize, Kind, u32)>,
     fed_tokens: FxMap<Token, (usize, BatchId, Vec<EnvelopeId>)>,
     /// What this node's operator saw.
     observed: Observed,
@@ -216,13 +260,36 @@ struct Device {
     fetching: bool,
     /// Whether the home node knows this device's connection (after a signed request).
     session: bool,
+    /// Counts the connections the device dropped: an answer to a request made on an earlier
+    /// one is lost with it.
+    conn: u32,
+    /// On a phone: drops its connection whenever the person is not using it, woken by push.
+    phone: bool,
+    /// Woken by a wake-up, connected until `awake_until`.
+    awake: bool,
+    awake_until: Millis,
+    /// The call this device is ringing or talking in.
+    in_call: Option<usize>,
+    /// Files this device is uploading or downloading.
+    files: Vec<usize>,
+    /// While not connected: when the first envelope for it was sent, and when the first one
+    /// reached its home node (what a wake-up's delays are measured from).
+    waiting_since: Option<Millis>,
+    arrived_since: Option<Millis>,
+    /// When this device's link to its node finishes sending what it queued, each way, in
+    /// microseconds (file chunks only).
+    up_free_us: u64,
+    down_free_us: u64,
 }
 
 #[derive(Clone, Copy)]
 struct Msg {
+    carries: Carries,
     sent_at: Millis,
     /// The recipient is homed on another node than the sender: the message crosses a link.
     across: bool,
+    /// The recipient's device is a phone (woken by push).
+    to_phone: bool,
     node_at: Option<Millis>,
     device_at: Option<Millis>,
     lost_disk: bool,
@@ -241,10 +308,19 @@ struct Observed {
     sizes: FxSet<usize>,
     sent: u64,
     received: u64,
+    /// As the node holding a file: (uploader, node that fetched it for its user) and
+    /// (uploader, local user who fetched it), and the sealed sizes of what it held.
+    file_fetching_nodes: FxSet<(usize, usize)>,
+    file_local_fetchers: FxSet<(usize, usize)>,
+    blob_sizes: FxSet<u64>,
 }
 
-/// Mixed into the seed for the workload's stream (the bytes of "workload").
+/// Mixed into the seed for the workload's stream (the bytes of "workload"), the files', the
+/// calls' and the phone assignment's.
 const WORKLOAD_STREAM: u64 = 0x776f_726b_6c6f_6164;
+const FILES_STREAM: u64 = 0x0066_696c_6573;
+const CALLS_STREAM: u64 = 0x0063_616c_6c73;
+const PHONES_STREAM: u64 = 0x7068_6f6e_6573;
 
 fn exp_from(rng: &mut rand::rngs::StdRng, mean_ms: f64) -> Millis {
     let u: f64 = rng.random::<f64>().max(1e-12);
@@ -262,6 +338,13 @@ pub struct Sim {
     /// numbers from `rng` (cover traffic, batching) leaves the messages themselves unchanged, so
     /// two runs that differ in one knob are compared on the same messages.
     workload: rand::rngs::StdRng,
+    /// When users send files and place calls, to whom, how big, whether they answer: streams
+    /// of their own, so turning files or calls on leaves the text messages alone.
+    files_rng: rand::rngs::StdRng,
+    calls_rng: rand::rngs::StdRng,
+    files: files::Files,
+    calls: calls::Calls,
+    push: push::Pushes,
     now: Millis,
     seq: u64,
     queue: EventQueue,
@@ -317,9 +400,9 @@ impl Sim {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let nodes: Vec<Node> = (0..sc.nodes)
             .map(|i| Node {
-                id: format!("N{i}"),
+                id: node_id(i),
                 core: None,
-                store: MemNodeStore::default(),
+                store: MemNodeStore::without_chunk_bytes(),
                 timer_at: None,
                 next_token: 0,
                 client_tokens: FxMap::default(),
@@ -369,24 +452,19 @@ impl Sim {
             interrupted: false,
             rng: rand::rngs::StdRng::seed_from_u64(0),
             workload: rand::rngs::StdRng::seed_from_u64(seed ^ WORKLOAD_STREAM),
+            files_rng: rand::rngs::StdRng::seed_from_u64(seed ^ FILES_STREAM),
+            calls_rng: rand::rngs::StdRng::seed_from_u64(seed ^ CALLS_STREAM),
+            files: files::Files::new(),
+            calls: calls::Calls::default(),
+            push: push::Pushes::default(),
             sc,
         };
         // Key seeds are drawn in order from the one RNG; the keys (a scalar multiplication each)
         // are then derived on every core: the same keys as drawing them one by one.
         let mut seeds = Vec::new();
         for (n, size) in sim.sc.node_sizes().into_iter().enumerate() {
-            let core = relay::Core::new(
-                relay::Config {
-                    node_id: sim.nodes[n].id.clone(),
-                    registration: hestia_node::relay::Registration::Open,
-                    seed: rng.next_u64(),
-                    limits: relay::Limits::UNLIMITED,
-                    push: relay::PushConfig::default(),
-                    turn: None,
-                },
-                Default::default(),
-                EPOCH_MS,
-            );
+            let config = sim.node_config(n, rng.next_u64());
+            let core = relay::Core::new(config, Default::default(), EPOCH_MS);
             sim.nodes[n].core = Some(core);
             for _ in 0..size {
                 let mut seed = [0u8; 32];
@@ -398,6 +476,9 @@ impl Sim {
         for ((n, _), key) in seeds.iter().zip(keys) {
             let u = sim.devices.len();
             sim.by_key.insert(key.user_id(), u);
+            // A fixed draw per user, so the share of phones moves no other stream.
+            let draw = mix64(seed ^ PHONES_STREAM ^ mix64(u as u64)) >> 11;
+            let phone = (draw as f64) < sim.sc.phone_fraction * (1u64 << 53) as f64;
             sim.devices.push(Device {
                 key,
                 node: *n,
@@ -405,6 +486,16 @@ impl Sim {
                 online: false,
                 fetching: false,
                 session: false,
+                conn: 0,
+                phone,
+                awake: false,
+                awake_until: 0,
+                in_call: None,
+                files: Vec::new(),
+                waiting_since: None,
+                arrived_since: None,
+                up_free_us: 0,
+                down_free_us: 0,
             });
             sim.nodes[*n].users.push(u);
         }
@@ -447,6 +538,12 @@ impl Sim {
                 let d = sim.cover_gap();
                 sim.schedule(sim.now + d, Ev::Cover(u));
             }
+            if let Some(d) = sim.file_gap() {
+                sim.schedule(sim.now + d, Ev::ComposeFile(u));
+            }
+            if let Some(d) = sim.call_gap() {
+                sim.schedule(sim.now + d, Ev::ComposeCall(u));
+            }
         }
         for i in 0..sim.sc.crashes.len() {
             let at = EPOCH_MS + ms(sim.sc.crashes[i].at_s);
@@ -454,6 +551,36 @@ impl Sim {
         }
         sim.schedule(EPOCH_MS, Ev::Sample);
         sim
+    }
+
+    /// A node's configuration: the production core with no limits, and push on when the
+    /// scenario has phones.
+    fn node_config(&self, n: usize, seed: u64) -> relay::Config {
+        let push = if self.sc.phone_fraction > 0.0 {
+            relay::PushConfig {
+                // The core only needs to know it has a key; wake-ups are modelled, not sent.
+                vapid_key: Some(push::MODEL_VAPID_KEY.to_vec()),
+                allow_loopback: false,
+                max_delay_ms: self.sc.push_max_delay_ms,
+            }
+        } else {
+            relay::PushConfig::default()
+        };
+        relay::Config {
+            node_id: self.nodes[n].id.clone(),
+            registration: hestia_node::relay::Registration::Open,
+            seed,
+            limits: relay::Limits::UNLIMITED,
+            push,
+            turn: None,
+        }
+    }
+
+    /// Whether a device holds a connection to its home node: the person is using it, a wake-up
+    /// woke it, or it is in a call.
+    fn connected(&self, u: usize) -> bool {
+        let d = &self.devices[u];
+        d.online || d.awake || d.in_call.is_some()
     }
 
     fn schedule(&mut self, at: Millis, ev: Ev) {
@@ -544,7 +671,7 @@ impl Sim {
     }
 
     fn node_index(id: &str) -> Option<usize> {
-        id.strip_prefix('N')?.parse().ok()
+        id.strip_prefix('N')?.replace('o', "0").parse().ok()
     }
 
     /// A device signs and sends a request to its home node.
@@ -573,14 +700,38 @@ impl Sim {
         // Requests of one device arrive in order, so the ones after a signed one find the session.
         self.devices[u].session = true;
         let req = ClientRequest { auth, op };
-        self.bytes_client += codec::encoded_len(&req).map_or(0, |n| n as u64);
-        let at = self.now + self.sc.client_latency_ms;
+        let bytes = codec::encoded_len(&req).map_or(0, |n| n as u64);
+        self.bytes_client += bytes;
+        let mut at = self.now + self.sc.client_latency_ms;
+        if let ClientOp::BlobPut { chunk, .. } = &req.op {
+            self.files.bytes_up += chunk.len() as u64;
+            at += self.device_link(u, bytes, true);
+        }
         self.schedule(at, Ev::ClientReq { user: u, kind, req });
+    }
+
+    /// Extra time `bytes` take on a device's link to its node (`up`) or back, behind what that
+    /// direction still sends: 0 when the scenario leaves device bandwidth unlimited.
+    fn device_link(&mut self, u: usize, bytes: u64, up: bool) -> Millis {
+        if self.sc.device_bandwidth_mbps <= 0.0 {
+            return 0;
+        }
+        let tx_us = (bytes as f64 * 8.0 / self.sc.device_bandwidth_mbps).ceil() as u64;
+        let now_us = self.now * 1000;
+        let d = &mut self.devices[u];
+        let free = if up {
+            &mut d.up_free_us
+        } else {
+            &mut d.down_free_us
+        };
+        let done = (*free).max(now_us) + tx_us;
+        *free = done;
+        done.div_ceil(1000) - self.now
     }
 
     fn start_fetch(&mut self, u: usize) {
         let d = &self.devices[u];
-        if d.online && !d.fetching && self.nodes[d.node].core.is_some() {
+        if self.connected(u) && !d.fetching && self.nodes[d.node].core.is_some() {
             self.devices[u].fetching = true;
             let op = ClientOp::Fetch {
                 limit: 256,
@@ -591,21 +742,12 @@ impl Sim {
     }
 
     fn pick_recipient(&mut self, sender: usize) -> usize {
-        let n = self.devices.len();
-        loop {
-            let r = if self.recipient_weights.is_empty() {
-                self.workload.random_range(0..n)
-            } else {
-                let total = *self.recipient_weights.last().expect("users exist");
-                let x = self.workload.random::<f64>() * total;
-                self.recipient_weights
-                    .partition_point(|w| *w < x)
-                    .min(n - 1)
-            };
-            if r != sender || n == 1 {
-                return r;
-            }
-        }
+        pick(
+            &self.recipient_weights,
+            self.devices.len(),
+            sender,
+            &mut self.workload,
+        )
     }
 
     /// Applies a node's writes, then turns its outputs into scheduled events.
@@ -619,6 +761,7 @@ impl Sim {
             .apply(&writes)
             .expect("the memory store does not fail");
         let mut outputs = Vec::new();
+        let mut checks = Vec::new();
         while let Some(o) = self.nodes[n].core.as_mut().expect("checked").poll_output() {
             // Bodies from the node's store, as the real driver reads them.
             outputs.push(
@@ -629,7 +772,10 @@ impl Sim {
         for o in outputs {
             match o {
                 Ready::Client { token, response } => {
-                    if let Some((user, kind)) = self.nodes[n].client_tokens.remove(&token) {
+                    if let Some((user, kind, conn)) = self.nodes[n].client_tokens.remove(&token) {
+                        if conn != self.devices[user].conn {
+                            continue; // its connection closed: the answer is lost with it
+                        }
                         if let (Kind::Send(ids), ClientResponse::Sent(results)) = (&kind, &response)
                         {
                             for (id, r) in ids.iter().zip(results) {
@@ -638,7 +784,11 @@ impl Sim {
                                 }
                             }
                         }
-                        let at = self.now + self.sc.client_latency_ms;
+                        let mut at = self.now + self.sc.client_latency_ms;
+                        if let ClientResponse::Chunk(c) = &response {
+                            self.files.bytes_down += c.len() as u64;
+                            at += self.device_link(user, c.len() as u64, false);
+                        }
                         self.schedule(
                             at,
                             Ev::ClientResp {
@@ -649,9 +799,10 @@ impl Sim {
                         );
                     }
                 }
-                // The model's nodes have push off (no VAPID key), so none is ever due; push
-                // wake-ups enter the model with issue 16.
-                Ready::Wake { .. } | Ready::CheckEndpoint { .. } | Ready::Admin { .. } => {}
+                Ready::Wake { wake, target } => self.wake_out(n, wake, &target.endpoint),
+                // Every endpoint in the model names the one push service, which resolves.
+                Ready::CheckEndpoint { token, .. } => checks.push(token),
+                Ready::Admin { .. } => {}
                 Ready::FedResponse { token, response } => {
                     let Some((from, batch, ids)) = self.nodes[n].fed_tokens.remove(&token) else {
                         continue;
@@ -669,6 +820,9 @@ impl Sim {
                     }
                     let bytes = codec::encoded_len(&response).map_or(0, |n| n as u64);
                     self.bytes_fed_resp += bytes;
+                    if let FedResponse::Chunk(c) = &response {
+                        self.files.bytes_fed += c.len() as u64;
+                    }
                     let lost = self.rng.random::<f64>() < self.sc.link_loss;
                     if !lost && let Some(through) = self.gets_through_at(n, from) {
                         let at = through + self.link_latency(n, from, bytes);
@@ -727,6 +881,15 @@ impl Sim {
                     );
                 }
             }
+        }
+        if !checks.is_empty() {
+            let now = self.now;
+            if let Some(core) = self.nodes[n].core.as_mut() {
+                for token in checks {
+                    core.handle_endpoint_checked(now, token, Ok(()));
+                }
+            }
+            return self.drive(n);
         }
         self.rearm(n);
     }
@@ -791,9 +954,13 @@ impl Sim {
                     }
                     return;
                 }
+                let mut local = Vec::new();
                 if let ClientOp::Send(items) = &req.op {
                     for o in items {
                         if let Some(r) = self.by_key.get(&o.envelope.recipient) {
+                            if self.devices[*r].node == n {
+                                local.push(*r);
+                            }
                             // The sender's home node sees the sending user and the recipient.
                             let to_node = self.devices[*r].node;
                             let seen = &mut self.nodes[n].observed;
@@ -805,8 +972,19 @@ impl Sim {
                         }
                     }
                 }
+                for r in local {
+                    self.arrived(r);
+                }
+                if let ClientOp::BlobGet { node, blob, .. } = &req.op
+                    && *node == self.nodes[n].id
+                {
+                    self.fetched_locally(n, user, blob);
+                }
                 let token = self.token(n);
-                self.nodes[n].client_tokens.insert(token, (user, kind));
+                let conn = self.devices[user].conn;
+                self.nodes[n]
+                    .client_tokens
+                    .insert(token, (user, kind, conn));
                 let peer = &self.devices[user].peer;
                 self.nodes[n]
                     .core
@@ -825,19 +1003,31 @@ impl Sim {
                 if self.nodes[to].core.is_none() {
                     return;
                 }
-                // The model's devices exchange envelopes only (no prekey fetches).
-                let FedRequest::Deliver(envs) = &req else {
-                    return;
-                };
-                for e in envs {
-                    if let Some(r) = self.by_key.get(&e.recipient) {
-                        // The recipient's node sees the sending node, not the sending user.
-                        self.nodes[to].observed.node_to_user.insert((from, *r));
-                        self.nodes[to].observed.sizes.insert(e.body.len());
-                        self.nodes[to].observed.received += 1;
+                let ids = match &req {
+                    FedRequest::Deliver(envs) => {
+                        let mut arrived = Vec::new();
+                        for e in envs {
+                            if let Some(r) = self.by_key.get(&e.recipient) {
+                                // The recipient's node sees the sending node, not the sender.
+                                self.nodes[to].observed.node_to_user.insert((from, *r));
+                                self.nodes[to].observed.sizes.insert(e.body.len());
+                                self.nodes[to].observed.received += 1;
+                                arrived.push(*r);
+                            }
+                        }
+                        for r in arrived {
+                            self.arrived(r);
+                        }
+                        envs.iter().map(|e| e.id).collect()
                     }
-                }
-                let ids = envs.iter().map(|e| e.id).collect();
+                    FedRequest::BlobGet { blob, .. } => {
+                        self.fetched_by_node(to, from, blob);
+                        Vec::new()
+                    }
+                    FedRequest::BlobDone { .. } => Vec::new(),
+                    // The model's devices fetch no prekey bundles.
+                    _ => return,
+                };
                 let token = self.token(to);
                 self.nodes[to].fed_tokens.insert(token, (from, batch, ids));
                 // Split the borrow: the sender's id and the receiver's core are different nodes
@@ -880,6 +1070,7 @@ impl Sim {
                 }
             }
             Ev::Toggle(u) => {
+                let was_connected = self.connected(u);
                 let online = !self.devices[u].online;
                 self.devices[u].online = online;
                 let next = if online {
@@ -889,11 +1080,28 @@ impl Sim {
                 };
                 self.schedule(self.now + next, Ev::Toggle(u));
                 if online {
-                    self.start_fetch(u);
-                } else {
+                    // A phone that slept opens a new connection; a desktop kept its own.
+                    let reconnected = self.devices[u].phone && !was_connected;
+                    self.came_online(u, reconnected);
+                } else if !self.connected(u) {
                     self.devices[u].fetching = false;
+                    self.sleep_if_idle(u);
                 }
             }
+            Ev::ComposeFile(u) => self.compose_file(u),
+            Ev::ComposeCall(u) => self.compose_call(u),
+            Ev::FileRetry(f) => self.file_retry(f),
+            Ev::WakeResult { node, wake } => {
+                if let Some(core) = self.nodes[node].core.as_mut() {
+                    core.handle_wake_result(self.now, wake, relay::WakeOutcome::Delivered);
+                    self.drive(node);
+                }
+            }
+            Ev::DeviceWake(u) => self.device_woken(u),
+            Ev::Sleep(u) => self.wake_window_ends(u),
+            Ev::CallAnswer(c) => self.call_answer(c),
+            Ev::CallEnd(c) => self.call_end(c),
+            Ev::RingTimeout(c) => self.ring_timeout(c),
             Ev::Crash(i) => self.crash(i),
             Ev::Restart(i) => self.restart(i),
             Ev::Reconnect { user, register } => {
@@ -903,6 +1111,8 @@ impl Sim {
                     } else {
                         self.start_fetch(user);
                     }
+                    // What it had in flight went with the node's connections.
+                    self.resume_files(user, true);
                 }
             }
             Ev::Sample => {
@@ -940,23 +1150,68 @@ impl Sim {
         self.all_conversations.insert((u, r));
         let text = self.text_len(true);
         let envelope = self.envelope_for(r, text);
+        if let Some(trace) = self.trace.as_mut() {
+            trace.push((u, r, envelope.id));
+        }
+        self.post(u, r, Carries::Text, envelope);
+    }
+
+    /// Sends a tracked envelope from `u` to `r` (a message, a file's announcement, a call
+    /// signal): recorded, then handed to the home node as any send is.
+    fn post(&mut self, u: usize, r: usize, carries: Carries, envelope: Envelope) {
         self.msgs.insert(
             envelope.id,
             Msg {
+                carries,
                 sent_at: self.now,
-                across: self.devices[r].node != home,
+                across: self.devices[r].node != self.devices[u].node,
+                to_phone: self.devices[r].phone,
                 node_at: None,
                 device_at: None,
                 lost_disk: false,
                 refused: false,
             },
         );
-        if let Some(trace) = self.trace.as_mut() {
-            trace.push((u, r, envelope.id));
+        if !self.connected(r) {
+            self.devices[r].waiting_since.get_or_insert(self.now);
         }
         let to_node = self.nodes[self.devices[r].node].id.clone();
         let ids = vec![envelope.id];
         self.submit(u, ids, Outgoing { to_node, envelope });
+    }
+
+    /// An envelope for `r` was stored at its home node now.
+    fn arrived(&mut self, r: usize) {
+        if self.devices[r].phone && !self.connected(r) {
+            self.devices[r].arrived_since.get_or_insert(self.now);
+        }
+    }
+
+    /// A device connects (the person opened it, or a wake-up woke it): it fetches, and takes
+    /// up its file transfers (anew if its connection had dropped).
+    fn came_online(&mut self, u: usize, reconnected: bool) {
+        self.devices[u].waiting_since = None;
+        self.devices[u].arrived_since = None;
+        self.start_fetch(u);
+        self.resume_files(u, reconnected);
+    }
+
+    /// A phone nobody uses, that no wake-up keeps awake and no call holds, drops its
+    /// connection: the node sees it leave (and pushes the next envelope).
+    fn sleep_if_idle(&mut self, u: usize) {
+        if !self.devices[u].phone || self.connected(u) {
+            return;
+        }
+        let d = &mut self.devices[u];
+        d.fetching = false;
+        d.session = false;
+        d.conn += 1;
+        let n = d.node;
+        let peer = d.peer.clone();
+        if let Some(core) = self.nodes[n].core.as_mut() {
+            core.handle_client_disconnected(&peer);
+            self.drive(n);
+        }
     }
 
     /// A dummy envelope to a uniformly random other user, while online: the same size
@@ -1004,25 +1259,33 @@ impl Sim {
     /// An envelope for `r` whose body has the size a message of `text` bytes would have (padded
     /// to its bucket, or exact when padding is off).
     fn envelope_for(&mut self, r: usize, text: usize) -> Envelope {
+        if self.sc.mean_text_bytes <= 0.0 {
+            return self.envelope_of(r, PADDING_BUCKETS[0] + seal::OVERHEAD);
+        }
+        let sealed = self.session_overhead + text;
+        self.envelope_sealing(r, sealed)
+    }
+
+    /// An envelope for `r` around a sealed-sender message of `sealed` bytes.
+    fn envelope_sealing(&mut self, r: usize, sealed: usize) -> Envelope {
+        // The sealed box holds `len (4) ‖ sealed-sender bytes`, padded or not.
+        let inner = 4 + sealed;
+        // Padding picks the bucket as if an X3DH header were present, as the protocol does.
+        let padded = if self.sc.padding {
+            PADDING_BUCKETS
+                .iter()
+                .copied()
+                .find(|b| *b >= inner + PREKEY_HEADER_RESERVE)
+                .unwrap_or(PADDING_BUCKETS[PADDING_BUCKETS.len() - 1])
+        } else {
+            inner
+        };
+        self.envelope_of(r, padded + seal::OVERHEAD)
+    }
+
+    fn envelope_of(&mut self, r: usize, body_len: usize) -> Envelope {
         let mut id = [0u8; 16];
         self.rng.fill_bytes(&mut id);
-        let body_len = if self.sc.mean_text_bytes <= 0.0 {
-            PADDING_BUCKETS[0] + seal::OVERHEAD
-        } else {
-            // The sealed box holds `len (4) ‖ sealed-sender bytes`, padded or not.
-            let inner = 4 + self.session_overhead + text;
-            // Padding picks the bucket as if an X3DH header were present, as the protocol does.
-            let padded = if self.sc.padding {
-                PADDING_BUCKETS
-                    .iter()
-                    .copied()
-                    .find(|b| *b >= inner + PREKEY_HEADER_RESERVE)
-                    .unwrap_or(PADDING_BUCKETS[PADDING_BUCKETS.len() - 1])
-            } else {
-                inner
-            };
-            padded + seal::OVERHEAD
-        };
         Envelope {
             version: ENVELOPE_VERSION,
             id: EnvelopeId(id),
@@ -1051,11 +1314,18 @@ impl Sim {
             self.client_request(u, Kind::Register, ClientOp::Register);
         }
         match kind {
+            Kind::BlobBegin(f, g) => return self.file_begun(f, g, resp),
+            Kind::BlobPut(f, i, g) => return self.chunk_stored(f, i, g, resp),
+            Kind::BlobGet(f, i, g) => return self.chunk_got(f, i, g, resp),
+            _ => {}
+        }
+        match kind {
             Kind::Fetch => {
                 self.devices[u].fetching = false;
-                if !self.devices[u].online {
+                if !self.connected(u) {
                     return; // the answer is lost; the envelopes stay held, unacknowledged
                 }
+                let mut received = Vec::new();
                 if let ClientResponse::Envelopes(envs) = resp
                     && !envs.is_empty()
                 {
@@ -1065,6 +1335,9 @@ impl Sim {
                             && m.device_at.is_none()
                         {
                             m.device_at = Some(self.now);
+                            if m.carries != Carries::Text {
+                                received.push(m.carries);
+                            }
                             self.count_device += 1;
                             if m.node_at.is_none() {
                                 m.node_at = Some(self.now);
@@ -1085,9 +1358,28 @@ impl Sim {
                     self.client_request(u, Kind::Ack, ClientOp::Ack(ids));
                 }
                 self.start_fetch(u);
+                for carries in received {
+                    match carries {
+                        Carries::File(f) => self.file_announced(u, f),
+                        Carries::Call(c, signal) => self.call_signal(u, c, signal),
+                        Carries::Text => {}
+                    }
+                }
             }
-            Kind::Register => self.start_fetch(u),
-            Kind::Send(_) | Kind::Ack => {}
+            Kind::Register => {
+                self.start_fetch(u);
+                if self.devices[u].phone {
+                    let op = ClientOp::PushRegister(push::subscription(u));
+                    self.client_request(u, Kind::PushRegister, op);
+                }
+            }
+            Kind::PushRegister => self.sleep_if_idle(u),
+            Kind::Send(_)
+            | Kind::Ack
+            | Kind::BlobDone
+            | Kind::BlobBegin(..)
+            | Kind::BlobPut(..)
+            | Kind::BlobGet(..) => {}
         }
     }
 
@@ -1106,7 +1398,7 @@ impl Sim {
                 .for_each_mailbox(&mut |e| lost.push(e.id))
                 .expect("memory store");
             lost.extend(snap.outbox.iter().map(|r| r.id));
-            node.store = MemNodeStore::default();
+            node.store = MemNodeStore::without_chunk_bytes();
             for id in lost {
                 if let Some(m) = self.msgs.get_mut(&id)
                     && m.device_at.is_none()
@@ -1128,14 +1420,7 @@ impl Sim {
     fn restart(&mut self, i: usize) {
         let n = self.sc.crashes[i].node;
         let seed = self.rng.next_u64();
-        let config = relay::Config {
-            node_id: self.nodes[n].id.clone(),
-            registration: hestia_node::relay::Registration::Open,
-            seed,
-            limits: relay::Limits::UNLIMITED,
-            push: relay::PushConfig::default(),
-            turn: None,
-        };
+        let config = self.node_config(n, seed);
         let core = relay::Core::from_store(config, &self.nodes[n].store, self.now);
         self.nodes[n].core = Some(core.expect("memory store"));
         let now = self.now;
@@ -1156,12 +1441,16 @@ impl Sim {
         let mut outbox = 0;
         let mut mailbox = 0;
         let mut max_node = 0;
+        let (mut mail_bytes, mut file_bytes, mut max_node_bytes) = (0, 0, 0);
         for n in &self.nodes {
             if let Some(c) = &n.core {
                 let s = c.stats();
                 outbox += s.outbox_envelopes;
                 mailbox += s.mailbox_envelopes;
                 max_node = max_node.max(s.outbox_envelopes + s.mailbox_envelopes);
+                mail_bytes += s.stored_bytes;
+                file_bytes += s.blob_bytes;
+                max_node_bytes = max_node_bytes.max(s.stored_bytes + s.blob_bytes);
             }
         }
         let (node, device) = (self.count_node, self.count_device);
@@ -1179,6 +1468,9 @@ impl Sim {
             outbox_envelopes: outbox,
             mailbox_envelopes: mailbox,
             max_node_envelopes: max_node,
+            mailbox_bytes: mail_bytes,
+            file_bytes,
+            max_node_bytes,
         });
     }
 
@@ -1206,6 +1498,7 @@ impl Sim {
             self.step(*s.ev);
             let sending_done = self.now > EPOCH_MS + ms(self.sc.duration_s);
             if sending_done
+                && self.files.active == 0
                 && self.count_device + self.count_lost + self.count_refused
                     == self.msgs.len() as u64
             {
@@ -1217,17 +1510,45 @@ impl Sim {
     }
 }
 
+/// Node `i`'s id: `N` and its number with `o` for `0`, so that it is base58 as a real node's
+/// peer id is (the core refuses a file's holding node whose id is not).
+fn node_id(i: usize) -> String {
+    format!("N{i}").replace('0', "o")
+}
+
+/// A recipient drawn with the scenario's social graph (`weights`: cumulative, or empty for
+/// uniform), never the sender itself, from `rng`.
+fn pick(weights: &[f64], n: usize, sender: usize, rng: &mut rand::rngs::StdRng) -> usize {
+    loop {
+        let r = if weights.is_empty() {
+            rng.random_range(0..n)
+        } else {
+            let total = *weights.last().expect("users exist");
+            let x = rng.random::<f64>() * total;
+            weights.partition_point(|w| *w < x).min(n - 1)
+        };
+        if r != sender || n == 1 {
+            return r;
+        }
+    }
+}
+
 /// Bytes a steady-state session message adds to its text inside the sealed box: the sealed
 /// sender's identity, the encrypted ratchet header, the AEAD tag and the letter's fields (a
 /// 52-character node id, an 8-character name), measured with the real types and codec.
 fn session_overhead() -> usize {
-    use hestia_protocol::envelope::{Content, Letter, SealedSender};
+    sealed_len(hestia_protocol::envelope::Content::Text(String::new()))
+}
+
+/// Bytes of the sealed-sender message that carries `content` in a steady-state session.
+fn sealed_len(content: hestia_protocol::envelope::Content) -> usize {
+    use hestia_protocol::envelope::{Letter, SealedSender};
     use hestia_protocol::session::ratchet::{ENC_HEADER_LEN, RatchetMessage};
     let letter = Letter {
         sender_node: "N".repeat(52),
         sender_name: "user0000".into(),
         sent_at: EPOCH_MS,
-        content: Content::Text(String::new()),
+        content,
     };
     let letter_len = codec::encoded_len(&letter).expect("a letter encodes");
     let sealed = SealedSender {
