@@ -131,10 +131,13 @@ pub fn storage_over_time(title: &str, series: &[Sample]) -> io::Result<String> {
     )
 }
 
-type Line<'a> = (&'a str, fn(&Sample) -> f64);
-
 /// Lines of the time series against simulated time.
-fn over_time(title: &str, y_desc: &str, series: &[Sample], lines: &[Line]) -> io::Result<String> {
+fn over_time(
+    title: &str,
+    y_desc: &str,
+    series: &[Sample],
+    lines: &[Series<Sample>],
+) -> io::Result<String> {
     let t_max = series.last().map(|s| s.t_s).unwrap_or(0.0).max(1.0);
     let y_max = series
         .iter()
@@ -182,13 +185,15 @@ fn over_time(title: &str, y_desc: &str, series: &[Sample], lines: &[Line]) -> io
     Ok(svg)
 }
 
+/// (knob, bytes relative, one operator, two colluding).
+type KnobPoint = (String, f64, f64, f64);
+/// A curve's name and what it draws of each point.
+type Series<T> = (&'static str, fn(&T) -> f64);
+
 /// What each privacy knob buys against what it costs: one point per run at (all bytes relative
 /// to the baseline, log scale; linkability), for one operator and for two colluding, labelled
 /// with the knob. `points`: (knob, bytes relative, one operator, two colluding).
-pub fn linkability_against_cost(
-    title: &str,
-    points: &[(String, f64, f64, f64)],
-) -> io::Result<String> {
+pub fn linkability_against_cost(title: &str, points: &[KnobPoint]) -> io::Result<String> {
     let hi = points
         .iter()
         .map(|p| p.1)
@@ -215,7 +220,7 @@ pub fn linkability_against_cost(
             .x_label_formatter(&|v| format!("{v}×"))
             .draw()
             .map_err(plot_error)?;
-        let who: [(&str, fn(&(String, f64, f64, f64)) -> f64); 2] = [
+        let who: [Series<KnobPoint>; 2] = [
             ("one operator", |p| p.2),
             ("two colluding operators", |p| p.3),
         ];

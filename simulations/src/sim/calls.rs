@@ -156,18 +156,18 @@ impl Sim {
                     }
                 }
             }
-            Signal::Answer if u == caller => {
-                if self.devices[u].in_call == Some(c) {
-                    self.calls.list[c].answer_heard = true;
-                    self.signal(c, u, callee, Signal::Candidates);
-                }
+            Signal::Answer if u == caller && self.devices[u].in_call == Some(c) => {
+                self.calls.list[c].answer_heard = true;
+                self.signal(c, u, callee, Signal::Candidates);
             }
-            Signal::Candidates if u == callee => {
-                if self.devices[u].in_call == Some(c) && self.calls.list[c].connected_at.is_none() {
-                    self.calls.list[c].connected_at = Some(self.now);
-                    let length = exp_from(&mut self.calls_rng, self.sc.call_mean_s * 1000.0);
-                    self.schedule(self.now + length, Ev::CallEnd(c));
-                }
+            Signal::Candidates
+                if u == callee
+                    && self.devices[u].in_call == Some(c)
+                    && self.calls.list[c].connected_at.is_none() =>
+            {
+                self.calls.list[c].connected_at = Some(self.now);
+                let length = exp_from(&mut self.calls_rng, self.sc.call_mean_s * 1000.0);
+                self.schedule(self.now + length, Ev::CallEnd(c));
             }
             Signal::Busy if u == caller => self.leave_call(u, c),
             Signal::Hangup if u == callee => self.leave_call(u, c),
