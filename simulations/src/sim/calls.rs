@@ -219,7 +219,7 @@ impl Sim {
         if self.devices[u].in_call == Some(c) {
             self.devices[u].in_call = None;
             if !self.connected(u) {
-                self.devices[u].fetching = false;
+                self.stop_fetching(u);
             }
             self.sleep_if_idle(u);
         }

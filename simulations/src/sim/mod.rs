@@ -151,7 +151,8 @@ pub const MAX_EVENTS: u64 = 500_000_000;
 enum Kind {
     Register,
     Send(Vec<EnvelopeId>),
-    Fetch,
+    /// A long poll, in the device's fetch epoch (see [`Device::fetch_epoch`]).
+    Fetch(u32),
     Ack,
     /// Of file `.0`, in request generation `.1` (see [`files`]).
     BlobBegin(usize, u32),
@@ -258,6 +259,11 @@ struct Device {
     peer: String,
     online: bool,
     fetching: bool,
+    /// Counts the fetches the device stopped waiting for (it went offline): an answer to one
+    /// does not start another fetch, so a device that comes back before its old long poll
+    /// ends runs one fetch loop, not two (the node keeps few waits per user, so two would
+    /// displace each other's waits without end).
+    fetch_epoch: u32,
     /// Whether the home node knows this device's connection (after a signed request).
     session: bool,
     /// Counts the connections the device dropped: an answer to a request made on an earlier
@@ -485,6 +491,7 @@ impl Sim {
                 peer: format!("D{u}"),
                 online: false,
                 fetching: false,
+                fetch_epoch: 0,
                 session: false,
                 conn: 0,
                 phone,
@@ -737,7 +744,8 @@ impl Sim {
                 limit: 256,
                 wait_ms: FETCH_WAIT_MS,
             };
-            self.client_request(u, Kind::Fetch, op);
+            let epoch = self.devices[u].fetch_epoch;
+            self.client_request(u, Kind::Fetch(epoch), op);
         }
     }
 
@@ -949,7 +957,7 @@ impl Sim {
             Ev::ClientReq { user, kind, req } => {
                 let n = self.devices[user].node;
                 if self.nodes[n].core.is_none() {
-                    if matches!(kind, Kind::Fetch) {
+                    if matches!(kind, Kind::Fetch(_)) {
                         self.devices[user].fetching = false;
                     }
                     return;
@@ -1084,7 +1092,7 @@ impl Sim {
                     let reconnected = self.devices[u].phone && !was_connected;
                     self.came_online(u, reconnected);
                 } else if !self.connected(u) {
-                    self.devices[u].fetching = false;
+                    self.stop_fetching(u);
                     self.sleep_if_idle(u);
                 }
             }
@@ -1180,6 +1188,15 @@ impl Sim {
         self.submit(u, ids, Outgoing { to_node, envelope });
     }
 
+    /// The device stops waiting on its long poll (it went offline): the answer is dropped.
+    fn stop_fetching(&mut self, u: usize) {
+        let d = &mut self.devices[u];
+        if d.fetching {
+            d.fetching = false;
+            d.fetch_epoch += 1;
+        }
+    }
+
     /// An envelope for `r` was stored at its home node now.
     fn arrived(&mut self, r: usize) {
         if self.devices[r].phone && !self.connected(r) {
@@ -1202,8 +1219,8 @@ impl Sim {
         if !self.devices[u].phone || self.connected(u) {
             return;
         }
+        self.stop_fetching(u);
         let d = &mut self.devices[u];
-        d.fetching = false;
         d.session = false;
         d.conn += 1;
         let n = d.node;
@@ -1320,8 +1337,14 @@ impl Sim {
             _ => {}
         }
         match kind {
-            Kind::Fetch => {
-                self.devices[u].fetching = false;
+            Kind::Fetch(epoch) => {
+                // An answer to a fetch the device gave up on (it went offline and came back
+                // before the long poll ended) still brings what it holds, but the fetch loop
+                // goes on from the newer fetch.
+                let current = epoch == self.devices[u].fetch_epoch;
+                if current {
+                    self.devices[u].fetching = false;
+                }
                 if !self.connected(u) {
                     return; // the answer is lost; the envelopes stay held, unacknowledged
                 }
@@ -1357,7 +1380,9 @@ impl Sim {
                     }
                     self.client_request(u, Kind::Ack, ClientOp::Ack(ids));
                 }
-                self.start_fetch(u);
+                if current {
+                    self.start_fetch(u);
+                }
                 for carries in received {
                     match carries {
                         Carries::File(f) => self.file_announced(u, f),
