@@ -211,7 +211,7 @@ fn an_interrupted_real_run_cleans_up_and_writes_what_it_reached() {
 
 #[test]
 fn a_killed_real_run_takes_its_nodes_along_and_the_next_run_removes_its_directory() {
-    let _one = REAL_RUNS.lock().unwrap_or_else(|e| e.into_inner());
+    let one = REAL_RUNS.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let (mut child, _, nodes) = start_long_real_run(dir.path());
     let pid = child.id();
@@ -227,6 +227,8 @@ fn a_killed_real_run_takes_its_nodes_along_and_the_next_run_removes_its_director
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert_eq!(run_dirs_of(pid).len(), 1, "nothing could remove it yet");
+    // `run_real` takes the lock itself.
+    drop(one);
     // The next run (a short one) removes what the killed one left.
     let scenario = dir.path().join("short.toml");
     std::fs::write(
