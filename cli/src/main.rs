@@ -43,8 +43,59 @@ struct Cli {
     /// Print what a reading command shows as JSON (the same as that command's own --json).
     #[arg(long)]
     json: bool,
+    /// Colours in help, errors, log lines and `hestia chat`: auto (only on a terminal, and
+    /// not when NO_COLOR is set), always, or never.
+    #[arg(long, value_enum, default_value_t = ColorWhen::Auto, global = true, value_name = "WHEN")]
+    color: ColorWhen,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ColorWhen {
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorWhen {
+    /// Whether output to a stream that is (or is not) a terminal gets colours. `auto` follows
+    /// the NO_COLOR convention (set and not empty: no colours) and a dumb terminal.
+    fn enabled(self, terminal: bool) -> bool {
+        match self {
+            ColorWhen::Always => true,
+            ColorWhen::Never => false,
+            ColorWhen::Auto => {
+                terminal
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                    && std::env::var_os("TERM").is_none_or(|t| t != "dumb")
+            }
+        }
+    }
+
+    /// The choice as given on the command line (`--color X` or `--color=X`, the last one
+    /// wins), read before clap parses so that its own help and errors follow it too.
+    fn from_args(args: &[std::ffi::OsString]) -> ColorWhen {
+        let mut when = ColorWhen::Auto;
+        let mut it = args.iter().map(|a| a.to_string_lossy());
+        while let Some(a) = it.next() {
+            if a == "--" {
+                break;
+            }
+            let value = match a.strip_prefix("--color") {
+                Some("") => it.next().map(|v| v.into_owned()),
+                Some(v) if v.starts_with('=') => Some(v[1..].to_string()),
+                _ => None,
+            };
+            match value.as_deref() {
+                Some("always") => when = ColorWhen::Always,
+                Some("never") => when = ColorWhen::Never,
+                Some("auto") => when = ColorWhen::Auto,
+                _ => {}
+            }
+        }
+        when
+    }
 }
 
 #[derive(Subcommand)]
@@ -329,7 +380,14 @@ fn parse_args(
     args: impl IntoIterator<Item = std::ffi::OsString>,
 ) -> std::result::Result<Cli, clap::Error> {
     use clap::{CommandFactory, FromArgMatches};
-    let matches = Cli::command().try_get_matches_from(args)?;
+    let args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    let choice = match ColorWhen::from_args(&args) {
+        ColorWhen::Always => clap::ColorChoice::Always,
+        ColorWhen::Never => clap::ColorChoice::Never,
+        ColorWhen::Auto if ColorWhen::Auto.enabled(true) => clap::ColorChoice::Auto,
+        ColorWhen::Auto => clap::ColorChoice::Never,
+    };
+    let matches = Cli::command().color(choice).try_get_matches_from(args)?;
     let cli = Cli::from_arg_matches(&matches)?;
     let on_command_line =
         matches.value_source("home") == Some(clap::parser::ValueSource::CommandLine);
@@ -402,7 +460,10 @@ fn main() {
     } else {
         "warn"
     };
-    let log = init_logging(default_filter, log_json);
+    use std::io::IsTerminal;
+    let ansi = cli.color.enabled(std::io::stderr().is_terminal());
+    chat::ui::set_colour(cli.color.enabled(std::io::stdout().is_terminal()));
+    let log = init_logging(default_filter, log_json, ansi);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -425,10 +486,9 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// Logs to stderr, as text (coloured only on a terminal) or JSON lines, through a filter that
-/// `RUST_LOG` sets and that a running node may change (the returned control).
-fn init_logging(default_filter: &str, json: bool) -> hestia_node::driver::LogControl {
-    use std::io::IsTerminal;
+/// Logs to stderr, as text (coloured if `ansi`: see `--color`) or JSON lines, through a filter
+/// that `RUST_LOG` sets and that a running node may change (the returned control).
+fn init_logging(default_filter: &str, json: bool, ansi: bool) -> hestia_node::driver::LogControl {
     use tracing_subscriber::prelude::*;
     use tracing_subscriber::{EnvFilter, fmt, reload};
     let filter =
@@ -441,11 +501,7 @@ fn init_logging(default_filter: &str, json: bool) -> hestia_node::driver::LogCon
             .init();
     } else {
         registry
-            .with(
-                fmt::layer()
-                    .with_ansi(std::io::stderr().is_terminal())
-                    .with_writer(std::io::stderr),
-            )
+            .with(fmt::layer().with_ansi(ansi).with_writer(std::io::stderr))
             .init();
     }
     std::sync::Arc::new(move |level: &str| {
@@ -1213,6 +1269,40 @@ mod parse_tests {
     fn parse(args: &[&str]) -> std::result::Result<Cli, String> {
         let all = std::iter::once("hestia").chain(args.iter().copied());
         parse_args(all.map(std::ffi::OsString::from)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn color_is_read_before_parsing_and_never_means_never() {
+        let os = |args: &[&str]| -> Vec<std::ffi::OsString> {
+            args.iter().map(std::ffi::OsString::from).collect()
+        };
+        assert_eq!(
+            ColorWhen::from_args(&os(&["hestia", "inbox"])),
+            ColorWhen::Auto
+        );
+        assert_eq!(
+            ColorWhen::from_args(&os(&["hestia", "--color", "never", "inbox"])),
+            ColorWhen::Never
+        );
+        assert_eq!(
+            ColorWhen::from_args(&os(&["hestia", "inbox", "--color=always"])),
+            ColorWhen::Always
+        );
+        // After `--` it is someone's text, not an option.
+        assert_eq!(
+            ColorWhen::from_args(&os(&["hestia", "send", "bob", "--", "--color=always"])),
+            ColorWhen::Auto
+        );
+        assert!(ColorWhen::Always.enabled(false));
+        assert!(!ColorWhen::Never.enabled(true));
+        assert!(
+            !ColorWhen::Auto.enabled(false),
+            "auto: not when not a terminal"
+        );
+        let cli = parse(&["send", "bob", "hi", "--color", "never"]).unwrap();
+        assert_eq!(cli.color, ColorWhen::Never);
+        let e = parse(&["--color", "sometimes", "inbox"]).err().unwrap();
+        assert!(e.contains("sometimes"), "{e}");
     }
 
     #[test]

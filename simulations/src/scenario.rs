@@ -6,8 +6,8 @@
 use serde::{Deserialize, Serialize};
 
 /// Bounds on what one run may ask for, so a typo cannot exhaust the machine.
-pub const MAX_NODES: usize = 20_000;
-pub const MAX_USERS: usize = 200_000;
+pub const MAX_NODES: usize = 100_000;
+pub const MAX_USERS: usize = 1_000_000;
 pub const MAX_DURATION_S: f64 = 7.0 * 24.0 * 3600.0;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -130,3 +130,17 @@ fn sim_run_writes_results_and_refuses_bad_scenarios() {
         "reading /nonexistent/scenario.toml",
     );
 }
+
+#[test]
+fn colours_only_when_asked_or_on_a_terminal() {
+    let esc = |args: &[&str]| {
+        let out = hestia(args);
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8_lossy(&out.stdout).contains('\u{1b}')
+    };
+    // The tests' stdout is a pipe: auto means none.
+    assert!(!esc(&["sim", "run", "--help"]));
+    assert!(!esc(&["--color", "never", "sim", "run", "--help"]));
+    assert!(esc(&["--color", "always", "sim", "run", "--help"]));
+    assert!(esc(&["sim", "run", "--help", "--color=always"]));
+}

@@ -11,6 +11,24 @@ use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, List, ListItem, ListState, Paragraph, Wrap};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether the screen uses colours (`hestia --color`); warnings stay bold without them.
+static COLOUR: AtomicBool = AtomicBool::new(true);
+
+/// Turns the client's colours on or off for this process.
+pub fn set_colour(on: bool) {
+    COLOUR.store(on, Ordering::Relaxed);
+}
+
+/// A style in colour `c`, or the plain style when colours are off.
+fn tint(c: Color) -> Style {
+    if COLOUR.load(Ordering::Relaxed) {
+        Style::default().fg(c)
+    } else {
+        Style::default()
+    }
+}
 
 const HELP: &str = "\
 Enter        send what you typed to the selected contact
@@ -57,16 +75,13 @@ pub fn draw(f: &mut Frame, app: &App) {
     );
     match &app.call {
         Some(c) => f.render_widget(
-            Paragraph::new(format!(" ☎ {}", call_line(c))).style(
-                Style::default()
-                    .fg(Color::Yellow)
-                    .add_modifier(Modifier::BOLD),
-            ),
+            Paragraph::new(format!(" ☎ {}", call_line(c)))
+                .style(tint(Color::Yellow).add_modifier(Modifier::BOLD)),
             status,
         ),
         None => f.render_widget(
             Paragraph::new(format!(" {}   ? help", display::line(&app.status)))
-                .style(Style::default().fg(Color::DarkGray)),
+                .style(tint(Color::DarkGray)),
             status,
         ),
     }
@@ -154,7 +169,7 @@ fn draw_contacts(f: &mut Frame, app: &App, area: Rect) {
                 ));
             }
             let style = if c.claims.is_some() {
-                Style::default().fg(Color::Red)
+                tint(Color::Red)
             } else {
                 Style::default()
             };
@@ -177,7 +192,7 @@ const MAX_PINNED_WARNINGS: usize = 3;
 
 /// The lines one message takes on screen.
 fn message_lines(app: &App, m: &StoredMessage) -> Vec<Line<'static>> {
-    let time = Span::styled(hhmm(m.at), Style::default().fg(Color::DarkGray));
+    let time = Span::styled(hhmm(m.at), tint(Color::DarkGray));
     if let MessageState::Call(o) = &m.state {
         let incoming = m.direction == Direction::Incoming;
         let what = crate::describe_call(o, incoming);
@@ -188,7 +203,7 @@ fn message_lines(app: &App, m: &StoredMessage) -> Vec<Line<'static>> {
         };
         return vec![Line::from(vec![
             time,
-            Span::styled(text, Style::default().fg(Color::Cyan)),
+            Span::styled(text, tint(Color::Cyan)),
         ])];
     }
     let body = match app.files.get(&m.envelope_id) {
@@ -228,8 +243,7 @@ fn message_lines(app: &App, m: &StoredMessage) -> Vec<Line<'static>> {
     if !mark.is_empty()
         && let Some(last) = lines.last_mut()
     {
-        last.spans
-            .push(Span::styled(mark, Style::default().fg(Color::DarkGray)));
+        last.spans.push(Span::styled(mark, tint(Color::DarkGray)));
     }
     lines
 }
@@ -240,7 +254,7 @@ fn draw_conversation(f: &mut Frame, app: &App, area: Rect) {
         return;
     };
     // Warnings stay in view however far back the conversation is scrolled.
-    let loud = Style::default().fg(Color::Red).add_modifier(Modifier::BOLD);
+    let loud = tint(Color::Red).add_modifier(Modifier::BOLD);
     let mut pinned: Vec<Line> = Vec::new();
     if let Some(claimed) = &c.claims {
         pinned.push(Line::styled(
@@ -256,7 +270,7 @@ fn draw_conversation(f: &mut Frame, app: &App, area: Rect) {
         pinned.push(Line::styled(
             "? a message request from a key you do not know: reply or Ctrl-Y to accept it, \
              Ctrl-X to reject it",
-            Style::default().fg(Color::Yellow),
+            tint(Color::Yellow),
         ));
     }
     let warnings = app.warnings.get(&c.name).map_or(&[][..], |w| &w[..]);
