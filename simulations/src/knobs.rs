@@ -35,6 +35,8 @@ pub struct KnobRun {
     /// messages to phones.
     pub wake_ups_timed_within_1s: f64,
     pub send_to_phone_p50_ms: f64,
+    /// Wake-ups per phone per day: what a knob costs a phone's battery.
+    pub wake_ups_per_phone_day: f64,
 }
 
 /// The scenario as given, then each knob changed alone.
@@ -123,6 +125,7 @@ pub fn sweep(
             messages_sent: s.messages_sent,
             wake_ups_timed_within_1s: s.push.arrivals_timed_within_1s,
             send_to_phone_p50_ms: s.push.latency_to_phones.p50_ms,
+            wake_ups_per_phone_day: s.push.wake_ups_per_phone_day,
         });
     }
     runs
@@ -138,10 +141,12 @@ pub fn table(runs: &[KnobRun]) -> String {
          most body sizes one operator saw |",
     );
     if phones {
-        t.push_str(" wake-ups within 1 s of the arrival | send→phone p50 |");
+        t.push_str(
+            " wake-ups within 1 s of the arrival | send→phone p50 | wake-ups per phone-day |",
+        );
     }
     t.push_str("\n|");
-    t.push_str(&" --- |".repeat(if phones { 11 } else { 9 }));
+    t.push_str(&" --- |".repeat(if phones { 12 } else { 9 }));
     t.push('\n');
     for r in runs {
         let _ = write!(
@@ -161,9 +166,10 @@ pub fn table(runs: &[KnobRun]) -> String {
         if phones {
             let _ = write!(
                 t,
-                " {:.0}% | {:.1} s |",
+                " {:.0}% | {:.1} s | {:.0} |",
                 r.wake_ups_timed_within_1s * 100.0,
-                r.send_to_phone_p50_ms / 1000.0
+                r.send_to_phone_p50_ms / 1000.0,
+                r.wake_ups_per_phone_day
             );
         }
         t.push('\n');
