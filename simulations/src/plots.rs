@@ -3,6 +3,7 @@
 //! and bytes held over time, and linkability against the cost of each privacy knob. Text comes from the run (a scenario's name); plotters escapes it.
 
 use crate::sim::Sample;
+use plotters::coord::CoordTranslate;
 use plotters::prelude::*;
 use std::io;
 
@@ -19,6 +20,20 @@ const MAX_POINTS: usize = 500;
 
 fn plot_error(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("drawing a plot: {e}"))
+}
+
+/// The legend of every plot here: curve names in a framed white box at `position`.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> io::Result<()> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE)
+        .border_style(BLACK)
+        .draw()
+        .map_err(plot_error)
 }
 
 /// `1 ms`, `250 ms`, `2 s`, `1.5 min`: a latency axis label.
@@ -82,13 +97,7 @@ pub fn latency_cdf(title: &str, curves: &[(&str, &[f64])]) -> io::Result<String>
                     PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
                 });
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE)
-            .border_style(BLACK)
-            .draw()
-            .map_err(plot_error)?;
+        legend(&mut chart, SeriesLabelPosition::LowerRight)?;
         root.present().map_err(plot_error)?;
     }
     Ok(svg)
@@ -173,13 +182,7 @@ fn over_time(
                     PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
                 });
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE)
-            .border_style(BLACK)
-            .draw()
-            .map_err(plot_error)?;
+        legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         root.present().map_err(plot_error)?;
     }
     Ok(svg)
@@ -243,13 +246,7 @@ pub fn linkability_against_cost(title: &str, points: &[KnobPoint]) -> io::Result
                     .map(|p| Text::new(p.0.clone(), (p.1, p.2), ("sans-serif", 11).into_font())),
             )
             .map_err(plot_error)?;
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE)
-            .border_style(BLACK)
-            .draw()
-            .map_err(plot_error)?;
+        legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         root.present().map_err(plot_error)?;
     }
     Ok(svg)

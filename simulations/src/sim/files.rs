@@ -111,6 +111,17 @@ impl Files {
             ))),
         }
     }
+
+    /// File `f`, if an answer of request generation `generation` still counts for it in
+    /// `state`; that request is then no longer out.
+    fn answered(&mut self, f: usize, generation: u32, state: FileState) -> Option<&mut File> {
+        let file = &mut self.list[f];
+        if file.generation != generation || file.state != state {
+            return None;
+        }
+        file.out -= 1;
+        Some(file)
+    }
 }
 
 impl Sim {
@@ -336,11 +347,9 @@ impl Sim {
         generation: u32,
         resp: ClientResponse,
     ) {
-        let file = &mut self.files.list[f];
-        if file.generation != generation || file.state != FileState::Uploading {
+        let Some(file) = self.files.answered(f, generation, FileState::Uploading) else {
             return;
-        }
-        file.out -= 1;
+        };
         match resp {
             ClientResponse::ChunkStored { held } if held == file.spec.chunks => self.uploaded(f),
             ClientResponse::ChunkStored { .. } => self.pump(f),
@@ -391,11 +400,9 @@ impl Sim {
         generation: u32,
         resp: ClientResponse,
     ) {
-        let file = &mut self.files.list[f];
-        if file.generation != generation || file.state != FileState::Downloading {
+        let Some(file) = self.files.answered(f, generation, FileState::Downloading) else {
             return;
-        }
-        file.out -= 1;
+        };
         match resp {
             ClientResponse::Chunk(_) => {
                 if !file.have[index as usize] {
