@@ -14,6 +14,7 @@
 //! ([`calls`]), each through the same core and each drawn from a random stream of its own.
 
 mod calls;
+mod devices;
 mod files;
 mod push;
 mod queue;
@@ -583,13 +584,6 @@ impl Sim {
         }
     }
 
-    /// Whether a device holds a connection to its home node: the person is using it, a wake-up
-    /// woke it, or it is in a call.
-    fn connected(&self, u: usize) -> bool {
-        let d = &self.devices[u];
-        d.online || d.awake || d.in_call.is_some()
-    }
-
     fn schedule(&mut self, at: Millis, ev: Ev) {
         self.seq += 1;
         self.queue.push(Scheduled {
@@ -641,13 +635,8 @@ impl Sim {
         if self.sc.link_bandwidth_mbps <= 0.0 {
             return latency;
         }
-        // In microseconds, so that sub-millisecond transmissions add up as they should.
-        let tx_us = (bytes as f64 * 8.0 / self.sc.link_bandwidth_mbps).ceil() as u64;
-        let now_us = self.now * 1000;
         let free_us = self.link_free_us.entry((a, b)).or_insert(0);
-        let done_us = (*free_us).max(now_us) + tx_us;
-        *free_us = done_us;
-        done_us.div_ceil(1000) - self.now + latency
+        queued(free_us, self.now, bytes, self.sc.link_bandwidth_mbps) + latency
     }
 
     /// When a packet sent now from node `a` to node `b` gets through: now, unless a partition
@@ -723,17 +712,13 @@ impl Sim {
         if self.sc.device_bandwidth_mbps <= 0.0 {
             return 0;
         }
-        let tx_us = (bytes as f64 * 8.0 / self.sc.device_bandwidth_mbps).ceil() as u64;
-        let now_us = self.now * 1000;
         let d = &mut self.devices[u];
-        let free = if up {
+        let free_us = if up {
             &mut d.up_free_us
         } else {
             &mut d.down_free_us
         };
-        let done = (*free).max(now_us) + tx_us;
-        *free = done;
-        done.div_ceil(1000) - self.now
+        queued(free_us, self.now, bytes, self.sc.device_bandwidth_mbps)
     }
 
     fn start_fetch(&mut self, u: usize) {
@@ -1188,49 +1173,6 @@ impl Sim {
         self.submit(u, ids, Outgoing { to_node, envelope });
     }
 
-    /// The device stops waiting on its long poll (it went offline): the answer is dropped.
-    fn stop_fetching(&mut self, u: usize) {
-        let d = &mut self.devices[u];
-        if d.fetching {
-            d.fetching = false;
-            d.fetch_epoch += 1;
-        }
-    }
-
-    /// An envelope for `r` was stored at its home node now.
-    fn arrived(&mut self, r: usize) {
-        if self.devices[r].phone && !self.connected(r) {
-            self.devices[r].arrived_since.get_or_insert(self.now);
-        }
-    }
-
-    /// A device connects (the person opened it, or a wake-up woke it): it fetches, and takes
-    /// up its file transfers (anew if its connection had dropped).
-    fn came_online(&mut self, u: usize, reconnected: bool) {
-        self.devices[u].waiting_since = None;
-        self.devices[u].arrived_since = None;
-        self.start_fetch(u);
-        self.resume_files(u, reconnected);
-    }
-
-    /// A phone nobody uses, that no wake-up keeps awake and no call holds, drops its
-    /// connection: the node sees it leave (and pushes the next envelope).
-    fn sleep_if_idle(&mut self, u: usize) {
-        if !self.devices[u].phone || self.connected(u) {
-            return;
-        }
-        self.stop_fetching(u);
-        let d = &mut self.devices[u];
-        d.session = false;
-        d.conn += 1;
-        let n = d.node;
-        let peer = d.peer.clone();
-        if let Some(core) = self.nodes[n].core.as_mut() {
-            core.handle_client_disconnected(&peer);
-            self.drive(n);
-        }
-    }
-
     /// A dummy envelope to a uniformly random other user, while online: the same size
     /// distribution as messages, so no operator tells the two apart by size or by route.
     fn cover(&mut self, u: usize) {
@@ -1533,6 +1475,16 @@ impl Sim {
         self.sample();
         self.finish()
     }
+}
+
+/// The time `bytes` take on a first-in, first-out link of `mbps` that is busy until
+/// `free_us`, from `now`: the wait behind what it still sends plus their own transmission. Kept
+/// in microseconds, so that sub-millisecond transmissions add up as they should.
+fn queued(free_us: &mut u64, now: Millis, bytes: u64, mbps: f64) -> Millis {
+    let tx_us = (bytes as f64 * 8.0 / mbps).ceil() as u64;
+    let done_us = (*free_us).max(now * 1000) + tx_us;
+    *free_us = done_us;
+    done_us.div_ceil(1000) - now
 }
 
 /// Node `i`'s id: `N` and its number with `o` for `0`, so that it is base58 as a real node's
