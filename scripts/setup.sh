@@ -11,6 +11,8 @@ command -v clang >/dev/null 2>&1 || need+=(clang)
 # Calls encode audio with the system's libopus, found by pkg-config.
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 pkg-config --exists opus 2>/dev/null || need+=(libopus-dev)
+# The `mic` feature (microphone and speaker in calls) talks to ALSA; CI builds and tests it.
+pkg-config --exists alsa 2>/dev/null || need+=(libasound2-dev)
 # The terminal client's end-to-end test drives it in tmux, as a person would.
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
 # `sim run --real` builds network namespaces for partitions with ip (iproute2).

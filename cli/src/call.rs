@@ -28,12 +28,17 @@ pub struct CallArgs {
     /// With --listen: answer the first call at once.
     #[arg(long, requires = "listen")]
     auto_answer: bool,
-    /// What you send: `tone:HZ`, a 48 kHz 16-bit PCM WAV file, or `silence`.
+    /// What you send: `tone:HZ`, a 48 kHz 16-bit PCM WAV file, `silence`, or (in a build with
+    /// the `mic` feature) `mic` for the default microphone or `mic:DEVICE` for a named one.
     #[arg(long, default_value = "tone:440")]
     audio: String,
     /// Record what you hear into this WAV file (48 kHz mono).
     #[arg(long)]
     record: Option<PathBuf>,
+    /// Play what you hear on the default speaker, or on the named DEVICE (a build with the
+    /// `mic` feature).
+    #[arg(long, value_name = "DEVICE", num_args = 0..=1, default_missing_value = "")]
+    speaker: Option<String>,
     /// Hang up after this many seconds of talk.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     max_secs: Option<u64>,
@@ -61,6 +66,7 @@ struct Ear {
     meter: Arc<Mutex<Meter>>,
     first: Arc<Mutex<Option<Instant>>>,
     recorder: Option<WavRecorder>,
+    speaker: Option<Box<dyn AudioSink>>,
 }
 
 impl AudioSink for Ear {
@@ -73,6 +79,9 @@ impl AudioSink for Ear {
         }
         if let Some(r) = &mut self.recorder {
             r.frame(samples);
+        }
+        if let Some(s) = &mut self.speaker {
+            s.frame(samples);
         }
     }
 }
@@ -89,13 +98,48 @@ fn source(spec: &str) -> Result<Box<dyn AudioSource>> {
             .ok_or_else(|| anyhow::anyhow!("--audio tone:HZ needs 20 to 20000 Hz, not {hz:?}"))?;
         return Ok(Box::new(Tone::new(hz)));
     }
-    if spec == "mic" {
-        bail!("--audio mic needs a build with the microphone feature; use tone:HZ or a WAV file");
+    if let Some(device) = spec.strip_prefix("mic") {
+        let device = match device.strip_prefix(':') {
+            Some(name) => Some(name),
+            None if device.is_empty() => None,
+            // A WAV file whose name starts with "mic".
+            None => return wav(spec),
+        };
+        return microphone(device);
     }
+    wav(spec)
+}
+
+fn wav(spec: &str) -> Result<Box<dyn AudioSource>> {
     let path = Path::new(spec);
     WavSource::open(path)
         .map(|s| Box::new(s) as Box<dyn AudioSource>)
         .map_err(|e| anyhow::anyhow!("--audio {}: {e}", path.display()))
+}
+
+#[cfg(feature = "mic")]
+fn microphone(device: Option<&str>) -> Result<Box<dyn AudioSource>> {
+    Ok(Box::new(crate::sound::device::Mic::open(device)?))
+}
+
+#[cfg(not(feature = "mic"))]
+fn microphone(_: Option<&str>) -> Result<Box<dyn AudioSource>> {
+    bail!(
+        "--audio mic needs a build with the mic feature (cargo build --features mic); use tone:HZ or a WAV file"
+    )
+}
+
+#[cfg(feature = "mic")]
+fn speaker(device: &str) -> Result<Box<dyn AudioSink>> {
+    let device = Some(device).filter(|d| !d.is_empty());
+    Ok(Box::new(crate::sound::device::Speaker::open(device)?))
+}
+
+#[cfg(not(feature = "mic"))]
+fn speaker(_: &str) -> Result<Box<dyn AudioSink>> {
+    bail!(
+        "--speaker needs a build with the mic feature (cargo build --features mic); use --record FILE.wav"
+    )
 }
 
 /// The user's typed controls, and (with `ctrl_c`) Ctrl-C as a hang-up instead of an exit.
@@ -181,6 +225,7 @@ pub async fn run(args: CallArgs, home: &Path, as_json: bool) -> Result<()> {
             meter: meter.clone(),
             first: first.clone(),
             recorder,
+            speaker: args.speaker.as_deref().map(speaker).transpose()?,
         }),
         media: Media {
             direct: args.direct,
@@ -327,8 +372,9 @@ impl Printer {
 }
 
 /// A call that rang `inbox --follow`: it rings here until typed `a` (answer) or `d` (decline)
-/// or the caller gives up. This build has no microphone: the answer sends silence and reports
-/// what it heard.
+/// or the caller gives up. The answer speaks through the default microphone and speaker in a
+/// build with the `mic` feature that finds them; otherwise it sends silence and reports what it
+/// heard.
 pub async fn ring_in_inbox(
     d: &mut Device,
     conn: &mut hestia_node::client::Connection,
@@ -338,9 +384,15 @@ pub async fn ring_in_inbox(
 ) -> Result<()> {
     let (from, id, sdp, sent_at) = offer;
     let meter = Arc::new(Mutex::new(Meter::default()));
+    let (source, speaker, without) = default_sound();
     let setup = CallSetup {
-        source: Box::new(Silence),
-        sink: Box::new(meter.clone()),
+        source,
+        sink: Box::new(Ear {
+            meter: meter.clone(),
+            first: Arc::new(Mutex::new(None)),
+            recorder: None,
+            speaker,
+        }),
         media: Media::default(),
     };
     let mut show = Printer {
@@ -362,10 +414,35 @@ pub async fn ring_in_inbox(
     {
         let heard = meter.lock().map(|m| m.clone()).unwrap_or_default();
         println!(
-            "heard {:.1} s of audio (strongest near {:.0} Hz); you sent silence (no microphone in this build)",
+            "heard {:.1} s of audio (strongest near {:.0} Hz){}",
             heard.samples as f64 / 48_000.0,
-            heard.frequency_hz()
+            heard.frequency_hz(),
+            without
+                .map(|w| format!("; you sent silence ({w})"))
+                .unwrap_or_default()
         );
     }
     Ok(())
+}
+
+/// A call's voice, its speaker if any, and why it sends silence if it does.
+pub(crate) type Sound = (
+    Box<dyn AudioSource>,
+    Option<Box<dyn AudioSink>>,
+    Option<String>,
+);
+
+/// The default microphone and speaker, when this build has them and they open; otherwise
+/// silence, and why.
+pub(crate) fn default_sound() -> Sound {
+    let sound = microphone(None).and_then(|m| Ok((m, speaker("")?)));
+    match sound {
+        Ok((mic, out)) => (mic, Some(out), None),
+        Err(e) if cfg!(feature = "mic") => (Box::new(Silence), None, Some(format!("{e:#}"))),
+        Err(_) => (
+            Box::new(Silence),
+            None,
+            Some("no microphone in this build".into()),
+        ),
+    }
 }

@@ -10,7 +10,7 @@ pub mod ui;
 
 use anyhow::Result;
 use app::{Action, App, CallBar, CallKey, Update};
-use hestia_node::client::call::audio::{Meter, Silence};
+use hestia_node::client::call::audio::Meter;
 use hestia_node::client::call::udp::Command;
 use hestia_node::client::calls::{CallProgress, CallSetup, Media};
 use hestia_node::client::{ClientLibError, Connection, Device, InboxEvent};
@@ -117,12 +117,13 @@ fn percent<'a>(
     }
 }
 
-/// A call from the terminal client: it sends silence (no microphone in this build) and
-/// hears into a meter.
+/// A call from the terminal client: the default microphone and speaker in a build with the
+/// `mic` feature that finds them; silence and a meter otherwise.
 fn call_setup() -> CallSetup {
+    let (source, speaker, _) = crate::call::default_sound();
     CallSetup {
-        source: Box::new(Silence),
-        sink: Box::new(Meter::default()),
+        source,
+        sink: speaker.unwrap_or_else(|| Box::new(Meter::default())),
         media: Media::default(),
     }
 }
@@ -202,7 +203,7 @@ async fn worker(
                 },
                 Ok(Action::SafetyNumber { of }) => match d.safety_number(&of) {
                     Ok(n) => {
-                        let qr = crate::qr(&n.code()).unwrap_or_default();
+                        let qr = crate::contact::qr(&n.code()).unwrap_or_default();
                         say(Update::SafetyNumber {
                             of,
                             text: format!("{n}\n\n{qr}\nas text: {}", n.code()),

@@ -40,7 +40,7 @@ Ctrl-Y       accept a message request     Ctrl-X twice  reject the contact's key
 /file PATH   send a file (encrypted here, uploaded to your node, then announced)
 Ctrl-G       fetch the newest file they sent (decrypted, verified, put where chat started)
 Ctrl-R       ring the contact       Ctrl-A answer   Ctrl-D decline   Ctrl-E hang up
-             (this build sends silence: no microphone yet)
+             (microphone and speaker with the mic feature; silence without)
 Esc          clear the line; quit when it is empty     Ctrl-C  quit
 ?            this help (any key closes it)
 
