@@ -20,7 +20,7 @@ const TEXT: &str = "Meet me at the old lighthouse at nine. Bring the blue notebo
 const FILE_MARKER: &[u8] = b"PHOTO-PLAINTEXT-7d2e ";
 /// The demo's file: 1 MiB, four chunks.
 const FILE_BYTES: usize = 1 << 20;
-const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The demo's longest receipt delay: long enough to show, short enough to wait for.
 const DEMO_RECEIPT_DELAY_MS: u64 = 2_000;
 

@@ -11,6 +11,7 @@ mod bench_sessions;
 mod bench_storage;
 mod call;
 mod chat;
+mod contact;
 mod demo;
 mod files;
 mod inspect;
@@ -18,15 +19,17 @@ mod json;
 mod node;
 mod push;
 mod real;
+mod sim;
+mod sound;
 mod unlock;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use hestia_node::client::{ClientLibError, Device, InboxEvent};
-use hestia_store::client::{CallOutcome, Direction, MessageState, StoredMessage, Trust};
+use hestia_store::client::{CallOutcome, Direction, MessageState, StoredMessage};
 use libp2p::Multiaddr;
 use node::NodeCmd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
@@ -113,7 +116,7 @@ enum Command {
     Account(AccountCmd),
     /// Manage contacts.
     #[command(subcommand)]
-    Contact(ContactCmd),
+    Contact(contact::ContactCmd),
     /// Send a text message, or a file, to a contact.
     Send {
         /// The contact's local name (see `hestia contact list`).
@@ -165,7 +168,7 @@ enum Command {
     Chat,
     /// Run network simulations (see docs/simulations.md).
     #[command(subcommand)]
-    Sim(SimCmd),
+    Sim(sim::SimCmd),
     /// Measure relay throughput and latency on loopback beside raw baselines (docs/benchmarks.md).
     Bench(bench::BenchArgs),
 }
@@ -185,55 +188,6 @@ enum FileCmd {
     List {
         #[command(flatten)]
         out: json::JsonFlag,
-    },
-}
-
-#[derive(Subcommand)]
-enum SimCmd {
-    /// Run a scenario (default: the bundled one) and write summary.json, scenario.toml,
-    /// timeseries.csv, operators.csv, latency_cdf.svg, held.svg and storage.svg.
-    ///
-    /// A scenario is TOML; every field has a default, so a file names only what it changes:
-    /// name, nodes, users_per_node, node_sizes (equal|power_law), node_size_exponent,
-    /// duration_s, drain_s, messages_per_user_per_hour, diurnal_amplitude, diurnal_period_s,
-    /// social_graph (uniform|power_law), power_law_exponent, client_latency_ms,
-    /// link_latency_ms [min, max], regions, inter_region_latency_ms, link_bandwidth_mbps,
-    /// link_loss, online_fraction, session_mean_s, ttl_s, sample_every_s, padding,
-    /// mean_text_bytes, cover_messages_per_user_per_hour, batching_delay_ms; files:
-    /// files_per_user_per_hour, file_median_bytes, file_size_sigma, file_ttl_s,
-    /// device_bandwidth_mbps; push: phone_fraction, push_latency_ms [min, max], wake_window_s,
-    /// push_max_delay_ms; calls: calls_per_user_per_hour, call_answer_probability,
-    /// call_answer_mean_s, call_mean_s; and the faults [[crashes]] (node, at_s, down_s,
-    /// disk_loss) and [[partitions]] (start_s, end_s, split).
-    /// docs/simulations.md explains each; simulations/scenarios/ holds examples.
-    Run {
-        /// Scenario file (TOML); see simulations/scenarios/.
-        scenario: Option<PathBuf>,
-        /// The run's seed: the same scenario and seed give the same files.
-        #[arg(long, default_value_t = 7)]
-        seed: u64,
-        /// Directory for the results (created if missing).
-        #[arg(long, default_value = "results")]
-        out: PathBuf,
-        /// Also run the scenario on real node processes (libp2p, RocksDB) in real time, crashes
-        /// and partitions included, and compare with the model; writes real.json. Small
-        /// scenarios only; partitions need root (one network namespace per node).
-        #[arg(long)]
-        real: bool,
-    },
-    /// Run a scenario once as given and once per privacy knob changed alone (cover traffic at
-    /// 1, 10 and 100 dummies per message, a 10 s batching delay, padding flipped), on the same
-    /// seed and so on the same messages; write knobs.md (a table), knobs.json and knobs.svg
-    /// (linkability against bytes moved).
-    Knobs {
-        /// Scenario file (TOML); default: simulations/scenarios/privacy-knobs.toml.
-        scenario: Option<PathBuf>,
-        /// The seed every run shares.
-        #[arg(long, default_value_t = 7)]
-        seed: u64,
-        /// Directory for the results (created if missing).
-        #[arg(long, default_value = "results-knobs")]
-        out: PathBuf,
     },
 }
 
@@ -296,60 +250,6 @@ enum AccountCmd {
         /// half of this and this after its first message).
         #[arg(long, value_parser = clap::value_parser!(u64).range(0..=3600))]
         max_delay: Option<u64>,
-    },
-}
-
-#[derive(Subcommand)]
-enum ContactCmd {
-    /// Add a contact by address or contact card (a file path, or '-' for standard input).
-    Add {
-        name: String,
-        /// `<key>@<node>`, or a card, or a path to a card file, or '-'.
-        address: String,
-    },
-    /// List contacts and their trust state.
-    List {
-        #[command(flatten)]
-        out: json::JsonFlag,
-    },
-    /// Show the safety number you share with a contact, as digits and a QR code
-    ///
-    /// Compare it out of band (in person, on a call). --confirm then marks the contact
-    /// verified; --code checks a code scanned or pasted from their device and marks them
-    /// verified in one step if it matches.
-    Verify {
-        name: String,
-        /// Mark the contact verified: you compared the numbers and they match.
-        #[arg(long, conflicts_with = "code")]
-        confirm: bool,
-        /// Their safety code (`hestia-safety:1:...`, or the 60 digits).
-        #[arg(long)]
-        code: Option<String>,
-    },
-    /// Accept a contact that claims to be another as that contact's new key
-    ///
-    /// Only after comparing the claimant's safety number (`hestia contact verify <claimant>`
-    /// shows the new key's number): --confirm says it matched, --code checks their code.
-    #[command(group = clap::ArgGroup::new("compared").required(true).args(["confirm", "code"]))]
-    Accept {
-        /// The contact that claims to be another (`contact list` shows it), such as bob-1a2b3c4d.
-        claimant: String,
-        /// You compared the claimant's safety number with the person, and it matches.
-        #[arg(long)]
-        confirm: bool,
-        /// The person's safety code for the new key (`hestia-safety:1:...`, or the 60 digits).
-        #[arg(long)]
-        code: Option<String>,
-    },
-    /// Reject a contact's key: remove the contact and drop everything that key sends from now on.
-    Reject {
-        /// The contact to reject (history with it stays).
-        name: String,
-    },
-    /// Remove a contact and its sessions (history stays; a new message from it adds it again).
-    Remove {
-        /// The contact to remove.
-        name: String,
     },
 }
 
@@ -514,33 +414,7 @@ async fn run(cli: Cli, log: hestia_node::driver::LogControl) -> Result<()> {
     match cli.command {
         Command::Demo => demo::run().await,
         Command::Bench(args) => bench::run(args).await,
-        Command::Sim(SimCmd::Run {
-            scenario,
-            seed,
-            out,
-            real: false,
-        }) => simulate(scenario, seed, &out),
-        Command::Sim(SimCmd::Run {
-            scenario,
-            seed,
-            out,
-            real: true,
-        }) => {
-            let sc = load_scenario(&scenario)?;
-            match real::run(sc, seed, &out).await? {
-                Some(c) => real::report(&c, &scenario, &out),
-                None => eprintln!(
-                    "interrupted while the model ran; its partial results are in {}",
-                    out.display()
-                ),
-            }
-            Ok(())
-        }
-        Command::Sim(SimCmd::Knobs {
-            scenario,
-            seed,
-            out,
-        }) => sim_knobs(scenario, seed, &out),
+        Command::Sim(cmd) => sim::run(cmd).await,
         Command::Node(cmd) => node::run(cmd, Some(log), cli.json).await,
         Command::Bootstrap(BootstrapCmd::Run { data_dir, listen }) => {
             let dir = match data_dir {
@@ -627,7 +501,7 @@ async fn run(cli: Cli, log: hestia_node::driver::LogControl) -> Result<()> {
             }
             Ok(())
         }
-        Command::Contact(cmd) => contact(cmd, &home(&cli.home)?, cli.json),
+        Command::Contact(cmd) => contact::run(cmd, &home(&cli.home)?, cli.json),
         Command::Send {
             contact,
             text,
@@ -809,283 +683,6 @@ async fn run(cli: Cli, log: hestia_node::driver::LogControl) -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// Reads a scenario file, or the bundled default when none is given.
-fn load_scenario(path: &Option<PathBuf>) -> Result<hestia_simulations::Scenario> {
-    let text = match path {
-        Some(p) => {
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
-        }
-        None => hestia_simulations::DEFAULT_SCENARIO.to_string(),
-    };
-    let mut sc = hestia_simulations::Scenario::from_toml(&text)?;
-    if sc.name.is_empty() {
-        sc.name = path
-            .as_ref()
-            .and_then(|p| p.file_stem())
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "unnamed".into());
-    }
-    Ok(sc)
-}
-
-fn sim_knobs(scenario: Option<PathBuf>, seed: u64, out: &Path) -> Result<()> {
-    use hestia_simulations::knobs;
-    let sc = match &scenario {
-        Some(_) => load_scenario(&scenario)?,
-        None => hestia_simulations::Scenario::from_toml(hestia_simulations::KNOBS_SCENARIO)?,
-    };
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let on_signal = stop.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            on_signal.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-    });
-    let total = knobs::variants(&sc).len();
-    let mut n = 0;
-    let runs = knobs::sweep(
-        &sc,
-        seed,
-        |knob| {
-            n += 1;
-            eprintln!("[{n}/{total}] {knob}");
-        },
-        || !stop.load(std::sync::atomic::Ordering::Relaxed),
-    );
-    if runs.len() < total {
-        eprintln!(
-            "interrupted: {} of {total} runs finished; writing those",
-            runs.len()
-        );
-    }
-    let title = format!("privacy knobs ({}; seed {seed})", sc.name);
-    knobs::write_sweep(out, &title, &runs).with_context(|| format!("writing {}", out.display()))?;
-    print!("{}", knobs::table(&runs));
-    let file = scenario
-        .map(|p| format!("{} ", p.display()))
-        .unwrap_or_default();
-    println!(
-        "results in {} (knobs.md, knobs.json, knobs.svg)\nreplay with: hestia sim knobs {file}--seed {seed} --out {}",
-        out.display(),
-        out.display()
-    );
-    Ok(())
-}
-
-fn simulate(scenario: Option<PathBuf>, seed: u64, out: &Path) -> Result<()> {
-    use hestia_simulations as sims;
-    let sc = load_scenario(&scenario)?;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let on_signal = stop.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            on_signal.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-    });
-    let start = std::time::Instant::now();
-    let sim = sims::Sim::new(sc, seed);
-    let horizon = sim.horizon_s().max(1.0);
-    let o = sim.run(|t, events| {
-        let rate = events as f64 / start.elapsed().as_secs_f64().max(1e-9);
-        let done = ((t / horizon) * 30.0).clamp(0.0, 30.0) as usize;
-        eprint!(
-            "\r[{}{}] {t:>7.0}/{horizon:.0} s simulated  {events:>10} events  {rate:>8.0} events/s ",
-            "#".repeat(done),
-            ".".repeat(30 - done)
-        );
-        !stop.load(std::sync::atomic::Ordering::Relaxed)
-    });
-    eprintln!();
-    if o.summary.interrupted {
-        eprintln!("interrupted: the summary covers the simulated time reached");
-    }
-    sims::write_results(out, &o).with_context(|| format!("writing {}", out.display()))?;
-    let s = &o.summary;
-    let wall = start.elapsed().as_secs_f64();
-    println!(
-        "scenario {} (seed {seed}): {} nodes, {} users, {:.0} s simulated",
-        s.scenario, s.nodes, s.users, s.simulated_s
-    );
-    println!(
-        "messages {}: delivered to device {:.1}%, expired {}, lost with a disk {}, \
-         refused (user unknown after a disk loss) {}, pending {}",
-        s.messages_sent,
-        s.delivery_ratio * 100.0,
-        s.undelivered_expired,
-        s.undelivered_lost_with_disk,
-        s.undelivered_refused_unknown_user,
-        s.undelivered_pending
-    );
-    println!(
-        "latency send→node p50 {:.0} ms p99 {:.0} ms; send→device p50 {:.0} ms p99 {:.0} ms",
-        s.latency_send_to_node.p50_ms,
-        s.latency_send_to_node.p99_ms,
-        s.latency_send_to_device.p50_ms,
-        s.latency_send_to_device.p99_ms
-    );
-    println!(
-        "conversations linkable by one operator: {:.0}% (two colluding: {:.0}%); cover envelopes sent: {}",
-        s.linkable_by_one_operator * 100.0,
-        s.linkable_by_two_colluding_operators * 100.0,
-        s.cover_envelopes_sent
-    );
-    for line in sims::sim::feature_lines(s) {
-        println!("{line}");
-    }
-    println!(
-        "{} events in {wall:.2} s wall ({:.0} events/s); results in {}",
-        s.events,
-        s.events as f64 / wall,
-        out.display()
-    );
-    let file = scenario
-        .map(|p| format!("{} ", p.display()))
-        .unwrap_or_default();
-    println!(
-        "replay with: hestia sim run {file}--seed {seed} --out {}",
-        out.display()
-    );
-    Ok(())
-}
-
-fn contact(cmd: ContactCmd, home: &Path, as_json: bool) -> Result<()> {
-    let mut d = unlock::open_device(home)?;
-    match cmd {
-        ContactCmd::Add { name, address } => {
-            let text = if address == "-" {
-                std::io::read_to_string(std::io::stdin())?
-            } else if Path::new(&address).is_file() {
-                std::fs::read_to_string(&address)?
-            } else {
-                address
-            };
-            let c = d.add_contact(Some(&name), &text)?;
-            println!(
-                "added {} ({}), fingerprint {}",
-                c.name,
-                c.address,
-                c.address.user.fingerprint()
-            );
-        }
-        ContactCmd::List { out } if as_json || out.json => {
-            for c in d.contacts()? {
-                json::print(json::contact(&c));
-            }
-        }
-        ContactCmd::List { .. } => {
-            let contacts = d.contacts()?;
-            for c in &contacts {
-                let mut trust = match &c.trust {
-                    Trust::Unverified => "unverified (trusted on first use)".to_string(),
-                    Trust::Verified => "verified".to_string(),
-                };
-                if c.origin == hestia_store::client::Origin::Request {
-                    trust.push_str(
-                        "; MESSAGE REQUEST (wrote first; reply, verify, or `contact reject` it)",
-                    );
-                }
-                if let Some(claims) = &c.claims {
-                    let theirs = contacts
-                        .iter()
-                        .find(|o| &o.name == claims)
-                        .map(|o| o.address.user.fingerprint().to_string())
-                        .unwrap_or_else(|| "unknown (no longer a contact)".into());
-                    trust = format!(
-                        "{trust}; CLAIMS TO BE {claims}, but {claims}'s key is {theirs}: compare \
-                         safety numbers (`hestia contact verify {}`)",
-                        c.name
-                    );
-                }
-                println!(
-                    "{}  {}  {}",
-                    safe(&c.name),
-                    c.address.user.fingerprint(),
-                    trust
-                );
-            }
-        }
-        ContactCmd::Verify {
-            name,
-            confirm,
-            code,
-        } => {
-            let number = d.safety_number(&name)?;
-            if let Some(code) = code {
-                number.check(&code)?;
-                d.verify_contact(&name)?;
-                println!("the codes match: {name} marked verified");
-                return Ok(());
-            }
-            if confirm {
-                d.verify_contact(&name)?;
-                println!("{name} marked verified");
-                return Ok(());
-            }
-            let c = d.contact(&name)?;
-            println!(
-                "Safety number with {name}, over its key {} (the same on both devices):\n",
-                c.address.user.fingerprint()
-            );
-            println!("{number}\n");
-            println!("{}", qr(&number.code())?);
-            println!("As text, to paste on their device: {}\n", number.code());
-            if let Some(claims) = &c.claims {
-                println!(
-                    "{name} claims to be {claims}. This is the number of {name}'s key, not of the key \
-                     you knew as {claims}. If it matches on their device, run\n  hestia contact \
-                     accept {name} --confirm      to make it {claims}'s new key, or\n  hestia contact \
-                     reject {name}                if it does not.\n"
-                );
-            }
-            println!("Compare it with {name} in person or on a call, or scan their code. Then run");
-            println!("  hestia contact verify {name} --confirm          if the numbers match, or");
-            println!(
-                "  hestia contact verify {name} --code '<code>'    with the code from their device."
-            );
-        }
-        ContactCmd::Accept {
-            claimant,
-            confirm: _,
-            code,
-        } => {
-            // The number over the claimant's (the new) key, never the old one's.
-            if let Some(code) = code {
-                d.safety_number(&claimant)?.check(&code)?;
-            }
-            let c = d.accept_new_key(&claimant)?;
-            println!(
-                "{} is now pinned to {} (verified); {claimant} was merged into it",
-                c.name,
-                c.address.user.fingerprint()
-            );
-        }
-        ContactCmd::Reject { name } => {
-            let c = d.reject_contact(&name)?;
-            println!(
-                "{} removed; everything key {} sends is dropped from now on",
-                c.name,
-                c.address.user.fingerprint()
-            );
-        }
-        ContactCmd::Remove { name } => {
-            let c = d.remove_contact(&name)?;
-            println!("{} removed (history kept)", c.name);
-        }
-    }
-    Ok(())
-}
-
-/// A QR code as terminal text (two rows per character), dark modules drawn light-on-dark so it
-/// scans from a dark terminal.
-fn qr(text: &str) -> Result<String> {
-    let code = qrcode::QrCode::new(text.as_bytes()).context("making the QR code")?;
-    Ok(code
-        .render::<qrcode::render::unicode::Dense1x2>()
-        .dark_color(qrcode::render::unicode::Dense1x2::Light)
-        .light_color(qrcode::render::unicode::Dense1x2::Dark)
-        .build())
 }
 
 fn describe(s: &MessageState) -> String {

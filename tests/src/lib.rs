@@ -53,16 +53,209 @@ pub fn hestia(args: &[&str]) -> Output {
         .expect("running hestia")
 }
 
+/// How to start one `hestia` process (a node, a bootstrap node): the one place that knows how,
+/// for the tests, the demo, the benchmarks and `sim run --real`. Its output goes to a log file;
+/// it records its listen addresses in `listen.addr` in its directory, which is how a caller
+/// learns it is up ([`Proc::listening`], [`Proc::wait_listening`]).
+pub struct Launch {
+    exe: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    dir: PathBuf,
+    log: PathBuf,
+    rust_log: String,
+    namespace: Option<String>,
+    die_with_thread: bool,
+}
+
+impl Launch {
+    /// `exe` with its state in `dir`, logging to `dir/process.log` at `info,libp2p=warn`.
+    pub fn new(exe: &Path, dir: &Path) -> Launch {
+        Launch {
+            exe: exe.to_path_buf(),
+            args: Vec::new(),
+            dir: dir.to_path_buf(),
+            log: dir.join("process.log"),
+            rust_log: "info,libp2p=warn".into(),
+            namespace: None,
+            die_with_thread: false,
+        }
+    }
+
+    pub fn arg(mut self, a: impl AsRef<std::ffi::OsStr>) -> Launch {
+        self.args.push(a.as_ref().to_os_string());
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(mut self, args: I) -> Launch {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_os_string()));
+        self
+    }
+
+    /// Appends the process's output to `path` instead.
+    pub fn log(mut self, path: &Path) -> Launch {
+        self.log = path.to_path_buf();
+        self
+    }
+
+    /// The process's `RUST_LOG`.
+    pub fn rust_log(mut self, filter: &str) -> Launch {
+        self.rust_log = filter.into();
+        self
+    }
+
+    /// Runs it inside the network namespace `ns` (`ip netns exec`, which execs it in place).
+    pub fn in_namespace(mut self, ns: &str) -> Launch {
+        self.namespace = Some(ns.into());
+        self
+    }
+
+    /// The process dies when the thread that started it ends, even when this whole process is
+    /// SIGKILLed and no Drop runs: a parent-death signal, asked for in the child before exec.
+    /// Start it from a thread that lives as long as it should (a runtime worker, not a
+    /// blocking-pool thread, which ends when idle).
+    pub fn die_with_this_thread(mut self) -> Launch {
+        self.die_with_thread = true;
+        self
+    }
+
+    /// Starts the process (a stale `listen.addr` from a previous start removed first); it is
+    /// not yet listening.
+    pub fn spawn(&self) -> std::io::Result<Proc> {
+        std::fs::create_dir_all(&self.dir)?;
+        let _ = std::fs::remove_file(self.dir.join("listen.addr"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut cmd = match &self.namespace {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.exe);
+                c
+            }
+            None => Command::new(&self.exe),
+        };
+        cmd.args(&self.args)
+            .env("RUST_LOG", &self.rust_log)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if self.die_with_thread {
+            use std::os::unix::process::CommandExt;
+            let parent = std::process::id() as libc::pid_t;
+            // SAFETY: between fork and exec only async-signal-safe calls are made (prctl,
+            // getppid, _exit), touching no memory of the parent's. If the parent is already
+            // gone, the child leaves at once.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    if libc::getppid() != parent {
+                        libc::_exit(1);
+                    }
+                    Ok(())
+                });
+            }
+        }
+        Ok(Proc {
+            child: cmd.spawn()?,
+            dir: self.dir.clone(),
+            log: self.log.clone(),
+            addr: String::new(),
+        })
+    }
+}
+
+/// Why a started process is not listening.
+#[derive(Debug)]
+pub enum NotListening {
+    /// It exited first; the end of its log.
+    Exited {
+        status: std::process::ExitStatus,
+        log: PathBuf,
+        tail: String,
+    },
+    TimedOut {
+        dir: PathBuf,
+        log: PathBuf,
+    },
+}
+
+impl std::fmt::Display for NotListening {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotListening::Exited { status, log, tail } => write!(
+                f,
+                "it exited with {status} before listening; its log ({}) ends:\n{tail}",
+                log.display()
+            ),
+            NotListening::TimedOut { dir, log } => write!(
+                f,
+                "{} did not start listening; its log: {}",
+                dir.display(),
+                log.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for NotListening {}
+
 /// A running `hestia` process; killed when dropped.
 pub struct Proc {
     child: Child,
     pub dir: PathBuf,
+    pub log: PathBuf,
+    /// Its TCP listen address (with `/p2p/<peer id>`), once known.
     pub addr: String,
 }
 
 impl Proc {
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Its TCP listen address if it has recorded one (and remembers it in `addr`), without
+    /// waiting; an error if it has exited.
+    pub fn listening(&mut self) -> Result<Option<String>, NotListening> {
+        if let Ok(t) = std::fs::read_to_string(self.dir.join("listen.addr"))
+            && let Some(l) = t.lines().find(|l| l.contains("/tcp/"))
+        {
+            self.addr = l.to_string();
+            return Ok(Some(self.addr.clone()));
+        }
+        if let Ok(Some(status)) = self.child.try_wait() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let from = log.len().saturating_sub(4000);
+            let from = (from..log.len())
+                .find(|i| log.is_char_boundary(*i))
+                .unwrap_or(0);
+            return Err(NotListening::Exited {
+                status,
+                log: self.log.clone(),
+                tail: log[from..].to_string(),
+            });
+        }
+        Ok(None)
+    }
+
+    /// Waits at most `within` for [`Proc::listening`].
+    pub fn wait_listening(&mut self, within: Duration) -> Result<String, NotListening> {
+        let start = Instant::now();
+        loop {
+            if let Some(a) = self.listening()? {
+                return Ok(a);
+            }
+            if start.elapsed() > within {
+                return Err(NotListening::TimedOut {
+                    dir: self.dir.clone(),
+                    log: self.log.clone(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
     }
 
     /// SIGKILL: no shutdown path runs.
@@ -128,59 +321,21 @@ impl Drop for Proc {
     }
 }
 
-fn wait_for_addr(dir: &Path, child: &mut Child) -> String {
-    let start = Instant::now();
-    loop {
-        if let Ok(t) = std::fs::read_to_string(dir.join("listen.addr"))
-            && let Some(l) = t.lines().find(|l| l.contains("/tcp/"))
-        {
-            return l.to_string();
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(dir.join("process.log")).unwrap_or_default();
-            panic!(
-                "{} exited with {status} before listening:\n{log}",
-                dir.display()
-            );
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "{} did not start listening",
-            dir.display()
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
 fn spawn(dir: &Path, args: &[&str]) -> Proc {
     spawn_exe(hestia_bin(), dir, args)
 }
 
 /// Starts `exe` (a `hestia` binary) with `args`, logging to `dir/process.log`, and waits until
-/// it records a TCP listen address in `dir`. For callers that are the binary themselves (the
-/// benchmarks pass their own executable).
+/// it records a TCP listen address in `dir`; panics if it does not (for tests and benchmarks).
 pub fn spawn_exe(exe: &Path, dir: &Path, args: &[&str]) -> Proc {
-    std::fs::create_dir_all(dir).unwrap();
-    let _ = std::fs::remove_file(dir.join("listen.addr"));
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("process.log"))
-        .unwrap();
-    let mut child = Command::new(exe)
+    let mut p = Launch::new(exe, dir)
         .args(args)
-        .env("RUST_LOG", "info,libp2p=warn")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
         .spawn()
         .expect("spawning hestia");
-    let addr = wait_for_addr(dir, &mut child);
-    Proc {
-        child,
-        dir: dir.to_path_buf(),
-        addr,
+    if let Err(e) = p.wait_listening(WAIT) {
+        panic!("{}: {e}", dir.display());
     }
+    p
 }
 
 /// A bootstrap node and `n` nodes, each its own process, in one temporary directory.

@@ -19,7 +19,6 @@
 
 use hestia_protocol::Millis;
 use hestia_protocol::envelope::{Envelope, EnvelopeId};
-use hestia_protocol::file::BlobId;
 use hestia_protocol::identity::{MAX_NODE_ID_LEN, UserId};
 use hestia_protocol::redact;
 use hestia_protocol::session::prekeys::{
@@ -40,9 +39,11 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 mod admin;
 mod blobs;
 mod counters;
+mod limits;
 mod mailbox;
 mod origins;
 mod outbox;
+mod output;
 mod parked;
 mod prekeys;
 mod push;
@@ -57,8 +58,11 @@ pub use blobs::{
     MAX_BLOBS_PER_USER, MAX_UPLOADS_PER_USER,
 };
 pub use counters::Counters;
+use limits::Bucket;
+pub use limits::{FED_LIMIT, Limits, MAX_FED_BUCKETS, SEND_BURST, SENDS_PER_SECOND, SendLimit};
 pub use origins::MAX_STORED_BYTES_PER_NODE;
 use origins::{Origins, UNATTRIBUTED};
+pub use output::{Output, Ready};
 use parked::{Parked, ParkedFetches};
 use push::Pushes;
 pub use push::{
@@ -145,144 +149,12 @@ pub const ONE_TIME_PREKEYS_PER_NODE_PER_HOUR: u32 = 10;
 /// bundles go out without one. It also bounds the per-requester counters to fifty per user.
 pub const ONE_TIME_PREKEYS_PER_USER_PER_HOUR: u32 = 50;
 const HOUR_MS: Millis = 3600 * 1000;
-/// Envelopes (and bundle fetches) one local user may send in a burst, by default. The home node
-/// knows who sends (it authenticated them), so it can stop a user flooding the federation:
-/// generous for people, a wall for a runaway script. Operators set their own with
-/// [`SendLimit`].
-pub const SEND_BURST: u64 = 10_000;
-/// Sustained sends per second per local user once the burst is spent, by default.
-pub const SENDS_PER_SECOND: u64 = 100;
-
 /// One user's one-time prekey hand-outs in the current hour.
 #[derive(Default)]
 struct Handouts {
     total: u32,
     by_node: HashMap<String, u32>,
 }
-
-/// The per-user send allowance: a token bucket of `burst` refilled at `per_second`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SendLimit {
-    pub burst: u64,
-    pub per_second: u64,
-}
-
-impl Default for SendLimit {
-    fn default() -> Self {
-        SendLimit {
-            burst: SEND_BURST,
-            per_second: SENDS_PER_SECOND,
-        }
-    }
-}
-
-impl SendLimit {
-    /// No limit (benchmarks measuring the relay itself, simulations).
-    pub const UNLIMITED: SendLimit = SendLimit {
-        burst: u64::MAX / 2000,
-        per_second: u64::MAX / 2000,
-    };
-}
-
-/// Envelopes another node may deliver here in a burst, and per second after it. A peer node is
-/// only a key pair, so without this any node on the internet could fill mailboxes as fast as
-/// the disk takes it; a community node sending to another sends far less.
-pub const FED_LIMIT: SendLimit = SendLimit {
-    burst: 20_000,
-    per_second: 1_000,
-};
-
-/// The limits a node applies: per local user sending, per remote node delivering, and the
-/// bytes one remote node may keep stored here.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    pub send: SendLimit,
-    pub fed: SendLimit,
-    pub stored_per_node: u64,
-    /// Largest blob (sealed file bytes) a local user may upload.
-    pub max_blob_bytes: u64,
-    /// Sealed file bytes one local user may have stored at once.
-    pub blob_quota: u64,
-    /// Sealed file bytes all local users together may have stored at once.
-    pub blob_total: u64,
-    /// Envelopes and body bytes one local user's mailbox may hold.
-    pub mailbox_envelopes: usize,
-    pub mailbox_bytes: u64,
-    /// Largest envelope body taken, from local users and from other nodes.
-    pub max_envelope_bytes: usize,
-    /// Longest an envelope may be held: one that expires later is refused.
-    pub max_ttl_ms: Millis,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            send: SendLimit::default(),
-            fed: FED_LIMIT,
-            stored_per_node: MAX_STORED_BYTES_PER_NODE,
-            max_blob_bytes: MAX_BLOB_BYTES,
-            blob_quota: BLOB_QUOTA_PER_USER,
-            blob_total: MAX_BLOB_STORED_BYTES,
-            mailbox_envelopes: MAX_MAILBOX_ENVELOPES,
-            mailbox_bytes: MAX_MAILBOX_BYTES,
-            max_envelope_bytes: hestia_protocol::envelope::MAX_BODY_BYTES,
-            max_ttl_ms: hestia_protocol::envelope::MAX_TTL_MS,
-        }
-    }
-}
-
-impl Limits {
-    /// No rate limits (benchmarks measuring the relay itself, simulations); the storage
-    /// bounds stay.
-    pub const UNLIMITED: Limits = Limits {
-        send: SendLimit::UNLIMITED,
-        fed: SendLimit::UNLIMITED,
-        stored_per_node: MAX_STORED_BYTES,
-        max_blob_bytes: MAX_BLOB_BYTES,
-        blob_quota: BLOB_QUOTA_PER_USER,
-        blob_total: MAX_BLOB_STORED_BYTES,
-        mailbox_envelopes: MAX_MAILBOX_ENVELOPES,
-        mailbox_bytes: MAX_MAILBOX_BYTES,
-        max_envelope_bytes: hestia_protocol::envelope::MAX_BODY_BYTES,
-        max_ttl_ms: hestia_protocol::envelope::MAX_TTL_MS,
-    };
-}
-
-/// A token bucket: what is left (in thousandths) and when it was last counted.
-#[derive(Clone, Copy)]
-struct Bucket {
-    left_milli: u64,
-    at: Millis,
-}
-
-impl Bucket {
-    /// Takes `n` from the allowance `limit` at `now`, or says in how many ms there is enough.
-    fn take(this: Option<Bucket>, limit: SendLimit, n: u64, now: Millis) -> Result<Bucket, u64> {
-        const MILLI: u64 = 1000;
-        let per_second = limit.per_second.max(1);
-        let full = limit.burst.saturating_mul(MILLI);
-        let Bucket { left_milli, at } = this.unwrap_or(Bucket {
-            left_milli: full,
-            at: now,
-        });
-        // Allowance accrues at `per_second` per 1000 ms, i.e. `per_second` thousandths per ms.
-        let refilled = left_milli
-            .saturating_add(now.saturating_sub(at).saturating_mul(per_second))
-            .min(full);
-        let need = n.saturating_mul(MILLI);
-        if need > refilled {
-            return Err((need - refilled).div_ceil(per_second));
-        }
-        Ok(Bucket {
-            left_milli: refilled - need,
-            at: now,
-        })
-    }
-}
-
-/// Remote nodes whose delivery allowance is tracked at once; when full, all are forgotten (and
-/// start again with a full burst), so the table cannot grow with the number of peer ids.
-pub const MAX_FED_BUCKETS: usize = 10_000;
 
 /// Next value of the core's seeded generator (xorshift64): retry jitter, push delays.
 fn next_random(rng: &mut u64) -> u64 {
@@ -321,161 +193,6 @@ pub struct Config {
 pub struct CallRelay {
     pub server: std::net::SocketAddr,
     pub keys: std::sync::Arc<hestia_protocol::turn::TurnKeys>,
-}
-
-/// What the core asks the driver to do. Envelope bodies are not in the core: an output that
-/// carries mail names it by id, and [`Output::load`] reads the bodies from the store.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Output {
-    Client {
-        token: Token,
-        response: ClientResponse,
-    },
-    /// Answer a fetch with these envelopes of `user`'s mailbox, in this order.
-    ClientMail {
-        token: Token,
-        user: UserId,
-        ids: Vec<EnvelopeId>,
-    },
-    FedResponse {
-        token: Token,
-        response: FedResponse,
-    },
-    FedRequest {
-        batch: BatchId,
-        to_node: String,
-        request: FedRequest,
-    },
-    /// Deliver these envelopes of the outbox for `to_node` as one batch, in this order.
-    FedDeliver {
-        batch: BatchId,
-        to_node: String,
-        ids: Vec<EnvelopeId>,
-    },
-    /// Answer a device's `BlobGet` with this stored chunk.
-    ClientChunk {
-        token: Token,
-        blob: BlobId,
-        index: u32,
-    },
-    /// Answer another node's `BlobGet` with this stored chunk.
-    FedChunk {
-        token: Token,
-        blob: BlobId,
-        index: u32,
-    },
-    /// Resolve this push endpoint's host and report with [`Core::handle_endpoint_checked`]
-    /// (a registration from an authenticated user waits on it).
-    CheckEndpoint {
-        token: Token,
-        endpoint: String,
-    },
-    /// Send a wake-up (`hestia_protocol::push::WAKE_BODY`) to this subscription and report
-    /// what became of it with [`Core::handle_wake_result`].
-    Wake {
-        wake: WakeId,
-        target: hestia_protocol::push::Subscription,
-    },
-    /// Answer the admin request `token` ([`Core::handle_admin`]).
-    Admin {
-        token: Token,
-        response: AdminResponse,
-    },
-}
-
-/// An [`Output`] with its envelope bodies read from the store: what goes on the wire.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Ready {
-    Client {
-        token: Token,
-        response: ClientResponse,
-    },
-    FedResponse {
-        token: Token,
-        response: FedResponse,
-    },
-    FedRequest {
-        batch: BatchId,
-        to_node: String,
-        request: FedRequest,
-    },
-    Wake {
-        wake: WakeId,
-        target: hestia_protocol::push::Subscription,
-    },
-    CheckEndpoint {
-        token: Token,
-        endpoint: String,
-    },
-    Admin {
-        token: Token,
-        response: AdminResponse,
-    },
-}
-
-impl Output {
-    /// Reads the bodies an output names from `store` (which holds every write taken before
-    /// it). A mailbox envelope acknowledged or expired since is left out of a fetch answer; an
-    /// outbox envelope cannot be (the core deletes none while its batch is in flight).
-    pub fn load(self, store: &impl NodeStore) -> Result<Ready, StoreError> {
-        Ok(match self {
-            Output::Client { token, response } => Ready::Client { token, response },
-            Output::Admin { token, response } => Ready::Admin { token, response },
-            Output::ClientMail { token, user, ids } => Ready::Client {
-                token,
-                response: ClientResponse::Envelopes(store.mailbox_envelopes(&user, &ids)?),
-            },
-            Output::FedResponse { token, response } => Ready::FedResponse { token, response },
-            Output::FedRequest {
-                batch,
-                to_node,
-                request,
-            } => Ready::FedRequest {
-                batch,
-                to_node,
-                request,
-            },
-            Output::FedDeliver {
-                batch,
-                to_node,
-                ids,
-            } => {
-                let envs = store.outbox_envelopes(&to_node, &ids)?;
-                if envs.len() != ids.len() {
-                    return Err(StoreError::Corrupt {
-                        cf: hestia_store::schema::NODEID_ENVELOPEID_OUTBOX,
-                        reason: format!(
-                            "{} of {} bodies missing",
-                            ids.len() - envs.len(),
-                            ids.len()
-                        ),
-                    });
-                }
-                Ready::FedRequest {
-                    batch,
-                    to_node,
-                    request: FedRequest::Deliver(envs),
-                }
-            }
-            // A chunk deleted since the fetch was decided (fetched, expired) is not there.
-            Output::ClientChunk { token, blob, index } => Ready::Client {
-                token,
-                response: match store.blob_chunk(&blob, index)? {
-                    Some(c) => ClientResponse::Chunk(c),
-                    None => ClientResponse::Error(ClientError::NoSuchBlob),
-                },
-            },
-            Output::FedChunk { token, blob, index } => Ready::FedResponse {
-                token,
-                response: match store.blob_chunk(&blob, index)? {
-                    Some(c) => FedResponse::Chunk(c),
-                    None => FedResponse::NoSuchBlob,
-                },
-            },
-            Output::Wake { wake, target } => Ready::Wake { wake, target },
-            Output::CheckEndpoint { token, endpoint } => Ready::CheckEndpoint { token, endpoint },
-        })
-    }
 }
 
 /// Why an outbound federation request got no answer. After `Timeout` the remote may or may not
