@@ -67,6 +67,23 @@ fn model_and_real_stack_agree_on_a_fault_free_scenario() {
 }
 
 #[test]
+fn model_and_real_stack_agree_on_file_transfers() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../simulations/scenarios/real-files.toml");
+    let json = run_real(&scenario, &dir.path().join("out"), "3");
+    assert!(json.contains("\"agree\": true"), "{json}");
+    // Files moved on both sides: uploaded, announced, fetched across the federation.
+    assert!(field(&json, "files.real.begun") >= 5.0, "{json}");
+    assert_eq!(
+        field(&json, "files.real.begun"),
+        field(&json, "files.model.begun"),
+        "the real devices begin the model's files"
+    );
+    assert_eq!(field(&json, "files.real.fetched_ratio"), 1.0, "{json}");
+}
+
+#[test]
 fn model_and_real_stack_agree_through_crashes_a_lost_disk_and_a_partition() {
     let dir = tempfile::tempdir().unwrap();
     let scenario =
@@ -108,6 +125,17 @@ fn real_mode_refuses_what_it_cannot_reproduce() {
         err.contains("link_loss") && err.contains("offline"),
         "{err}"
     );
+    // Files are reproduced, but not more than a real run can carry.
+    std::fs::write(
+        &scenario,
+        "nodes = 3\nusers_per_node = 2\nduration_s = 60\ndrain_s = 5\nlink_loss = 0.0\n\
+         online_fraction = 1.0\nfiles_per_user_per_hour = 100000\n",
+    )
+    .unwrap();
+    let run = hestia(&["sim", "run", scenario.to_str().unwrap(), "--real"]);
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("at most about 500 files"), "{err}");
 }
 
 /// The processes whose parent is `pid` (from /proc).

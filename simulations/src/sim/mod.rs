@@ -22,7 +22,7 @@ mod results;
 
 pub use results::{
     CallFigures, FileFigures, OperatorView, Outcome, Percentiles, PushFigures, Sample, Summary,
-    TracedMessage, feature_lines,
+    TracedFile, TracedMessage, feature_lines,
 };
 
 use crate::scenario::{Scenario, SocialGraph};

@@ -190,6 +190,23 @@ pub struct Outcome {
     /// Every message sent, in sending order, when the run was traced ([`Sim::traced`]); empty
     /// otherwise (a million-message run need not keep them).
     pub messages: Vec<TracedMessage>,
+    /// Every file begun, in order, when the run was traced; empty otherwise.
+    pub files: Vec<TracedFile>,
+}
+
+/// One file of a traced run: who sent how many bytes to whom when, and when it was whole on
+/// the recipient's device.
+#[derive(Clone, Debug, Serialize)]
+pub struct TracedFile {
+    /// Milliseconds after the start of the run.
+    pub begun_ms: Millis,
+    pub from_user: usize,
+    pub to_user: usize,
+    pub size: u64,
+    /// How long after its begin it expires, as its upload declares.
+    pub ttl_ms: Millis,
+    /// Begin-to-fetched time; None if the recipient never had all of it.
+    pub fetched_after_ms: Option<Millis>,
 }
 
 /// One message of a traced run: who sent it to whom when, and what became of it.
@@ -486,6 +503,7 @@ impl Sim {
                 distinct_file_sizes: n.observed.blob_sizes.len(),
             })
             .collect();
+        let traced = self.trace.is_some();
         let messages = self
             .trace
             .unwrap_or_default()
@@ -500,12 +518,29 @@ impl Sim {
                 }
             })
             .collect();
+        let files = if traced {
+            self.files
+                .list
+                .iter()
+                .map(|f| TracedFile {
+                    begun_ms: f.begun_at - EPOCH_MS,
+                    from_user: f.from,
+                    to_user: f.to,
+                    size: f.size,
+                    ttl_ms: f.spec.expires_at - f.begun_at,
+                    fetched_after_ms: f.fetched_at.map(|t| t - f.begun_at),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Outcome {
             summary,
             series: self.series,
             operators,
             device_latencies: device_sorted,
             messages,
+            files,
         }
     }
 }

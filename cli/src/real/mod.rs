@@ -24,10 +24,16 @@
 //! `HESTIA_REAL_KEEP=1` keeps the nodes' directories and logs (the path is printed);
 //! `HESTIA_REAL_NODE_LOG` sets the nodes' `RUST_LOG` (default `warn,libp2p=error`).
 //!
-//! Not reproduced (refused with a message): link loss, offline users, regions, bandwidth,
-//! diurnal rates, cover traffic, batching, files, phones and calls. Bounded: at most 50 nodes, 200 users and 300 s.
+//! Files are reproduced too (see [`files`]): each file the model's users began is uploaded,
+//! announced and fetched across the federation at the same times, and the two sides'
+//! begin-to-fetched times are compared as the messages' latencies are.
+//!
+//! Not reproduced (refused with a message): link loss, offline users, regions, link bandwidth,
+//! diurnal rates, cover traffic, batching, phones and calls. Bounded: at most 50 nodes, 200
+//! users, 300 s and [`MAX_REAL_FILES`] files of at most [`MAX_REAL_FILE_MEDIAN`] median.
 
-use crate::demo::listen_addr;
+mod files;
+
 use anyhow::{Context, Result, bail};
 use hestia_node::client::{ClientLibError, Connection};
 use hestia_node::driver::{now_millis, peer_of};
@@ -49,6 +55,14 @@ use tokio::sync::watch;
 pub const MAX_REAL_NODES: usize = 50;
 pub const MAX_REAL_USERS: usize = 200;
 pub const MAX_REAL_SECONDS: f64 = 300.0;
+/// Files the scenario may be expected to begin, and their median size: every chunk is a
+/// synced write on this machine's disk.
+pub const MAX_REAL_FILES: f64 = 500.0;
+pub const MAX_REAL_FILE_MEDIAN: f64 = 8.0 * 1024.0 * 1024.0;
+/// Files are compared with this much horizontal slack instead of `LATENCY_TOLERANCE_MS`: the
+/// model counts no processing time, and a real file costs a synced write per chunk on the
+/// holder and work on both nodes' connections per chunk.
+pub const FILE_LATENCY_TOLERANCE_MS: f64 = 150.0;
 /// Agreement: delivery ratios within this, and the send-to-device latency CDFs within
 /// `LATENCY_TOLERANCE_MS` horizontally and `CDF_TOLERANCE` vertically (see [`cdf_gap`]). The
 /// model counts no processing time and loopback has none of the configured latency, so
@@ -101,6 +115,45 @@ pub struct Comparison {
     pub interrupted: bool,
     /// Seconds of the scenario the real side ran, from the first send to the last.
     pub real_s: f64,
+    /// The files, if the scenario has any.
+    pub files: Option<FileComparison>,
+}
+
+/// One side's files.
+#[derive(Serialize)]
+pub struct FileSide {
+    pub begun: u64,
+    pub fetched: u64,
+    pub fetched_ratio: f64,
+    /// Begin-to-fetched time.
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+}
+
+#[derive(Serialize)]
+pub struct FileComparison {
+    pub real: FileSide,
+    pub model: FileSide,
+    /// How far the begin-to-fetched CDFs are apart, with `latency_tolerance_ms` of slack.
+    pub cdf_gap: f64,
+    pub latency_tolerance_ms: f64,
+    pub agree: bool,
+}
+
+fn file_side(begun: u64, sorted: &[f64]) -> FileSide {
+    FileSide {
+        begun,
+        fetched: sorted.len() as u64,
+        fetched_ratio: if begun == 0 {
+            1.0
+        } else {
+            sorted.len() as f64 / begun as f64
+        },
+        p50_ms: percentile(sorted, 0.5),
+        p90_ms: percentile(sorted, 0.9),
+        p99_ms: percentile(sorted, 0.99),
+    }
 }
 
 fn check(sc: &Scenario) -> Result<()> {
@@ -127,13 +180,24 @@ fn check(sc: &Scenario) -> Result<()> {
              batching delays yet; run those in the model only"
         );
     }
-    if sc.files_per_user_per_hour > 0.0
-        || sc.phone_fraction > 0.0
-        || sc.calls_per_user_per_hour > 0.0
-    {
+    if sc.phone_fraction > 0.0 || sc.calls_per_user_per_hour > 0.0 {
         bail!(
-            "--real does not reproduce files, phones woken by push or calls yet; run those in \
-             the model only"
+            "--real does not reproduce phones woken by push or calls yet; run those in the \
+             model only"
+        );
+    }
+    let users = (sc.nodes * sc.users_per_node) as f64;
+    let expected_files = users * sc.files_per_user_per_hour * sc.duration_s / 3600.0;
+    if expected_files > MAX_REAL_FILES {
+        bail!(
+            "--real sends at most about {MAX_REAL_FILES} files: lower files_per_user_per_hour \
+             (this scenario begins about {expected_files:.0})"
+        );
+    }
+    if sc.files_per_user_per_hour > 0.0 && sc.file_median_bytes > MAX_REAL_FILE_MEDIAN {
+        bail!(
+            "--real sends files of at most {} MiB median: lower file_median_bytes",
+            MAX_REAL_FILE_MEDIAN / 1024.0 / 1024.0
         );
     }
     Ok(())
@@ -353,7 +417,7 @@ struct NodeProc {
     namespace: Option<String>,
     /// Its address with `/p2p/<peer id>`, known once it first listened (fixed across restarts).
     addr: Option<Multiaddr>,
-    child: Option<tokio::process::Child>,
+    child: Option<hestia_tests::Proc>,
 }
 
 struct Fleet {
@@ -365,21 +429,10 @@ struct Fleet {
 impl Fleet {
     async fn spawn(&mut self, i: usize, bootstrap: &[Multiaddr]) -> Result<Multiaddr> {
         let n = &mut self.nodes[i];
-        // A stale record from the previous run must not be read as this run's address.
-        let _ = std::fs::remove_file(n.dir.join("listen.addr"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(n.dir.with_extension("log"))?;
-        let mut cmd = match &n.namespace {
-            Some(ns) => {
-                let mut c = tokio::process::Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(&self.exe);
-                c
-            }
-            None => tokio::process::Command::new(&self.exe),
-        };
-        cmd.args(["node", "run", "--data-dir"])
+        let mut launch = hestia_tests::Launch::new(&self.exe, &n.dir)
+            .log(&n.dir.with_extension("log"))
+            .rust_log(&std::env::var("HESTIA_REAL_NODE_LOG").unwrap_or("warn,libp2p=error".into()))
+            .args(["node", "run", "--data-dir"])
             .arg(&n.dir)
             .args(["--listen", &n.listen.to_string()])
             .args([
@@ -388,51 +441,40 @@ impl Fleet {
                 "--sends-per-second",
                 "100000000",
             ])
-            .env(
-                "RUST_LOG",
-                std::env::var("HESTIA_REAL_NODE_LOG").unwrap_or("warn,libp2p=error".into()),
-            )
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true);
-        // The node dies with this process, even when this process is SIGKILLed and no Drop
-        // runs: a parent-death signal, asked for in the child before exec (`ip netns exec`
-        // execs the node in place, so it carries over). The signal follows the forking thread,
-        // a runtime worker that lives as long as the run. If the parent is already gone, the
-        // child leaves at once.
-        let parent = std::process::id() as libc::pid_t;
-        // SAFETY: between fork and exec only async-signal-safe calls are made (prctl, getppid,
-        // _exit), touching no memory of the parent's.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::getppid() != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
+            // The node dies with this process, even when it is SIGKILLed and no Drop runs. The
+            // signal follows the forking thread: this runs on a runtime worker, which lives as
+            // long as the run.
+            .die_with_this_thread();
+        if let Some(ns) = &n.namespace {
+            launch = launch.in_namespace(ns);
         }
         for b in bootstrap {
-            cmd.args(["--bootstrap", &b.to_string()]);
+            launch = launch.args(["--bootstrap", &b.to_string()]);
         }
-        n.child = Some(cmd.spawn().context("starting a node process")?);
-        let addr = listen_addr(&n.dir).await.with_context(|| {
-            format!(
-                "node {i} did not start; its log: {}",
-                n.dir.with_extension("log").display()
-            )
-        })?;
+        let mut p = launch.spawn().context("starting a node process")?;
+        let deadline = Instant::now() + crate::demo::STEP_TIMEOUT;
+        let addr = loop {
+            match p.listening() {
+                Ok(Some(a)) => break a,
+                Ok(None) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Ok(None) => bail!(
+                    "node {i} did not start listening; its log: {}",
+                    p.log.display()
+                ),
+                Err(e) => bail!("node {i} did not start: {e}"),
+            }
+        };
+        let addr: Multiaddr = addr.parse().context("a node's recorded listen address")?;
+        n.child = Some(p);
         n.addr = Some(addr.clone());
         Ok(addr)
     }
 
     async fn kill(&mut self, i: usize) -> Result<()> {
-        if let Some(mut c) = self.nodes[i].child.take() {
-            c.start_kill()?;
-            c.wait().await?;
+        if let Some(p) = self.nodes[i].child.take() {
+            tokio::task::spawn_blocking(move || p.kill9()).await?;
         }
         Ok(())
     }
@@ -521,11 +563,15 @@ async fn receive(
     key: Arc<IdentityKey>,
     addr: Multiaddr,
     tally: Arc<Tally>,
+    files: Arc<files::Files>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut conn: Option<Connection> = None;
+    let mut fetches = tokio::task::JoinSet::new();
     loop {
         if *stop.borrow() {
+            // Each fetch ends on the same signal.
+            while fetches.join_next().await.is_some() {}
             return;
         }
         let Some(c) = connected(&mut conn, &addr).await else {
@@ -559,6 +605,12 @@ async fn receive(
         }
         let now = Instant::now();
         let ids: Vec<EnvelopeId> = envs.iter().map(|e| e.id).collect();
+        for id in &ids {
+            if let Some(p) = files.take_announcement(id) {
+                let f = files::fetch(files.clone(), p, key.clone(), addr.clone(), stop.clone());
+                fetches.spawn(f);
+            }
+        }
         {
             let mut sent = tally.sent.lock().expect("sent");
             for id in &ids {
@@ -702,6 +754,7 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Option<Compariso
         down: (0..sc.nodes).map(|_| AtomicBool::new(false)).collect(),
         not_sent: AtomicU64::new(0),
     });
+    let file_plan = Arc::new(files::Files::new(model_run.files.clone()));
     // Devices stop before nodes, so no request is cut off by a node shutting down.
     let (stop_devices, devices_stopped) = watch::channel(false);
     let mut receivers = Vec::new();
@@ -717,6 +770,7 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Option<Compariso
             key.clone(),
             addr.clone(),
             tally.clone(),
+            file_plan.clone(),
             devices_stopped.clone(),
         )));
     }
@@ -818,6 +872,35 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Option<Compariso
             Ok::<(), anyhow::Error>(())
         }));
     }
+    // Each file the model's users began, at the same time, from the same user to the same
+    // recipient, with the same size. A file's task ends when it is announced, refused, or the
+    // devices stop.
+    let mut file_tasks = Vec::new();
+    for f in 0..file_plan.plan.len() {
+        let planned = file_plan.plan[f].clone();
+        let (mut stop, files, tally) = (devices_stopped.clone(), file_plan.clone(), tally.clone());
+        let (keys, peers, homes, addrs) =
+            (keys.clone(), peers.clone(), homes.clone(), addrs.clone());
+        let mut frng = rand::rngs::StdRng::seed_from_u64(rng.next_u64());
+        let mut interrupt = interrupt.clone();
+        file_tasks.push(tokio::spawn(async move {
+            let at = start + Duration::from_millis(planned.begun_ms);
+            tokio::select! {
+                _ = tokio::time::sleep_until(at.into()) => {}
+                Ok(_) = interrupt.wait_for(|s| *s) => return Ok(()),
+            }
+            let (u, r) = (planned.from_user, planned.to_user);
+            let route = files::Route {
+                key: &keys[u],
+                home: &addrs[homes[u]],
+                home_node: homes[u],
+                holder_peer: &peers[homes[u]],
+                recipient: &keys[r],
+                recipient_peer: &peers[homes[r]],
+            };
+            files::send(&files, f, route, &tally, &mut frng, &mut stop).await
+        }));
+    }
     for t in send_tasks {
         t.await??;
     }
@@ -828,13 +911,22 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Option<Compariso
         sc.duration_s
     };
     let mut fleet = faults.await??;
-    // Drain: until every message arrived or drain_s passes.
+    // The last message may leave before the sending span ends, and files may still be due in
+    // it: the drain starts when the span does.
+    let sending_ends = start + Duration::from_secs_f64(sc.duration_s);
+    while Instant::now() < sending_ends && !was_interrupted() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Drain: until every message and file arrived or drain_s passes.
     let deadline = Instant::now() + Duration::from_secs_f64(sc.drain_s);
     let undelivered = || {
         let sent = tally.sent.lock().expect("sent");
         sent.values().any(|m| m.latency_ms.is_none())
     };
-    while undelivered() && Instant::now() < deadline && !was_interrupted() {
+    while (undelivered() || !file_plan.all_fetched())
+        && Instant::now() < deadline
+        && !was_interrupted()
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     progress_line.abort();
@@ -842,6 +934,9 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Option<Compariso
     let _ = stop_devices.send(true);
     for r in receivers {
         r.await?;
+    }
+    for t in file_tasks {
+        t.await??;
     }
     for i in 0..fleet.nodes.len() {
         fleet.kill(i).await?;
@@ -899,6 +994,31 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Option<Compariso
     let agree = !interrupted
         && (real.delivery_ratio - model.delivery_ratio).abs() <= RATIO_TOLERANCE
         && gap <= CDF_TOLERANCE;
+    let file_cmp = (!o.files.is_empty()).then(|| {
+        let fates = file_plan.fates.lock().expect("fates");
+        let mut real_after: Vec<f64> = fates.iter().filter_map(|f| f.fetched_after_ms).collect();
+        real_after.sort_by(|a, b| a.total_cmp(b));
+        let begun = fates.iter().filter(|f| f.begun).count() as u64;
+        let mut model_after: Vec<f64> = o
+            .files
+            .iter()
+            .filter_map(|f| f.fetched_after_ms.map(|t| t as f64))
+            .collect();
+        model_after.sort_by(|a, b| a.total_cmp(b));
+        let real = file_side(begun, &real_after);
+        let model = file_side(o.files.len() as u64, &model_after);
+        let gap = cdf_gap(&real_after, &model_after, FILE_LATENCY_TOLERANCE_MS);
+        FileComparison {
+            agree: !interrupted
+                && (real.fetched_ratio - model.fetched_ratio).abs() <= RATIO_TOLERANCE
+                && gap <= CDF_TOLERANCE,
+            real,
+            model,
+            cdf_gap: gap,
+            latency_tolerance_ms: FILE_LATENCY_TOLERANCE_MS,
+        }
+    });
+    let agree = agree && file_cmp.as_ref().is_none_or(|f| f.agree);
     let c = Comparison {
         scenario: sc.name.clone(),
         seed,
@@ -923,6 +1043,7 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Option<Compariso
         agree,
         interrupted,
         real_s,
+        files: file_cmp,
     };
     std::fs::create_dir_all(out)?;
     std::fs::write(
@@ -946,6 +1067,36 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Option<Compariso
         );
     }
     std::fs::write(out.join("real_messages.csv"), csv)?;
+    if !o.files.is_empty() {
+        let mut csv = String::from(
+            "begun_ms,from_user,to_user,from_node,to_node,bytes,real,real_fetched_after_ms,model_fetched_after_ms\n",
+        );
+        let fates = file_plan.fates.lock().expect("fates");
+        for (f, real) in o.files.iter().zip(fates.iter()) {
+            let state = match real {
+                r if !r.begun => "not begun",
+                r if r.refused => "refused",
+                r if r.fetched_after_ms.is_some() => "fetched",
+                r if r.announced => "announced",
+                _ => "uploading",
+            };
+            let model = f
+                .fetched_after_ms
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            csv += &format!(
+                "{},{},{},{},{},{},{state},{},{model}\n",
+                f.begun_ms,
+                f.from_user,
+                f.to_user,
+                homes[f.from_user],
+                homes[f.to_user],
+                f.size,
+                fmt(real.fetched_after_ms),
+            );
+        }
+        std::fs::write(out.join("real_files.csv"), csv)?;
+    }
     std::fs::write(
         out.join("real_vs_model_cdf.csv"),
         cdf_table(&lat, &o.device_latencies),
@@ -1065,6 +1216,21 @@ pub fn report(c: &Comparison, scenario: &Option<PathBuf>, out: &Path) {
         },
         slack = c.latency_tolerance_ms,
     );
+    if let Some(f) = &c.files {
+        println!(
+            "files          begun  fetched  ratio   p50 ms   p90 ms   p99 ms  (begun to fetched)"
+        );
+        for (name, s) in [("real stack", &f.real), ("model", &f.model)] {
+            println!(
+                "{name:<12} {:>7} {:>8} {:>6.3} {:>8.1} {:>8.1} {:>8.1}",
+                s.begun, s.fetched, s.fetched_ratio, s.p50_ms, s.p90_ms, s.p99_ms
+            );
+        }
+        println!(
+            "file CDFs apart by {:.3} (with ±{} ms of slack: the model counts no synced writes)",
+            f.cdf_gap, f.latency_tolerance_ms
+        );
+    }
     println!(
         "results in {} (real.json, real_messages.csv, real_vs_model_cdf.csv, latency_cdf.svg and \
          the model's files)",
