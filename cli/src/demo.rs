@@ -29,7 +29,7 @@ fn step(s: &str) {
 }
 
 /// Waits for a node to record its listen address.
-pub async fn listen_addr(dir: &Path) -> Result<Multiaddr> {
+async fn listen_addr(dir: &Path) -> Result<Multiaddr> {
     let path = dir.join("listen.addr");
     let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
     loop {
@@ -45,7 +45,8 @@ pub async fn listen_addr(dir: &Path) -> Result<Multiaddr> {
     }
 }
 
-/// A node started in this process on loopback (demo, bench, `sim run --real`).
+/// A node started in this process on loopback (the demo, and the relay benchmark, which
+/// measures the relay without process boundaries).
 pub struct LocalNode {
     pub peer: String,
     pub addr: Multiaddr,

@@ -820,7 +820,12 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Option<Compariso
         schedules[m.from_user].push(i);
     }
     let plan = Arc::new(model_run.messages.clone());
-    let progress_line = tokio::spawn(progress(start, sc.duration_s, tally.clone()));
+    let progress_line = tokio::spawn(progress(
+        start,
+        sc.duration_s,
+        tally.clone(),
+        file_plan.clone(),
+    ));
     let mut send_tasks = Vec::new();
     for ((u, conn), schedule) in senders.into_iter().enumerate().zip(schedules) {
         let mut stop = interrupt.clone();
@@ -1138,8 +1143,8 @@ fn remove_stale_dirs() {
 }
 
 /// A progress line on standard error, once a second: time, messages the nodes took and
-/// delivered, nodes down.
-async fn progress(start: Instant, duration_s: f64, tally: Arc<Tally>) {
+/// delivered, files begun and fetched (if any), nodes down.
+async fn progress(start: Instant, duration_s: f64, tally: Arc<Tally>, files: Arc<files::Files>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
@@ -1154,6 +1159,17 @@ async fn progress(start: Instant, duration_s: f64, tally: Arc<Tally>) {
             .iter()
             .filter(|d| d.load(Ordering::Relaxed))
             .count();
+        let file_part = if files.plan.is_empty() {
+            String::new()
+        } else {
+            let fates = files.fates.lock().expect("fates");
+            let begun = fates.iter().filter(|f| f.begun).count();
+            let fetched = fates
+                .iter()
+                .filter(|f| f.fetched_after_ms.is_some())
+                .count();
+            format!("  files {fetched}/{begun} fetched")
+        };
         let done = ((t / duration_s.max(1.0)) * 30.0).clamp(0.0, 30.0) as usize;
         let phase = if t < duration_s {
             format!("{t:>5.0}/{duration_s:.0} s sending")
@@ -1161,7 +1177,7 @@ async fn progress(start: Instant, duration_s: f64, tally: Arc<Tally>) {
             "draining".to_string()
         };
         eprint!(
-            "\r[{}{}] real stack: {phase}  taken {sent}  delivered {delivered}  nodes down {down} ",
+            "\r[{}{}] real stack: {phase}  taken {sent}  delivered {delivered}{file_part}  nodes down {down} ",
             "#".repeat(done),
             ".".repeat(30 - done)
         );

@@ -71,19 +71,15 @@ pub struct Limits {
     pub max_ttl_ms: Millis,
 }
 
+/// The rates metered, and one remote node's share of the stored mail; the storage bounds are
+/// [`Limits::UNLIMITED`]'s.
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             send: SendLimit::default(),
             fed: FED_LIMIT,
             stored_per_node: MAX_STORED_BYTES_PER_NODE,
-            max_blob_bytes: MAX_BLOB_BYTES,
-            blob_quota: BLOB_QUOTA_PER_USER,
-            blob_total: MAX_BLOB_STORED_BYTES,
-            mailbox_envelopes: MAX_MAILBOX_ENVELOPES,
-            mailbox_bytes: MAX_MAILBOX_BYTES,
-            max_envelope_bytes: hestia_protocol::envelope::MAX_BODY_BYTES,
-            max_ttl_ms: hestia_protocol::envelope::MAX_TTL_MS,
+            ..Limits::UNLIMITED
         }
     }
 }
