@@ -125,7 +125,7 @@ fn microphone(device: Option<&str>) -> Result<Box<dyn AudioSource>> {
 #[cfg(not(feature = "mic"))]
 fn microphone(_: Option<&str>) -> Result<Box<dyn AudioSource>> {
     bail!(
-        "--audio mic needs a build with the mic feature (cargo build --features mic); use tone:HZ or a WAV file"
+        "--audio mic needs a build with the mic feature (cargo build -p hestia-cli --features mic); use tone:HZ or a WAV file"
     )
 }
 
@@ -138,7 +138,7 @@ fn speaker(device: &str) -> Result<Box<dyn AudioSink>> {
 #[cfg(not(feature = "mic"))]
 fn speaker(_: &str) -> Result<Box<dyn AudioSink>> {
     bail!(
-        "--speaker needs a build with the mic feature (cargo build --features mic); use --record FILE.wav"
+        "--speaker needs a build with the mic feature (cargo build -p hestia-cli --features mic); use --record FILE.wav"
     )
 }
 

@@ -1248,9 +1248,14 @@ pub fn report(c: &Comparison, scenario: &Option<PathBuf>, out: &Path) {
         );
     }
     println!(
-        "results in {} (real.json, real_messages.csv, real_vs_model_cdf.csv, latency_cdf.svg and \
-         the model's files)",
-        out.display()
+        "results in {} (real.json, real_messages.csv, {}real_vs_model_cdf.csv, latency_cdf.svg \
+         and the model's files)",
+        out.display(),
+        if c.files.is_some() {
+            "real_files.csv, "
+        } else {
+            ""
+        }
     );
     let file = scenario
         .as_ref()
