@@ -919,8 +919,10 @@ pub async fn run(sc: Scenario, seed: u64, out: &Path) -> Result<Option<Compariso
     // The last message may leave before the sending span ends, and files may still be due in
     // it: the drain starts when the span does.
     let sending_ends = start + Duration::from_secs_f64(sc.duration_s);
-    while Instant::now() < sending_ends && !was_interrupted() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut stop = interrupt.clone();
+    tokio::select! {
+        _ = tokio::time::sleep_until(sending_ends.into()) => {}
+        Ok(_) = stop.wait_for(|s| *s) => {}
     }
     // Drain: until every message and file arrived or drain_s passes.
     let deadline = Instant::now() + Duration::from_secs_f64(sc.drain_s);
