@@ -22,7 +22,8 @@ pub enum SimCmd {
     /// device_bandwidth_mbps; push: phone_fraction, push_latency_ms [min, max], wake_window_s,
     /// push_max_delay_ms; calls: calls_per_user_per_hour, call_answer_probability,
     /// call_answer_mean_s, call_mean_s; and the faults [[crashes]] (node, at_s, down_s,
-    /// disk_loss) and [[partitions]] (start_s, end_s, split).
+    /// disk_loss) and [[partitions]] (start_s, end_s, split); the engine: shards (the run's
+    /// parts, run on every core; results depend on them, not on the threads).
     /// docs/simulations.md explains each; simulations/scenarios/ holds examples.
     Run {
         /// Scenario file (TOML); see simulations/scenarios/.
@@ -38,6 +39,10 @@ pub enum SimCmd {
         /// scenarios only; partitions need root (one network namespace per node).
         #[arg(long)]
         real: bool,
+        /// Threads for the model (default: one per core). The results are the same for any
+        /// number; the scenario's `shards` is how many can work at once.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+        threads: Option<u16>,
     },
     /// Run a scenario once as given and once per privacy knob changed alone (cover traffic at
     /// 1, 10 and 100 dummies per message, a 10 s batching delay, padding flipped), on the same
@@ -63,12 +68,14 @@ pub async fn run(cmd: SimCmd) -> Result<()> {
             seed,
             out,
             real: false,
-        } => simulate(scenario, seed, &out),
+            threads,
+        } => simulate(scenario, seed, &out, threads.map(usize::from)),
         SimCmd::Run {
             scenario,
             seed,
             out,
             real: true,
+            ..
         } => {
             let sc = load_scenario(&scenario)?;
             match real::run(sc, seed, &out).await? {
@@ -151,7 +158,12 @@ fn sim_knobs(scenario: Option<PathBuf>, seed: u64, out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn simulate(scenario: Option<PathBuf>, seed: u64, out: &Path) -> Result<()> {
+fn simulate(
+    scenario: Option<PathBuf>,
+    seed: u64,
+    out: &Path,
+    threads: Option<usize>,
+) -> Result<()> {
     use hestia_simulations as sims;
     let sc = load_scenario(&scenario)?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -162,7 +174,11 @@ fn simulate(scenario: Option<PathBuf>, seed: u64, out: &Path) -> Result<()> {
         }
     });
     let start = std::time::Instant::now();
-    let sim = sims::Sim::new(sc, seed);
+    let mut sim = sims::Sim::new(sc, seed);
+    if let Some(n) = threads {
+        sim = sim.threads(n);
+    }
+    let (shards, threads) = (sim.shards(), sim.thread_count());
     let horizon = sim.horizon_s().max(1.0);
     let o = sim.run(|t, events| {
         let rate = events as f64 / start.elapsed().as_secs_f64().max(1e-9);
@@ -212,7 +228,7 @@ fn simulate(scenario: Option<PathBuf>, seed: u64, out: &Path) -> Result<()> {
         println!("{line}");
     }
     println!(
-        "{} events in {wall:.2} s wall ({:.0} events/s); results in {}",
+        "{} events in {wall:.2} s wall ({:.0} events/s; {shards} shards on {threads} threads); results in {}",
         s.events,
         s.events as f64 / wall,
         out.display()

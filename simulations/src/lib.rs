@@ -351,6 +351,64 @@ mod tests {
         );
     }
 
+    /// The parallel engine: the same bytes on one thread or several, with every kind of traffic
+    /// and fault crossing between shards (files fetched across them, calls between them,
+    /// phones woken, a crash with its disk, a partition).
+    #[test]
+    fn shards_give_the_same_bytes_on_any_number_of_threads() {
+        let sc = Scenario {
+            shards: 4,
+            files_per_user_per_hour: 3.0,
+            file_median_bytes: 200_000.0,
+            phone_fraction: 0.5,
+            calls_per_user_per_hour: 2.0,
+            online_fraction: 0.7,
+            session_mean_s: 120.0,
+            ..small()
+        };
+        let results = |threads: usize| {
+            let dir = tempfile::tempdir().unwrap();
+            let o = Sim::new(sc.clone(), 5)
+                .threads(threads)
+                .traced()
+                .run(|_, _| true);
+            write_results(dir.path(), &o).unwrap();
+            let files: Vec<Vec<u8>> = ["summary.json", "timeseries.csv", "operators.csv"]
+                .iter()
+                .map(|f| std::fs::read(dir.path().join(f)).unwrap())
+                .collect();
+            let traced: Vec<_> = o
+                .messages
+                .iter()
+                .map(|m| (m.sent_ms, m.from_user, m.to_user, m.latency_ms))
+                .collect();
+            (files, traced, o.summary)
+        };
+        let (one, traced, s) = results(1);
+        let f = &s.files;
+        assert!(f.fetched > 3 && f.chunk_bytes_between_nodes > 0, "{f:?}");
+        assert!(s.calls.connected > 0 && s.push.wake_ups_sent > 0, "{s:?}");
+        assert!(
+            s.undelivered_lost_with_disk > 0 || s.delivery_ratio > 0.9,
+            "{s:?}"
+        );
+        assert!(
+            traced.windows(2).all(|w| w[0].0 <= w[1].0),
+            "in sending order"
+        );
+        for threads in [2, 3, 4] {
+            let (other, other_traced, _) = results(threads);
+            assert_eq!(traced, other_traced, "{threads} threads");
+            for (a, b) in one.iter().zip(&other) {
+                assert_eq!(
+                    String::from_utf8_lossy(a),
+                    String::from_utf8_lossy(b),
+                    "{threads} threads"
+                );
+            }
+        }
+    }
+
     #[test]
     fn bad_scenarios_are_refused_with_a_reason() {
         assert!(Scenario::from_toml("nodes = 0").is_err());
@@ -393,6 +451,10 @@ mod tests {
             "messages_per_user_per_hour",
         );
         refused("ttl_s = nan", "ttl_s");
+        refused("nodes = 4\nshards = 0", "shards");
+        refused("nodes = 4\nshards = 5", "shards must be 1..=4");
+        refused("shards = 2\nlink_latency_ms = [0, 5]", "shards > 1");
+        assert!(Scenario::from_toml("nodes = 4\nshards = 4").is_ok());
         // A file that names only its size inherits no faults and no name.
         let sc = Scenario::from_toml("nodes = 10").unwrap();
         assert!(sc.crashes.is_empty() && sc.partitions.is_empty(), "{sc:?}");

@@ -48,9 +48,13 @@ pub(super) struct Call {
     pub(super) seen_late: bool,
 }
 
+/// The calls this shard's users placed or were offered. A call between users of two shards has
+/// a record in each, each side filling in its own fields; the results merge the two.
 #[derive(Default)]
 pub(super) struct Calls {
-    pub(super) list: Vec<Call>,
+    pub(super) list: IdMap<Call>,
+    /// How many calls this shard's users placed.
+    made: usize,
     /// Sealed-sender bytes of each kind of signal (measured from the real types once).
     sizes: Option<[usize; 5]>,
 }
@@ -81,7 +85,7 @@ fn signal_sizes() -> [usize; 5] {
     ]
 }
 
-impl Sim {
+impl Shard {
     /// Time to a user's next call, if the scenario has calls.
     pub(super) fn call_gap(&mut self) -> Option<Millis> {
         let rate = self.sc.calls_per_user_per_hour;
@@ -106,8 +110,8 @@ impl Sim {
             self.schedule(self.now + next, Ev::ComposeCall(u));
         }
         let callee = pick(
-            &self.recipient_weights,
-            self.devices.len(),
+            &self.w.recipient_weights,
+            self.w.homes.len(),
             u,
             &mut self.calls_rng,
         );
@@ -115,30 +119,74 @@ impl Sim {
         if !d.online || d.in_call.is_some() || callee == u || self.nodes[d.node].core.is_none() {
             return;
         }
-        let c = self.calls.list.len();
-        self.calls.list.push(Call {
-            caller: u,
-            callee,
-            placed_at: self.now,
-            rang_at: None,
-            answered_at: None,
-            connected_at: None,
-            answer_heard: false,
-            busy: false,
-            callee_slept: self.devices[callee].phone && !self.connected(callee),
-            seen_late: false,
-        });
+        let c = self.number(self.calls.made);
+        self.calls.made += 1;
+        self.calls.list.0.insert(
+            c,
+            Call {
+                caller: u,
+                callee,
+                placed_at: self.now,
+                rang_at: None,
+                answered_at: None,
+                connected_at: None,
+                answer_heard: false,
+                busy: false,
+                // Known where the offer is recorded (`offer_recorded`).
+                callee_slept: false,
+                seen_late: false,
+            },
+        );
         self.devices[u].in_call = Some(c);
         self.signal(c, u, callee, Signal::Offer);
         self.schedule(self.now + MAX_OFFER_AGE_MS, Ev::RingTimeout(c));
     }
 
+    /// The offer of call `c` from `caller` was sent to `callee`, one of this shard's users: the
+    /// callee's side of the call begins (if the caller is another shard's), with whether the
+    /// callee's device was a sleeping phone then.
+    pub(super) fn offer_recorded(&mut self, c: usize, caller: usize, callee: usize, at: Millis) {
+        let slept = self.w.phones[callee] && !self.connected(callee);
+        if let Some(call) = self.calls.list.0.get_mut(&c) {
+            call.callee_slept = slept;
+            return;
+        }
+        self.calls.list.0.insert(
+            c,
+            Call {
+                caller,
+                callee,
+                placed_at: at,
+                rang_at: None,
+                answered_at: None,
+                connected_at: None,
+                answer_heard: false,
+                busy: false,
+                callee_slept: slept,
+                seen_late: false,
+            },
+        );
+        // The caller's ring timeout is in its own shard; this is the callee's.
+        self.schedule(at + MAX_OFFER_AGE_MS, Ev::RingTimeout(c));
+    }
+
+    /// Merges the other side's record of a call into this one (for the results).
+    pub(super) fn merge_call(into: &mut Call, other: Call) {
+        into.rang_at = into.rang_at.or(other.rang_at);
+        into.answered_at = into.answered_at.or(other.answered_at);
+        into.connected_at = into.connected_at.or(other.connected_at);
+        into.answer_heard |= other.answer_heard;
+        into.busy |= other.busy;
+        into.callee_slept |= other.callee_slept;
+        into.seen_late |= other.seen_late;
+    }
+
     /// Device `u` received a signal of call `c`.
     pub(super) fn call_signal(&mut self, u: usize, c: usize, signal: Signal) {
-        let (caller, callee, placed_at) = {
-            let call = &self.calls.list[c];
-            (call.caller, call.callee, call.placed_at)
+        let Some(call) = self.calls.list.0.get(&c) else {
+            return;
         };
+        let (caller, callee, placed_at) = (call.caller, call.callee, call.placed_at);
         match signal {
             Signal::Offer if u == callee => {
                 if self.now >= placed_at + MAX_OFFER_AGE_MS {
@@ -167,7 +215,13 @@ impl Sim {
             {
                 self.calls.list[c].connected_at = Some(self.now);
                 let length = exp_from(&mut self.calls_rng, self.sc.call_mean_s * 1000.0);
-                self.schedule(self.now + length, Ev::CallEnd(c));
+                // The caller hangs up: in its shard, no sooner than the lookahead allows.
+                let at = if self.devices.holds(caller) {
+                    self.now + length
+                } else {
+                    self.now + length.max(self.w.lookahead)
+                };
+                self.schedule_at_node(self.w.homes[caller], at, Ev::CallEnd(c));
             }
             Signal::Busy if u == caller => self.leave_call(u, c),
             Signal::Hangup if u == callee => self.leave_call(u, c),
@@ -188,29 +242,30 @@ impl Sim {
         self.signal(c, callee, caller, Signal::Candidates);
     }
 
-    /// The caller hangs up a call that was connected.
+    /// The caller hangs up a call that was connected (the callee leaves when the hang-up
+    /// reaches it: a device in a call stays connected).
     pub(super) fn call_end(&mut self, c: usize) {
         let (caller, callee) = (self.calls.list[c].caller, self.calls.list[c].callee);
         if self.devices[caller].in_call == Some(c) {
             self.signal(c, caller, callee, Signal::Hangup);
             self.leave_call(caller, c);
         }
-        // The callee leaves when the hang-up reaches it, or now if its device went away.
-        if !self.connected(callee) {
-            self.leave_call(callee, c);
-        }
     }
 
     /// Sixty seconds after the offer: an unanswered caller stops ringing (and says so), and
     /// a callee still ringing stops too.
+    /// Each side in its own shard (one event does both when they share one).
     pub(super) fn ring_timeout(&mut self, c: usize) {
         let call = &self.calls.list[c];
         let (caller, callee, heard) = (call.caller, call.callee, call.answer_heard);
-        if !heard && self.devices[caller].in_call == Some(c) {
+        if self.devices.holds(caller) && !heard && self.devices[caller].in_call == Some(c) {
             self.signal(c, caller, callee, Signal::Hangup);
             self.leave_call(caller, c);
         }
-        if self.calls.list[c].answered_at.is_none() && self.devices[callee].in_call == Some(c) {
+        if self.devices.holds(callee)
+            && self.calls.list[c].answered_at.is_none()
+            && self.devices[callee].in_call == Some(c)
+        {
             self.leave_call(callee, c);
         }
     }

@@ -5,7 +5,7 @@
 
 use super::*;
 
-impl Sim {
+impl Shard {
     /// Whether a device holds a connection to its home node: the person is using it, a wake-up
     /// woke it, or it is in a call.
     pub(super) fn connected(&self, u: usize) -> bool {

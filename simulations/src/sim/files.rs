@@ -68,8 +68,13 @@ pub(super) struct File {
 }
 
 pub(super) struct Files {
-    pub(super) list: Vec<File>,
-    by_blob: FxMap<BlobId, usize>,
+    /// The files this shard's devices upload, download or have done with, by number.
+    pub(super) list: IdMap<File>,
+    /// How many files this shard's users began.
+    made: usize,
+    /// Of each file this shard's nodes hold: the uploader and the sealed size (what the holding
+    /// node's operator sees of it).
+    held: FxMap<BlobId, (usize, u64)>,
     /// Uploads and downloads going on (announced files are counted as messages).
     pub(super) active: usize,
     /// Chunk bytes devices sent to their nodes, nodes sent each other, and nodes sent devices.
@@ -100,8 +105,9 @@ impl Files {
             expires_at: EPOCH_MS,
         };
         Files {
-            list: Vec::new(),
-            by_blob: FxMap::default(),
+            list: IdMap::default(),
+            made: 0,
+            held: FxMap::default(),
             active: 0,
             bytes_up: 0,
             bytes_fed: 0,
@@ -115,7 +121,8 @@ impl Files {
     /// File `f`, if an answer of request generation `generation` still counts for it in
     /// `state`; that request is then no longer out.
     fn answered(&mut self, f: usize, generation: u32, state: FileState) -> Option<&mut File> {
-        let file = &mut self.list[f];
+        // A file that went with its announcement to another shard answers nothing here.
+        let file = self.list.0.get_mut(&f)?;
         if file.generation != generation || file.state != state {
             return None;
         }
@@ -124,7 +131,7 @@ impl Files {
     }
 }
 
-impl Sim {
+impl Shard {
     /// Time to a user's next file, if the scenario has files.
     pub(super) fn file_gap(&mut self) -> Option<Millis> {
         let rate = self.sc.files_per_user_per_hour;
@@ -149,8 +156,8 @@ impl Sim {
         // Drawn whether or not it is sent, so the stream does not depend on who is online.
         let size = self.file_size();
         let to = pick(
-            &self.recipient_weights,
-            self.devices.len(),
+            &self.w.recipient_weights,
+            self.w.homes.len(),
             u,
             &mut self.files_rng,
         );
@@ -164,27 +171,33 @@ impl Sim {
         let cap = Capability(cap);
         let expires_at = self.now + ms(self.sc.file_ttl_s);
         let spec = BlobSpec::of_file(size, cap_hash(&cap), expires_at);
-        let f = self.files.list.len();
-        self.files.by_blob.insert(BlobId(blob), f);
-        self.files.list.push(File {
-            from: u,
-            to,
-            holder: home,
-            blob: BlobId(blob),
-            cap,
-            spec,
-            size,
-            begun_at: self.now,
-            uploaded_at: None,
-            fetched_at: None,
-            state: FileState::Uploading,
-            todo: Vec::new(),
-            have: Vec::new(),
-            got: 0,
-            out: 0,
-            generation: 0,
-            retry_due: false,
-        });
+        let f = self.number(self.files.made);
+        self.files.made += 1;
+        self.files
+            .held
+            .insert(BlobId(blob), (u, spec.total_bytes()));
+        self.files.list.0.insert(
+            f,
+            File {
+                from: u,
+                to,
+                holder: home,
+                blob: BlobId(blob),
+                cap,
+                spec,
+                size,
+                begun_at: self.now,
+                uploaded_at: None,
+                fetched_at: None,
+                state: FileState::Uploading,
+                todo: Vec::new(),
+                have: Vec::new(),
+                got: 0,
+                out: 0,
+                generation: 0,
+                retry_due: false,
+            },
+        );
         self.files.active += 1;
         self.devices[u].files.push(f);
         self.begin_upload(f);
@@ -237,7 +250,7 @@ impl Sim {
                 self.client_request(u, Kind::BlobPut(f, index, generation), op);
             } else {
                 let op = ClientOp::BlobGet {
-                    node: self.nodes[file.holder].id.clone(),
+                    node: self.w.node_ids[file.holder].clone(),
                     blob,
                     index,
                     cap,
@@ -289,7 +302,10 @@ impl Sim {
     }
 
     pub(super) fn file_retry(&mut self, f: usize) {
-        self.files.list[f].retry_due = false;
+        let Some(file) = self.files.list.0.get_mut(&f) else {
+            return; // gone with its announcement to the recipient's shard
+        };
+        file.retry_due = false;
         let file = &self.files.list[f];
         if file.state == FileState::Uploading && file.out == 0 && file.todo.is_empty() {
             self.begin_upload(f);
@@ -313,7 +329,9 @@ impl Sim {
     }
 
     pub(super) fn file_begun(&mut self, f: usize, generation: u32, resp: ClientResponse) {
-        let file = &mut self.files.list[f];
+        let Some(file) = self.files.list.0.get_mut(&f) else {
+            return; // gone with its announcement to the recipient's shard
+        };
         if file.generation != generation || file.state != FileState::Uploading {
             return;
         }
@@ -377,7 +395,9 @@ impl Sim {
 
     /// The recipient's device has the announcement: it starts fetching, unless it is too late.
     pub(super) fn file_announced(&mut self, u: usize, f: usize) {
-        let file = &mut self.files.list[f];
+        let Some(file) = self.files.list.0.get_mut(&f) else {
+            return;
+        };
         if file.state != FileState::Announced || file.to != u {
             return;
         }
@@ -416,7 +436,7 @@ impl Sim {
                 let (u, op) = (
                     file.to,
                     ClientOp::BlobDone {
-                        node: self.nodes[file.holder].id.clone(),
+                        node: self.w.node_ids[file.holder].clone(),
                         blob: file.blob,
                         cap: file.cap.clone(),
                     },
@@ -436,22 +456,20 @@ impl Sim {
     /// The holding node `n` serves its own user `u` a chunk: its operator links uploader and
     /// recipient outright.
     pub(super) fn fetched_locally(&mut self, n: usize, u: usize, blob: &BlobId) {
-        if let Some(&f) = self.files.by_blob.get(blob) {
-            let file = &self.files.list[f];
+        if let Some(&(from, bytes)) = self.files.held.get(blob) {
             let seen = &mut self.nodes[n].observed;
-            seen.file_local_fetchers.insert((file.from, u));
-            seen.blob_sizes.insert(file.spec.total_bytes());
+            seen.file_local_fetchers.insert((from, u));
+            seen.blob_sizes.insert(bytes);
         }
     }
 
     /// The holding node `holder` answers a chunk request from node `from`: what its operator
     /// learns is which node fetched which of its users' files, and the sealed size.
     pub(super) fn fetched_by_node(&mut self, holder: usize, from: usize, blob: &BlobId) {
-        if let Some(&f) = self.files.by_blob.get(blob) {
-            let file = &self.files.list[f];
+        if let Some(&(uploader, bytes)) = self.files.held.get(blob) {
             let seen = &mut self.nodes[holder].observed;
-            seen.file_fetching_nodes.insert((file.from, from));
-            seen.blob_sizes.insert(file.spec.total_bytes());
+            seen.file_fetching_nodes.insert((uploader, from));
+            seen.blob_sizes.insert(bytes);
         }
     }
 }

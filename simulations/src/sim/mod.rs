@@ -15,11 +15,13 @@
 
 mod calls;
 mod devices;
+mod engine;
 mod files;
 mod push;
 mod queue;
 mod results;
 
+pub use engine::Sim;
 pub use results::{
     CallFigures, FileFigures, OperatorView, Outcome, Percentiles, PushFigures, Sample, Summary,
     TracedFile, TracedMessage, feature_lines,
@@ -235,7 +237,6 @@ enum Ev {
         user: usize,
         register: bool,
     },
-    Sample,
 }
 
 struct Node {
@@ -334,11 +335,62 @@ fn exp_from(rng: &mut rand::rngs::StdRng, mean_ms: f64) -> Millis {
     (-u.ln() * mean_ms).max(1.0) as Millis
 }
 
-pub struct Sim {
+/// What every shard reads and none changes: who is homed where, keys, node ids.
+struct World {
+    pub(super) node_ids: Vec<String>,
+    /// Each user's home node, whether their device is a phone, their user id.
+    pub(super) homes: Vec<usize>,
+    pub(super) phones: Vec<bool>,
+    pub(super) user_ids: Vec<UserId>,
+    pub(super) by_key: FxMap<UserId, usize>,
+    pub(super) recipient_weights: Vec<f64>,
+    /// Which shard simulates each node (shards own contiguous ranges of nodes, and so of users).
+    pub(super) shard_of_node: Vec<u32>,
+    /// Bytes a session message adds to its text inside the sealed box (measured once from the
+    /// real types).
+    pub(super) session_overhead: usize,
+    /// The shortest time anything takes from one node to another: what a shard may run ahead of
+    /// the others without missing an event from them ([`engine`]).
+    pub(super) lookahead: Millis,
+}
+
+impl World {
+    pub(super) fn shard_of_user(&self, u: usize) -> usize {
+        self.shard_of_node[self.homes[u]] as usize
+    }
+}
+
+/// What one shard hands another at the end of a window ([`engine`]): an event at one of its
+/// nodes (at least the lookahead later than now), the record of a message sent to one of its
+/// users (with the file or call it carries), or an envelope lost with a sender node's disk.
+enum Cross {
+    Event(Millis, Ev),
+    Record(Box<Record>),
+    Lost(EnvelopeId),
+}
+
+/// A message sent, for the shard of its recipient.
+struct Record {
+    id: EnvelopeId,
+    from: usize,
+    to: usize,
+    msg: Msg,
+    file: Option<files::File>,
+}
+
+/// One shard of the simulation: a contiguous range of nodes and the users homed on them, with
+/// their own event queue and random streams. Shards exchange only [`Cross`] items, at the ends of
+/// windows no longer than the lookahead, so a run's outputs depend on the number of shards (a
+/// scenario setting) but not on how many threads run them.
+struct Shard {
     sc: Scenario,
     seed: u64,
+    w: std::sync::Arc<World>,
+    /// This shard's index, and how many there are.
+    index: usize,
+    shards: usize,
     /// Everything the network and the privacy knobs draw: link latencies and losses, ids, cover
-    /// traffic, batching delays, the cores' seeds and the users' keys.
+    /// traffic, batching delays, the cores' seeds after a restart.
     rng: rand::rngs::StdRng,
     /// What the people do, drawn from a stream of its own (common random numbers): when each
     /// user is online, when they write, to whom and how much. A knob that draws more or fewer
@@ -355,19 +407,18 @@ pub struct Sim {
     now: Millis,
     seq: u64,
     queue: EventQueue,
-    nodes: Vec<Node>,
-    devices: Vec<Device>,
-    by_key: FxMap<UserId, usize>,
-    /// Every message sent. Results are built from counts and sorted latencies, never from this
-    /// map's iteration order.
+    nodes: Slab<Node>,
+    devices: Slab<Device>,
+    /// Every message sent to this shard's users. Results are built from counts and sorted
+    /// latencies, never from this map's iteration order.
     msgs: FxMap<EnvelopeId, Msg>,
-    recipient_weights: Vec<f64>,
+    /// Messages this shard's users sent.
+    sent: u64,
+    /// What this shard hands the others at the end of the window, with the shard each is for.
+    outbox: Vec<(usize, Cross)>,
     events: u64,
     not_sent: u64,
     cover_sent: u64,
-    /// Bytes a session message adds to its text inside the sealed box (measured once from the
-    /// real types).
-    session_overhead: usize,
     bytes_client: u64,
     bytes_fed_req: u64,
     bytes_fed_resp: u64,
@@ -380,60 +431,133 @@ pub struct Sim {
     /// For each partition, a time by which every connection across it gets through again (see
     /// [`tcp_release`]): after that the partition delays nothing.
     partition_release: Vec<Millis>,
-    /// (sender, recipient, envelope id) of every message, in sending order, if traced.
-    trace: Option<Vec<(usize, usize, EnvelopeId)>>,
+    /// (sent at, sender, recipient, envelope id) of every message, in sending order, if traced.
+    trace: Option<Vec<(Millis, usize, usize, EnvelopeId)>>,
     /// Messages that reached a node / a device / were lost with a disk (and not delivered).
     count_node: u64,
     count_device: u64,
     count_lost: u64,
     count_refused: u64,
     series: Vec<Sample>,
-    end: Millis,
     interrupted: bool,
+}
+
+/// A contiguous range of nodes or users, indexed by their global numbers.
+struct Slab<T> {
+    base: usize,
+    items: Vec<T>,
+}
+
+impl<T> Slab<T> {
+    fn new(base: usize, items: Vec<T>) -> Slab<T> {
+        Slab { base, items }
+    }
+    pub(super) fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.items.iter()
+    }
+    pub(super) fn len(&self) -> usize {
+        self.items.len()
+    }
+    /// Whether global number `i` is in this range.
+    fn holds(&self, i: usize) -> bool {
+        i >= self.base && i < self.base + self.items.len()
+    }
+}
+
+impl<T> std::ops::Index<usize> for Slab<T> {
+    type Output = T;
+    fn index(&self, i: usize) -> &T {
+        debug_assert!(self.holds(i), "{i} is not in this shard");
+        &self.items[i - self.base]
+    }
+}
+
+impl<T> std::ops::IndexMut<usize> for Slab<T> {
+    fn index_mut(&mut self, i: usize) -> &mut T {
+        debug_assert!(self.holds(i), "{i} is not in this shard");
+        &mut self.items[i - self.base]
+    }
+}
+
+/// Files and calls by their run-wide numbers (`local count × shards + shard`, so numbers do not
+/// depend on the order shards run in).
+struct IdMap<T>(FxMap<usize, T>);
+
+impl<T> Default for IdMap<T> {
+    fn default() -> Self {
+        IdMap(FxMap::default())
+    }
+}
+
+impl<T> IdMap<T> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = &T> {
+        self.0.values()
+    }
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
+    /// Values in the order of their numbers.
+    pub(super) fn sorted(&self) -> Vec<&T> {
+        let mut v: Vec<(&usize, &T)> = self.0.iter().collect();
+        v.sort_unstable_by_key(|(k, _)| **k);
+        v.into_iter().map(|(_, t)| t).collect()
+    }
+}
+
+impl<T> std::ops::Index<usize> for IdMap<T> {
+    type Output = T;
+    fn index(&self, i: usize) -> &T {
+        &self.0[&i]
+    }
+}
+
+impl<T> std::ops::IndexMut<usize> for IdMap<T> {
+    fn index_mut(&mut self, i: usize) -> &mut T {
+        self.0.get_mut(&i).expect("a known number")
+    }
 }
 
 fn ms(s: f64) -> Millis {
     (s * 1000.0).max(0.0) as Millis
 }
 
-impl Sim {
-    /// Keeps every message's sender, recipient, time and fate for [`Outcome::messages`].
-    pub fn traced(mut self) -> Sim {
-        self.trace = Some(Vec::new());
-        self
-    }
+/// A shard's random streams.
+struct Streams {
+    rng: rand::rngs::StdRng,
+    workload: rand::rngs::StdRng,
+    files: rand::rngs::StdRng,
+    calls: rand::rngs::StdRng,
+}
 
-    pub fn new(sc: Scenario, seed: u64) -> Sim {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let nodes: Vec<Node> = (0..sc.nodes)
-            .map(|i| Node {
-                id: node_id(i),
-                core: None,
-                store: MemNodeStore::without_chunk_bytes(),
-                timer_at: None,
-                next_token: 0,
-                client_tokens: FxMap::default(),
-                fed_tokens: FxMap::default(),
-                pending: BTreeSet::new(),
-                observed: Observed::default(),
-                users: Vec::new(),
-            })
-            .collect();
-        let mut sim = Sim {
-            end: EPOCH_MS + ms(sc.duration_s + sc.drain_s),
+impl Shard {
+    /// Shard `index` of `shards`, simulating `nodes` (numbered from `node_base`) and `devices`
+    /// (from `user_base`).
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        sc: Scenario,
+        seed: u64,
+        w: std::sync::Arc<World>,
+        (index, shards): (usize, usize),
+        streams: Streams,
+        (node_base, nodes): (usize, Vec<Node>),
+        (user_base, devices): (usize, Vec<Device>),
+    ) -> Shard {
+        Shard {
             seed,
+            w,
+            index,
+            shards,
             now: EPOCH_MS,
             seq: 0,
             queue: EventQueue::default(),
-            nodes,
-            devices: Vec::new(),
-            by_key: FxMap::default(),
+            nodes: Slab::new(node_base, nodes),
+            devices: Slab::new(user_base, devices),
             msgs: FxMap::default(),
-            recipient_weights: Vec::new(),
+            sent: 0,
+            outbox: Vec::new(),
             events: 0,
             not_sent: 0,
             cover_sent: 0,
-            session_overhead: session_overhead(),
             bytes_client: 0,
             bytes_fed_req: 0,
             bytes_fed_resp: 0,
@@ -457,130 +581,59 @@ impl Sim {
             count_refused: 0,
             series: Vec::new(),
             interrupted: false,
-            rng: rand::rngs::StdRng::seed_from_u64(0),
-            workload: rand::rngs::StdRng::seed_from_u64(seed ^ WORKLOAD_STREAM),
-            files_rng: rand::rngs::StdRng::seed_from_u64(seed ^ FILES_STREAM),
-            calls_rng: rand::rngs::StdRng::seed_from_u64(seed ^ CALLS_STREAM),
+            rng: streams.rng,
+            workload: streams.workload,
+            files_rng: streams.files,
+            calls_rng: streams.calls,
             files: files::Files::new(),
             calls: calls::Calls::default(),
             push: push::Pushes::default(),
             sc,
-        };
-        // Key seeds are drawn in order from the one RNG; the keys (a scalar multiplication each)
-        // are then derived on every core: the same keys as drawing them one by one.
-        let mut seeds = Vec::new();
-        for (n, size) in sim.sc.node_sizes().into_iter().enumerate() {
-            let config = sim.node_config(n, rng.next_u64());
-            let core = relay::Core::new(config, Default::default(), EPOCH_MS);
-            sim.nodes[n].core = Some(core);
-            for _ in 0..size {
-                let mut seed = [0u8; 32];
-                rng.fill_bytes(&mut seed);
-                seeds.push((n, seed));
-            }
         }
-        let keys = par_map(&seeds, |(_, seed)| IdentityKey::from_seed(seed));
-        for ((n, _), key) in seeds.iter().zip(keys) {
-            let u = sim.devices.len();
-            sim.by_key.insert(key.user_id(), u);
-            // A fixed draw per user, so the share of phones moves no other stream.
-            let draw = mix64(seed ^ PHONES_STREAM ^ mix64(u as u64)) >> 11;
-            let phone = (draw as f64) < sim.sc.phone_fraction * (1u64 << 53) as f64;
-            sim.devices.push(Device {
-                key,
-                node: *n,
-                peer: format!("D{u}"),
-                online: false,
-                fetching: false,
-                fetch_epoch: 0,
-                session: false,
-                conn: 0,
-                phone,
-                awake: false,
-                awake_until: 0,
-                in_call: None,
-                files: Vec::new(),
-                waiting_since: None,
-                arrived_since: None,
-                up_free_us: 0,
-                down_free_us: 0,
-            });
-            sim.nodes[*n].users.push(u);
-        }
-        let users = sim.devices.len();
-        sim.recipient_weights = match sim.sc.social_graph {
-            SocialGraph::Uniform => Vec::new(),
-            SocialGraph::PowerLaw => {
-                let mut acc = 0.0;
-                (0..users)
-                    .map(|r| {
-                        acc += 1.0 / ((r + 1) as f64).powf(sim.sc.power_law_exponent);
-                        acc
-                    })
-                    .collect()
-            }
-        };
-        sim.rng = rng;
-        // Registration, then each user's first toggle and first message. The registrations'
-        // signatures do not depend on one another, so they are made on every core first.
-        let registrations = {
-            let (devices, nodes, now) = (&sim.devices, &sim.nodes, sim.now);
-            par_map(devices, |d| {
-                ClientAuth::sign(&d.key, &nodes[d.node].id, &d.peer, now, &ClientOp::Register)
-                    .expect("client operations encode")
-            })
-        };
-        for (u, auth) in registrations.into_iter().enumerate() {
-            sim.send_client_request(u, Kind::Register, ClientOp::Register, Some(auth));
-            let online = sim.workload.random::<f64>() < sim.sc.online_fraction;
-            let t = sim.now + 1;
-            if online {
-                sim.schedule(t, Ev::Toggle(u));
-            } else {
-                let d = sim.offline_span();
-                sim.schedule(t + d, Ev::Toggle(u));
-            }
-            let d = sim.compose_gap();
-            sim.schedule(sim.now + d, Ev::Compose(u));
-            if sim.sc.cover_messages_per_user_per_hour > 0.0 {
-                let d = sim.cover_gap();
-                sim.schedule(sim.now + d, Ev::Cover(u));
-            }
-            if let Some(d) = sim.file_gap() {
-                sim.schedule(sim.now + d, Ev::ComposeFile(u));
-            }
-            if let Some(d) = sim.call_gap() {
-                sim.schedule(sim.now + d, Ev::ComposeCall(u));
-            }
-        }
-        for i in 0..sim.sc.crashes.len() {
-            let at = EPOCH_MS + ms(sim.sc.crashes[i].at_s);
-            sim.schedule(at, Ev::Crash(i));
-        }
-        sim.schedule(EPOCH_MS, Ev::Sample);
-        sim
     }
 
-    /// A node's configuration: the production core with no limits, and push on when the
-    /// scenario has phones.
-    fn node_config(&self, n: usize, seed: u64) -> relay::Config {
-        let push = if self.sc.phone_fraction > 0.0 {
-            relay::PushConfig {
-                // The core only needs to know it has a key; wake-ups are modelled, not sent.
-                vapid_key: Some(push::MODEL_VAPID_KEY.to_vec()),
-                allow_loopback: false,
-                max_delay_ms: self.sc.push_max_delay_ms,
-            }
+    /// User `u`'s start: registration (signed beforehand), then the first toggle, message,
+    /// cover message, file and call.
+    fn start_user(&mut self, u: usize, auth: ClientAuth) {
+        self.send_client_request(u, Kind::Register, ClientOp::Register, Some(auth));
+        let online = self.workload.random::<f64>() < self.sc.online_fraction;
+        let t = self.now + 1;
+        if online {
+            self.schedule(t, Ev::Toggle(u));
         } else {
-            relay::PushConfig::default()
-        };
-        relay::Config {
-            node_id: self.nodes[n].id.clone(),
-            registration: hestia_node::relay::Registration::Open,
-            seed,
-            limits: relay::Limits::UNLIMITED,
-            push,
-            turn: None,
+            let d = self.offline_span();
+            self.schedule(t + d, Ev::Toggle(u));
+        }
+        let d = self.compose_gap();
+        self.schedule(self.now + d, Ev::Compose(u));
+        if self.sc.cover_messages_per_user_per_hour > 0.0 {
+            let d = self.cover_gap();
+            self.schedule(self.now + d, Ev::Cover(u));
+        }
+        if let Some(d) = self.file_gap() {
+            self.schedule(self.now + d, Ev::ComposeFile(u));
+        }
+        if let Some(d) = self.call_gap() {
+            self.schedule(self.now + d, Ev::ComposeCall(u));
+        }
+    }
+
+    /// A run-wide number for this shard's next file or call (`count` of them made so far).
+    fn number(&self, count: usize) -> usize {
+        count * self.shards + self.index
+    }
+
+    /// Schedules `ev` at node `n`: here, or in its shard at the end of the window.
+    fn schedule_at_node(&mut self, n: usize, at: Millis, ev: Ev) {
+        let shard = self.w.shard_of_node[n] as usize;
+        if shard == self.index {
+            self.schedule(at, ev);
+        } else {
+            debug_assert!(
+                at >= self.now + self.w.lookahead,
+                "an event inside the lookahead"
+            );
+            self.outbox.push((shard, Cross::Event(at, ev)));
         }
     }
 
@@ -736,8 +789,8 @@ impl Sim {
 
     fn pick_recipient(&mut self, sender: usize) -> usize {
         pick(
-            &self.recipient_weights,
-            self.devices.len(),
+            &self.w.recipient_weights,
+            self.w.homes.len(),
             sender,
             &mut self.workload,
         )
@@ -819,14 +872,12 @@ impl Sim {
                     let lost = self.rng.random::<f64>() < self.sc.link_loss;
                     if !lost && let Some(through) = self.gets_through_at(n, from) {
                         let at = through + self.link_latency(n, from, bytes);
-                        self.schedule(
-                            at,
-                            Ev::FedResp {
-                                node: from,
-                                batch,
-                                result: Ok(response),
-                            },
-                        );
+                        let ev = Ev::FedResp {
+                            node: from,
+                            batch,
+                            result: Ok(response),
+                        };
+                        self.schedule_at_node(from, at, ev);
                     }
                 }
                 Ready::FedRequest {
@@ -839,7 +890,8 @@ impl Sim {
                     self.schedule(timeout, Ev::FedTimeout { node: n, batch });
                     let bytes = codec::encoded_len(&request).map_or(0, |n| n as u64);
                     self.bytes_fed_req += bytes;
-                    let Some(to) = Self::node_index(&to_node).filter(|t| *t < self.nodes.len())
+                    let Some(to) =
+                        Self::node_index(&to_node).filter(|t| *t < self.w.node_ids.len())
                     else {
                         continue;
                     };
@@ -850,28 +902,15 @@ impl Sim {
                     if self.rng.random::<f64>() < self.sc.link_loss {
                         continue; // lost: the sender times out
                     }
-                    if self.nodes[to].core.is_none() {
-                        // Connection refused: the sender learns it after a round trip.
-                        let result = Err(FedFailure::Unreachable);
-                        self.schedule(
-                            through + 2 * lat,
-                            Ev::FedResp {
-                                node: n,
-                                batch,
-                                result,
-                            },
-                        );
-                        continue;
-                    }
-                    self.schedule(
-                        through + lat,
-                        Ev::FedReq {
-                            from: n,
-                            to,
-                            batch,
-                            req: request,
-                        },
-                    );
+                    // A node that is down refuses the connection when the request gets there
+                    // (see `Ev::FedReq`).
+                    let ev = Ev::FedReq {
+                        from: n,
+                        to,
+                        batch,
+                        req: request,
+                    };
+                    self.schedule_at_node(to, through + lat, ev);
                 }
             }
         }
@@ -950,12 +989,12 @@ impl Sim {
                 let mut local = Vec::new();
                 if let ClientOp::Send(items) = &req.op {
                     for o in items {
-                        if let Some(r) = self.by_key.get(&o.envelope.recipient) {
-                            if self.devices[*r].node == n {
+                        if let Some(r) = self.w.by_key.get(&o.envelope.recipient) {
+                            if self.w.homes[*r] == n {
                                 local.push(*r);
                             }
                             // The sender's home node sees the sending user and the recipient.
-                            let to_node = self.devices[*r].node;
+                            let to_node = self.w.homes[*r];
                             let seen = &mut self.nodes[n].observed;
                             seen.senders.insert(user);
                             seen.user_to_node.insert((user, to_node));
@@ -994,13 +1033,23 @@ impl Sim {
                 req,
             } => {
                 if self.nodes[to].core.is_none() {
-                    return;
+                    // Connection refused: the sender learns it after the way back.
+                    let back = self.link_latency(to, from, 0);
+                    let result = Err(FedFailure::Unreachable);
+                    let ev = Ev::FedResp {
+                        node: from,
+                        batch,
+                        result,
+                    };
+                    return self.schedule_at_node(from, self.now + back, ev);
                 }
                 let ids = match &req {
                     FedRequest::Deliver(envs) => {
                         let mut arrived = Vec::new();
                         for e in envs {
-                            if let Some(r) = self.by_key.get(&e.recipient) {
+                            if let Some(r) = self.w.by_key.get(&e.recipient)
+                                && self.w.homes[*r] == to
+                            {
                                 // The recipient's node sees the sending node, not the sender.
                                 self.nodes[to].observed.node_to_user.insert((from, *r));
                                 self.nodes[to].observed.sizes.insert(e.body.len());
@@ -1026,13 +1075,11 @@ impl Sim {
                 // Split the borrow: the sender's id and the receiver's core are different nodes
                 // (or the same one, read before it is changed).
                 let now = self.now;
-                let from_id = std::mem::take(&mut self.nodes[from].id);
                 self.nodes[to]
                     .core
                     .as_mut()
                     .expect("checked")
-                    .handle_fed_request(now, token, &from_id, req);
-                self.nodes[from].id = from_id;
+                    .handle_fed_request(now, token, &self.w.node_ids[from], req);
                 self.drive(to);
             }
             Ev::FedResp {
@@ -1108,13 +1155,6 @@ impl Sim {
                     self.resume_files(user, true);
                 }
             }
-            Ev::Sample => {
-                self.sample();
-                let next = self.now + ms(self.sc.sample_every_s);
-                if next <= self.end {
-                    self.schedule(next, Ev::Sample);
-                }
-            }
         }
     }
 
@@ -1144,7 +1184,7 @@ impl Sim {
         let text = self.text_len(true);
         let envelope = self.envelope_for(r, text);
         if let Some(trace) = self.trace.as_mut() {
-            trace.push((u, r, envelope.id));
+            trace.push((self.now, u, r, envelope.id));
         }
         self.post(u, r, Carries::Text, envelope);
     }
@@ -1152,25 +1192,62 @@ impl Sim {
     /// Sends a tracked envelope from `u` to `r` (a message, a file's announcement, a call
     /// signal): recorded, then handed to the home node as any send is.
     fn post(&mut self, u: usize, r: usize, carries: Carries, envelope: Envelope) {
-        self.msgs.insert(
-            envelope.id,
-            Msg {
+        let record = Record {
+            id: envelope.id,
+            from: u,
+            to: r,
+            msg: Msg {
                 carries,
                 sent_at: self.now,
-                across: self.devices[r].node != self.devices[u].node,
-                to_phone: self.devices[r].phone,
+                across: self.w.homes[r] != self.w.homes[u],
+                to_phone: self.w.phones[r],
                 node_at: None,
                 device_at: None,
                 lost_disk: false,
                 refused: false,
             },
-        );
-        if !self.connected(r) {
-            self.devices[r].waiting_since.get_or_insert(self.now);
+            // A file's record goes where its announcement goes: the recipient's device fetches it.
+            file: None,
+        };
+        self.sent += 1;
+        let shard = self.w.shard_of_user(r);
+        if shard == self.index {
+            self.recorded(record);
+        } else {
+            let mut record = Box::new(record);
+            if let Carries::File(f) = carries {
+                record.file = self.files.list.0.remove(&f);
+            }
+            self.outbox.push((shard, Cross::Record(record)));
         }
-        let to_node = self.nodes[self.devices[r].node].id.clone();
+        let to_node = self.w.node_ids[self.w.homes[r]].clone();
         let ids = vec![envelope.id];
         self.submit(u, ids, Outgoing { to_node, envelope });
+    }
+
+    /// The record of a message to one of this shard's users: kept for the results, and the
+    /// file or call it carries taken in.
+    fn recorded(&mut self, record: Record) {
+        let Record {
+            id,
+            from,
+            to,
+            msg,
+            file,
+        } = record;
+        self.msgs.insert(id, msg);
+        if !self.connected(to) {
+            self.devices[to].waiting_since.get_or_insert(msg.sent_at);
+        }
+        match msg.carries {
+            Carries::File(f) => {
+                if let Some(file) = file {
+                    self.files.list.0.insert(f, file);
+                }
+            }
+            Carries::Call(c, calls::Signal::Offer) => self.offer_recorded(c, from, to, msg.sent_at),
+            _ => {}
+        }
     }
 
     /// A dummy envelope to a uniformly random other user, while online: the same size
@@ -1180,7 +1257,7 @@ impl Sim {
         if self.now + next <= EPOCH_MS + ms(self.sc.duration_s) {
             self.schedule(self.now + next, Ev::Cover(u));
         }
-        let n = self.devices.len();
+        let n = self.w.homes.len();
         if !self.devices[u].online || self.nodes[self.devices[u].node].core.is_none() || n < 2 {
             return;
         }
@@ -1193,7 +1270,7 @@ impl Sim {
         self.cover_sent += 1;
         let text = self.text_len(false);
         let envelope = self.envelope_for(r, text);
-        let to_node = self.nodes[self.devices[r].node].id.clone();
+        let to_node = self.w.node_ids[self.w.homes[r]].clone();
         self.submit(u, Vec::new(), Outgoing { to_node, envelope });
     }
 
@@ -1221,7 +1298,7 @@ impl Sim {
         if self.sc.mean_text_bytes <= 0.0 {
             return self.envelope_of(r, PADDING_BUCKETS[0] + seal::OVERHEAD);
         }
-        let sealed = self.session_overhead + text;
+        let sealed = self.w.session_overhead + text;
         self.envelope_sealing(r, sealed)
     }
 
@@ -1248,7 +1325,7 @@ impl Sim {
         Envelope {
             version: ENVELOPE_VERSION,
             id: EnvelopeId(id),
-            recipient: self.devices[r].key.user_id(),
+            recipient: self.w.user_ids[r],
             expires_at: self.now + ms(self.sc.ttl_s),
             body: vec![0; body_len],
         }
@@ -1364,16 +1441,20 @@ impl Sim {
             node.store
                 .for_each_mailbox(&mut |e| lost.push(e.id))
                 .expect("memory store");
-            lost.extend(snap.outbox.iter().map(|r| r.id));
+            // What waited to go to another node: its record is with the recipient's shard.
+            let mut elsewhere = Vec::new();
+            for r in &snap.outbox {
+                match Self::node_index(&r.to_node).map(|t| self.w.shard_of_node[t] as usize) {
+                    Some(shard) if shard != self.index => elsewhere.push((shard, r.id)),
+                    _ => lost.push(r.id),
+                }
+            }
             node.store = MemNodeStore::without_chunk_bytes();
             for id in lost {
-                if let Some(m) = self.msgs.get_mut(&id)
-                    && m.device_at.is_none()
-                    && !m.lost_disk
-                {
-                    m.lost_disk = true;
-                    self.count_lost += 1;
-                }
+                self.lost_with_disk(&id);
+            }
+            for (shard, id) in elsewhere {
+                self.outbox.push((shard, Cross::Lost(id)));
             }
         }
         for u in self.nodes[c.node].users.clone() {
@@ -1384,10 +1465,21 @@ impl Sim {
         self.schedule(self.now + ms(c.down_s), Ev::Restart(i));
     }
 
+    /// Envelope `id` went with a node's disk (unless a device already has it).
+    fn lost_with_disk(&mut self, id: &EnvelopeId) {
+        if let Some(m) = self.msgs.get_mut(id)
+            && m.device_at.is_none()
+            && !m.lost_disk
+        {
+            m.lost_disk = true;
+            self.count_lost += 1;
+        }
+    }
+
     fn restart(&mut self, i: usize) {
         let n = self.sc.crashes[i].node;
         let seed = self.rng.next_u64();
-        let config = self.node_config(n, seed);
+        let config = node_config(&self.sc, self.nodes[n].id.clone(), seed);
         let core = relay::Core::from_store(config, &self.nodes[n].store, self.now);
         self.nodes[n].core = Some(core.expect("memory store"));
         let now = self.now;
@@ -1404,76 +1496,84 @@ impl Sim {
         }
     }
 
-    fn sample(&mut self) {
-        let mut outbox = 0;
-        let mut mailbox = 0;
-        let mut max_node = 0;
-        let (mut mail_bytes, mut file_bytes, mut max_node_bytes) = (0, 0, 0);
-        for n in &self.nodes {
+    /// This shard's part of a sample: sums, and the largest node (`t_s` is the engine's).
+    fn tally(&self) -> Sample {
+        let mut t = Sample {
+            t_s: 0.0,
+            sent: self.sent,
+            delivered_to_node: self.count_node,
+            delivered_to_device: self.count_device,
+            outbox_envelopes: 0,
+            mailbox_envelopes: 0,
+            max_node_envelopes: 0,
+            mailbox_bytes: 0,
+            file_bytes: 0,
+            max_node_bytes: 0,
+        };
+        for n in self.nodes.iter() {
             if let Some(c) = &n.core {
                 let s = c.stats();
-                outbox += s.outbox_envelopes;
-                mailbox += s.mailbox_envelopes;
-                max_node = max_node.max(s.outbox_envelopes + s.mailbox_envelopes);
-                mail_bytes += s.stored_bytes;
-                file_bytes += s.blob_bytes;
-                max_node_bytes = max_node_bytes.max(s.stored_bytes + s.blob_bytes);
+                t.outbox_envelopes += s.outbox_envelopes;
+                t.mailbox_envelopes += s.mailbox_envelopes;
+                t.max_node_envelopes = t
+                    .max_node_envelopes
+                    .max(s.outbox_envelopes + s.mailbox_envelopes);
+                t.mailbox_bytes += s.stored_bytes;
+                t.file_bytes += s.blob_bytes;
+                t.max_node_bytes = t.max_node_bytes.max(s.stored_bytes + s.blob_bytes);
             }
         }
-        let (node, device) = (self.count_node, self.count_device);
-        // The closing sample of a run that went to its full end falls on the last scheduled
-        // one: it replaces it rather than repeating it.
-        let t_s = (self.now - EPOCH_MS) as f64 / 1000.0;
-        if self.series.last().is_some_and(|last| last.t_s == t_s) {
-            self.series.pop();
-        }
-        self.series.push(Sample {
-            t_s,
-            sent: self.msgs.len() as u64,
-            delivered_to_node: node,
-            delivered_to_device: device,
-            outbox_envelopes: outbox,
-            mailbox_envelopes: mailbox,
-            max_node_envelopes: max_node,
-            mailbox_bytes: mail_bytes,
-            file_bytes,
-            max_node_bytes,
-        });
+        t
     }
 
-    /// Simulated seconds the run lasts at most.
-    pub fn horizon_s(&self) -> f64 {
-        (self.end - EPOCH_MS) as f64 / 1000.0
+    /// Messages of this shard's users settled (at a device, lost, refused), and file
+    /// transfers going on.
+    fn settled(&self) -> (u64, usize) {
+        (
+            self.count_device + self.count_lost + self.count_refused,
+            self.files.active,
+        )
     }
 
-    /// Runs to the end of the scenario (or until nothing is left to happen) and summarises.
-    /// `progress` is called now and then with (simulated seconds, events so far); when it returns
-    /// false the run stops there and the summary says it was interrupted.
-    pub fn run(mut self, mut progress: impl FnMut(f64, u64) -> bool) -> Outcome {
-        while let Some(s) = self.queue.pop() {
-            if s.at > self.end || self.events >= MAX_EVENTS {
-                break;
-            }
+    /// Processes every event before `limit`.
+    fn run_until(&mut self, limit: Millis) {
+        while let Some(s) = self.queue.pop_before(limit) {
             self.now = s.at;
             self.events += 1;
-            if self.events.is_multiple_of(100_000)
-                && !progress((self.now - EPOCH_MS) as f64 / 1000.0, self.events)
-            {
-                self.interrupted = true;
-                break;
-            }
             self.step(*s.ev);
-            let sending_done = self.now > EPOCH_MS + ms(self.sc.duration_s);
-            if sending_done
-                && self.files.active == 0
-                && self.count_device + self.count_lost + self.count_refused
-                    == self.msgs.len() as u64
-            {
-                break; // drained
-            }
         }
-        self.sample();
-        self.finish()
+    }
+
+    /// What another shard handed this one.
+    fn receive(&mut self, item: Cross) {
+        match item {
+            Cross::Event(at, ev) => self.schedule(at, ev),
+            Cross::Record(record) => self.recorded(*record),
+            Cross::Lost(id) => self.lost_with_disk(&id),
+        }
+    }
+}
+
+/// A node's configuration: the production core with no limits, and push on when the
+/// scenario has phones.
+fn node_config(sc: &Scenario, node_id: String, seed: u64) -> relay::Config {
+    let push = if sc.phone_fraction > 0.0 {
+        relay::PushConfig {
+            // The core only needs to know it has a key; wake-ups are modelled, not sent.
+            vapid_key: Some(push::MODEL_VAPID_KEY.to_vec()),
+            allow_loopback: false,
+            max_delay_ms: sc.push_max_delay_ms,
+        }
+    } else {
+        relay::PushConfig::default()
+    };
+    relay::Config {
+        node_id,
+        registration: hestia_node::relay::Registration::Open,
+        seed,
+        limits: relay::Limits::UNLIMITED,
+        push,
+        turn: None,
     }
 }
 

@@ -49,7 +49,7 @@ pub(super) fn subscription(u: usize) -> Subscription {
     }
 }
 
-impl Sim {
+impl Shard {
     /// Node `n` hands a wake-up to the push service.
     pub(super) fn wake_out(&mut self, n: usize, wake: WakeId, endpoint: &str) {
         self.push.sent += 1;
@@ -57,7 +57,7 @@ impl Sim {
         let Some(u) = endpoint
             .strip_prefix(ENDPOINT_BASE)
             .and_then(|s| s.parse::<usize>().ok())
-            .filter(|u| *u < self.devices.len())
+            .filter(|u| self.devices.holds(*u))
         else {
             return;
         };

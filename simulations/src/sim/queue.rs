@@ -120,12 +120,20 @@ impl EventQueue {
         }
     }
 
-    pub(super) fn pop(&mut self) -> Option<Scheduled> {
+    /// The next event if it is due before `limit`. The cursor never passes `limit`, so events
+    /// scheduled later at or after `limit` (another shard's, at the end of a window) still go in
+    /// order.
+    pub(super) fn pop_before(&mut self, limit: Millis) -> Option<Scheduled> {
         loop {
             if self.in_buckets == 0 {
-                // Nothing in the window: jump to the next far event.
                 let next = self.far.peek_at()?;
+                if next >= limit {
+                    return None;
+                }
                 self.advance(next.max(self.cursor));
+            }
+            if self.cursor >= limit {
+                return None;
             }
             if let Some(item) = self.buckets[Self::slot(self.cursor)].pop_front() {
                 self.in_buckets -= 1;
@@ -133,6 +141,14 @@ impl EventQueue {
             }
             self.advance(self.cursor + 1);
         }
+    }
+
+    /// When the next event is due, if any.
+    pub(super) fn next_at(&self) -> Option<Millis> {
+        if self.in_buckets == 0 {
+            return self.far.peek_at();
+        }
+        (self.cursor..self.cursor + Self::WINDOW).find(|t| !self.buckets[Self::slot(*t)].is_empty())
     }
 
     /// Moves the window to start at `t`, taking in the far events it now covers.

@@ -220,7 +220,7 @@ pub struct TracedMessage {
     pub latency_ms: Option<Millis>,
 }
 
-impl Sim {
+impl Shard {
     /// Mean posteriors that a conversation is real: for the best single operator, and for
     /// the sender's and the recipient's home nodes together (docs/simulations.md). Each
     /// envelope seen from s to r is a dummy with probability `q = (c/(N-1)) / (c/(N-1) +
@@ -234,17 +234,17 @@ impl Sim {
         let n = self.devices.len().max(2) as f64;
         let c = self.sc.cover_messages_per_user_per_hour;
         let m = self.sc.messages_per_user_per_hour;
-        let total_weight = self.recipient_weights.last().copied().unwrap_or(0.0);
+        let total_weight = self.w.recipient_weights.last().copied().unwrap_or(0.0);
         let p_r = |r: usize| {
-            if self.recipient_weights.is_empty() {
+            if self.w.recipient_weights.is_empty() {
                 1.0 / (n - 1.0)
             } else {
                 let prev = if r == 0 {
                     0.0
                 } else {
-                    self.recipient_weights[r - 1]
+                    self.w.recipient_weights[r - 1]
                 };
-                (self.recipient_weights[r] - prev) / total_weight
+                (self.w.recipient_weights[r] - prev) / total_weight
             }
         };
         // The chance that one envelope seen from `s` to `r` is a dummy, and how many the
@@ -508,7 +508,7 @@ impl Sim {
             .trace
             .unwrap_or_default()
             .into_iter()
-            .map(|(from_user, to_user, id)| {
+            .map(|(_, from_user, to_user, id)| {
                 let m = &self.msgs[&id];
                 TracedMessage {
                     sent_ms: m.sent_at - EPOCH_MS,
@@ -519,9 +519,9 @@ impl Sim {
             })
             .collect();
         let files = if traced {
-            self.files
-                .list
-                .iter()
+            let mut list = self.files.list.sorted();
+            list.sort_by_key(|f| f.begun_at);
+            list.into_iter()
                 .map(|f| TracedFile {
                     begun_ms: f.begun_at - EPOCH_MS,
                     from_user: f.from,
