@@ -260,6 +260,11 @@ impl Sim {
                     }
                 });
             }
+            // However the loop ends (a panic included), the workers are let go.
+            let _release = Release {
+                window: &window,
+                barrier: &barrier,
+            };
             loop {
                 let next = shards.iter().filter_map(|s| lock(s).queue.next_at()).min();
                 let Some(t) = next.filter(|t| *t <= end) else {
@@ -308,10 +313,6 @@ impl Sim {
                 if now > sending_end && active == 0 && settled == sent {
                     break; // drained
                 }
-            }
-            window.done.store(true, Ordering::Release);
-            if threads > 1 {
-                barrier.wait();
             }
         });
         assert!(
@@ -376,6 +377,19 @@ impl Window {
                 self.failed.store(true, Ordering::Release);
             }
         }
+    }
+}
+
+/// Ends the run for the worker threads, which wait at the start of the next window.
+struct Release<'a> {
+    window: &'a Window,
+    barrier: &'a SpinBarrier,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.window.done.store(true, Ordering::Release);
+        self.barrier.wait();
     }
 }
 
@@ -460,8 +474,16 @@ fn sum_tallies(parts: impl Iterator<Item = Sample>) -> Sample {
 /// (shards own contiguous ranges), the two sides of each call between shards merged, the
 /// traced messages in sending order.
 fn merge(shards: Vec<Shard>) -> Shard {
+    // Room for everything first, so no map or list grows by doubling while the shards' own
+    // copies are still held.
+    let msgs: usize = shards.iter().map(|s| s.msgs.len()).sum();
+    let nodes: usize = shards.iter().map(|s| s.nodes.len()).sum();
+    let users: usize = shards.iter().map(|s| s.devices.len()).sum();
     let mut shards = shards.into_iter();
     let mut all = shards.next().expect("at least one shard");
+    all.msgs.reserve(msgs - all.msgs.len());
+    all.nodes.items.reserve(nodes - all.nodes.len());
+    all.devices.items.reserve(users - all.devices.len());
     for s in shards {
         all.nodes.items.extend(s.nodes.items);
         all.devices.items.extend(s.devices.items);
