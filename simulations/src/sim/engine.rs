@@ -444,18 +444,7 @@ fn tally(shards: &[Mutex<Shard>], at: Millis) -> Sample {
 }
 
 fn sum_tallies(parts: impl Iterator<Item = Sample>) -> Sample {
-    let mut t = Sample {
-        t_s: 0.0,
-        sent: 0,
-        delivered_to_node: 0,
-        delivered_to_device: 0,
-        outbox_envelopes: 0,
-        mailbox_envelopes: 0,
-        max_node_envelopes: 0,
-        mailbox_bytes: 0,
-        file_bytes: 0,
-        max_node_bytes: 0,
-    };
+    let mut t = Sample::default();
     for p in parts {
         t.sent += p.sent;
         t.delivered_to_node += p.delivered_to_node;

@@ -247,16 +247,10 @@ impl Shard {
     /// This shard's part of a sample: sums, and the largest node (`t_s` is the engine's).
     pub(super) fn tally(&self) -> Sample {
         let mut t = Sample {
-            t_s: 0.0,
             sent: self.sent,
             delivered_to_node: self.count_node,
             delivered_to_device: self.count_device,
-            outbox_envelopes: 0,
-            mailbox_envelopes: 0,
-            max_node_envelopes: 0,
-            mailbox_bytes: 0,
-            file_bytes: 0,
-            max_node_bytes: 0,
+            ..Sample::default()
         };
         for n in self.nodes.iter() {
             if let Some(c) = &n.core {

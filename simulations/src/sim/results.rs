@@ -5,7 +5,7 @@ use super::*;
 
 /// One row of the time series. The counts are of every envelope that carries something to a
 /// person (messages, file announcements, call signals; not cover traffic).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Sample {
     pub t_s: f64,
     pub sent: u64,
