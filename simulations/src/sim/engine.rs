@@ -265,15 +265,19 @@ impl Sim {
                 window: &window,
                 barrier: &barrier,
             };
+            // The earliest pending event anywhere: found again at the end of each window.
+            let mut next = shards.iter().filter_map(|s| lock(s).queue.next_at()).min();
             loop {
-                let next = shards.iter().filter_map(|s| lock(s).queue.next_at()).min();
                 let Some(t) = next.filter(|t| *t <= end) else {
                     ran_out = true;
                     break;
                 };
                 // A sample at time T covers what happened before T.
                 while next_sample <= t && next_sample <= end {
-                    series.push(tally(&shards, next_sample));
+                    series.push(sample_at(
+                        shards.iter().map(|s| lock(s).tally()),
+                        next_sample,
+                    ));
                     next_sample += every;
                 }
                 let limit = (t + lookahead).min(next_sample).min(end + 1);
@@ -299,6 +303,7 @@ impl Sim {
                     .iter()
                     .map(|s| s.settled())
                     .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
+                next = guards.iter().filter_map(|s| s.queue.next_at()).min();
                 drop(guards);
                 if events >= MAX_EVENTS {
                     break;
@@ -326,13 +331,11 @@ impl Sim {
         let mut now = shards.iter().map(|s| s.now).max().unwrap_or(EPOCH_MS);
         // Nothing more happens before the end: the samples up to it are still taken.
         while ran_out && next_sample <= end {
-            series.push(sum_tallies(shards.iter().map(|s| s.tally())));
-            series.last_mut().expect("pushed").t_s = (next_sample - EPOCH_MS) as f64 / 1000.0;
+            series.push(sample_at(shards.iter().map(|s| s.tally()), next_sample));
             now = now.max(next_sample);
             next_sample += every;
         }
-        let mut last = sum_tallies(shards.iter().map(|s| s.tally()));
-        last.t_s = (now - EPOCH_MS) as f64 / 1000.0;
+        let last = sample_at(shards.iter().map(|s| s.tally()), now);
         // The closing sample of a run that went to its full end falls on the last scheduled
         // one: it replaces it rather than repeating it.
         if series.last().is_some_and(|s| s.t_s == last.t_s) {
@@ -432,19 +435,12 @@ impl SpinBarrier {
     }
 }
 
-/// The run-wide sample at `at`.
-fn tally(shards: &[Mutex<Shard>], at: Millis) -> Sample {
-    let mut s = sum_tallies(
-        shards
-            .iter()
-            .map(|s| s.lock().expect("no shard panicked").tally()),
-    );
-    s.t_s = (at - EPOCH_MS) as f64 / 1000.0;
-    s
-}
-
-fn sum_tallies(parts: impl Iterator<Item = Sample>) -> Sample {
-    let mut t = Sample::default();
+/// The run-wide sample at `at`, from the shards' parts: sums, and the largest node.
+fn sample_at(parts: impl Iterator<Item = Sample>, at: Millis) -> Sample {
+    let mut t = Sample {
+        t_s: (at - EPOCH_MS) as f64 / 1000.0,
+        ..Sample::default()
+    };
     for p in parts {
         t.sent += p.sent;
         t.delivered_to_node += p.delivered_to_node;
