@@ -137,6 +137,7 @@ impl Shard {
                 seen_late: false,
             },
         );
+        self.release_held(u);
         self.devices[u].in_call = Some(c);
         self.signal(c, u, callee, Signal::Offer);
         self.schedule(self.now + MAX_OFFER_AGE_MS, Ev::RingTimeout(c));
@@ -196,6 +197,7 @@ impl Shard {
                     self.signal(c, u, caller, Signal::Busy);
                 } else {
                     self.calls.list[c].rang_at = Some(self.now);
+                    self.release_held(u);
                     self.devices[u].in_call = Some(c);
                     let answers = self.calls_rng.random::<f64>() < self.sc.call_answer_probability;
                     let delay = exp_from(&mut self.calls_rng, self.sc.call_answer_mean_s * 1000.0);
@@ -272,6 +274,7 @@ impl Shard {
 
     fn leave_call(&mut self, u: usize, c: usize) {
         if self.devices[u].in_call == Some(c) {
+            self.release_held(u);
             self.devices[u].in_call = None;
             if !self.connected(u) {
                 self.stop_fetching(u);

@@ -15,6 +15,7 @@ impl Shard {
 
     /// The device stops waiting on its long poll (it went offline): the answer is dropped.
     pub(super) fn stop_fetching(&mut self, u: usize) {
+        self.release_held(u);
         let d = &mut self.devices[u];
         if d.fetching {
             d.fetching = false;
@@ -55,4 +56,109 @@ impl Shard {
             self.drive(n);
         }
     }
+}
+
+impl Shard {
+    /// An answer leaves `u`'s home node now. If it is an empty answer to the device's current
+    /// long poll, it is held and the renewal it brings about is scheduled as one event
+    /// ([`Ev::Renew`]); true if so.
+    pub(super) fn hold_empty_answer(
+        &mut self,
+        u: usize,
+        kind: &Kind,
+        resp: &ClientResponse,
+    ) -> bool {
+        let (Kind::Fetch(epoch), ClientResponse::Envelopes(envs)) = (kind, resp) else {
+            return false;
+        };
+        let d = &self.devices[u];
+        // With no session the renewal would be signed at its own time: not held.
+        if !envs.is_empty()
+            || *epoch != d.fetch_epoch
+            || !d.fetching
+            || !d.session
+            || d.held.is_some()
+            || d.renew.is_some()
+            || !self.connected(u)
+        {
+            return false;
+        }
+        let arrives = self.now + self.sc.client_latency_ms;
+        let d = &mut self.devices[u];
+        d.renews += 1;
+        let generation = d.renews;
+        d.held = Some(HeldAnswer {
+            arrives,
+            epoch: *epoch,
+        });
+        d.renew = Some(generation);
+        // The renewal the device sends when the answer arrives.
+        self.bytes_client += fetch_request_len();
+        let ev = Ev::Renew {
+            user: u,
+            generation,
+            epoch: *epoch,
+        };
+        self.schedule(arrives + self.sc.client_latency_ms, ev);
+        true
+    }
+
+    /// `u`'s connection, fetch loop or session is about to change. A held answer still on its
+    /// way meets the change as the ordinary answer it stands for (and its renewal is void); one
+    /// that arrived before it brought about its renewal, which is on its way to the node.
+    pub(super) fn release_held(&mut self, u: usize) {
+        let Some(h) = self.devices[u].held.take() else {
+            return;
+        };
+        if h.arrives > self.now {
+            self.devices[u].renew = None;
+            self.bytes_client -= fetch_request_len();
+            let ev = Ev::ClientResp {
+                user: u,
+                kind: Kind::Fetch(h.epoch),
+                resp: ClientResponse::Envelopes(Vec::new()),
+            };
+            self.schedule(h.arrives, ev);
+        }
+    }
+
+    /// At the end of a run: the renewals of answers still held at the end were never sent.
+    pub(super) fn unsend_held_renewals(&mut self) {
+        let now = self.now;
+        let unsent = self
+            .devices
+            .items
+            .iter()
+            .filter(|d| d.held.is_some_and(|h| h.arrives > now))
+            .count() as u64;
+        self.bytes_client -= unsent * fetch_request_len();
+    }
+
+    /// The renewal of `u`'s long poll reaches its home node (unless its answer met a change).
+    pub(super) fn renew_arrives(&mut self, u: usize, generation: u32, epoch: u32) {
+        let d = &mut self.devices[u];
+        if d.renew != Some(generation) {
+            return;
+        }
+        d.renew = None;
+        // Its answer arrived before anything changed.
+        d.held = None;
+        let req = ClientRequest {
+            auth: Auth::Session(d.key.user_id()),
+            op: FETCH,
+        };
+        self.client_request_arrives(u, Kind::Fetch(epoch), req);
+    }
+}
+
+/// Bytes of a long poll on a device's session, as [`Shard::send_client_request`] counts them.
+fn fetch_request_len() -> u64 {
+    static LEN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *LEN.get_or_init(|| {
+        let req = ClientRequest {
+            auth: Auth::Session(UserId([0; 32])),
+            op: FETCH,
+        };
+        codec::encoded_len(&req).map_or(0, |n| n as u64)
+    })
 }

@@ -81,6 +81,9 @@ impl Sim {
                 arrived_since: None,
                 up_free_us: 0,
                 down_free_us: 0,
+                held: None,
+                renew: None,
+                renews: 0,
             });
             nodes[*n].users.push(u);
         }
@@ -344,6 +347,7 @@ impl Sim {
         series.push(last);
         let mut merged = merge(shards);
         merged.now = now;
+        merged.unsend_held_renewals();
         merged.series = series;
         merged.interrupted = interrupted;
         merged.finish()

@@ -151,6 +151,11 @@ pub fn tcp_release(first_loss: Millis, p: &crate::scenario::Partition) -> Millis
 pub const DEVICE_RECONNECT_MS: Millis = 250;
 /// How long a device's fetch waits for mail.
 pub const FETCH_WAIT_MS: u32 = 30_000;
+/// A device's long poll.
+const FETCH: ClientOp = ClientOp::Fetch {
+    limit: 256,
+    wait_ms: FETCH_WAIT_MS,
+};
 /// Bound on processed events, so a scenario cannot run forever.
 pub const MAX_EVENTS: u64 = 500_000_000;
 
@@ -182,6 +187,18 @@ enum Carries {
 #[derive(Debug)]
 enum Ev {
     Timer(usize),
+    /// An empty answer to a device's current long poll reached it and the device sent the next
+    /// fetch, which reaches the node now: the answer's arrival and the new request in one
+    /// event instead of two, as idle devices renew every `FETCH_WAIT_MS`. What the answer would
+    /// meet at the device is checked where it could change: anything that changes a device's
+    /// connection, fetch loop or session while its answer is held first releases it, and an
+    /// answer still on its way then becomes the ordinary `ClientResp` it stands for (and this
+    /// event is void). So the model behaves exactly as with the two events.
+    Renew {
+        user: usize,
+        generation: u32,
+        epoch: u32,
+    },
     ClientReq {
         user: usize,
         kind: Kind,
@@ -292,6 +309,20 @@ struct Device {
     /// microseconds (file chunks only).
     up_free_us: u64,
     down_free_us: u64,
+    /// An empty long-poll answer on its way to this device, and the renewal it will send (see
+    /// [`Ev::Renew`]).
+    held: Option<HeldAnswer>,
+    /// The renewal in flight to the node ([`Ev::Renew`]'s generation), and the count of them.
+    renew: Option<u32>,
+    renews: u32,
+}
+
+/// An empty answer to a device's current long poll, not yet at the device: what it will find
+/// when it arrives at `arrives` (see [`Ev::Renew`]).
+#[derive(Clone, Copy, Debug)]
+struct HeldAnswer {
+    arrives: Millis,
+    epoch: u32,
 }
 
 #[derive(Clone, Copy)]
@@ -707,12 +738,8 @@ impl Shard {
         let d = &self.devices[u];
         if self.connected(u) && !d.fetching && self.nodes[d.node].core.is_some() {
             self.devices[u].fetching = true;
-            let op = ClientOp::Fetch {
-                limit: 256,
-                wait_ms: FETCH_WAIT_MS,
-            };
             let epoch = self.devices[u].fetch_epoch;
-            self.client_request(u, Kind::Fetch(epoch), op);
+            self.client_request(u, Kind::Fetch(epoch), FETCH);
         }
     }
 
@@ -737,53 +764,12 @@ impl Shard {
                     self.drive(n);
                 }
             }
-            Ev::ClientReq { user, kind, req } => {
-                let n = self.devices[user].node;
-                if self.nodes[n].core.is_none() {
-                    if matches!(kind, Kind::Fetch(_)) {
-                        self.devices[user].fetching = false;
-                    }
-                    return;
-                }
-                let mut local = Vec::new();
-                if let ClientOp::Send(items) = &req.op {
-                    for o in items {
-                        if let Some(r) = self.w.by_key.get(&o.envelope.recipient) {
-                            if self.w.homes[*r] == n {
-                                local.push(*r);
-                            }
-                            // The sender's home node sees the sending user and the recipient.
-                            let to_node = self.w.homes[*r];
-                            let seen = &mut self.nodes[n].observed;
-                            seen.senders.insert(user);
-                            seen.user_to_node.insert((user, to_node));
-                            *seen.user_to_recipient.entry((user, *r)).or_insert(0) += 1;
-                            seen.sizes.insert(o.envelope.body.len());
-                            seen.sent += 1;
-                        }
-                    }
-                }
-                for r in local {
-                    self.arrived(r);
-                }
-                if let ClientOp::BlobGet { node, blob, .. } = &req.op
-                    && *node == self.nodes[n].id
-                {
-                    self.fetched_locally(n, user, blob);
-                }
-                let token = self.token(n);
-                let conn = self.devices[user].conn;
-                self.nodes[n]
-                    .client_tokens
-                    .insert(token, (user, kind, conn));
-                let peer = &self.devices[user].peer;
-                self.nodes[n]
-                    .core
-                    .as_mut()
-                    .expect("checked")
-                    .handle_client(self.now, token, peer, req);
-                self.drive(n);
-            }
+            Ev::ClientReq { user, kind, req } => self.client_request_arrives(user, kind, req),
+            Ev::Renew {
+                user,
+                generation,
+                epoch,
+            } => self.renew_arrives(user, generation, epoch),
             Ev::ClientResp { user, kind, resp } => self.device_answer(user, kind, resp),
             Ev::FedReq {
                 from,
@@ -870,6 +856,7 @@ impl Shard {
             }
             Ev::Toggle(u) => {
                 let was_connected = self.connected(u);
+                self.release_held(u);
                 let online = !self.devices[u].online;
                 self.devices[u].online = online;
                 let next = if online {
@@ -917,8 +904,58 @@ impl Shard {
         }
     }
 
+    /// A device's request reaches its home node.
+    fn client_request_arrives(&mut self, user: usize, kind: Kind, req: ClientRequest) {
+        let n = self.devices[user].node;
+        if self.nodes[n].core.is_none() {
+            if matches!(kind, Kind::Fetch(_)) {
+                self.devices[user].fetching = false;
+            }
+            return;
+        }
+        let mut local = Vec::new();
+        if let ClientOp::Send(items) = &req.op {
+            for o in items {
+                if let Some(r) = self.w.by_key.get(&o.envelope.recipient) {
+                    if self.w.homes[*r] == n {
+                        local.push(*r);
+                    }
+                    // The sender's home node sees the sending user and the recipient.
+                    let to_node = self.w.homes[*r];
+                    let seen = &mut self.nodes[n].observed;
+                    seen.senders.insert(user);
+                    seen.user_to_node.insert((user, to_node));
+                    *seen.user_to_recipient.entry((user, *r)).or_insert(0) += 1;
+                    seen.sizes.insert(o.envelope.body.len());
+                    seen.sent += 1;
+                }
+            }
+        }
+        for r in local {
+            self.arrived(r);
+        }
+        if let ClientOp::BlobGet { node, blob, .. } = &req.op
+            && *node == self.nodes[n].id
+        {
+            self.fetched_locally(n, user, blob);
+        }
+        let token = self.token(n);
+        let conn = self.devices[user].conn;
+        self.nodes[n]
+            .client_tokens
+            .insert(token, (user, kind, conn));
+        let peer = &self.devices[user].peer;
+        self.nodes[n]
+            .core
+            .as_mut()
+            .expect("checked")
+            .handle_client(self.now, token, peer, req);
+        self.drive(n);
+    }
+
     fn device_answer(&mut self, u: usize, kind: Kind, resp: ClientResponse) {
         if let ClientResponse::Error(ClientError::SessionUnknown) = resp {
+            self.release_held(u);
             self.devices[u].session = false;
         }
         if let ClientResponse::Error(ClientError::NotRegistered) = resp {

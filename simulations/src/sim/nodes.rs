@@ -39,6 +39,9 @@ impl Shard {
                                 }
                             }
                         }
+                        if self.hold_empty_answer(user, &kind, &response) {
+                            continue;
+                        }
                         let mut at = self.now + self.sc.client_latency_ms;
                         if let ClientResponse::Chunk(c) = &response {
                             self.files.bytes_down += c.len() as u64;
@@ -207,6 +210,7 @@ impl Shard {
         }
         for u in self.nodes[c.node].users.clone() {
             // Connections drop with the node: fetches and sessions are gone.
+            self.release_held(u);
             self.devices[u].fetching = false;
             self.devices[u].session = false;
         }

@@ -88,6 +88,7 @@ impl Shard {
         if let Some(since) = self.devices[u].waiting_since {
             self.push.send_to_wake.push((self.now - since) as f64);
         }
+        self.release_held(u);
         let d = &mut self.devices[u];
         d.awake = true;
         d.awake_until = self.now + window;
@@ -97,11 +98,12 @@ impl Shard {
 
     /// A woken phone's window is over: it sleeps again unless the person or a call keeps it.
     pub(super) fn wake_window_ends(&mut self, u: usize) {
-        let d = &mut self.devices[u];
+        let d = &self.devices[u];
         if !d.awake || self.now < d.awake_until {
             return;
         }
-        d.awake = false;
+        self.release_held(u);
+        self.devices[u].awake = false;
         self.sleep_if_idle(u);
     }
 }
