@@ -3,11 +3,18 @@
 //! by deadline (the next timeout, and which waits end empty). Every operation is a map lookup;
 //! none scans the table, which holds one wait per connected device (up to
 //! [`super::MAX_PARKED_FETCHES`]).
+//!
+//! A wait is parked and ends on every idle device's every long poll, so the indexes allocate
+//! nothing in the common case: a user's waits (at most [`super::MAX_PARKED_PER_USER`]) and a
+//! connection's (usually one) are kept inline, and connections are indexed by a keyed hash of
+//! their peer id, checked against the wait's own copy when a connection closes.
 
-use super::{HashMap, Token};
+use super::{HashMap, MAX_PARKED_PER_USER, Token};
 use hestia_protocol::Millis;
 use hestia_protocol::identity::UserId;
+use smallvec::SmallVec;
 use std::collections::BTreeSet;
+use std::hash::BuildHasher;
 
 pub(super) struct Parked {
     pub token: Token,
@@ -20,11 +27,15 @@ pub(super) struct Parked {
 
 #[derive(Default)]
 pub(super) struct ParkedFetches {
-    by_token: HashMap<Token, Parked>,
+    /// Each wait, with the hash of its connection's peer id (its key in `by_peer`).
+    by_token: HashMap<Token, (Parked, u64)>,
     /// Each user's waits, oldest deadline first (at most `MAX_PARKED_PER_USER`).
-    by_user: HashMap<UserId, BTreeSet<(Millis, Token)>>,
-    by_peer: HashMap<String, Vec<Token>>,
+    by_user: HashMap<UserId, SmallVec<[(Millis, Token); MAX_PARKED_PER_USER]>>,
+    /// Each connection's waits, by the hash of its peer id (`peers`); a colliding connection's
+    /// waits share an entry and are told apart by `Parked::client_peer`.
+    by_peer: HashMap<u64, SmallVec<[Token; 1]>>,
     by_deadline: BTreeSet<(Millis, Token)>,
+    peers: foldhash::fast::RandomState,
 }
 
 impl ParkedFetches {
@@ -33,7 +44,7 @@ impl ParkedFetches {
     }
 
     pub fn of_user(&self, user: &UserId) -> usize {
-        self.by_user.get(user).map_or(0, BTreeSet::len)
+        self.by_user.get(user).map_or(0, |w| w.len())
     }
 
     pub fn next_deadline(&self) -> Option<Millis> {
@@ -42,29 +53,32 @@ impl ParkedFetches {
 
     pub fn insert(&mut self, p: Parked) {
         let key = (p.until, p.token);
-        self.by_user.entry(p.user).or_default().insert(key);
-        self.by_peer
-            .entry(p.client_peer.clone())
-            .or_default()
-            .push(p.token);
+        let waits = self.by_user.entry(p.user).or_default();
+        let at = waits.partition_point(|w| *w < key);
+        waits.insert(at, key);
+        let peer = self.peers.hash_one(p.client_peer.as_str());
+        self.by_peer.entry(peer).or_default().push(p.token);
         self.by_deadline.insert(key);
-        self.by_token.insert(p.token, p);
+        if let Some((old, _)) = self.by_token.insert(p.token, (p, peer)) {
+            // Tokens are the driver's and unique; a reused one must not leave a stale index.
+            debug_assert!(false, "token {:?} parked twice", old.token);
+        }
     }
 
     pub fn remove(&mut self, token: Token) -> Option<Parked> {
-        let p = self.by_token.remove(&token)?;
+        let (p, peer) = self.by_token.remove(&token)?;
         let key = (p.until, p.token);
         self.by_deadline.remove(&key);
-        if let Some(set) = self.by_user.get_mut(&p.user) {
-            set.remove(&key);
-            if set.is_empty() {
+        if let Some(waits) = self.by_user.get_mut(&p.user) {
+            waits.retain(|w| *w != key);
+            if waits.is_empty() {
                 self.by_user.remove(&p.user);
             }
         }
-        if let Some(tokens) = self.by_peer.get_mut(&p.client_peer) {
+        if let Some(tokens) = self.by_peer.get_mut(&peer) {
             tokens.retain(|t| *t != token);
             if tokens.is_empty() {
-                self.by_peer.remove(&p.client_peer);
+                self.by_peer.remove(&peer);
             }
         }
         Some(p)
@@ -78,8 +92,20 @@ impl ParkedFetches {
 
     /// Every wait of this connection, taken out.
     pub fn take_of_peer(&mut self, client_peer: &str) -> Vec<Parked> {
-        let tokens = self.by_peer.remove(client_peer).unwrap_or_default();
-        tokens.into_iter().filter_map(|t| self.remove(t)).collect()
+        let peer = self.peers.hash_one(client_peer);
+        let Some(tokens) = self.by_peer.get(&peer) else {
+            return Vec::new();
+        };
+        let mine: Vec<Token> = tokens
+            .iter()
+            .copied()
+            .filter(|t| {
+                self.by_token
+                    .get(t)
+                    .is_some_and(|(p, _)| p.client_peer == client_peer)
+            })
+            .collect();
+        mine.into_iter().filter_map(|t| self.remove(t)).collect()
     }
 
     /// Every wait whose deadline is at or before `now`, earliest first, taken out.
@@ -92,5 +118,53 @@ impl ParkedFetches {
             out.extend(self.remove(token));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wait(token: u64, user: u8, peer: &str, until: Millis) -> Parked {
+        Parked {
+            token: Token(token),
+            user: UserId([user; 32]),
+            client_peer: peer.to_string(),
+            until,
+            limit: 1,
+        }
+    }
+
+    #[test]
+    fn every_index_forgets_a_wait_however_it_ends() {
+        let mut p = ParkedFetches::default();
+        p.insert(wait(1, 1, "a", 30));
+        p.insert(wait(2, 1, "a", 10));
+        p.insert(wait(3, 2, "b", 20));
+        assert_eq!(p.of_user(&UserId([1; 32])), 2);
+        assert_eq!(p.next_deadline(), Some(10));
+        // The user's oldest wait is the earliest deadline, not the first parked.
+        assert_eq!(p.take_oldest_of(&UserId([1; 32])).unwrap().token, Token(2));
+        let expired: Vec<Token> = p.take_expired(20).iter().map(|w| w.token).collect();
+        assert_eq!(expired, vec![Token(3)]);
+        assert_eq!(p.of_user(&UserId([2; 32])), 0);
+        let closed: Vec<Token> = p.take_of_peer("a").iter().map(|w| w.token).collect();
+        assert_eq!(closed, vec![Token(1)]);
+        assert_eq!(p.len(), 0);
+        assert!(p.by_user.is_empty() && p.by_peer.is_empty() && p.by_deadline.is_empty());
+    }
+
+    #[test]
+    fn a_closed_connection_takes_only_its_own_waits_even_when_peer_hashes_collide() {
+        let mut p = ParkedFetches::default();
+        p.insert(wait(1, 1, "a", 10));
+        p.insert(wait(2, 2, "b", 10));
+        // Force a collision: file b's wait under a's hash too, as a colliding peer would be.
+        let ha = p.peers.hash_one("a");
+        p.by_peer.get_mut(&ha).unwrap().push(Token(2));
+        let closed: Vec<Token> = p.take_of_peer("a").iter().map(|w| w.token).collect();
+        assert_eq!(closed, vec![Token(1)]);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p.take_of_peer("b").len(), 1);
     }
 }
