@@ -347,7 +347,7 @@ impl Sim {
         series.push(last);
         let mut merged = merge(shards);
         merged.now = now;
-        merged.unsend_held_renewals();
+        merged.unsend_held_renewals(window.limit.load(Ordering::Relaxed));
         merged.series = series;
         merged.interrupted = interrupted;
         merged.finish()
