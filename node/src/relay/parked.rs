@@ -59,10 +59,9 @@ impl ParkedFetches {
         let peer = self.peers.hash_one(p.client_peer.as_str());
         self.by_peer.entry(peer).or_default().push(p.token);
         self.by_deadline.insert(key);
-        if let Some((old, _)) = self.by_token.insert(p.token, (p, peer)) {
-            // Tokens are the driver's and unique; a reused one must not leave a stale index.
-            debug_assert!(false, "token {:?} parked twice", old.token);
-        }
+        let replaced = self.by_token.insert(p.token, (p, peer));
+        // Tokens are the driver's and unique; a reused one would leave a stale index.
+        debug_assert!(replaced.is_none(), "a token parked twice");
     }
 
     pub fn remove(&mut self, token: Token) -> Option<Parked> {

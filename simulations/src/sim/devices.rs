@@ -77,7 +77,7 @@ impl Shard {
             || *epoch != d.fetch_epoch
             || !d.fetching
             || !d.session
-            || d.held.is_some()
+            // A held answer has its renewal in flight too.
             || d.renew.is_some()
             || !self.connected(u)
         {

@@ -193,7 +193,8 @@ enum Ev {
     /// meet at the device is checked where it could change: anything that changes a device's
     /// connection, fetch loop or session while its answer is held first releases it, and an
     /// answer still on its way then becomes the ordinary `ClientResp` it stands for (and this
-    /// event is void). So the model behaves exactly as with the two events.
+    /// event is void). So the model behaves exactly as with the two events (only the count of
+    /// bytes devices sent can differ, by the renewals in flight when the run stops).
     Renew {
         user: usize,
         generation: u32,
